@@ -1,0 +1,1 @@
+"""Predictor plugins for para-attn-server: ``tiny`` (CPU default), ``noop`` and more."""

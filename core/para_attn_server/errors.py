@@ -1,0 +1,48 @@
+"""Errors, grouped by audience.
+
+- ``ConfigurationError``: the operator's mistake (bad ``--model``, bad option); the CLI
+  prints it and exits non-zero.
+- ``InputError``: the client's mistake; the HTTP layer answers 400 naming the field.
+- ``SetupError``: a rank's ``setup`` failed; at first start the server exits non-zero.
+- ``JobCancelled``: internal control flow raised inside ``predict`` on every rank at the
+  same step boundary; it derives from BaseException so a predictor's ``except Exception``
+  cannot swallow it.
+"""
+
+from __future__ import annotations
+
+
+class ParaAttnServerError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class ConfigurationError(ParaAttnServerError):
+    """The server was configured wrongly (unknown model, bad option)."""
+
+
+class InputError(ParaAttnServerError):
+    """A request field is invalid. ``field`` names it (dotted path) when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class SetupError(ParaAttnServerError):
+    """A rank failed while starting (``setup`` raised, or the process died)."""
+
+
+class QueueFullError(ParaAttnServerError):
+    """The bounded job queue is full; the client should retry later."""
+
+
+class NotReadyError(ParaAttnServerError):
+    """The worker group has not finished its first setup, or the server is draining."""
+
+
+class JobCancelled(BaseException):  # noqa: N818 - control flow, like asyncio.CancelledError
+    """Raised on every rank at the same step boundary when a job is cancelled."""

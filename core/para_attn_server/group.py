@@ -1,0 +1,435 @@
+"""The worker group as the server sees it: control connections, setup, jobs, faults.
+
+One ``WorkerGroup`` owns one set of rank processes at a time (one *generation*). It
+launches them through an executor, accepts each rank's control connection, waits for every
+rank's setup, runs one job at a time through rank 0, and turns every kind of fault into a
+``fault`` with a reason a person can act on:
+
+- a rank process exits (the executor reports it);
+- a rank stops sending heartbeats for ``heartbeat_timeout`` seconds;
+- a rank closes its control connection;
+- a job runs past its timeout, or ignores a cancel for ``cancel_grace`` seconds;
+- a rank fails a job while a peer stays inside it (stuck in a collective) past ``error_grace``.
+
+After a fault the group must be restarted (``start()`` again); the job service does that.
+A job that fails the same way on every rank (they all report within ``error_grace``) leaves
+the group consistent, so no restart is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import pickle
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from .errors import SetupError
+from .executor import Executor, RankSpec
+from .protocol import (
+    HEADER,
+    CancelJob,
+    Heartbeat,
+    Hello,
+    JobEnded,
+    Progress,
+    RunJob,
+    SetupDone,
+    SetupFailed,
+    Shutdown,
+    encode_frame,
+    rank_message_decoder,
+)
+
+log = logging.getLogger("para_attn_server.group")
+
+
+class GroupState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    FAULTED = "faulted"  # waiting for a restart
+
+
+@dataclass
+class GroupSettings:
+    world_size: int
+    predictor: str | None = None
+    predictor_pickle: bytes | None = None
+    plugins: list[str] = field(default_factory=list)
+    backend: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    control_host: str = "127.0.0.1"
+    setup_timeout: float = 1800.0
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 30.0
+    keepalive_interval: float = 30.0
+    collective_timeout: float = 1800.0
+    cancel_grace: float = 10.0
+    error_grace: float = 3.0
+    stop_grace: float = 5.0
+    max_output_bytes: int = 1 << 30
+    log_level: str = "INFO"
+
+
+@dataclass
+class JobOutcome:
+    status: str  # "succeeded" | "failed" | "cancelled"
+    error: str | None = None
+    output: bytes | None = None
+    file_type: str | None = None
+    written_path: str | None = None
+
+
+@dataclass
+class RankLink:
+    rank: int
+    pid: int
+    hostname: str
+    writer: asyncio.StreamWriter
+    last_seen: float
+    setup_done: bool = False
+    busy: bool = False
+
+
+class _RunningJob:
+    def __init__(self, job_id: str, on_progress: Callable[[int, int | None], None]) -> None:
+        self.job_id = job_id
+        self.on_progress = on_progress
+        self.ended: dict[int, JobEnded] = {}
+        self.decided = asyncio.get_running_loop().create_future()
+        self.all_ended = asyncio.get_running_loop().create_future()
+        self.cancel_requested_at: float | None = None
+        self.poke = asyncio.get_running_loop().create_future()  # wakes run() on cancel
+
+
+class WorkerGroup:
+    def __init__(self, executor: Executor, settings: GroupSettings) -> None:
+        self.executor = executor
+        self.settings = settings
+        self.world_size = settings.world_size
+        self.state = GroupState.STOPPED
+        self.generation = 0
+        self.restarts = 0
+        self.last_fault: str | None = None
+        self.links: dict[int, RankLink] = {}
+        self._token = ""
+        self._server: asyncio.base_events.Server | None = None
+        self._port = 0
+        self._fault: asyncio.Future[str] | None = None
+        self._setup: asyncio.Future[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+        self._running: _RunningJob | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._on_connection, self.settings.control_host, 0)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def fault(self) -> asyncio.Future[str]:
+        """Resolves with the reason as soon as the current generation faults."""
+        assert self._fault is not None, "group not started"
+        return self._fault
+
+    @property
+    def ready(self) -> bool:
+        return self.state in (GroupState.READY, GroupState.BUSY)
+
+    async def start(self) -> None:
+        """Launch a new generation and wait until every rank finished setup.
+
+        Raises ``SetupError`` naming the failing rank and its error.
+        """
+        if self.generation:
+            await self._teardown()
+        loop = asyncio.get_running_loop()
+        self.generation += 1
+        self._token = secrets.token_hex(16)
+        self._fault = loop.create_future()
+        self._setup = loop.create_future()
+        self.links = {}
+        self.state = GroupState.STARTING
+        s = self.settings
+        spec = RankSpec(
+            world_size=self.world_size,
+            control_host=s.control_host,
+            control_port=self._port,
+            token=self._token,
+            generation=self.generation,
+            predictor=s.predictor,
+            predictor_pickle=s.predictor_pickle,
+            plugins=s.plugins,
+            backend=s.backend,
+            heartbeat_interval=s.heartbeat_interval,
+            keepalive_interval=s.keepalive_interval,
+            collective_timeout=s.collective_timeout,
+            options=s.options,
+            max_output_bytes=s.max_output_bytes,
+            log_level=s.log_level,
+        )
+        await self.executor.launch(spec)
+        self._watchers = [
+            asyncio.create_task(self._watch_exits(self._fault)),
+            asyncio.create_task(self._watch_heartbeats(self._fault)),
+        ]
+        done, _ = await asyncio.wait(
+            {self._setup, self._fault}, timeout=s.setup_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if self._setup in done and self._setup.exception() is None:
+            self.state = GroupState.READY
+            log.info("worker group generation %d ready (%d ranks)", self.generation, self.world_size)
+            return
+        if self._setup.done() and self._setup.exception() is not None:
+            reason = str(self._setup.exception())
+        elif self._fault.done():
+            reason = self._fault.result()
+        else:
+            reason = f"setup did not finish within {s.setup_timeout:g} s"
+        self._set_fault(reason)
+        await self._teardown()
+        raise SetupError(reason)
+
+    async def stop(self) -> None:
+        """Ask the ranks to exit cleanly, then make sure they are gone."""
+        if self.state is GroupState.STOPPED:
+            return
+        leader = self.links.get(0)
+        was_ready = self.ready
+        self.state = GroupState.STOPPED  # exits from here on are expected, not faults
+        if leader is not None and was_ready:
+            self._send(leader, Shutdown())
+            await self.executor.wait_stopped(self.settings.stop_grace)
+        await self._teardown()
+        if self._server is not None:
+            self._server.close()
+
+    async def _teardown(self) -> None:
+        self.state = GroupState.STOPPED
+        for task in self._watchers:
+            task.cancel()
+        self._watchers = []
+        await self.executor.terminate(self.settings.stop_grace)
+        for link in self.links.values():
+            link.writer.close()
+        self.links = {}
+
+    def _set_fault(self, reason: str) -> None:
+        if self._fault is not None and not self._fault.done():
+            log.error("worker group generation %d fault: %s", self.generation, reason)
+            self.last_fault = reason
+            self._fault.set_result(reason)
+            if self.state is not GroupState.STARTING:
+                self.state = GroupState.FAULTED
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        timeout: float | None,
+        on_progress: Callable[[int, int | None], None],
+    ) -> JobOutcome:
+        """Run one job on every rank and return how it ended. Never raises for job faults:
+        a fault fails the job with its reason and leaves the group FAULTED."""
+        assert self.state is GroupState.READY, self.state
+        loop = asyncio.get_running_loop()
+        fault = self.fault
+        running = self._running = _RunningJob(job_id, on_progress)
+        self.state = GroupState.BUSY
+        try:
+            self._send(self.links[0], RunJob(job_id, inputs))
+            deadline = None if timeout is None else loop.time() + timeout
+            while not running.decided.done():
+                waits = [] if deadline is None else [deadline - loop.time()]
+                if running.cancel_requested_at is not None:
+                    waits.append(running.cancel_requested_at + self.settings.cancel_grace - loop.time())
+                await asyncio.wait(
+                    {running.decided, fault, running.poke},
+                    timeout=max(0.0, min(waits)) if waits else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if running.poke.done():
+                    running.poke = loop.create_future()
+                    continue
+                if running.decided.done():
+                    break
+                if fault.done():
+                    return JobOutcome("failed", error=fault.result())
+                if deadline is not None and loop.time() >= deadline:
+                    self._set_fault(f"job timed out after {timeout:g} s")
+                    return JobOutcome("failed", error=f"job timed out after {timeout:g} s; the worker group was restarted")
+                if running.cancel_requested_at is not None:
+                    self._set_fault(f"a cancelled job did not stop within {self.settings.cancel_grace:g} s")
+                    return JobOutcome("cancelled", error="cancelled; the worker group was restarted to stop it")
+            return await self._outcome(running, fault)
+        finally:
+            self._running = None
+            if self.state is GroupState.BUSY:
+                self.state = GroupState.READY
+
+    async def _outcome(self, running: _RunningJob, fault: asyncio.Future[str]) -> JobOutcome:
+        leader = running.ended.get(0)
+        if leader is not None and leader.status == "succeeded" and not self._failures(running):
+            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type, written_path=leader.written_path)
+        # Something failed or was cancelled: the group is only reusable if every rank left
+        # the job; one that did not is stuck in a collective its peers abandoned.
+        if not running.all_ended.done():
+            await asyncio.wait(
+                {running.all_ended, fault}, timeout=self.settings.error_grace, return_when=asyncio.FIRST_COMPLETED
+            )
+        failures = self._failures(running)
+        error = failures[0].error if failures else None
+        if not running.all_ended.done():
+            missing = sorted(set(range(self.world_size)) - set(running.ended))
+            detail = f"{error}; " if error else ""
+            self._set_fault(f"{detail}rank(s) {missing} did not leave the job (stuck in a collective)")
+            if error:
+                error = f"{error} (rank(s) {missing} were left waiting in a collective; the worker group was restarted)"
+        if failures:
+            return JobOutcome("failed", error=error)
+        return JobOutcome("cancelled")
+
+    @staticmethod
+    def _failures(running: _RunningJob) -> list[JobEnded]:
+        return sorted((e for e in running.ended.values() if e.status == "failed"), key=lambda e: e.rank)
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask every rank to stop the running job at its next step boundary."""
+        running = self._running
+        if running is None or running.job_id != job_id:
+            return False
+        if running.cancel_requested_at is None:
+            running.cancel_requested_at = asyncio.get_running_loop().time()
+            for link in self.links.values():
+                self._send(link, CancelJob(job_id))
+            if not running.poke.done():
+                running.poke.set_result(None)  # so run() starts the cancel-grace clock
+        return True
+
+    # ---- status -----------------------------------------------------------------------
+
+    def rank_status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        pids = self.executor.pids()
+        rows = []
+        for rank in range(self.world_size):
+            link = self.links.get(rank)
+            rows.append(
+                {
+                    "rank": rank,
+                    "pid": link.pid if link else pids.get(rank),
+                    "hostname": link.hostname if link else None,
+                    "state": ("busy" if self.state is GroupState.BUSY else "ready")
+                    if link and link.setup_done and self.ready
+                    else ("setting up" if link else "starting"),
+                    "last_heartbeat_s": round(now - link.last_seen, 3) if link else None,
+                }
+            )
+        return rows
+
+    # ---- control connections ----------------------------------------------------------
+
+    def _send(self, link: RankLink, message: msgspec.Struct) -> None:
+        if not link.writer.is_closing():
+            link.writer.write(encode_frame(message))
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link: RankLink | None = None
+        try:
+            hello = await asyncio.wait_for(self._read(reader), timeout=30)
+            if (
+                not isinstance(hello, Hello)
+                or not secrets.compare_digest(hello.token, self._token)
+                or hello.generation != self.generation
+                or not 0 <= hello.rank < self.world_size
+            ):
+                return  # a stale rank of an earlier generation, or a stranger
+            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic())
+            self.links[hello.rank] = link
+            generation = self.generation
+            while True:
+                message = await self._read(reader)
+                if generation != self.generation:
+                    return
+                link.last_seen = time.monotonic()
+                self._handle(link, message)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, msgspec.DecodeError):
+            pass
+        finally:
+            writer.close()
+            if link is not None and self.links.get(link.rank) is link and self.state is not GroupState.STOPPED:
+                self._set_fault(f"rank {link.rank} (pid {link.pid}) closed its control connection")
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> Any:
+        (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        return rank_message_decoder.decode(await reader.readexactly(size))
+
+    def _handle(self, link: RankLink, message: Any) -> None:
+        match message:
+            case Heartbeat():
+                pass
+            case Progress(job_id=job_id, step=step, total=total):
+                running = self._running
+                if running is not None and running.job_id == job_id:
+                    running.on_progress(step, total)
+            case JobEnded(job_id=job_id):
+                running = self._running
+                if running is None or running.job_id != job_id:
+                    return
+                running.ended[message.rank] = message
+                if not running.decided.done() and (message.rank == 0 or message.status != "succeeded"):
+                    running.decided.set_result(None)
+                if len(running.ended) == self.world_size and not running.all_ended.done():
+                    running.all_ended.set_result(None)
+            case SetupDone(rank=rank):
+                link.setup_done = True
+                if self._setup is not None and not self._setup.done() and all(
+                    r in self.links and self.links[r].setup_done for r in range(self.world_size)
+                ):
+                    self._setup.set_result(None)
+            case SetupFailed(rank=rank, error=error):
+                if self._setup is not None and not self._setup.done():
+                    self._setup.set_exception(SetupError(f"setup failed on rank {rank}: {error}"))
+                self._set_fault(f"setup failed on rank {rank}: {error}")
+            case _:
+                log.warning("unexpected message from rank %d: %r", link.rank, message)
+
+    # ---- watchers ---------------------------------------------------------------------
+
+    async def _watch_exits(self, fault: asyncio.Future[str]) -> None:
+        reason = await self.executor.wait_exit()
+        if not fault.done():
+            # A SetupFailed report usually arrives just before the exit; prefer its text.
+            await asyncio.sleep(0.2)
+            self._set_fault(reason)
+
+    async def _watch_heartbeats(self, fault: asyncio.Future[str]) -> None:
+        interval = self.settings.heartbeat_interval
+        limit = self.settings.heartbeat_timeout
+        while not fault.done():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for link in list(self.links.values()):
+                if now - link.last_seen > limit:
+                    self._set_fault(f"rank {link.rank} (pid {link.pid}) sent no heartbeat for {now - link.last_seen:.1f} s")
+                    return
+
+
+def pickle_predictor(predictor: object) -> bytes:
+    return pickle.dumps(predictor)

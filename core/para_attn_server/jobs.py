@@ -1,0 +1,350 @@
+"""The job service: job records, the bounded FIFO queue, states, outputs and events.
+
+It knows nothing about processes: it hands one job at a time to the worker group and
+restarts the group (with back-off) whenever the group reports a fault, so jobs still in the
+queue run after the restart. Job ids are uuid4 strings; an error message never names
+another job's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .errors import InputError, NotReadyError, QueueFullError, SetupError
+from .schema import OUTPUT_PATH
+
+if TYPE_CHECKING:
+    from .group import JobOutcome, WorkerGroup
+    from .outputs import OutputStore
+    from .plugins import Plugins
+    from .schema import InputSchema
+
+log = logging.getLogger("para_attn_server.jobs")
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass
+class ServiceSettings:
+    max_queue: int = 64
+    job_timeout: float | None = None
+    result_ttl: float = 3600.0
+    drain_timeout: float = 30.0
+    restart_backoff_max: float = 30.0
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    inputs: dict[str, Any]
+    fingerprint: bytes
+    state: JobState = JobState.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int | None = None
+    total: int | None = None
+    error: str | None = None
+    file_type: str | None = None
+    output_file: Path | None = None
+    output_path: str | None = None  # the client's relative output_path, when given
+    written_by_predictor: bool = False
+    cancel_requested: bool = False
+    subscribers: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        for queue in self.subscribers:
+            queue.put_nowait((event, data))
+
+
+class JobView(msgspec.Struct, omit_defaults=True):
+    """A job as the /v1 API shows it."""
+
+    id: str
+    state: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    queue_position: int | None = None
+    error: str | None = None
+    file_type: str | None = None
+    output_path: str | None = None
+    output_url: str | None = None
+
+
+class JobService:
+    def __init__(
+        self,
+        group: WorkerGroup,
+        store: OutputStore,
+        plugins: Plugins,
+        predictor: object,
+        schema: InputSchema,
+        settings: ServiceSettings,
+    ) -> None:
+        self.group = group
+        self.store = store
+        self.plugins = plugins
+        self.predictor = predictor
+        self.schema = schema
+        self.settings = settings
+        self.jobs: dict[str, Job] = {}
+        self.queue: deque[Job] = deque()
+        self.running: Job | None = None
+        self.accepting = False  # True once the first setup succeeded, until draining
+        self.started = False
+        self.counters: dict[str, int] = {"submitted": 0, "rejected_queue_full": 0, "restarts": 0}
+        self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
+        self.run_seconds_ewma: float | None = None
+        self._queued = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._encoder = msgspec.msgpack.Encoder(order="deterministic")
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """First start of the worker group; raises ``SetupError`` if it fails."""
+        await self.group.start()
+        self.started = True
+        self.accepting = True
+        self._tasks = [asyncio.create_task(self._dispatch()), asyncio.create_task(self._expire())]
+
+    async def drain(self) -> None:
+        """Stop taking jobs, let the running one finish (cancel it after
+        ``drain_timeout``), cancel the queued ones and stop the ranks."""
+        self.accepting = False
+        while self.queue:
+            self._finish(self.queue.popleft(), JobState.CANCELLED, "server shutting down")
+        running = self.running
+        if running is not None:
+            try:
+                await asyncio.wait_for(running.done.wait(), self.settings.drain_timeout)
+            except TimeoutError:
+                self.cancel(running.id)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(running.done.wait(), self.group.settings.cancel_grace + 5)
+        for task in self._tasks:
+            task.cancel()
+        await self.group.stop()
+
+    # ---- client operations ------------------------------------------------------------
+
+    def submit(self, inputs: dict[str, Any], job_id: str | None = None) -> tuple[Job, bool]:
+        """Queue a job; returns (job, created). An existing id with the same inputs returns
+        that job (idempotent submit); with other inputs it is an InputError."""
+        fingerprint = self._encoder.encode(inputs)
+        if job_id is not None:
+            existing = self.jobs.get(job_id)
+            if existing is not None:
+                if existing.fingerprint != fingerprint:
+                    raise InputError("a job with this id exists with different inputs", "id")
+                return existing, False
+        if not self.accepting:
+            raise NotReadyError("the server is not accepting jobs (starting up or shutting down)")
+        self.plugins.validate(self.predictor, inputs)
+        output_file = None
+        if inputs.get(OUTPUT_PATH) is not None:
+            output_file = self.store.confine(inputs[OUTPUT_PATH])
+        if len(self.queue) >= self.settings.max_queue:
+            self.counters["rejected_queue_full"] += 1
+            raise QueueFullError(f"the queue is full ({self.settings.max_queue} jobs waiting)")
+        job = Job(job_id or str(uuid.uuid4()), inputs, fingerprint)
+        if output_file is not None:
+            job.output_path = inputs[OUTPUT_PATH]
+            job.output_file = output_file
+        self.jobs[job.id] = job
+        self.queue.append(job)
+        self.counters["submitted"] += 1
+        self._changed(job)
+        self._queued.set()
+        return job, True
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued job at once, or ask the ranks to stop a running one."""
+        job = self.jobs.get(job_id)
+        if job is None or job.terminal:
+            return None
+        job.cancel_requested = True
+        if job.state is JobState.QUEUED:
+            self.queue.remove(job)
+            self._finish(job, JobState.CANCELLED, "cancelled before it started")
+        else:
+            self.group.cancel(job.id)
+        return job
+
+    async def wait(self, job: Job, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the job to end; True if it did."""
+        if not job.terminal and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), timeout)
+        return job.terminal
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job: Job) -> AsyncIterator[asyncio.Queue[tuple[str, dict[str, Any]]]]:
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        job.subscribers.append(queue)
+        try:
+            yield queue
+        finally:
+            job.subscribers.remove(queue)
+
+    def view(self, job: Job) -> JobView:
+        position = None
+        if job.state is JobState.QUEUED:
+            with contextlib.suppress(ValueError):
+                position = self.queue.index(job)
+        return JobView(
+            id=job.id,
+            state=job.state.value,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            step=job.step,
+            total_steps=job.total,
+            queue_position=position,
+            error=job.error,
+            file_type=job.file_type,
+            output_path=job.output_path,
+            output_url=f"/v1/jobs/{job.id}/output" if job.state is JobState.SUCCEEDED else None,
+        )
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the queue's expected drain time."""
+        per_job = self.run_seconds_ewma or 1.0
+        return max(1, math.ceil(per_job * max(1, len(self.queue)) / 2))
+
+    # ---- dispatcher -------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            if not self.group.ready:
+                await self._restart()
+                continue
+            if not self.queue:
+                self._queued.clear()
+                waiter = asyncio.ensure_future(self._queued.wait())
+                await asyncio.wait({waiter, self.group.fault}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                continue
+            job = self.queue.popleft()
+            await self._execute(job)
+
+    async def _restart(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.group.start()
+                self.counters["restarts"] += 1
+                return
+            except SetupError as exc:
+                log.error("restart failed: %s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.restart_backoff_max)
+
+    async def _execute(self, job: Job) -> None:
+        job.state = JobState.RUNNING
+        job.started_at = time.time()
+        self.running = job
+        self._changed(job)
+        inputs = job.inputs
+        if job.output_file is not None and self.schema.predict_writes_output_path:
+            # A predictor written for the original server writes the file itself: hand
+            # it the confined absolute path, never the client's string.
+            inputs = {**inputs, OUTPUT_PATH: str(job.output_file)}
+
+        def on_progress(step: int, total: int | None) -> None:
+            job.step, job.total = step, total
+            job.publish("progress", {"step": step, "total": total})
+
+        try:
+            outcome = await self.group.run(job.id, inputs, self.settings.job_timeout, on_progress)
+            await self._complete(job, outcome)
+        except Exception as exc:  # a bug here must not kill the dispatcher
+            log.exception("job %s: internal error", job.id)
+            self._finish(job, JobState.FAILED, f"internal server error: {type(exc).__name__}")
+        finally:
+            self.running = None
+
+    async def _complete(self, job: Job, outcome: JobOutcome) -> None:
+        if outcome.status == "succeeded":
+            if outcome.output is not None:
+                job.file_type = outcome.file_type or "bin"
+                target = job.output_file or self.store.job_file(job.id, job.file_type)
+                try:
+                    await asyncio.to_thread(self.store.write, target, outcome.output)
+                except (InputError, OSError) as exc:
+                    self._finish(job, JobState.FAILED, f"could not write the output: {exc}")
+                    return
+                job.output_file = target
+            elif outcome.written_path is not None and self.store.is_inside(outcome.written_path):
+                job.output_file = Path(outcome.written_path)
+                job.file_type = job.output_file.suffix.lstrip(".") or "bin"
+                job.written_by_predictor = True
+            else:
+                self._finish(job, JobState.FAILED, "the predictor reported an output that does not exist")
+                return
+            self._finish(job, JobState.SUCCEEDED)
+        elif outcome.status == "cancelled":
+            self._finish(job, JobState.CANCELLED, outcome.error or "cancelled")
+        else:
+            self._finish(job, JobState.FAILED, outcome.error or "failed")
+
+    def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
+        job.state = state
+        job.error = error
+        job.finished_at = time.time()
+        if job.started_at is not None and state is JobState.SUCCEEDED:
+            took = job.finished_at - job.started_at
+            self.run_seconds_ewma = took if self.run_seconds_ewma is None else 0.8 * self.run_seconds_ewma + 0.2 * took
+        self.finished_by_state[state.value] += 1
+        self._changed(job)
+        job.done.set()
+
+    def _changed(self, job: Job) -> None:
+        job.publish("state", msgspec.to_builtins(self.view(job)))
+        try:
+            self.plugins.job_state_changed(job)
+        except Exception:  # an observer's bug must not break the job
+            log.exception("job_state_changed hook failed")
+
+    async def _expire(self) -> None:
+        ttl = self.settings.result_ttl
+        while True:
+            await asyncio.sleep(max(1.0, min(ttl / 4, 60.0)))
+            cutoff = time.time() - ttl
+            for job in [j for j in self.jobs.values() if j.terminal and (j.finished_at or 0) < cutoff]:
+                del self.jobs[job.id]
+                if job.output_file is not None and job.output_file.parent == self.store.jobs_dir:
+                    job.output_file.unlink(missing_ok=True)

@@ -1,0 +1,166 @@
+"""Loading plugins, and the typed face core code calls them through.
+
+Core never calls ``pm.hook.*`` directly: ``Plugins`` wraps each hook in a typed method.
+Entry points of the ``para_attn_server`` group load automatically unless the environment
+variable ``PARA_ATTN_SERVER_DISABLE_PLUGIN_AUTOLOAD`` is set (tests register in-memory
+plugins instead).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import types
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import adapter, hookspecs
+from .errors import ConfigurationError
+from .hookspecs import PROJECT
+
+if TYPE_CHECKING:
+    from .executor import Executor
+    from .jobs import Job
+    from .predictor import JobContext, Output, RankContext
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+AUTOLOAD_ENV = "PARA_ATTN_SERVER_DISABLE_PLUGIN_AUTOLOAD"
+
+
+class Plugins:
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._predictors: dict[str, type[Any]] | None = None
+        self._executors: dict[str, type[Executor]] | None = None
+
+    @classmethod
+    def load(cls, modules: Iterable[str | types.ModuleType | object] = (), *, autoload: bool | None = None) -> Plugins:
+        """A plugin manager with core's adapter, the entry points (unless disabled) and
+        ``modules`` (module names, modules or plugin objects)."""
+        pm = pluggy.PluginManager(PROJECT)
+        pm.add_hookspecs(hookspecs)
+        pm.register(adapter, name="para_attn_server.adapter")
+        if autoload is None:
+            autoload = not os.environ.get(AUTOLOAD_ENV)
+        if autoload:
+            pm.load_setuptools_entrypoints(PROJECT)
+        for module in modules:
+            plugin = importlib.import_module(module) if isinstance(module, str) else module
+            if not pm.is_registered(plugin):
+                pm.register(plugin)
+        # Fail fast on an implementation whose name matches no hook (a typo).
+        pm.check_pending()
+        return cls(pm)
+
+    # ---- registries -------------------------------------------------------------------
+
+    def predictors(self) -> dict[str, type[Any]]:
+        if self._predictors is None:
+            self._predictors = self._collect(self.pm.hook.register_predictors, "predictor")
+        return self._predictors
+
+    def executors(self) -> dict[str, type[Executor]]:
+        if self._executors is None:
+            self._executors = self._collect(self.pm.hook.register_executors, "executor")
+        return self._executors
+
+    def _collect(self, hook: Any, kind: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        def register(name: str, cls: Any) -> None:
+            if name in found and found[name] is not cls:
+                raise ConfigurationError(f"{kind} {name!r} is registered twice: {found[name]!r} and {cls!r}")
+            found[name] = cls
+
+        hook(register=register)
+        return found
+
+    def resolve_predictor(self, spec: str) -> object:
+        """An instance of the predictor named by entry-point name or ``module:Class``."""
+        if ":" in spec:
+            module_name, _, attr = spec.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ConfigurationError(f"cannot import predictor module {module_name!r}: {exc}") from exc
+            try:
+                target = getattr(module, attr)
+            except AttributeError:
+                raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") from None
+        else:
+            predictors = self.predictors()
+            if spec not in predictors:
+                known = ", ".join(sorted(predictors)) or "none installed"
+                raise ConfigurationError(f"unknown model {spec!r} (installed predictors: {known})")
+            target = predictors[spec]
+        predictor = target() if isinstance(target, type) else target
+        if not (callable(getattr(predictor, "predict", None)) and callable(getattr(predictor, "setup", None))):
+            raise ConfigurationError(f"{spec!r} is not a predictor: it needs setup() and predict() methods")
+        return predictor
+
+    def executor(self, name: str) -> type[Executor]:
+        executors = self.executors()
+        if name not in executors:
+            raise ConfigurationError(f"unknown executor {name!r} (installed: {', '.join(sorted(executors))})")
+        return executors[name]
+
+    def module_names(self) -> list[str]:
+        """The importable module plugins, for rank processes to load the same set."""
+        return [
+            plugin.__name__
+            for plugin in self.pm.get_plugins()
+            if isinstance(plugin, types.ModuleType) and plugin is not adapter
+        ]
+
+    # ---- hooks ------------------------------------------------------------------------
+
+    def validate(self, predictor: object, inputs: dict[str, Any]) -> None:
+        self.pm.hook.validate(predictor=predictor, inputs=inputs)
+
+    def setup(self, predictor: object, context: RankContext) -> None:
+        self.pm.hook.setup(predictor=predictor, context=context)
+
+    def predict(self, predictor: object, job: JobContext) -> Output | None:
+        result: Output | None = self.pm.hook.predict(predictor=predictor, job=job)
+        return result
+
+    def job_state_changed(self, job: Job) -> None:
+        self.pm.hook.job_state_changed(job=job)
+
+    # ---- introspection ----------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Installed plugins with distribution, version, hooks and what they register."""
+        dists = {id(plugin): dist for plugin, dist in self.pm.list_plugin_distinfo()}
+        predictors_by_module: dict[str, list[str]] = {}
+        for name, cls in self.predictors().items():
+            predictors_by_module.setdefault(getattr(cls, "__module__", ""), []).append(name)
+        executors_by_module: dict[str, list[str]] = {}
+        for name, cls in self.executors().items():
+            executors_by_module.setdefault(cls.__module__, []).append(name)
+        rows = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
+            dist = dists.get(id(plugin))
+            module = getattr(plugin, "__name__", type(plugin).__module__)
+            rows.append(
+                {
+                    "name": name,
+                    "module": module,
+                    "distribution": dist.project_name if dist else None,
+                    "version": dist.version if dist else None,
+                    "hooks": sorted(hook.name for hook in self.pm.get_hookcallers(plugin) or []),
+                    "predictors": sorted(predictors_by_module.get(module, [])),
+                    "executors": sorted(executors_by_module.get(module, [])),
+                }
+            )
+        return rows
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("para-attn-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,158 @@
+"""The predictor contract: what a predictor author writes against.
+
+A predictor is a class with three methods::
+
+    class MyPredictor(Predictor):
+        def setup(self, context: RankContext) -> None: ...     # once per rank
+        def validate(self, inputs: dict[str, Any]) -> None: ... # server process, optional
+        def predict(self, prompt: str, steps: Annotated[int, Meta(ge=1, le=50)] = 4) -> Output | None: ...
+
+``predict``'s parameters *are* the request schema: their names, type hints, defaults and
+``msgspec.Meta`` limits become the JSON body that ``/generate`` and ``/v1/jobs`` accept and
+the OpenAPI document shows. ``predict`` runs on every rank; rank 0 returns the ``Output``.
+Inside ``predict``, ``current_job()`` gives the job's context: call ``job.step(k, total)``
+at every step boundary on every rank (or pass ``job.diffusers_callback`` as a diffusers
+pipeline's ``callback_on_step_end``) to report progress and to stop all ranks together at
+the same step when the job is cancelled.
+
+Classes that do not derive from ``Predictor`` are treated as predictors written for the
+original server: ``setup()`` takes no argument and calls ``dist.init_process_group()``,
+``self.pipe`` is the pipeline, ``predict(**kwargs)`` returns ``(base64, file_type)`` on
+rank 0 or writes ``output_path``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .errors import JobCancelled
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+
+class Output(msgspec.Struct, frozen=True):
+    """A finished job's payload: raw bytes and a file type such as ``png`` or ``mp4``."""
+
+    data: bytes
+    file_type: str
+
+    @classmethod
+    def from_image(cls, image: Image, file_type: str = "png", **save_options: Any) -> Output:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG" if file_type.lower() == "jpg" else file_type.upper(), **save_options)
+        return cls(buffer.getvalue(), file_type.lower())
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """What a rank knows about itself while it sets up."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+
+class JobContext:
+    """One job as seen by one rank, available inside ``predict`` via ``current_job()``."""
+
+    def __init__(
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        rank: int,
+        world_size: int,
+        decide: Callable[[int, int | None], bool],
+    ) -> None:
+        self.job_id = job_id
+        self.inputs = inputs
+        self.rank = rank
+        self.world_size = world_size
+        self._decide = decide
+        self.steps_done = 0
+
+    def step(self, step: int, total: int | None = None) -> None:
+        """Mark a step boundary: report progress and apply a pending cancellation.
+
+        A collective call: every rank must call it at the same boundaries. Rank 0 decides
+        continue/stop and broadcasts it, so every rank raises ``JobCancelled`` at the same
+        step and none is left waiting in a collective its peers never enter.
+        """
+        self.steps_done = step
+        if self._decide(step, total):
+            raise JobCancelled(self.job_id)
+
+    def diffusers_callback(
+        self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A ``callback_on_step_end`` for diffusers pipelines.
+
+        Raising out of the pipeline (rather than setting its ``interrupt`` flag) also skips
+        the VAE decode, which the pipelines' own interrupt still runs.
+        """
+        self.step(step_index + 1, getattr(pipe, "num_timesteps", None))
+        return callback_kwargs
+
+
+class Predictor:
+    """Base class of predictors written for this server (see the module docstring)."""
+
+    def setup(self, context: RankContext) -> None:
+        """Build and parallelize the pipeline on this rank."""
+
+    def validate(self, inputs: dict[str, Any]) -> None:
+        """Reject inputs the schema cannot express; raise ``InputError(message, field)``."""
+
+    def predict(self, **inputs: Any) -> Output | None:
+        """Run one job on this rank; rank 0 returns the output."""
+        raise NotImplementedError
+
+
+def is_legacy(predictor: object) -> bool:
+    """True for a predictor written for the original server (not a ``Predictor``)."""
+    return not isinstance(predictor, Predictor)
+
+
+_current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("para_attn_job")
+
+
+def current_job() -> JobContext:
+    """The job this rank is running; only valid inside ``predict``."""
+    try:
+        return _current_job.get()
+    except LookupError:
+        raise RuntimeError("current_job() called outside predict") from None
+
+
+@contextmanager
+def running(job: JobContext) -> Iterator[JobContext]:
+    token = _current_job.set(job)
+    try:
+        yield job
+    finally:
+        _current_job.reset(token)
+
+
+__all__ = [
+    "JobCancelled",
+    "JobContext",
+    "Output",
+    "Predictor",
+    "RankContext",
+    "current_job",
+    "is_legacy",
+]

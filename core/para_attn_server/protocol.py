@@ -1,0 +1,120 @@
+"""Messages between the server process and the rank processes, grouped by direction.
+
+Every rank keeps one TCP connection to the server's control listener. Frames are a 4-byte
+big-endian length followed by a msgpack-encoded message. Only rank 0 receives jobs; every
+rank sends heartbeats and reports how each job ended on its side, so the server can tell a
+consistent group from one that has a rank stuck in a collective.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Literal
+
+import msgspec
+
+# ---- rank -> server -------------------------------------------------------------------
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    rank: int
+    world_size: int
+    token: str
+    generation: int
+    pid: int
+    hostname: str
+
+
+class SetupDone(msgspec.Struct, tag="setup_done", frozen=True):
+    rank: int
+
+
+class SetupFailed(msgspec.Struct, tag="setup_failed", frozen=True):
+    rank: int
+    error: str
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
+    rank: int
+
+
+class Progress(msgspec.Struct, tag="progress", frozen=True):
+    job_id: str
+    step: int
+    total: int | None
+
+
+JobStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
+    job_id: str
+    rank: int
+    status: JobStatus
+    error: str | None = None
+    # Only rank 0 carries the output: bytes, or the path a legacy predictor wrote itself.
+    output: bytes | None = None
+    file_type: str | None = None
+    written_path: str | None = None
+
+
+RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | JobEnded
+
+# ---- server -> rank -------------------------------------------------------------------
+
+
+class RunJob(msgspec.Struct, tag="run", frozen=True):
+    job_id: str
+    inputs: dict[str, Any]
+
+
+class CancelJob(msgspec.Struct, tag="cancel", frozen=True):
+    job_id: str
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", frozen=True):
+    pass
+
+
+ServerMessage = RunJob | CancelJob | Shutdown
+
+# ---- framing --------------------------------------------------------------------------
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 2**32 - 1
+
+_encoder = msgspec.msgpack.Encoder()
+rank_message_decoder = msgspec.msgpack.Decoder(RankMessage)
+server_message_decoder = msgspec.msgpack.Decoder(ServerMessage)
+
+
+def encode_frame(message: msgspec.Struct) -> bytes:
+    payload = _encoder.encode(message)
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"message of {len(payload)} bytes exceeds the frame limit")
+    return HEADER.pack(len(payload)) + payload
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    """Blocking read of exactly ``n`` bytes; ``None`` when the peer closed."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def recv_server_message(sock: socket.socket) -> ServerMessage | None:
+    header = recv_exactly(sock, HEADER.size)
+    if header is None:
+        return None
+    (size,) = HEADER.unpack(header)
+    payload = recv_exactly(sock, size)
+    if payload is None:
+        return None
+    return server_message_decoder.decode(payload)

@@ -1,0 +1,307 @@
+"""The rank process: set up the predictor, then run jobs in lockstep with the other ranks.
+
+Rank 0 is the leader: it alone receives jobs from the server and broadcasts each one to the
+other ranks over a dedicated gloo "control" process group (so the same path works when the
+model's own group is NCCL). While idle, rank 0 broadcasts a keep-alive every
+``keepalive_interval`` seconds so the other ranks, blocked in that broadcast, never hit the
+collective timeout (a known way for other multi-GPU servers to die after ~10 idle minutes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import socket
+import sys
+import threading
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+import torch
+import torch.distributed as dist
+
+from .adapter import install_step_callback
+from .errors import JobCancelled
+from .executor import RankSpec
+from .plugins import Plugins
+from .predictor import JobContext, RankContext, is_legacy, running
+from .protocol import (
+    CancelJob,
+    Heartbeat,
+    Hello,
+    JobEnded,
+    Progress,
+    RankMessage,
+    RunJob,
+    SetupDone,
+    SetupFailed,
+    Shutdown,
+    encode_frame,
+    recv_server_message,
+)
+from .schema import OUTPUT_PATH, InputSchema
+
+log = logging.getLogger("para_attn_server.rank")
+
+PING, JOB, SHUTDOWN = 0, 1, 2
+_job_encoder = msgspec.msgpack.Encoder()
+_job_decoder = msgspec.msgpack.Decoder(RunJob)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ControlLink:
+    """This rank's connection to the server: sends reports, receives jobs and cancels."""
+
+    def __init__(self, spec: RankSpec, rank: int) -> None:
+        self.rank = rank
+        self.inbox: queue.Queue[RunJob | Shutdown] = queue.Queue()
+        self.cancelled: set[str] = set()
+        self.on_cancel: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.sock = socket.create_connection((spec.control_host, spec.control_port), timeout=60)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.send(Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname()))
+        threading.Thread(target=self._read, name="control-reader", daemon=True).start()
+        threading.Thread(
+            target=self._beat, args=(spec.heartbeat_interval,), name="heartbeat", daemon=True
+        ).start()
+
+    def send(self, message: RankMessage) -> None:
+        frame = encode_frame(message)
+        try:
+            with self._lock:
+                self.sock.sendall(frame)
+        except OSError:
+            self._server_gone()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = recv_server_message(self.sock)
+            except (OSError, msgspec.DecodeError):
+                message = None
+            if message is None:
+                self._server_gone()
+                return
+            if isinstance(message, CancelJob):
+                self.cancelled.add(message.job_id)
+                for callback in self.on_cancel:
+                    callback(message.job_id)
+            else:
+                self.inbox.put(message)
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.send(Heartbeat(self.rank))
+
+    def _server_gone(self) -> None:
+        if self._stop.is_set():
+            return
+        # Nobody is left to report to: exit at once rather than linger as an orphan.
+        log.error("rank %d: lost the connection to the server, exiting", self.rank)
+        os._exit(3)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+class RankWorker:
+    def __init__(self, spec: RankSpec, rank: int, local_rank: int, link: ControlLink) -> None:
+        self.spec = spec
+        self.rank = rank
+        self.local_rank = local_rank
+        self.world_size = spec.world_size
+        self.link = link
+        self.plugins = Plugins.load(spec.plugins, autoload=False)
+        if spec.predictor_pickle is not None:
+            self.predictor = pickle.loads(spec.predictor_pickle)
+        else:
+            assert spec.predictor is not None
+            self.predictor = self.plugins.resolve_predictor(spec.predictor)
+        self.schema = InputSchema(self.predictor)
+        self.legacy = is_legacy(self.predictor)
+        self.step_hook_installed = True
+        self.control: Any = None
+        self.interrupted: str | None = None
+
+    # ---- setup ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        if torch.cuda.is_available():
+            device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+            if "OMP_NUM_THREADS" not in os.environ:
+                # Ranks share the host's cores; oversubscribing them slows every rank.
+                local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+        os.environ.update(
+            RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(self.local_rank)
+        )
+        if self.spec.master_addr is not None:
+            os.environ["MASTER_ADDR"] = self.spec.master_addr
+            os.environ["MASTER_PORT"] = str(self.spec.master_port)
+        # A predictor written for the original server initialises the group itself.
+        if not self.legacy:
+            self._init_process_group(device)
+        context = RankContext(self.rank, self.world_size, self.local_rank, device, dict(self.spec.options))
+        self.plugins.setup(self.predictor, context)
+        if not dist.is_initialized():
+            self._init_process_group(device)
+        # Our own gloo group with our own timeout carries jobs, keep-alives and decisions.
+        self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.spec.collective_timeout))
+        if self.legacy:
+            pipe = getattr(self.predictor, "pipe", None)
+            self.step_hook_installed = pipe is not None and install_step_callback(pipe)
+            if not self.step_hook_installed:
+                self.link.on_cancel.append(self._interrupt_legacy_pipe)
+
+    def _init_process_group(self, device: torch.device) -> None:
+        backend = self.spec.backend or ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend,
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(seconds=self.spec.collective_timeout),
+        )
+
+    def _interrupt_legacy_pipe(self, job_id: str) -> None:
+        # The original's mechanism, for pipelines that take no step callback.
+        pipe = getattr(self.predictor, "pipe", None)
+        if pipe is not None:
+            pipe._interrupt = True
+            self.interrupted = job_id
+
+    # ---- job loop ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            if self.rank == 0:
+                try:
+                    message = self.link.inbox.get(timeout=self.spec.keepalive_interval)
+                except queue.Empty:
+                    self._broadcast(PING)
+                    continue
+                if isinstance(message, Shutdown):
+                    self._broadcast(SHUTDOWN)
+                    return
+                self._broadcast(JOB, _job_encoder.encode(message))
+                self.run(message)
+            else:
+                kind, payload = self._broadcast(PING)
+                if kind == SHUTDOWN:
+                    return
+                if kind == JOB:
+                    self.run(_job_decoder.decode(payload))
+
+    def _broadcast(self, kind: int, payload: bytes = b"") -> tuple[int, bytes]:
+        """Rank 0 sends (kind, payload) to every rank; the others receive it."""
+        if self.world_size == 1:
+            return kind, payload
+        header = torch.tensor([kind, len(payload)], dtype=torch.int64)
+        dist.broadcast(header, src=0, group=self.control)
+        kind, size = int(header[0]), int(header[1])
+        if size == 0:
+            return kind, b""
+        if self.rank == 0:
+            dist.broadcast(torch.frombuffer(bytearray(payload), dtype=torch.uint8), src=0, group=self.control)
+            return kind, payload
+        buffer = torch.empty(size, dtype=torch.uint8)
+        dist.broadcast(buffer, src=0, group=self.control)
+        return kind, buffer.numpy().tobytes()
+
+    def run(self, message: RunJob) -> None:
+        job_id = message.job_id
+        ended: JobEnded
+        try:
+            inputs = self.schema.convert(message.inputs)
+            job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, self._decider(job_id))
+            with running(job):
+                output = self.plugins.predict(self.predictor, job)
+            if self.interrupted == job_id:
+                ended = JobEnded(job_id, self.rank, "cancelled")
+            elif self.rank != 0:
+                ended = JobEnded(job_id, self.rank, "succeeded")
+            elif output is not None:
+                if len(output.data) > self.spec.max_output_bytes:
+                    ended = JobEnded(
+                        job_id, 0, "failed",
+                        error=f"output too large: {len(output.data)} bytes exceeds the limit of "
+                        f"{self.spec.max_output_bytes} bytes",
+                    )
+                else:
+                    ended = JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type)
+            elif self.schema.predict_writes_output_path and inputs.get(OUTPUT_PATH):
+                ended = JobEnded(job_id, 0, "succeeded", written_path=inputs[OUTPUT_PATH])
+            else:
+                ended = JobEnded(job_id, 0, "failed", error="predict returned no output on rank 0")
+        except JobCancelled:
+            ended = JobEnded(job_id, self.rank, "cancelled")
+        except Exception as exc:
+            log.error("rank %d: job %s failed:\n%s", self.rank, job_id, traceback.format_exc())
+            ended = JobEnded(job_id, self.rank, "failed", error=f"rank {self.rank}: {describe(exc)}")
+        finally:
+            self.link.cancelled.discard(job_id)
+            if self.interrupted == job_id:
+                self.interrupted = None
+        self.link.send(ended)
+
+    def _decider(self, job_id: str) -> Any:
+        link, rank, world_size = self.link, self.rank, self.world_size
+
+        def decide(step: int, total: int | None) -> bool:
+            stop = 0
+            if rank == 0:
+                link.send(Progress(job_id, step, total))
+                stop = int(job_id in link.cancelled)
+            if world_size > 1:
+                flag = torch.tensor([stop], dtype=torch.int32)
+                dist.broadcast(flag, src=0, group=self.control)
+                stop = int(flag[0])
+            return bool(stop)
+
+        return decide
+
+
+def main(spec: RankSpec, rank: int, local_rank: int) -> None:
+    """Entry point of one rank process (multiprocessing target, or ``python -m``)."""
+    logging.basicConfig(
+        level=spec.log_level, stream=sys.stderr, format=f"%(asctime)s rank {rank} %(levelname)s %(message)s"
+    )
+    link = ControlLink(spec, rank)
+    try:
+        worker = RankWorker(spec, rank, local_rank, link)
+        worker.setup()
+    except BaseException as exc:
+        log.error("rank %d: setup failed:\n%s", rank, traceback.format_exc())
+        link.send(SetupFailed(rank, describe(exc)))
+        link.close()
+        sys.exit(1)
+    link.send(SetupDone(rank))
+    try:
+        worker.serve()
+    finally:
+        link.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def torchrun_main() -> None:
+    """``python -m para_attn_server.rank`` under torchrun: the spec comes in the environment."""
+    spec = msgspec.json.decode(os.environ["PARA_ATTN_SERVER_RANK_SPEC"], type=RankSpec)
+    main(spec, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+if __name__ == "__main__":
+    torchrun_main()

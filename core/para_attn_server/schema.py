@@ -1,0 +1,96 @@
+"""The request schema, derived from the predictor's ``predict`` signature.
+
+The server decodes every request body into this msgspec Struct, so unknown fields,
+missing fields, wrong types and ``Meta`` limits fail with msgspec's message, which names
+the field; Litestar renders the same type into the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import typing
+from typing import Annotated, Any
+
+import msgspec
+
+OUTPUT_PATH = "output_path"
+# Added to every schema: the server writes the output there, confined to --output-dir.
+OutputPathField = (
+    Annotated[
+        str,
+        msgspec.Meta(
+            description="Where to write the output, relative to the server's --output-dir.",
+            min_length=1,
+            max_length=1024,
+        ),
+    ]
+    | None
+)
+
+
+class InputSchema:
+    """The request type of one predictor and how its fields map onto ``predict``."""
+
+    def __init__(self, predictor: object) -> None:
+        predict = getattr(predictor, "predict", None)
+        if not callable(predict):
+            raise TypeError(f"{type(predictor).__name__} has no predict method")
+        signature = inspect.signature(predict)
+        try:
+            hints = typing.get_type_hints(predict, include_extras=True)
+        except Exception:  # unresolvable forward references: fall back to Any
+            hints = {}
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        self.accepts_extra = False
+        self.predict_params: set[str] = set()
+        for name, param in signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                self.accepts_extra = True
+                continue
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                continue
+            self.predict_params.add(name)
+            annotation = hints.get(name, Any)
+            if param.default is inspect.Parameter.empty:
+                fields.append((name, annotation))
+            elif isinstance(param.default, list | dict | set):
+                default = param.default
+                fields.append((name, annotation, msgspec.field(default_factory=lambda d=default: copy.deepcopy(d))))
+            else:
+                fields.append((name, annotation, param.default))
+        if OUTPUT_PATH not in self.predict_params:
+            fields.append((OUTPUT_PATH, OutputPathField, None))
+        self.type: type[msgspec.Struct] = msgspec.defstruct(
+            f"{type(predictor).__name__}Input",
+            fields,
+            kw_only=True,
+            forbid_unknown_fields=not self.accepts_extra,
+        )
+        self._decoder = msgspec.json.Decoder(self.type)
+
+    @property
+    def predict_writes_output_path(self) -> bool:
+        """True when ``predict`` itself takes ``output_path`` (the original's contract)."""
+        return OUTPUT_PATH in self.predict_params
+
+    def decode_json(self, body: bytes) -> dict[str, Any]:
+        """Decode and check a JSON body; raises ``msgspec.ValidationError`` naming the field."""
+        return self.to_inputs(self._decoder.decode(body))
+
+    def convert(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Rebuild typed inputs from their msgpack form (used on the ranks)."""
+        return self.to_inputs(msgspec.convert(raw, self.type, strict=False))
+
+    @staticmethod
+    def to_inputs(obj: msgspec.Struct) -> dict[str, Any]:
+        return {name: getattr(obj, name) for name in obj.__struct_fields__}
+
+    def predict_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The subset of ``inputs`` that ``predict`` accepts (drops the server's own fields)."""
+        if self.accepts_extra:
+            kwargs = dict(inputs)
+            if not self.predict_writes_output_path:
+                kwargs.pop(OUTPUT_PATH, None)
+            return kwargs
+        return {k: v for k, v in inputs.items() if k in self.predict_params}

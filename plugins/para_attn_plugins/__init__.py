@@ -1,0 +1,1 @@
+"""First-party plugins that ship with para-attn-server (executors and friends)."""
