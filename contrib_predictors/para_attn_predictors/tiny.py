@@ -1,1 +1,78 @@
-"""placeholder until the tiny predictor lands"""
+"""``tiny``: a tiny random-weight Flux pipeline split across the ranks with para-attn.
+
+The CLI's default model: it needs no download and no GPU, so ``para-attn-server`` works on
+any machine, and it runs the same code path as a real Flux deployment (Ulysses attention
+across the ranks, per-step progress and cancellation, PNG output). Its images are noise.
+Heavy imports are deferred to ``setup`` so the server process never loads diffusers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
+
+# Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
+# up to 64; the model's two attention heads cap Ulysses at two ranks anyway.
+Side = Annotated[int, msgspec.Meta(ge=16, le=256, multiple_of=16, description="Pixels, a multiple of 16")]
+
+
+class TinyFluxPredictor(Predictor):
+    max_sequence_length = 64  # T5 tokens; must divide by the world size too
+
+    def setup(self, context: RankContext) -> None:
+        from .parallel import parallelize_pipeline
+        from .tiny_flux import build_tiny_flux_pipeline
+
+        self.rank = context.rank
+        self.device = context.device
+        self.pipe = build_tiny_flux_pipeline(seed=int(context.options.get("weights_seed", "0"))).to(context.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        # No parallel VAE: it tiles, which changes the image, and tiny images need none.
+        parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False)
+
+    def predict(
+        self,
+        prompt: Annotated[str, msgspec.Meta(max_length=1000)],
+        width: Side = 32,
+        height: Side = 32,
+        num_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4,
+        guidance_scale: Annotated[float, msgspec.Meta(ge=0, le=20)] = 3.5,
+        seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0,
+        output_format: Literal["png", "jpeg", "npy"] = "png",
+    ) -> Output | None:
+        import numpy as np
+        import torch
+
+        result = self.pipe(
+            prompt=prompt,
+            width=width,
+            height=height,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            max_sequence_length=self.max_sequence_length,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            # Only rank 0 needs pixels; the others skip the (unsplit) VAE decode.
+            output_type="np" if self.rank == 0 else "latent",
+            callback_on_step_end=current_job().diffusers_callback,
+        )
+        if self.rank != 0:
+            return None
+        image = result.images[0]  # HxWx3 float32 in [0, 1]
+        if output_format == "npy":
+            buffer = io.BytesIO()
+            np.save(buffer, image)
+            return Output(buffer.getvalue(), "npy")
+        from PIL import Image
+
+        pil = Image.fromarray((image * 255).round().clip(0, 255).astype("uint8"))
+        return Output.from_image(pil, output_format)
+
+
+@hookimpl
+def register_predictors(register: Callable[[str, type[Any]], None]) -> None:
+    register("tiny", TinyFluxPredictor)

@@ -241,9 +241,9 @@ class JobService:
         )
 
     def retry_after(self) -> int:
-        """Seconds a refused client should wait: the queue's expected drain time."""
-        per_job = self.run_seconds_ewma or 1.0
-        return max(1, math.ceil(per_job * max(1, len(self.queue)) / 2))
+        """Seconds a refused client should wait: a queue slot frees when the running job
+        ends, so about one job's run time."""
+        return max(1, math.ceil(self.run_seconds_ewma or 1.0))
 
     # ---- dispatcher -------------------------------------------------------------------
 

@@ -19,6 +19,15 @@ from .errors import InputError
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # mkstemp creates 0600 files; outputs get the usual mode
+
+
 class OutputStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
@@ -63,6 +72,7 @@ class OutputStore:
         self.confine_dir(target.parent)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, target)

@@ -145,12 +145,13 @@ class Plugins:
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
             dist = dists.get(id(plugin))
             module = getattr(plugin, "__name__", type(plugin).__module__)
+            builtin = plugin is adapter
             rows.append(
                 {
                     "name": name,
                     "module": module,
-                    "distribution": dist.project_name if dist else None,
-                    "version": dist.version if dist else None,
+                    "distribution": dist.project_name if dist else ("para-attn-server" if builtin else None),
+                    "version": dist.version if dist else (version() if builtin else None),
                     "hooks": sorted(hook.name for hook in self.pm.get_hookcallers(plugin) or []),
                     "predictors": sorted(predictors_by_module.get(module, [])),
                     "executors": sorted(executors_by_module.get(module, [])),
