@@ -111,6 +111,11 @@ class JobContext:
 class Predictor:
     """Base class of predictors written for this server (see the module docstring)."""
 
+    def configure(self, world_size: int, options: dict[str, str]) -> None:
+        """Called first in every process (server and ranks) with the group size and the
+        operator's ``--option`` values, so ``validate`` can check world-size limits and a
+        bad option fails at startup. Raise ``ConfigurationError`` to refuse."""
+
     def setup(self, context: RankContext) -> None:
         """Build and parallelize the pipeline on this rank."""
 

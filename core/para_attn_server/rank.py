@@ -130,6 +130,9 @@ class RankWorker:
             self.predictor = self.plugins.resolve_predictor(spec.predictor)
         self.schema = InputSchema(self.predictor)
         self.legacy = is_legacy(self.predictor)
+        configure = getattr(self.predictor, "configure", None)
+        if callable(configure) and not self.legacy:
+            configure(spec.world_size, dict(spec.options))
         self.step_hook_installed = True
         self.control: Any = None
         self.interrupted: str | None = None

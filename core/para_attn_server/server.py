@@ -25,6 +25,7 @@ from .group import GroupSettings, WorkerGroup
 from .jobs import JobService, ServiceSettings
 from .outputs import OutputStore
 from .plugins import Plugins
+from .predictor import is_legacy
 from .schema import InputSchema
 
 log = logging.getLogger("para_attn_server")
@@ -59,6 +60,7 @@ class ServerConfig:
     error_grace: float = 3.0
     drain_timeout: float = 30.0
     max_output_bytes: int = 1 << 30
+    model_path: str | None = None  # also $PARA_ATTN_MODEL_PATH; the predictor's "model_path" option
     options: dict[str, str] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=list)
     executor_options: dict[str, str] = field(default_factory=dict)
@@ -117,6 +119,10 @@ class ParaAttentionServer:
         num_devices = config.num_devices or default_num_devices()
         if num_devices < 1:
             raise ConfigurationError("--num-devices must be at least 1")
+        options = predictor_options(config)
+        configure = getattr(predictor, "configure", None)
+        if callable(configure) and not is_legacy(predictor):
+            configure(num_devices, options)
         executor = plugins.executor(config.executor)(num_devices, dict(config.executor_options))
         group = WorkerGroup(
             executor,
@@ -126,7 +132,7 @@ class ParaAttentionServer:
                 predictor_pickle=predictor_pickle,
                 plugins=plugins.module_names(),
                 backend=config.backend,
-                options=dict(config.options),
+                options=options,
                 setup_timeout=config.setup_timeout,
                 heartbeat_interval=config.heartbeat_interval,
                 heartbeat_timeout=config.heartbeat_timeout,
@@ -180,6 +186,19 @@ class ParaAttentionServer:
             if not http_task.done():
                 await http_task
             await group.stop()
+
+
+MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
+
+
+def predictor_options(config: ServerConfig) -> dict[str, str]:
+    """``--option`` values, with ``--model-path`` (or its environment variable) as
+    ``model_path``."""
+    options = dict(config.options)
+    model_path = config.model_path or os.environ.get(MODEL_PATH_ENV)
+    if model_path:
+        options.setdefault("model_path", model_path)
+    return options
 
 
 async def _drain_then_exit(service: JobService, http: uvicorn.Server) -> None:
