@@ -34,7 +34,7 @@ def _clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[], model_max_length=_CLIP_MAX_LENGTH)
 
 
-def _t5_tokenizer() -> T5Tokenizer:
+def t5_tokenizer() -> T5Tokenizer:
     # Unigram over single printable ASCII characters (ids 0-2 are T5's pad/eos/unk);
     # anything else maps to <unk>.
     chars = ["▁", *(c for c in string.printable if not c.isspace())]
@@ -45,7 +45,7 @@ def _t5_tokenizer() -> T5Tokenizer:
 def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     """Build a deterministic tiny ``FluxPipeline`` (float32, CPU, eval mode)."""
     clip_tokenizer = _clip_tokenizer()
-    t5_tokenizer = _t5_tokenizer()
+    t5 = t5_tokenizer()
     # Seed a forked RNG so the caller's global RNG state is left untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -87,8 +87,8 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
                 num_layers=2,
                 num_heads=4,
                 relative_attention_num_buckets=8,
-                pad_token_id=t5_tokenizer.pad_token_id,
-                eos_token_id=t5_tokenizer.eos_token_id,
+                pad_token_id=t5.pad_token_id,
+                eos_token_id=t5.eos_token_id,
             )
         )
         vae = AutoencoderKL(
@@ -110,7 +110,7 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer,
         text_encoder_2=text_encoder_2,
-        tokenizer_2=t5_tokenizer,
+        tokenizer_2=t5,
         transformer=transformer,
     )
     for component in pipe.components.values():

@@ -14,6 +14,7 @@ both validates it (400 naming the field) and documents it at ``/schema``.
 
 import asyncio
 import base64
+import hmac
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
-from litestar.types import ControllerRouterHandler
+from litestar.types import ASGIApp, ControllerRouterHandler, Receive, Scope, Send
 
 from .errors import InputError, NotReadyError, QueueFullError
 from .jobs import Job, JobService, JobState, JobView
@@ -73,7 +74,49 @@ def _exception_handler(service: JobService) -> Callable[[Request[Any, Any, Any],
     return handle
 
 
-def create_app(service: JobService, *, debug: bool = False) -> Litestar:
+def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
+    """Require ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on every route but
+    ``/health/live`` (so a liveness probe needs no secret)."""
+    expected = api_key.encode()
+    body = msgspec.json.encode({"error": "missing or invalid API key"})
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"] != "/health/live":
+                supplied = b""
+                for name, value in scope["headers"]:
+                    if name == b"x-api-key":
+                        supplied = value
+                    elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                        supplied = value[7:]
+                if not hmac.compare_digest(supplied, expected):
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 401,
+                            "headers": [
+                                (b"content-type", b"application/json"),
+                                (b"www-authenticate", b"Bearer"),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            await app(scope, receive, send)
+
+        return middleware
+
+    return factory
+
+
+def create_app(
+    service: JobService,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = 10 * 1024 * 1024,
+    debug: bool = False,
+) -> Litestar:
     input_type = service.schema.type
 
     def find(job_id: str) -> Job:
@@ -82,13 +125,18 @@ def create_app(service: JobService, *, debug: bool = False) -> Litestar:
             raise NotFoundException("unknown request id")
         return job
 
-    def submit(data: msgspec.Struct, job_id: str | None = None) -> tuple[Job, bool]:
-        return service.submit(service.schema.to_inputs(data), job_id)
+    async def submit(
+        request: Request[Any, Any, Any], data: msgspec.Struct, job_id: str | None = None
+    ) -> tuple[Job, bool]:
+        inputs = service.schema.to_inputs(data)
+        if service.schema.accepts_extra:  # a predict(**kwargs) also gets the fields it does not name
+            inputs = service.schema.with_extras(inputs, msgspec.json.decode(await request.body()))
+        return service.submit(inputs, job_id)
 
     # ---- the original server's endpoints ----------------------------------------------
 
-    async def generate(data: Any) -> Response[Submitted]:
-        job, _ = submit(data)
+    async def generate(request: Request[Any, Any, Any], data: Any) -> Response[Submitted]:
+        job, _ = await submit(request, data)
         return Response(Submitted(job.id), status_code=202)
 
     async def get_output(request_id: str) -> Response[Any]:
@@ -161,18 +209,20 @@ def create_app(service: JobService, *, debug: bool = False) -> Litestar:
 
     # ---- /v1 resource API -------------------------------------------------------------
 
-    async def create_job(data: Any, wait: WaitSeconds = 0) -> Response[JobView]:
-        job, _ = submit(data)
+    async def create_job(request: Request[Any, Any, Any], data: Any, wait: WaitSeconds = 0) -> Response[JobView]:
+        job, _ = await submit(request, data)
         await service.wait(job, wait)
         return Response(service.view(job), status_code=201, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    async def put_job(job_id: str, data: Any, wait: WaitSeconds = 0) -> Response[JobView]:
+    async def put_job(
+        request: Request[Any, Any, Any], job_id: str, data: Any, wait: WaitSeconds = 0
+    ) -> Response[JobView]:
         try:
             canonical = str(uuid.UUID(job_id))
         except ValueError:
             raise InputError("must be a UUID", "job_id") from None
         try:
-            job, created = submit(data, canonical)
+            job, created = await submit(request, data, canonical)
         except InputError as exc:
             if exc.field == "id":
                 raise Conflict(str(exc)) from None
@@ -259,6 +309,8 @@ def create_app(service: JobService, *, debug: bool = False) -> Litestar:
     ]
     return Litestar(
         handlers,
+        middleware=[api_key_middleware(api_key)] if api_key else [],
+        request_max_body_size=max_body_bytes,
         exception_handlers={Exception: _exception_handler(service)},
         openapi_config=OpenAPIConfig(title="para-attn-server", version=version()),
         debug=debug,

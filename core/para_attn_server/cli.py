@@ -53,6 +53,8 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--cancel-grace", type=float, default=d.cancel_grace, help="seconds a cancelled job may take to stop before its ranks are restarted (default: %(default)s)")
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds SIGTERM waits for the running job (default: %(default)s)")
     p.add_argument("--max-output-bytes", type=int, default=d.max_output_bytes, help="largest output accepted from a job (default: %(default)s)")
+    p.add_argument("--api-key", default=None, help="require this key on every endpoint but /health/live (or $PARA_ATTN_SERVER_API_KEY)")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (default: %(default)s)")
     p.add_argument("--model-path", default=None, help="weights directory or hub id for the predictor (or $PARA_ATTN_MODEL_PATH)")
     p.add_argument("--option", "-o", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="predictor option, repeatable")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="extra plugin module to load, repeatable")

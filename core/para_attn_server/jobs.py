@@ -28,6 +28,7 @@ from .schema import OUTPUT_PATH
 
 if TYPE_CHECKING:
     from .group import JobOutcome, WorkerGroup
+    from .journal import JobJournal
     from .outputs import OutputStore
     from .plugins import Plugins
     from .schema import InputSchema
@@ -52,6 +53,7 @@ class ServiceSettings:
     job_timeout: float | None = None
     result_ttl: float = 3600.0
     drain_timeout: float = 30.0
+    restart_backoff: float = 1.0  # first wait after a failed restart; doubles up to the max
     restart_backoff_max: float = 30.0
 
 
@@ -110,8 +112,10 @@ class JobService:
         predictor: object,
         schema: InputSchema,
         settings: ServiceSettings,
+        journal: JobJournal | None = None,
     ) -> None:
         self.group = group
+        self.journal = journal
         self.store = store
         self.plugins = plugins
         self.predictor = predictor
@@ -130,6 +134,26 @@ class JobService:
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
 
     # ---- lifecycle --------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Load the jobs an earlier run of the server recorded; those it left queued or
+        running failed with it. Returns how many jobs were loaded."""
+        if self.journal is None:
+            return 0
+        from .journal import iter_rows
+
+        for row in iter_rows(self.journal.load()):
+            job = Job(row["id"], row["inputs"], row["fingerprint"], state=JobState(row["state"]))
+            for name in ("created_at", "started_at", "finished_at", "step", "total", "error", "file_type", "output_path"):
+                setattr(job, name, row[name])
+            job.output_file = Path(row["output_file"]) if row["output_file"] else None
+            job.written_by_predictor = bool(row["written_by_predictor"])
+            if not job.terminal:
+                job.state, job.error, job.finished_at = JobState.FAILED, "server restarted", time.time()
+                self.journal.record(job)
+            job.done.set()
+            self.jobs[job.id] = job
+        return len(self.jobs)
 
     async def start(self) -> None:
         """First start of the worker group; raises ``SetupError`` if it fails."""
@@ -262,7 +286,7 @@ class JobService:
             await self._execute(job)
 
     async def _restart(self) -> None:
-        delay = 1.0
+        delay = self.settings.restart_backoff
         while True:
             try:
                 await self.group.start()
@@ -333,6 +357,8 @@ class JobService:
         job.done.set()
 
     def _changed(self, job: Job) -> None:
+        if self.journal is not None:
+            self.journal.record(job)
         job.publish("state", msgspec.to_builtins(self.view(job)))
         try:
             self.plugins.job_state_changed(job)
@@ -340,11 +366,17 @@ class JobService:
             log.exception("job_state_changed hook failed")
 
     async def _expire(self) -> None:
-        ttl = self.settings.result_ttl
         while True:
-            await asyncio.sleep(max(1.0, min(ttl / 4, 60.0)))
-            cutoff = time.time() - ttl
-            for job in [j for j in self.jobs.values() if j.terminal and (j.finished_at or 0) < cutoff]:
-                del self.jobs[job.id]
-                if job.output_file is not None and job.output_file.parent == self.store.jobs_dir:
-                    job.output_file.unlink(missing_ok=True)
+            await asyncio.sleep(max(1.0, min(self.settings.result_ttl / 4, 60.0)))
+            self.expire(time.time())
+
+    def expire(self, now: float) -> None:
+        """Forget the jobs that ended more than ``result_ttl`` seconds before ``now``, and
+        delete the server's own copies of their outputs (never a client's output_path)."""
+        cutoff = now - self.settings.result_ttl
+        for job in [j for j in self.jobs.values() if j.terminal and (j.finished_at or 0) < cutoff]:
+            del self.jobs[job.id]
+            if self.journal is not None:
+                self.journal.forget(job.id)
+            if job.output_file is not None and job.output_file.parent == self.store.jobs_dir:
+                job.output_file.unlink(missing_ok=True)

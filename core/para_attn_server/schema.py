@@ -76,11 +76,19 @@ class InputSchema:
 
     def decode_json(self, body: bytes) -> dict[str, Any]:
         """Decode and check a JSON body; raises ``msgspec.ValidationError`` naming the field."""
-        return self.to_inputs(self._decoder.decode(body))
+        inputs = self.to_inputs(self._decoder.decode(body))
+        return self.with_extras(inputs, msgspec.json.decode(body)) if self.accepts_extra else inputs
 
     def convert(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Rebuild typed inputs from their msgpack form (used on the ranks)."""
-        return self.to_inputs(msgspec.convert(raw, self.type, strict=False))
+        return self.with_extras(self.to_inputs(msgspec.convert(raw, self.type, strict=False)), raw)
+
+    def with_extras(self, inputs: dict[str, Any], raw: object) -> dict[str, Any]:
+        """Add the raw fields beyond the named parameters, for a ``predict(**kwargs)``:
+        msgspec drops unknown fields, but the original's predictors read them from kwargs."""
+        if not self.accepts_extra or not isinstance(raw, dict):
+            return inputs
+        return inputs | {k: v for k, v in raw.items() if k not in inputs}
 
     @staticmethod
     def to_inputs(obj: msgspec.Struct) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from .app import create_app
 from .errors import ConfigurationError
 from .group import GroupSettings, WorkerGroup
 from .jobs import JobService, ServiceSettings
+from .journal import JobJournal
 from .outputs import OutputStore
 from .plugins import Plugins
 from .predictor import is_legacy
@@ -60,6 +61,8 @@ class ServerConfig:
     error_grace: float = 3.0
     drain_timeout: float = 30.0
     max_output_bytes: int = 1 << 30
+    api_key: str | None = None  # also $PARA_ATTN_SERVER_API_KEY
+    max_body_bytes: int = 10 * 1024 * 1024
     model_path: str | None = None  # also $PARA_ATTN_MODEL_PATH; the predictor's "model_path" option
     options: dict[str, str] = field(default_factory=dict)
     plugins: list[str] = field(default_factory=list)
@@ -144,9 +147,11 @@ class ParaAttentionServer:
                 log_level=config.log_level,
             ),
         )
+        store = OutputStore(config.output_dir)
+        journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
         service = JobService(
             group,
-            OutputStore(config.output_dir),
+            store,
             plugins,
             predictor,
             schema,
@@ -156,12 +161,21 @@ class ParaAttentionServer:
                 result_ttl=config.result_ttl,
                 drain_timeout=config.drain_timeout,
             ),
+            journal,
         )
+        recovered = service.recover()
+        if recovered:
+            log.info("recovered %d job record(s) from %s", recovered, journal.path)
+        journal.start()
         sock = _bind(config.host, config.port)
         self.port = sock.getsockname()[1]
         http = _HttpServer(
             uvicorn.Config(
-                create_app(service),
+                create_app(
+                    service,
+                    api_key=config.api_key or os.environ.get(API_KEY_ENV) or None,
+                    max_body_bytes=config.max_body_bytes,
+                ),
                 log_level=config.log_level.lower(),
                 access_log=False,
                 lifespan="off",
@@ -186,9 +200,11 @@ class ParaAttentionServer:
             if not http_task.done():
                 await http_task
             await group.stop()
+            await journal.close()
 
 
 MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
+API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"
 
 
 def predictor_options(config: ServerConfig) -> dict[str, str]:

@@ -1,0 +1,166 @@
+"""Test doubles for the unit suite: small predictors named by what they do, and a fake
+worker group that the tests drive by hand (no processes, no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+
+from para_attn_server import InputError, Output, Predictor, RankContext
+from para_attn_server.errors import SetupError
+from para_attn_server.group import GroupSettings, JobOutcome
+
+# ---- predictors -------------------------------------------------------------------------
+
+
+class EchoPredictor(Predictor):
+    """New style: returns ``prompt`` repeated ``repeat`` times; rejects the prompt "forbidden"."""
+
+    def setup(self, context: RankContext) -> None:
+        self.context = context
+
+    def validate(self, inputs: dict[str, Any]) -> None:
+        if inputs["prompt"] == "forbidden":
+            raise InputError("this prompt is not allowed", "prompt")
+
+    def predict(
+        self,
+        prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=100)],
+        repeat: Annotated[int, msgspec.Meta(ge=1, le=50)] = 1,
+        scale: float = 3.5,
+        tags: list[str] = [],  # noqa: B006 - the schema must copy a mutable default per request
+    ) -> Output | None:
+        return Output((prompt * repeat).encode(), "txt")
+
+
+class LegacyPredictor:
+    """Written for the original server: no base class, writes ``output_path`` itself or
+    returns ``(base64, file_type)``."""
+
+    def setup(self) -> None:
+        self.pipe = None
+
+    def predict(self, prompt: str, seed: int = 0, output_path: str | None = None) -> tuple[str, str] | None:
+        raise NotImplementedError  # the tests that use it never run predict
+
+
+class KwargsPredictor:
+    """Written for the original server with ``predict(**kwargs)``: takes any field."""
+
+    def setup(self) -> None:
+        self.pipe = None
+
+    def predict(self, prompt: str = "", **kwargs: Any) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+class NotAPredictor:
+    def predict(self) -> None:  # no setup()
+        pass
+
+
+# ---- worker group -----------------------------------------------------------------------
+
+
+@dataclass
+class FakeRun:
+    """One call of ``FakeGroup.run``; the test ends it with ``finish``."""
+
+    job_id: str
+    inputs: dict[str, Any]
+    timeout: float | None
+    on_progress: Callable[[int, int | None], None]
+    outcome: asyncio.Future[JobOutcome]
+
+    def finish(self, outcome: JobOutcome) -> None:
+        self.outcome.set_result(outcome)
+
+    def succeed(self, output: bytes = b"output", file_type: str = "png") -> None:
+        self.finish(JobOutcome("succeeded", output=output, file_type=file_type))
+
+
+class FakeGroup:
+    """The interface ``JobService`` and the app use of ``group.WorkerGroup``, driven by the test.
+
+    - ``runs`` receives a ``FakeRun`` for every job handed to the group, in order;
+    - ``crash(reason)`` is a fault (a rank died): the group stops being ready;
+    - ``fail_starts`` lists reasons for the next ``start()`` calls to fail with;
+    - ``start_gate``, when set, holds every ``start()`` until the test sets it;
+    - ``start_called`` is set whenever ``start()`` is entered.
+    """
+
+    def __init__(self, *, cancel_grace: float = 5.0, stop_on_cancel: bool = True) -> None:
+        self.settings = GroupSettings(world_size=2, cancel_grace=cancel_grace)
+        self.stop_on_cancel = stop_on_cancel
+        self.ready = False
+        self.last_fault: str | None = None
+        self.starts = 0
+        self.stops = 0
+        self.fail_starts: list[str] = []
+        self.start_gate: asyncio.Event | None = None
+        self.start_called = asyncio.Event()
+        self.runs: asyncio.Queue[FakeRun] = asyncio.Queue()
+        self.current: FakeRun | None = None
+        self.cancelled: list[str] = []
+        self._fault: asyncio.Future[str] | None = None
+
+    @property
+    def fault(self) -> asyncio.Future[str]:
+        assert self._fault is not None, "group not started"
+        return self._fault
+
+    async def start(self) -> None:
+        self.starts += 1
+        self.ready = False
+        self.start_called.set()
+        if self.start_gate is not None:
+            await self.start_gate.wait()
+        if self.fail_starts:
+            raise SetupError(self.fail_starts.pop(0))
+        self._fault = asyncio.get_running_loop().create_future()
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.stops += 1
+        self.ready = False
+
+    async def run(
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        timeout: float | None,
+        on_progress: Callable[[int, int | None], None],
+    ) -> JobOutcome:
+        assert self.ready, "run() on a group that is not ready"
+        run = FakeRun(job_id, inputs, timeout, on_progress, asyncio.get_running_loop().create_future())
+        self.current = run
+        self.runs.put_nowait(run)
+        try:
+            return await run.outcome
+        finally:
+            self.current = None
+
+    def cancel(self, job_id: str) -> bool:
+        self.cancelled.append(job_id)
+        run = self.current
+        if run is None or run.job_id != job_id:
+            return False
+        if self.stop_on_cancel and not run.outcome.done():
+            run.finish(JobOutcome("cancelled"))
+        return True
+
+    def crash(self, reason: str = "rank 1 (pid 4242) killed by SIGKILL") -> None:
+        """A fault, as the real group reports it: the running job fails with the reason."""
+        self.ready = False
+        self.last_fault = reason
+        self.fault.set_result(reason)
+        if self.current is not None and not self.current.outcome.done():
+            self.current.finish(JobOutcome("failed", error=reason))
+
+    def rank_status(self) -> list[dict[str, Any]]:
+        state = "ready" if self.ready else "starting"
+        return [{"rank": rank, "state": state} for rank in range(self.settings.world_size)]
