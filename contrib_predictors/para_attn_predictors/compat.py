@@ -1,10 +1,14 @@
 """Compatibility shims for para-attn 0.3.38 on current diffusers.
 
-diffusers' native attention backend calls
+Each breakage has a detector that runs the upstream code and a shim applied only where
+the detector finds it broken; tests/contrib/test_compat.py fails when upstream changes.
+
+1. diffusers' native attention backend calls
 ``F.scaled_dot_product_attention(..., enable_gqa=False)``. para-attn's
 ``UnifiedAttnMode`` intercepts that call and forwards every keyword to
 ``ulysses_attn_func`` / ``ring_attn_func``, which do not accept ``enable_gqa``,
 so every parallel forward pass dies with a ``TypeError``.
+2. para-attn's Wan adapter cannot run diffusers' current ``WanTransformer3DModel`` (below).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from para_attn import primitives
 from para_attn.para_attn_interface import UnifiedAttnMode
+from torch.distributed.device_mesh import DeviceMesh
 
 _UnifiedCall = Callable[..., torch.Tensor]
 
@@ -83,3 +89,134 @@ def apply_para_attn_shims() -> None:
         UnifiedAttnMode._call_unified_attn_func = _drop_enable_gqa(original)
         _State.original_call = original
         _State.checked = True
+
+
+# ---- Wan: para-attn's adapter predates diffusers' (cos, sin) rotary embedding ----------
+#
+# para-attn 0.3.38's Wan adapter replaces WanTransformer3DModel.forward with a copy of an
+# older diffusers forward. Since diffusers made ``rope`` return a (cos, sin) tuple of shape
+# (1, seq, 1, dim) the copy dies chunking that tuple as one tensor (and would chunk the
+# wrong axis of it); it also drops Wan 2.2's per-token timesteps. Our replacement leaves
+# diffusers' forward alone and splits the sequence around the blocks with module hooks.
+
+_WAN_ROTARY_ERROR = "'tuple' object has no attribute 'shape'"
+
+
+def para_attn_wan_adapter_is_broken(mesh: DeviceMesh) -> bool:
+    """Whether para-attn's Wan adapter fails on this diffusers' ``WanTransformer3DModel``.
+
+    Runs a tiny random transformer unsplit and through para-attn's adapter over ``mesh``
+    and compares. Collective: every rank of ``mesh`` must call it. The known rotary
+    failure and a wrong result return True; any other error propagates, so a test built
+    on this notices when upstream changes.
+    """
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+    from para_attn.context_parallel.diffusers_adapters.wan import parallelize_transformer
+
+    ulysses = mesh["ulysses"].size()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=ulysses, attention_head_dim=12, in_channels=4,
+            out_channels=4, text_dim=8, freq_dim=16, ffn_dim=8, num_layers=1, rope_max_seq_len=max(32, mesh.size()),
+        ).to(mesh.device_type).eval()
+        latents = torch.randn(1, 4, mesh.size(), 4, 4, device=mesh.device_type)  # 4 tokens per rank
+        text = torch.randn(1, 5, 8, device=mesh.device_type)
+    timestep = torch.tensor([500], device=mesh.device_type)
+    with torch.no_grad():
+        expected = transformer(latents, timestep, text, return_dict=False)[0]
+        parallelize_transformer(transformer, mesh=mesh)
+        try:
+            got = transformer(latents, timestep, text, return_dict=False)[0]
+        except AttributeError as exc:
+            if _WAN_ROTARY_ERROR in str(exc):
+                return True
+            raise
+    return not torch.allclose(got, expected, atol=1e-4)
+
+
+def _split_wan_block_inputs(
+    seq_group: Any,
+) -> Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]:
+    names = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb")
+
+    def split(
+        module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        inputs = {**dict(zip(names, args, strict=False)), **kwargs}
+        inputs["hidden_states"] = primitives.get_assigned_chunk(inputs["hidden_states"], dim=1, group=seq_group)
+        rotary = inputs["rotary_emb"]
+        if not (isinstance(rotary, tuple) and all(t.ndim == 4 for t in rotary)):
+            raise NotImplementedError("expected Wan's rotary embedding as (cos, sin) of shape (1, seq, 1, dim)")
+        inputs["rotary_emb"] = tuple(primitives.get_assigned_chunk(t, dim=1, group=seq_group) for t in rotary)
+        if inputs["temb"].ndim == 4:  # Wan 2.2 TI2V: one timestep embedding per token
+            inputs["temb"] = primitives.get_assigned_chunk(inputs["temb"], dim=1, group=seq_group)
+        return (), inputs
+
+    return split
+
+
+def _without_context_parallel(forward: Callable[..., Any]) -> Callable[..., Any]:
+    # Cross-attention: this rank's queries against the whole prompt, which every rank
+    # holds, is exact without communication.
+    @functools.wraps(forward)
+    def local(*args: Any, **kwargs: Any) -> Any:
+        with UnifiedAttnMode.disable():
+            return forward(*args, **kwargs)
+
+    return local
+
+
+def parallelize_wan_transformer(transformer: torch.nn.Module, mesh: DeviceMesh) -> None:
+    """Split a ``WanTransformer3DModel``'s token sequence across ``mesh`` (our adapter).
+
+    The first block's inputs are chunked along the sequence, self-attention runs under
+    para-attn's ``UnifiedAttnMode`` (Ulysses, and ring attention on CUDA), and the last
+    block's output is gathered, so the output norm and unpatchify see the full sequence.
+    """
+    if getattr(transformer, "_is_parallelized", False):
+        return
+    seq_group = mesh["ring", "ulysses"]._flatten()  # type: ignore[no-untyped-call]  # as para-attn does
+    blocks = transformer.blocks
+    blocks[0].register_forward_pre_hook(_split_wan_block_inputs(seq_group), with_kwargs=True)
+    blocks[-1].register_forward_hook(
+        lambda module, args, output: primitives.get_complete_tensor(output, dim=1, group=seq_group)
+    )
+    for block in blocks:
+        block.attn2.forward = _without_context_parallel(block.attn2.forward)
+    forward = transformer.forward
+
+    @functools.wraps(forward)
+    def parallel_forward(*args: Any, **kwargs: Any) -> Any:
+        with UnifiedAttnMode(mesh):
+            return forward(*args, **kwargs)
+
+    transformer.forward = parallel_forward
+    transformer._is_parallelized = True
+
+
+def parallelize_wan_transformers(pipe: Any, mesh: DeviceMesh) -> None:
+    """Split a Wan pipeline's transformer(s) (Wan 2.2 A14B has two) across ``mesh``,
+    with para-attn's adapter where it works on this diffusers and ours where not."""
+    from para_attn.context_parallel.diffusers_adapters.wan import parallelize_transformer
+
+    ours = para_attn_wan_adapter_is_broken(mesh)
+    for name in ("transformer", "transformer_2"):
+        transformer = getattr(pipe, name, None)
+        if transformer is None:
+            continue
+        if ours:
+            parallelize_wan_transformer(transformer, mesh)
+        else:
+            parallelize_transformer(transformer, mesh=mesh)
+
+
+def can_parallelize_vae(vae: torch.nn.Module) -> bool:
+    """Whether para-attn's parallel decode reproduces this VAE's own (tiled) decode.
+
+    para-attn's AutoencoderKLWan decode predates Wan 2.2's patchified VAE (it never
+    unpatchifies), so such VAEs decode on each rank alone.
+    """
+    if type(vae).__name__ == "AutoencoderKLWan":
+        return getattr(vae.config, "patch_size", None) is None
+    return True

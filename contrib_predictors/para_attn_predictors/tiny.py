@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
-
 from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
@@ -37,6 +36,7 @@ class TinyFluxPredictor(Predictor):
 
     def predict(
         self,
+        *,
         prompt: Annotated[str, msgspec.Meta(max_length=1000)],
         width: Side = 32,
         height: Side = 32,

@@ -60,12 +60,14 @@ def install_step_callback(pipe: Any) -> bool:
     attribute keep working. Returns False when the pipeline takes no such callback.
     """
     base = type(pipe)
+    if getattr(base, "_para_attn_step_hook", False):
+        return True  # already installed (the subclass's own signature hides the parameter)
     try:
         params = inspect.signature(base.__call__).parameters
     except (TypeError, ValueError):
         return False
-    if "callback_on_step_end" not in params or getattr(base, "_para_attn_step_hook", False):
-        return "callback_on_step_end" in params
+    if "callback_on_step_end" not in params:
+        return False
 
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:

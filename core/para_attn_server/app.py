@@ -17,6 +17,7 @@ import base64
 import hmac
 import uuid
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -155,11 +156,11 @@ def create_app(
         assert job.output_file is not None and job.file_type is not None
         if job.written_by_predictor:
             return Response({"output": job.output_path, "file_type": job.file_type}, status_code=200)
-        return Response(
-            await asyncio.to_thread(_base64_body, job.output_file, job.file_type, job.output_path),
-            media_type="application/json",
-            status_code=200,
-        )
+        if job.output_bytes is not None:
+            body = _base64_body(job.output_bytes, job.file_type, job.output_path)
+        else:
+            body = await asyncio.to_thread(_base64_body, job.output_file, job.file_type, job.output_path)
+        return Response(body, media_type="application/json", status_code=200)
 
     async def cancel(request: Request[Any, Any, Any]) -> Response[JSON]:
         body = await request.body()
@@ -209,10 +210,14 @@ def create_app(
 
     # ---- /v1 resource API -------------------------------------------------------------
 
-    async def create_job(request: Request[Any, Any, Any], data: Any, wait: WaitSeconds = 0) -> Response[JobView]:
+    async def create_job(request: Request[Any, Any, Any], data: Any, wait: WaitSeconds = 0) -> Response[Any]:
         job, _ = await submit(request, data)
         await service.wait(job, wait)
-        return Response(service.view(job), status_code=201, headers={"Location": f"/v1/jobs/{job.id}"})
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if job.state is JobState.SUCCEEDED and wants_output(request):
+            # Synchronous mode: one round trip from inputs to output bytes.
+            return output_response(job, status_code=201, headers={**headers, "X-Job-Id": job.id})
+        return Response(service.view(job), status_code=201, headers=headers)
 
     async def put_job(
         request: Request[Any, Any, Any], job_id: str, data: Any, wait: WaitSeconds = 0
@@ -241,7 +246,7 @@ def create_app(
             raise Conflict(f"the job already ended ({job.state.value})")
         return service.view(job)
 
-    async def job_output(job_id: str, wait: WaitSeconds = 0) -> File:
+    async def job_output(job_id: str, wait: WaitSeconds = 0) -> Response[Any]:
         job = find(job_id)
         await service.wait(job, wait)
         if job.state is not JobState.SUCCEEDED or job.output_file is None or job.file_type is None:
@@ -249,11 +254,21 @@ def create_app(
             if job.error:
                 detail += f": {job.error}"
             raise Conflict(detail)
+        return output_response(job)
+
+    def output_response(job: Job, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
+        assert job.output_file is not None and job.file_type is not None
+        if job.output_bytes is not None:
+            return Response(
+                job.output_bytes, media_type=content_type(job.file_type), status_code=status_code, headers=headers
+            )
         return File(
             job.output_file,
             media_type=content_type(job.file_type),
             filename=f"{job.id}.{job.file_type}",
             content_disposition_type="inline",
+            status_code=status_code,
+            headers=headers,
         )
 
     async def job_events(job_id: str) -> ServerSentEvent:
@@ -321,9 +336,16 @@ class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
     request_id: str | None = None
 
 
-def _base64_body(path: Any, file_type: str, output_path: str | None) -> bytes:
-    with open(path, "rb") as f:
-        encoded = base64.b64encode(f.read())
+def wants_output(request: Request[Any, Any, Any]) -> bool:
+    """True when the client asked for the output itself (``Accept`` names a type other
+    than JSON), as in ``Accept: application/octet-stream`` or ``image/png``."""
+    accept = request.headers.get("accept", "")
+    return bool(accept) and "json" not in accept and "*/*" not in accept
+
+
+def _base64_body(source: bytes | Path, file_type: str, output_path: str | None) -> bytes:
+    """The original's JSON body, built as bytes: a JSON encoder would copy the base64 again."""
+    encoded = base64.b64encode(source if isinstance(source, bytes) else source.read_bytes())
     extra = b"" if output_path is None else b',"output_path":' + msgspec.json.encode(output_path)
     return b'{"output":"' + encoded + b'","file_type":' + msgspec.json.encode(file_type) + extra + b"}"
 

@@ -44,7 +44,7 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None, help="torch.distributed backend (default: nccl on CUDA, else gloo)")
     p.add_argument("--output-dir", default=d.output_dir, help="where outputs are written (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="jobs that may wait (default: %(default)s)")
-    p.add_argument("--job-timeout", type=_seconds_or_none, default=None, help="seconds a job may run; 0: no limit")
+    p.add_argument("--job-timeout", type=_seconds_or_none, default=d.job_timeout, help="seconds a job may run before its ranks are restarted; 0: no limit (default: %(default)s)")
     p.add_argument("--result-ttl", type=float, default=d.result_ttl, help="seconds results are kept (default: %(default)s)")
     p.add_argument("--setup-timeout", type=float, default=d.setup_timeout, help="seconds setup may take (default: %(default)s)")
     p.add_argument("--heartbeat-timeout", type=float, default=d.heartbeat_timeout, help="seconds of rank silence before a restart (default: %(default)s)")

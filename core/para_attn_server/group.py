@@ -289,7 +289,11 @@ class WorkerGroup:
             )
         failures = self._failures(running)
         error = failures[0].error if failures else None
-        if not running.all_ended.done():
+        if fault.done() and error:
+            # The group faulted meanwhile (a rank died, say): that is the cause, and the
+            # other ranks' errors (a collective's peer gone) only echo it.
+            error = f"{fault.result()}; the worker group was restarted (then {error})"
+        elif not running.all_ended.done():
             missing = sorted(set(range(self.world_size)) - set(running.ended))
             detail = f"{error}; " if error else ""
             self._set_fault(f"{detail}rank(s) {missing} did not leave the job (stuck in a collective)")
@@ -373,7 +377,12 @@ class WorkerGroup:
         finally:
             writer.close()
             if link is not None and self.links.get(link.rank) is link and self.state is not GroupState.STOPPED:
-                self._set_fault(f"rank {link.rank} (pid {link.pid}) closed its control connection")
+                # A rank that dies closes its connection as it goes; give the executor's
+                # report of how it died (killed by SIGKILL, exit code) a moment to be the reason.
+                fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
+                asyncio.get_running_loop().call_later(
+                    1.0, lambda: self._fault is fault and self._set_fault(reason)
+                )
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> Any:

@@ -45,6 +45,8 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# Small outputs are written on the event loop: a thread hop costs more than the write.
+INLINE_WRITE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Job:
     file_type: str | None = None
     output_file: Path | None = None
     output_path: str | None = None  # the client's relative output_path, when given
+    output_bytes: bytes | None = None  # small outputs also stay in memory, served without a file read
     written_by_predictor: bool = False
     cancel_requested: bool = False
     subscribers: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=list)
@@ -327,7 +330,11 @@ class JobService:
                 job.file_type = outcome.file_type or "bin"
                 target = job.output_file or self.store.job_file(job.id, job.file_type)
                 try:
-                    await asyncio.to_thread(self.store.write, target, outcome.output)
+                    if len(outcome.output) <= INLINE_WRITE_BYTES:
+                        self.store.write(target, outcome.output)
+                        job.output_bytes = outcome.output
+                    else:
+                        await asyncio.to_thread(self.store.write, target, outcome.output)
                 except (InputError, OSError) as exc:
                     self._finish(job, JobState.FAILED, f"could not write the output: {exc}")
                     return

@@ -65,9 +65,13 @@ class OutputStore:
 
     def write(self, target: Path, data: bytes) -> None:
         """Atomically write ``data`` to ``target`` (already confined)."""
-        if target.parent != self.jobs_dir:
-            # Re-check: a symlink may have appeared since the job was submitted.
-            self.confine(target.relative_to(self.root).as_posix())
+        if target.parent == self.jobs_dir:
+            # Our own directory, our own uuid names: no rename dance needed.
+            with open(target, "wb") as f:
+                f.write(data)
+            return
+        # Re-check: a symlink may have appeared since the job was submitted.
+        self.confine(target.relative_to(self.root).as_posix())
         target.parent.mkdir(parents=True, exist_ok=True)
         self.confine_dir(target.parent)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")

@@ -48,6 +48,7 @@ from .schema import OUTPUT_PATH, InputSchema
 log = logging.getLogger("para_attn_server.rank")
 
 PING, JOB, SHUTDOWN = 0, 1, 2
+FRAME_BYTES = 4096  # one broadcast carries a job whose inputs encode to < 4 KiB
 _job_encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(RunJob)
 
@@ -209,20 +210,30 @@ class RankWorker:
                     self.run(_job_decoder.decode(payload))
 
     def _broadcast(self, kind: int, payload: bytes = b"") -> tuple[int, bytes]:
-        """Rank 0 sends (kind, payload) to every rank; the others receive it."""
+        """Rank 0 sends (kind, payload) to every rank; the others receive it.
+
+        One collective for the common case: a fixed-size frame carries the kind, the
+        length and a payload that fits; only a larger payload takes a second broadcast.
+        """
         if self.world_size == 1:
             return kind, payload
-        header = torch.tensor([kind, len(payload)], dtype=torch.int64)
-        dist.broadcast(header, src=0, group=self.control)
-        kind, size = int(header[0]), int(header[1])
-        if size == 0:
-            return kind, b""
+        frame = torch.zeros(FRAME_BYTES, dtype=torch.uint8)
         if self.rank == 0:
-            dist.broadcast(torch.frombuffer(bytearray(payload), dtype=torch.uint8), src=0, group=self.control)
+            inline = payload[: FRAME_BYTES - 16]
+            frame[:16].view(torch.int64).copy_(torch.tensor([kind, len(payload)]))
+            if inline:
+                frame[16 : 16 + len(inline)] = torch.frombuffer(bytearray(inline), dtype=torch.uint8)
+        dist.broadcast(frame, src=0, group=self.control)
+        kind, size = (int(v) for v in frame[:16].view(torch.int64))
+        if size <= FRAME_BYTES - 16:
+            return kind, payload if self.rank == 0 else frame[16 : 16 + size].numpy().tobytes()
+        rest = size - (FRAME_BYTES - 16)
+        if self.rank == 0:
+            dist.broadcast(torch.frombuffer(bytearray(payload[FRAME_BYTES - 16 :]), dtype=torch.uint8), 0, self.control)
             return kind, payload
-        buffer = torch.empty(size, dtype=torch.uint8)
-        dist.broadcast(buffer, src=0, group=self.control)
-        return kind, buffer.numpy().tobytes()
+        tail = torch.empty(rest, dtype=torch.uint8)
+        dist.broadcast(tail, src=0, group=self.control)
+        return kind, frame[16:].numpy().tobytes() + tail.numpy().tobytes()
 
     def run(self, message: RunJob) -> None:
         job_id = message.job_id

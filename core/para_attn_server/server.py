@@ -50,7 +50,7 @@ class ServerConfig:
     backend: str | None = None
     output_dir: str = "outputs"
     max_queue: int = 64
-    job_timeout: float | None = None
+    job_timeout: float | None = 3600.0  # a hung job restarts the group after an hour; None: never
     result_ttl: float = 3600.0
     setup_timeout: float = 1800.0
     heartbeat_interval: float = 1.0

@@ -1,5 +1,8 @@
 """Test doubles for the unit suite: small predictors named by what they do, and a fake
-worker group that the tests drive by hand (no processes, no sockets)."""
+worker group that the tests drive by hand (no processes, no sockets).
+
+The module is also a plugin (``register_predictors`` below), so tests can load it by name.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from para_attn_server import InputError, Output, Predictor, RankContext
+from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
 from para_attn_server.errors import SetupError
 from para_attn_server.group import GroupSettings, JobOutcome
 
@@ -61,6 +64,12 @@ class KwargsPredictor:
 class NotAPredictor:
     def predict(self) -> None:  # no setup()
         pass
+
+
+@hookimpl
+def register_predictors(register: Callable[[str, type[Any]], None]) -> None:
+    register("echo", EchoPredictor)
+    register("legacy", LegacyPredictor)
 
 
 # ---- worker group -----------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Benchmarks for para-attn-server: ``python -m benchmarks --help``."""

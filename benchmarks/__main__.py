@@ -1,0 +1,47 @@
+"""``python -m benchmarks [--quick] [--only SUITE,...] [--json PATH]``
+
+Starts and stops its own servers (nothing is left running), prints each figure as it is
+measured, then a Markdown table, and writes every sample's statistics as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from .harness import Report
+from .suites import SUITES
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites: {', '.join(SUITES)}")
+    parser.add_argument("--json", default="benchmarks/results/latest.json", help="where to write the results")
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(SUITES)
+    if unknown:
+        parser.error(f"unknown suite(s): {', '.join(sorted(unknown))}")
+    report = Report()
+    started = time.time()
+    for name in chosen:
+        print(f"[{name}]", flush=True)
+        SUITES[name](report, args.quick)
+    print()
+    print(report.table())
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "python": sys.version.split()[0], "cpus": __import__("os").cpu_count(),
+            "quick": args.quick, "seconds": round(time.time() - started, 1)}  # fmt: skip
+    out.write_text(json.dumps({"meta": meta, "rows": report.rows}, indent=2))
+    print(f"\nwrote {out} ({meta['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

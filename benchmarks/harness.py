@@ -1,0 +1,179 @@
+"""What every benchmark needs: a server it starts and stops, fast clients, statistics.
+
+Clients are deliberately thin (http.client for sequential requests, raw asyncio streams for
+concurrent ones) so that on a small machine the client is not what is measured; the
+"floor" (a trivial endpoint through the same client) is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    port: int
+    process: subprocess.Popen[str]
+    output_dir: Path
+    log: list[str] = field(default_factory=list)
+
+    def client(self) -> Client:
+        return Client(self.port)
+
+
+@contextlib.contextmanager
+def server(model: str = "noop", num_devices: int = 2, *args: str, ready_timeout: float = 120) -> Iterator[Server]:
+    """Start ``para-attn-server`` as a subprocess; yield once it logged ``ready:``."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="para-attn-bench-") as tmp:
+        cmd = [
+            sys.executable, "-m", "para_attn_server.cli", "--model", model, "--num-devices", str(num_devices),
+            "--port", str(port), "--output-dir", tmp, "--log-level", "INFO", *args,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        srv = Server(port, proc, Path(tmp))
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                srv.log.append(line)
+                if "ready:" in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            if not ready.wait(ready_timeout) or proc.poll() is not None:
+                raise RuntimeError("server did not start:\n" + "".join(srv.log[-30:]))
+            yield srv
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        hdrs = {"content-type": "application/json"} if body is not None else {}
+        if headers:
+            hdrs.update(headers)
+        self.conn.request(method, path, body=body, headers=hdrs)
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def json(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
+        status, data = self.request(method, path, None if body is None else json.dumps(body).encode())
+        if expect is not None and status != expect:
+            raise RuntimeError(f"{method} {path}: {status} {data[:200]!r}")
+        return json.loads(data)
+
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+@dataclass
+class Stat:
+    median: float
+    min: float
+    max: float
+    p90: float
+    p99: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stat:
+        s = sorted(samples)
+        return cls(statistics.median(s), s[0], s[-1], s[int(0.9 * (len(s) - 1))], s[int(0.99 * (len(s) - 1))], len(s))
+
+    def ms(self) -> str:
+        return f"{self.median * 1e3:8.3f} ms  [{self.min * 1e3:.3f} .. {self.max * 1e3:.3f}]"
+
+
+class Report:
+    """Rows of (suite, case, value, unit, detail); printed as a table and saved as JSON."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, suite: str, case: str, value: float, unit: str, detail: str = "", **extra: Any) -> None:
+        row = {"suite": suite, "case": case, "value": value, "unit": unit, "detail": detail, **extra}
+        self.rows.append(row)
+        print(f"  {suite:<11} {case:<44} {_fmt(value, unit):>14}  {detail}", flush=True)
+
+    def table(self) -> str:
+        lines = [f"| suite | case | median | detail |", "|---|---|---:|---|"]
+        for r in self.rows:
+            lines.append(f"| {r['suite']} | {r['case']} | {_fmt(r['value'], r['unit'])} | {r['detail']} |")
+        return "\n".join(lines)
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value * 1e3:.3f} ms"
+    if unit == "us":
+        return f"{value:.1f} µs"
+    return f"{value:.3g} {unit}"
+
+
+async def raw_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """Send one prepared request on a keep-alive connection and read the response."""
+    writer.write(head + body)
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+def post_head(path: str, body: bytes, accept: str = "application/json") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Accept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()

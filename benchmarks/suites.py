@@ -1,0 +1,240 @@
+"""The benchmark suites. Each takes the report and a ``quick`` flag and adds rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+from .direct import direct_call_times
+from .harness import Client, Report, Stat, post_head, raw_request, server, timed
+
+OCTET = {"accept": "application/octet-stream"}
+# The original Flask server, measured on this machine class (issue #5): the baseline.
+ORIGINAL = {"seq_p50_ms": 5.3, "seq_jobs_s": 172, "out16_ms": 501, "concurrent_completed": "0 of 64"}
+
+
+def floor(client: Client, n: int) -> tuple[Stat, Stat]:
+    one = Stat.of(timed(lambda: client.request("GET", "/health/live"), n))
+    pair = Stat.of(timed(lambda: (client.request("GET", "/health/live"), client.request("GET", "/health/live")), n))
+    return one, pair
+
+
+def sync_job(client: Client, body: bytes) -> None:
+    status, _ = client.request("POST", "/v1/jobs?wait=60", body, OCTET)
+    assert status == 201, status
+
+
+def submit_then_download(client: Client, body: bytes) -> bytes:
+    job = client.json("POST", "/v1/jobs", json.loads(body), expect=201)
+    status, data = client.request("GET", f"/v1/jobs/{job['id']}/output?wait=60")
+    assert status == 200, status
+    return data
+
+
+def original_polling(client: Client, body: bytes, interval: float = 0.001) -> bytes:
+    status, data = client.request("POST", "/generate", body)
+    assert status == 202, status
+    request_id = json.loads(data)["request_id"]
+    while True:
+        status, data = client.request("GET", f"/get_output/{request_id}")
+        if status == 200:
+            return data
+        assert status == 202, status
+        time.sleep(interval)
+
+
+# ---- 1 + 4 + 5: latency, overhead vs direct, original client ------------------------------
+
+
+def latency(report: Report, quick: bool) -> None:
+    n = 200 if quick else 1000
+    with server("noop", 2) as srv:
+        c = srv.client()
+        one, pair = floor(c, n)
+        report.add("floor", "1 request  (GET /health/live)", one.median, "s", one.ms(), stat=vars(one))
+        report.add("floor", "2 requests (GET /health/live x2)", pair.median, "s", pair.ms(), stat=vars(pair))
+        body = b'{"size": 1024}'
+        s = Stat.of(timed(lambda: sync_job(c, body), n))
+        report.add("latency", "no-op, 1 request (POST ?wait, Accept bytes)", s.median, "s",
+                   f"{s.ms()}  +{(s.median - one.median) * 1e3:.3f} ms over floor", stat=vars(s))  # fmt: skip
+        s = Stat.of(timed(lambda: submit_then_download(c, body), n))
+        report.add("latency", "no-op, POST then GET output?wait", s.median, "s",
+                   f"{s.ms()}  +{(s.median - pair.median) * 1e3:.3f} ms over floor", stat=vars(s))  # fmt: skip
+        s = Stat.of(timed(lambda: original_polling(c, body), n // 2))
+        report.add("latency", "no-op, original client (poll every 1 ms)", s.median, "s",
+                   f"{s.ms()}  original server: {ORIGINAL['seq_p50_ms']} ms", stat=vars(s))  # fmt: skip
+
+
+def overhead(report: Report, quick: bool) -> None:
+    cases = [("noop", {"size": 1024}, 300 if quick else 1000), ("tiny", {"prompt": "a cat"}, 10 if quick else 30)]
+    for world in (1, 2):
+        for model, inputs, n in cases:
+            direct = Stat.of(direct_call_times(model, world, inputs, n))
+            with server(model, world) as srv:
+                c = srv.client()
+                body = json.dumps(inputs).encode()
+                served = Stat.of(timed(lambda: sync_job(c, body), n, warmup=3))  # noqa: B023
+            added = served.median - direct.median
+            report.add("overhead", f"{model}, {world} rank(s): direct call", direct.median, "s", direct.ms(), stat=vars(direct))
+            report.add("overhead", f"{model}, {world} rank(s): through the server", served.median, "s",
+                       f"{served.ms()}  x{served.median / direct.median:.3f}, +{added * 1e3:.3f} ms", stat=vars(served))  # fmt: skip
+
+
+# ---- 2: throughput ----------------------------------------------------------------------
+
+
+def throughput(report: Report, quick: bool) -> None:
+    total = 400 if quick else 2000
+    with server("noop", 2, "--max-queue", "256") as srv:
+        for clients in (1, 8, 32):
+            jobs_s, lat = asyncio.run(_drive(srv.port, clients, total))
+            s = Stat.of(lat)
+            report.add("throughput", f"no-op, {clients} concurrent client(s)", jobs_s, "jobs/s",
+                       f"latency p50 {s.median * 1e3:.2f} ms p90 {s.p90 * 1e3:.2f} ms p99 {s.p99 * 1e3:.2f} ms",
+                       latency=vars(s))  # fmt: skip
+
+
+async def _drive(port: int, clients: int, total: int) -> tuple[float, list[float]]:
+    body = b'{"size": 1024}'
+    head = post_head("/v1/jobs?wait=60", body, "application/octet-stream")
+    per_client = total // clients
+    latencies: list[float] = []
+
+    async def one_client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(per_client):
+            start = time.perf_counter()
+            status, _ = await raw_request(reader, writer, head, body)
+            assert status == 201, status
+            latencies.append(time.perf_counter() - start)
+        writer.close()
+
+    await asyncio.gather(*(one_client() for _ in range(min(clients, 4))))  # warm-up
+    latencies.clear()
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
+# ---- 3: payload -------------------------------------------------------------------------
+
+
+def payload(report: Report, quick: bool) -> None:
+    sizes = [("1 KiB", 1 << 10), ("1 MiB", 1 << 20), ("16 MiB", 16 << 20), ("64 MiB", 64 << 20)]
+    with server("noop", 2) as srv:
+        c = srv.client()
+        for label, size in sizes:
+            n = 10 if size >= 16 << 20 else (50 if quick else 200)
+            body = json.dumps({"size": size}).encode()
+            s = Stat.of(timed(lambda: submit_then_download(c, body), n, warmup=2))  # noqa: B023
+            report.add("payload", f"{label}: binary download", s.median, "s", s.ms(), stat=vars(s))
+            s = Stat.of(timed(lambda: original_polling(c, body), n, warmup=2))  # noqa: B023
+            detail = s.ms() + (f"  original server: {ORIGINAL['out16_ms']} ms" if size == 16 << 20 else "")
+            report.add("payload", f"{label}: original base64 JSON (/get_output)", s.median, "s", detail, stat=vars(s))
+
+
+# ---- 4: cancel latency ------------------------------------------------------------------
+
+
+def cancel(report: Report, quick: bool) -> None:
+    step = 0.02
+    n = 10 if quick else 30
+    with server("noop", 2) as srv:
+        c, watcher = srv.client(), srv.client()
+        samples = []
+        for _ in range(n):
+            job = c.json("POST", "/v1/jobs", {"size": 16, "steps": 100_000, "step_seconds": step}, expect=201)
+            _wait_for_step(srv.port, job["id"], 3)
+            start = time.perf_counter()
+            c.json("POST", f"/v1/jobs/{job['id']}/cancel", expect=200)
+            state = watcher.json("GET", f"/v1/jobs/{job['id']}?wait=30")["state"]
+            samples.append(time.perf_counter() - start)
+            assert state == "cancelled", state
+        s = Stat.of(samples)
+        report.add("cancel", f"no-op, 2 ranks, {step * 1e3:.0f} ms steps", s.median, "s",
+                   f"{s.ms()}  target: one step + 20 ms = {(step + 0.02) * 1e3:.0f} ms", stat=vars(s), step_s=step)  # fmt: skip
+
+
+def _wait_for_step(port: int, job_id: str, step: int) -> None:
+    """Block on the job's SSE stream until it reports ``step``."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request("GET", f"/v1/jobs/{job_id}/events")
+    response = conn.getresponse()
+    event = ""
+    for raw in response:
+        line = raw.decode().strip()
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event == "progress" and json.loads(line[5:])["step"] >= step:
+            break
+    conn.close()
+
+
+# ---- 5: progress cost -------------------------------------------------------------------
+
+
+def progress(report: Report, quick: bool) -> None:
+    steps = 2000 if quick else 10000
+    with server("noop", 2) as srv:
+        c = srv.client()
+        per_step = {}
+        for hook in (False, True):
+            body = json.dumps({"size": 16, "steps": steps, "step_hook": hook}).encode()
+            s = Stat.of(timed(lambda: sync_job(c, body), 5, warmup=1))  # noqa: B023
+            per_step[hook] = s.median / steps
+        cost = (per_step[True] - per_step[False]) * 1e6
+        report.add("progress", "step hook (progress + cancel decision), 2 ranks", cost, "us", "per step", per_step=per_step)
+    with server("tiny", 2) as srv:
+        c = srv.client()
+        body = json.dumps({"prompt": "a cat", "num_inference_steps": 20}).encode()
+        s = Stat.of(timed(lambda: sync_job(c, body), 5, warmup=1))
+        step_time = s.median / 20
+        report.add("progress", "tiny Flux step time, 2 ranks", step_time * 1e6, "us",
+                   f"hook cost = {cost / (step_time * 1e6) * 100:.2f}% of a step")  # fmt: skip
+
+
+# ---- 6: GPU -----------------------------------------------------------------------------
+
+
+def gpu(report: Report, quick: bool) -> None:
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("  gpu         skipped: no CUDA device", flush=True)
+        return
+    path = os.environ.get("PARA_ATTN_BENCH_FLUX_PATH")
+    if not path:
+        print("  gpu         skipped: set PARA_ATTN_BENCH_FLUX_PATH to a Flux pipeline directory", flush=True)
+        return
+    inputs = {"prompt": "a cat", "width": 1024, "height": 1024, "num_inference_steps": 28}
+    direct = Stat.of(direct_call_times("flux", 1, {**inputs}, 3, warmup=1))
+    with server("flux", 1, "--model-path", path) as srv:
+        c = srv.client()
+        body = json.dumps(inputs).encode()
+        served = Stat.of(timed(lambda: sync_job(c, body), 3, warmup=1))
+    report.add("gpu", "flux 1024x1024 28 steps: direct", direct.median, "s", direct.ms())
+    report.add("gpu", "flux 1024x1024 28 steps: server", served.median, "s", f"x{served.median / direct.median:.3f}")
+
+
+SUITES = {
+    "latency": latency,
+    "overhead": overhead,
+    "throughput": throughput,
+    "payload": payload,
+    "cancel": cancel,
+    "progress": progress,
+    "gpu": gpu,
+}
+
+
+def run_threaded(fn: Any, *args: Any) -> None:
+    t = threading.Thread(target=fn, args=args)
+    t.start()
+    t.join()

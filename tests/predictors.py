@@ -1,0 +1,289 @@
+"""Predictors for the integration tests, each named by the behaviour it injects.
+
+Rank processes import them as ``tests.predictors:Name`` (the tests put the repository root
+on PYTHONPATH). The server process imports this module only to read ``predict``'s
+signature, so heavy imports (torch, diffusers) stay inside the methods.
+
+Where a test must hold a job at a known point it names a *hold* file: the predictor waits
+until the file exists, and the test creates it when it is ready (no sleeping on either side
+of the test's assertions).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from para_attn_server import Output, Predictor, RankContext, current_job
+from para_attn_predictors.tiny import TinyFluxPredictor
+
+Fault = Literal["none", "raise", "exit", "kill", "freeze", "hang_collective", "hang_outside"]
+
+
+def wait_for_file(path: str | os.PathLike[str]) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
+class Faulty(Predictor):
+    """``steps`` steps, each an all_reduce across the ranks (like a model's forward) and a
+    step boundary; ``fault`` strikes on ``fault_rank`` (-1: every rank) at ``fault_step``,
+    before that step's all_reduce.
+
+    - raise: a RuntimeError naming the rank
+    - exit / kill / freeze: ``os._exit(13)`` / SIGKILL / SIGSTOP of the rank's own process
+    - hang_collective: waits inside an all_reduce that no other rank ever enters
+    - hang_outside: waits forever outside any collective (its peers wait in the all_reduce)
+    """
+
+    def setup(self, context: RankContext) -> None:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        self.rank = context.rank
+        self.world_size = context.world_size
+        # No job uses this group, so a rank that waits in it waits for good.
+        self.stray = dist.new_group(backend="gloo", timeout=timedelta(hours=1)) if self.world_size > 1 else None
+
+    def predict(
+        self,
+        fault: Fault = "none",
+        fault_rank: int = -1,
+        fault_step: Annotated[int, msgspec.Meta(ge=1)] = 1,
+        steps: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3,
+        step_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.0,
+        hold: str | None = None,
+        tag: str = "",
+    ) -> Output | None:
+        import torch
+        import torch.distributed as dist
+
+        job = current_job()
+        if hold:
+            wait_for_file(hold)
+        for step in range(1, steps + 1):
+            if step_seconds:
+                time.sleep(step_seconds)
+            if step == fault_step and fault_rank in (-1, self.rank):
+                self._inject(fault)
+            if self.world_size > 1:
+                dist.all_reduce(torch.ones(1))
+            job.step(step, steps)
+        if self.rank != 0:
+            return None
+        report = {"tag": tag, "steps": steps, "world_size": self.world_size}
+        return Output(json.dumps(report).encode(), "json")
+
+    def _inject(self, fault: Fault) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if fault == "raise":
+            raise RuntimeError(f"injected fault on rank {self.rank}")
+        if fault == "exit":
+            os._exit(13)
+        if fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == "freeze":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if fault == "hang_collective":
+            dist.all_reduce(torch.ones(1), group=self.stray)
+        if fault == "hang_outside":
+            threading.Event().wait()
+
+
+class BlocksSetup(Predictor):
+    """setup() waits for the file named by ``-o release=PATH``: the server stays not ready
+    until the test creates it."""
+
+    def setup(self, context: RankContext) -> None:
+        wait_for_file(context.options["release"])
+
+    def predict(self, text: str = "ok") -> Output | None:
+        return Output(text.encode(), "txt")
+
+
+class SetupRaises(Predictor):
+    def setup(self, context: RankContext) -> None:
+        raise RuntimeError("setup exploded on purpose")
+
+    def predict(self) -> Output | None:
+        return None
+
+
+class Greeter(Predictor):
+    """Carries state from ``__init__``, to show the server runs the instance it was handed."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def setup(self, context: RankContext) -> None:
+        self.rank = context.rank
+
+    def predict(self, name: str) -> Output | None:
+        return Output(f"{self.greeting}, {name}".encode(), "txt") if self.rank == 0 else None
+
+
+class InstrumentedTiny(TinyFluxPredictor):
+    """The real ``tiny`` pipeline (split with para-attn), instrumented for cancel tests.
+
+    Every VAE decode appends a line to the file named by ``-o decode_log=PATH``. With a
+    ``hold`` file, every rank waits for it at the end of step ``hold_at_step``, just
+    before the framework's step boundary (where rank 0 decides continue or stop).
+    """
+
+    def setup(self, context: RankContext) -> None:
+        super().setup(context)
+        decode, log = self.pipe.vae.decode, context.options["decode_log"]
+
+        def counted_decode(*args: Any, **kwargs: Any) -> Any:
+            with open(log, "a") as f:
+                f.write(f"rank {context.rank}\n")
+            return decode(*args, **kwargs)
+
+        self.pipe.vae.decode = counted_decode
+
+    def predict(  # type: ignore[override]
+        self,
+        prompt: str,
+        num_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4,
+        seed: int = 0,
+        hold_at_step: int = 0,
+        hold: str | None = None,
+    ) -> Output | None:
+        import torch
+
+        job = current_job()
+
+        def callback(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if hold and index + 1 == hold_at_step:
+                wait_for_file(hold)
+            return job.diffusers_callback(pipe, index, timestep, tensors)
+
+        result = self.pipe(
+            prompt=prompt,
+            width=32,
+            height=32,
+            num_inference_steps=num_inference_steps,
+            max_sequence_length=self.max_sequence_length,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np" if self.rank == 0 else "latent",
+            callback_on_step_end=callback,
+        )
+        return Output(_png_bytes(result.images[0]), "png") if self.rank == 0 else None
+
+
+# ---- predictors written for the original server (no base class, no type hints) --------
+
+
+def _png_bytes(image: Any) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image * 255).round().clip(0, 255).astype("uint8")).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class LegacyTiny:
+    """The original server's predictor shape: ``setup()`` initialises torch.distributed
+    itself and sets ``self.pipe`` (a real tiny Flux pipeline split with para-attn);
+    ``predict`` returns ``(base64, "png")`` on rank 0, or writes ``output_path`` itself.
+    A ``hold`` file pauses every rank at the end of step ``hold_at_step``."""
+
+    def setup(self):
+        import torch.distributed as dist
+        from para_attn_predictors.parallel import parallelize_pipeline
+        from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
+
+        dist.init_process_group()
+        self.rank = dist.get_rank()
+        self.pipe = build_tiny_flux_pipeline()
+        self.pipe.set_progress_bar_config(disable=True)
+        parallelize_pipeline(self.pipe, device_type="cpu", parallelize_vae=False)
+
+    def predict(self, prompt, num_inference_steps=4, seed=0, output_path=None, hold_at_step=0, hold=None):
+        import torch
+
+        def pause(pipe, index, timestep, tensors):
+            if hold and index + 1 == hold_at_step:
+                wait_for_file(hold)
+            return tensors
+
+        result = self.pipe(
+            prompt=prompt,
+            width=32,
+            height=32,
+            num_inference_steps=num_inference_steps,
+            max_sequence_length=64,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np",
+            callback_on_step_end=pause,
+        )
+        if self.rank != 0:
+            return None
+        png = _png_bytes(result.images[0])
+        if output_path:
+            Path(output_path).write_bytes(png)
+            return None
+        return base64.b64encode(png).decode(), "png"
+
+
+class _InterruptiblePipe:
+    """A pipeline-like object without ``callback_on_step_end``: like older diffusers
+    pipelines it checks ``self._interrupt`` each step (agreed across ranks, since every
+    step is a collective)."""
+
+    def __init__(self) -> None:
+        self._interrupt = False
+
+    def __call__(self, num_inference_steps, hold=None, hold_at_step=0):
+        import torch
+        import torch.distributed as dist
+
+        self._interrupt = False
+        done = 0
+        for step in range(1, num_inference_steps + 1):
+            if hold and step == hold_at_step:
+                wait_for_file(hold)
+            flag = torch.tensor([float(self._interrupt)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item():
+                break
+            done = step
+        return done
+
+
+class LegacyInterruptPipe:
+    """An original-server predictor whose pipe takes no step callback: cancelling must
+    fall back to setting ``pipe._interrupt`` on every rank, as the original did."""
+
+    def setup(self):
+        import torch.distributed as dist
+
+        dist.init_process_group()
+        self.rank = dist.get_rank()
+        self.pipe = _InterruptiblePipe()
+
+    def predict(self, num_inference_steps=3, hold=None, hold_at_step=0):
+        done = self.pipe(num_inference_steps, hold=hold, hold_at_step=hold_at_step)
+        if self.rank != 0:
+            return None
+        return base64.b64encode(json.dumps({"steps_done": done}).encode()).decode(), "json"
+
+
+class LegacySetupRaises:
+    def setup(self):
+        raise RuntimeError("legacy setup exploded on purpose")
+
+    def predict(self, prompt):
+        return None

@@ -1,0 +1,495 @@
+"""jobs.JobService over a fake worker group: queue, states, cancel, restarts, outputs, TTL,
+drain. The test plays the worker group: it takes each job from ``group.runs`` and ends it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from para_attn_server import InputError, hookimpl
+from para_attn_server.errors import NotReadyError, QueueFullError, SetupError
+from para_attn_server.group import JobOutcome
+from para_attn_server.jobs import Job, JobService, JobState
+from para_attn_server.outputs import OutputStore
+from para_attn_server.plugins import Plugins
+
+from .conftest import MakeService
+from .fakes import FakeGroup, LegacyPredictor
+
+pytestmark = pytest.mark.anyio
+
+
+async def finished(job: Job) -> Job:
+    await job.done.wait()
+    return job
+
+
+def submit(service: JobService, prompt: str = "a", job_id: str | None = None, **inputs: Any) -> Job:
+    job, created = service.submit({"prompt": prompt, **inputs}, job_id)
+    assert created
+    return job
+
+
+# ---- queue ----------------------------------------------------------------------------------
+
+
+async def test_jobs_run_one_at_a_time_in_submission_order(service: JobService, group: FakeGroup) -> None:
+    jobs = [submit(service, prompt) for prompt in "abc"]
+
+    for index, expected in enumerate(jobs):
+        run = await group.runs.get()
+        assert run.job_id == expected.id
+        assert [job.state for job in jobs] == (
+            [JobState.SUCCEEDED] * index + [JobState.RUNNING] + [JobState.QUEUED] * (len(jobs) - index - 1)
+        )
+        run.succeed()
+        await finished(expected)
+
+
+async def test_run_gets_the_jobs_inputs_and_timeout(service: JobService, group: FakeGroup) -> None:
+    service.settings.job_timeout = 12.5
+    job = submit(service, "a cat", repeat=2)
+
+    run = await group.runs.get()
+
+    assert (run.job_id, run.inputs, run.timeout) == (job.id, {"prompt": "a cat", "repeat": 2}, 12.5)
+
+
+async def test_queue_positions_count_from_the_next_job(service: JobService, group: FakeGroup) -> None:
+    running = submit(service, "a")
+    await group.runs.get()
+    second, third = submit(service, "b"), submit(service, "c")
+
+    assert [service.view(j).queue_position for j in (running, second, third)] == [None, 0, 1]
+
+
+async def test_full_queue_refuses_a_job_and_keeps_the_others(service: JobService, group: FakeGroup) -> None:
+    submit(service, "running")
+    await group.runs.get()  # the running job does not take a queue slot
+    waiting = [submit(service, str(i)) for i in range(service.settings.max_queue)]
+
+    with pytest.raises(QueueFullError, match=f"{service.settings.max_queue} jobs waiting"):
+        submit(service, "one too many")
+
+    assert list(service.queue) == waiting
+    assert len(service.jobs) == service.settings.max_queue + 1
+    assert service.counters["rejected_queue_full"] == 1
+
+
+async def test_submit_before_the_group_started_is_not_ready(make_service: MakeService) -> None:
+    service = await make_service(start=False)
+
+    with pytest.raises(NotReadyError):
+        submit(service)
+
+
+async def test_first_start_failure_raises_setup_error(make_service: MakeService, group: FakeGroup) -> None:
+    group.fail_starts = ["setup failed on rank 1: no weights"]
+
+    with pytest.raises(SetupError, match="no weights"):
+        await make_service()
+
+
+async def test_validation_error_queues_nothing(service: JobService) -> None:
+    with pytest.raises(InputError) as info:
+        submit(service, "forbidden")
+
+    assert info.value.field == "prompt"
+    assert service.jobs == {}
+
+
+async def test_output_path_outside_the_directory_queues_nothing(service: JobService, store: OutputStore) -> None:
+    with pytest.raises(InputError) as info:
+        submit(service, output_path="../escape.png")
+
+    assert info.value.field == "output_path"
+    assert service.jobs == {}
+    assert not (store.root.parent / "escape.png").exists()
+
+
+# ---- idempotent submit ------------------------------------------------------------------------
+
+
+async def test_same_id_and_inputs_returns_the_same_job(service: JobService) -> None:
+    job = submit(service, "a", job_id="7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70", repeat=2)
+
+    again, created = service.submit({"repeat": 2, "prompt": "a"}, "7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70")
+
+    assert again is job
+    assert not created
+    assert service.counters["submitted"] == 1
+
+
+async def test_same_id_with_other_inputs_is_an_input_error_on_id(service: JobService) -> None:
+    submit(service, "a", job_id="7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70")
+
+    with pytest.raises(InputError) as info:
+        service.submit({"prompt": "b"}, "7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70")
+
+    assert info.value.field == "id"
+
+
+async def test_same_id_after_the_job_ended_returns_the_ended_job(service: JobService, group: FakeGroup) -> None:
+    job = submit(service, job_id="7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70")
+    (await group.runs.get()).succeed()
+    await finished(job)
+
+    again, created = service.submit({"prompt": "a"}, job.id)
+
+    assert (again, created) == (job, False)
+    assert again.state is JobState.SUCCEEDED
+
+
+# ---- cancel ---------------------------------------------------------------------------------
+
+
+async def test_cancel_queued_job_ends_it_at_once_and_the_next_one_runs(service: JobService, group: FakeGroup) -> None:
+    first, second, third = submit(service, "a"), submit(service, "b"), submit(service, "c")
+    run = await group.runs.get()
+
+    assert service.cancel(second.id) is second
+
+    assert second.state is JobState.CANCELLED
+    assert second.done.is_set()
+    assert group.cancelled == []  # the ranks never heard of it
+    run.succeed()
+    assert (await group.runs.get()).job_id == third.id
+    assert first.state is JobState.SUCCEEDED
+
+
+async def test_cancel_running_job_asks_the_group_and_waits_for_its_answer(service: JobService, group: FakeGroup) -> None:
+    group.stop_on_cancel = False
+    job = submit(service)
+    run = await group.runs.get()
+
+    assert service.cancel(job.id) is job
+
+    assert group.cancelled == [job.id]
+    assert job.state is JobState.RUNNING
+    assert job.cancel_requested
+    run.finish(JobOutcome("cancelled"))
+    assert (await finished(job)).state is JobState.CANCELLED
+
+
+@pytest.mark.parametrize("job_id", ["no-such-job", "ended"])
+async def test_cancel_of_an_unknown_or_ended_job_returns_none(service: JobService, group: FakeGroup, job_id: str) -> None:
+    job = submit(service)
+    (await group.runs.get()).succeed()
+    await finished(job)
+
+    assert service.cancel(job.id if job_id == "ended" else job_id) is None
+    assert job.state is JobState.SUCCEEDED
+
+
+# ---- outcomes ---------------------------------------------------------------------------------
+
+
+async def test_output_bytes_are_written_to_the_servers_own_file(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+    job = submit(service)
+    (await group.runs.get()).succeed(b"\x89PNG-bytes", "png")
+
+    await finished(job)
+
+    assert job.state is JobState.SUCCEEDED
+    assert job.output_file == store.job_file(job.id, "png")
+    assert job.output_file.read_bytes() == b"\x89PNG-bytes"
+    assert job.file_type == "png"
+    assert service.view(job).output_url == f"/v1/jobs/{job.id}/output"
+
+
+async def test_output_without_file_type_is_bin(service: JobService, group: FakeGroup) -> None:
+    job = submit(service)
+    (await group.runs.get()).finish(JobOutcome("succeeded", output=b"x"))
+
+    assert (await finished(job)).file_type == "bin"
+
+
+async def test_output_goes_to_the_clients_confined_output_path(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+    job = submit(service, output_path="renders/cat.png")
+    run = await group.runs.get()
+
+    assert run.inputs["output_path"] == "renders/cat.png"  # a new-style predictor never writes it
+    run.succeed(b"cat", "png")
+    await finished(job)
+
+    assert (store.root / "renders" / "cat.png").read_bytes() == b"cat"
+    assert job.output_file == store.root / "renders" / "cat.png"
+    assert service.view(job).output_path == "renders/cat.png"
+
+
+async def test_output_path_that_became_a_directory_fails_the_job(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+    job = submit(service, output_path="cat.png")
+    run = await group.runs.get()
+    (store.root / "cat.png").mkdir()
+
+    run.succeed(b"cat", "png")
+
+    assert (await finished(job)).state is JobState.FAILED
+    assert job.error is not None
+    assert job.error.startswith("could not write the output")
+
+
+async def test_original_style_predictor_gets_the_confined_absolute_path(
+    make_service: MakeService, group: FakeGroup, store: OutputStore
+) -> None:
+    service = await make_service(LegacyPredictor())
+    job = submit(service, output_path="legacy/cat.png")
+    run = await group.runs.get()
+
+    assert run.inputs["output_path"] == str(store.root / "legacy" / "cat.png")
+    assert job.inputs["output_path"] == "legacy/cat.png"
+    (store.root / "legacy").mkdir()
+    (store.root / "legacy" / "cat.png").write_bytes(b"written by the predictor")
+    run.finish(JobOutcome("succeeded", written_path=run.inputs["output_path"]))
+    await finished(job)
+
+    assert job.state is JobState.SUCCEEDED
+    assert job.written_by_predictor
+    assert job.file_type == "png"
+
+
+async def test_reported_path_outside_the_output_directory_fails_the_job(service: JobService, group: FakeGroup, tmp_path) -> None:
+    job = submit(service)
+    (await group.runs.get()).finish(JobOutcome("succeeded", written_path=str(tmp_path / "elsewhere.png")))
+
+    assert (await finished(job)).state is JobState.FAILED
+    assert job.error == "the predictor reported an output that does not exist"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "error"),
+    [
+        (JobOutcome("failed", error="rank 1: ValueError: bad"), JobState.FAILED, "rank 1: ValueError: bad"),
+        (JobOutcome("failed"), JobState.FAILED, "failed"),
+        (JobOutcome("cancelled"), JobState.CANCELLED, "cancelled"),
+    ],
+)
+async def test_failed_and_cancelled_outcomes_end_the_job_with_their_reason(
+    service: JobService, group: FakeGroup, outcome: JobOutcome, state: JobState, error: str
+) -> None:
+    job = submit(service)
+    (await group.runs.get()).finish(outcome)
+
+    await finished(job)
+
+    assert (job.state, job.error) == (state, error)
+    assert service.finished_by_state[state.value] == 1
+
+
+async def test_internal_error_fails_the_job_without_details_and_the_queue_goes_on(service: JobService, group: FakeGroup) -> None:
+    broken, after = submit(service, "a"), submit(service, "b")
+    (await group.runs.get()).outcome.set_exception(RuntimeError("secret detail"))
+
+    await finished(broken)
+
+    assert broken.state is JobState.FAILED
+    assert broken.error == "internal server error: RuntimeError"
+    assert (await group.runs.get()).job_id == after.id
+
+
+async def test_progress_updates_the_job_and_reaches_subscribers(service: JobService, group: FakeGroup) -> None:
+    job = submit(service)
+    run = await group.runs.get()
+
+    async with service.subscribe(job) as events:
+        run.on_progress(2, 4)
+        event = await events.get()
+
+    assert event == ("progress", {"step": 2, "total": 4})
+    assert (job.step, job.total) == (2, 4)
+    assert service.view(job).step == 2
+
+
+async def test_every_state_change_reaches_the_job_state_changed_hook(
+    plugins: Plugins, make_service: MakeService, group: FakeGroup
+) -> None:
+    seen: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def job_state_changed(self, job: Job) -> None:
+            seen.append(job.state.value)
+
+    plugins.pm.register(Observer())
+    service = await make_service()
+    job = submit(service)
+    (await group.runs.get()).succeed()
+    await finished(job)
+
+    assert seen == ["queued", "running", "succeeded"]
+
+
+async def test_a_failing_observer_does_not_break_the_job(plugins: Plugins, make_service: MakeService, group: FakeGroup) -> None:
+    class Broken:
+        @hookimpl
+        def job_state_changed(self, job: Job) -> None:
+            raise RuntimeError("observer bug")
+
+    plugins.pm.register(Broken())
+    service = await make_service()
+    job = submit(service)
+    (await group.runs.get()).succeed()
+
+    assert (await finished(job)).state is JobState.SUCCEEDED
+
+
+# ---- faults and restarts ----------------------------------------------------------------------
+
+
+async def test_fault_while_idle_restarts_the_group(service: JobService, group: FakeGroup) -> None:
+    group.start_called.clear()
+
+    group.crash("rank 1 (pid 4242) killed by SIGKILL")
+    await group.start_called.wait()
+    job = submit(service)
+    await group.runs.get()
+
+    assert group.starts == 2
+    assert service.counters["restarts"] == 1
+    assert job.state is JobState.RUNNING
+
+
+async def test_jobs_queued_during_a_restart_run_after_it_in_order(service: JobService, group: FakeGroup) -> None:
+    group.start_gate = asyncio.Event()
+    group.start_called.clear()
+    group.crash()
+    await group.start_called.wait()
+
+    jobs = [submit(service, prompt) for prompt in "ab"]
+    assert not group.ready
+    assert all(job.state is JobState.QUEUED for job in jobs)
+    group.start_gate.set()
+
+    for job in jobs:
+        run = await group.runs.get()
+        assert run.job_id == job.id
+        run.succeed()
+        await finished(job)
+
+
+async def test_fault_while_running_fails_that_job_and_the_next_runs_after_the_restart(
+    service: JobService, group: FakeGroup
+) -> None:
+    victim, survivor = submit(service, "a"), submit(service, "b")
+    await group.runs.get()
+
+    group.crash("rank 1 (pid 4242) killed by SIGKILL")
+
+    assert (await finished(victim)).error == "rank 1 (pid 4242) killed by SIGKILL"
+    assert victim.state is JobState.FAILED
+    assert (await group.runs.get()).job_id == survivor.id
+    assert group.starts == 2
+
+
+async def test_failed_restart_is_retried(service: JobService, group: FakeGroup) -> None:
+    group.fail_starts = ["setup failed on rank 0: out of memory"]
+
+    group.crash()
+    job = submit(service)
+    await group.runs.get()
+
+    assert group.starts == 3
+    assert service.counters["restarts"] == 1
+    assert job.state is JobState.RUNNING
+
+
+# ---- TTL --------------------------------------------------------------------------------------
+
+
+async def test_expire_forgets_ended_jobs_after_the_ttl_and_deletes_their_files(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
+    service.settings.result_ttl = 10.0
+    job = submit(service)
+    (await group.runs.get()).succeed(b"data", "png")
+    await finished(job)
+    assert job.finished_at is not None
+    assert job.output_file is not None
+
+    service.expire(job.finished_at + 9.0)
+    assert service.get(job.id) is job
+    assert job.output_file.exists()
+
+    service.expire(job.finished_at + 10.5)
+    assert service.get(job.id) is None
+    assert not job.output_file.exists()
+
+
+async def test_expire_keeps_the_clients_own_output_file(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+    service.settings.result_ttl = 10.0
+    job = submit(service, output_path="keep.png")
+    (await group.runs.get()).succeed(b"data", "png")
+    await finished(job)
+    assert job.finished_at is not None
+
+    service.expire(job.finished_at + 11)
+
+    assert service.get(job.id) is None
+    assert (store.root / "keep.png").read_bytes() == b"data"
+
+
+async def test_expire_never_touches_queued_or_running_jobs(service: JobService, group: FakeGroup) -> None:
+    service.settings.result_ttl = 0.0
+    running, queued = submit(service, "a"), submit(service, "b")
+    await group.runs.get()
+
+    service.expire(running.created_at + 1e9)
+
+    assert service.get(running.id) is running
+    assert service.get(queued.id) is queued
+
+
+# ---- drain ------------------------------------------------------------------------------------
+
+
+async def test_drain_cancels_queued_jobs_and_waits_for_the_running_one(service: JobService, group: FakeGroup) -> None:
+    running, queued = submit(service, "a"), submit(service, "b")
+    run = await group.runs.get()
+
+    drain = asyncio.create_task(service.drain())
+    await finished(queued)
+
+    assert queued.state is JobState.CANCELLED
+    assert queued.error == "server shutting down"
+    assert not drain.done()
+    assert group.stops == 0
+    with pytest.raises(NotReadyError):
+        submit(service, "c")
+    run.succeed()
+    await drain
+    assert running.state is JobState.SUCCEEDED
+    assert group.stops == 1
+
+
+async def test_drain_cancels_the_running_job_after_the_drain_timeout(service: JobService, group: FakeGroup) -> None:
+    service.settings.drain_timeout = 0
+    job = submit(service)
+    await group.runs.get()
+
+    await service.drain()
+
+    assert group.cancelled == [job.id]
+    assert job.state is JobState.CANCELLED
+    assert group.stops == 1
+
+
+# ---- small things -----------------------------------------------------------------------------
+
+
+async def test_retry_after_is_about_one_job_run_time(service: JobService) -> None:
+    assert service.retry_after() == 1
+    service.run_seconds_ewma = 2.2
+    assert service.retry_after() == 3
+
+
+async def test_wait_returns_whether_the_job_ended(service: JobService, group: FakeGroup) -> None:
+    job = submit(service)
+    run = await group.runs.get()
+    assert not await service.wait(job, 0)
+
+    waiter = asyncio.create_task(service.wait(job, 60))
+    run.succeed()
+
+    assert await waiter

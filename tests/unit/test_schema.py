@@ -1,0 +1,178 @@
+"""schema.InputSchema: the request type derived from ``predict``'s signature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from para_attn_server import Output, Predictor
+from para_attn_server.schema import OUTPUT_PATH, InputSchema
+
+from .fakes import EchoPredictor, KwargsPredictor, LegacyPredictor
+
+
+def field_info(schema: InputSchema) -> dict[str, msgspec.inspect.Field]:
+    info = msgspec.inspect.type_info(schema.type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {f.name: f for f in info.fields}
+
+
+def test_fields_follow_predict_parameters_and_add_output_path() -> None:
+    fields = field_info(InputSchema(EchoPredictor()))
+
+    assert list(fields) == ["prompt", "repeat", "scale", "tags", OUTPUT_PATH]
+
+
+def test_defaults_come_from_predict_and_parameters_without_one_are_required() -> None:
+    fields = field_info(InputSchema(EchoPredictor()))
+
+    assert fields["prompt"].required
+    assert not fields["repeat"].required
+    assert fields["repeat"].default == 1
+    assert fields["scale"].default == 3.5
+    assert fields[OUTPUT_PATH].default is None
+
+
+def test_meta_limits_become_schema_constraints() -> None:
+    fields = field_info(InputSchema(EchoPredictor()))
+
+    repeat, prompt = fields["repeat"].type, fields["prompt"].type
+    assert isinstance(repeat, msgspec.inspect.IntType)
+    assert (repeat.ge, repeat.le) == (1, 50)
+    assert isinstance(prompt, msgspec.inspect.StrType)
+    assert (prompt.min_length, prompt.max_length) == (1, 100)
+
+
+def test_decode_fills_defaults() -> None:
+    inputs = InputSchema(EchoPredictor()).decode_json(b'{"prompt": "a"}')
+
+    assert inputs == {"prompt": "a", "repeat": 1, "scale": 3.5, "tags": [], OUTPUT_PATH: None}
+
+
+def test_mutable_default_is_a_fresh_copy_per_request() -> None:
+    schema = InputSchema(EchoPredictor())
+    first = schema.decode_json(b'{"prompt": "a"}')
+    first["tags"].append("changed")
+
+    second = schema.decode_json(b'{"prompt": "a"}')
+
+    assert second["tags"] == []
+    assert EchoPredictor.predict.__defaults__[-1] == []  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        pytest.param(b'{"prompt": "a", "bogus": 1}', "`bogus`", id="unknown field"),
+        pytest.param(b"{}", "`prompt`", id="missing field"),
+        pytest.param(b'{"prompt": 3}', "$.prompt", id="wrong type"),
+        pytest.param(b'{"prompt": "a", "repeat": 0}', "$.repeat", id="below minimum"),
+        pytest.param(b'{"prompt": "a", "repeat": 51}', "$.repeat", id="above maximum"),
+        pytest.param(b'{"prompt": ""}', "$.prompt", id="too short"),
+        pytest.param(b'{"prompt": "a", "output_path": ""}', "$.output_path", id="empty output_path"),
+    ],
+)
+def test_invalid_body_error_names_the_field(body: bytes, names: str) -> None:
+    with pytest.raises(msgspec.ValidationError) as info:
+        InputSchema(EchoPredictor()).decode_json(body)
+
+    assert names in str(info.value)
+
+
+def test_range_error_states_the_limit() -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"Expected `int` <= 50"):
+        InputSchema(EchoPredictor()).decode_json(b'{"prompt": "a", "repeat": 51}')
+
+
+def test_kwargs_predictor_accepts_and_receives_extra_fields() -> None:
+    schema = InputSchema(KwargsPredictor())
+
+    inputs = schema.decode_json(b'{"prompt": "a", "steps": 3, "scheduler": {"name": "euler"}}')
+
+    assert schema.accepts_extra
+    assert schema.predict_kwargs(inputs) == {"prompt": "a", "steps": 3, "scheduler": {"name": "euler"}}
+
+
+def test_schema_without_kwargs_rejects_extras_instead() -> None:
+    assert not InputSchema(EchoPredictor()).accepts_extra
+
+
+def test_new_style_predictor_gets_output_path_added_but_never_passed() -> None:
+    schema = InputSchema(EchoPredictor())
+    inputs = schema.decode_json(b'{"prompt": "a", "output_path": "out/a.png"}')
+
+    assert inputs[OUTPUT_PATH] == "out/a.png"
+    assert not schema.predict_writes_output_path
+    assert schema.predict_kwargs(inputs) == {"prompt": "a", "repeat": 1, "scale": 3.5, "tags": []}
+
+
+def test_original_style_predictor_receives_its_own_output_path() -> None:
+    schema = InputSchema(LegacyPredictor())
+    inputs = schema.decode_json(b'{"prompt": "a", "output_path": "a.png"}')
+
+    assert schema.predict_writes_output_path
+    assert schema.predict_kwargs(inputs) == {"prompt": "a", "seed": 0, OUTPUT_PATH: "a.png"}
+
+
+def test_kwargs_predictor_without_output_path_parameter_does_not_get_it() -> None:
+    schema = InputSchema(KwargsPredictor())
+    inputs = schema.decode_json(b'{"prompt": "a", "output_path": "a.png", "steps": 2}')
+
+    assert OUTPUT_PATH not in schema.predict_kwargs(inputs)
+
+
+class TuplePredictor(Predictor):
+    def predict(self, size: tuple[int, int] = (32, 32), scale: float = 1.0) -> Output | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("predictor", "body"),
+    [
+        (EchoPredictor(), b'{"prompt": "a", "repeat": 3, "tags": ["x"], "output_path": "a.png"}'),
+        (TuplePredictor(), b'{"size": [64, 16], "scale": 2}'),
+        (KwargsPredictor(), b'{"prompt": "a", "extra": [1, 2], "more": {"k": null}}'),
+    ],
+)
+def test_convert_rebuilds_decoded_inputs_from_their_msgpack_form(predictor: object, body: bytes) -> None:
+    schema = InputSchema(predictor)
+    inputs = schema.decode_json(body)
+
+    raw = msgspec.msgpack.decode(msgspec.msgpack.encode(inputs))
+
+    assert schema.convert(raw) == inputs
+
+
+def test_convert_restores_types_that_msgpack_loses() -> None:
+    schema = InputSchema(TuplePredictor())
+    inputs = schema.decode_json(b'{"size": [64, 16]}')
+
+    converted = schema.convert(msgspec.msgpack.decode(msgspec.msgpack.encode(inputs)))
+
+    assert converted["size"] == (64, 16)
+    assert isinstance(converted["size"], tuple)
+
+
+def test_unresolvable_annotation_accepts_any_value() -> None:
+    class Forward(Predictor):
+        def predict(self, value: NoSuchType = None) -> None:  # type: ignore[name-defined]  # noqa: F821
+            return None
+
+    schema = InputSchema(Forward())
+
+    assert schema.decode_json(b'{"value": {"anything": [1]}}')["value"] == {"anything": [1]}
+
+
+def test_object_without_predict_is_rejected() -> None:
+    with pytest.raises(TypeError, match="has no predict method"):
+        InputSchema(object())
+
+
+def test_positional_varargs_are_not_fields() -> None:
+    class Star(Predictor):
+        def predict(self, *images: Any, prompt: str = "") -> None:
+            return None
+
+    assert list(field_info(InputSchema(Star()))) == ["prompt", OUTPUT_PATH]
