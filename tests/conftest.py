@@ -9,6 +9,7 @@ repository root goes on the server's PYTHONPATH.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -100,6 +101,7 @@ class Server:
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.log = LogWatcher(self.process)
+        self._terminated = False
         try:
             match = self.log.wait_for(r"listening on http://(\S+):(\d+)")
             self.url = f"http://{match[1]}:{match[2]}"
@@ -152,12 +154,15 @@ class Server:
                     yield event, msgspec.json.decode(line.partition(":")[2].strip())
                     event = None
 
-    def wait_running(self, job_id: str, timeout: float = 90) -> None:
+    def wait_running(self, job_id: str, step: int = 0, timeout: float = 90) -> None:
+        """Wait until the job runs and, with ``step``, has passed that step boundary."""
         for event, data in self.events(job_id, timeout):
-            if event == "state" and data["state"] == "running":
+            if event == "state" and data["state"] == "running" and step == 0:
+                return
+            if event == "progress" and data["step"] >= step > 0:
                 return
             assert data.get("state") not in TERMINAL, data
-        raise AssertionError(f"job {job_id} never ran")
+        raise AssertionError(f"job {job_id} never got to step {step}")
 
     def status(self) -> dict[str, Any]:
         """/server_status's body: 200 when ready, 503 while (re)starting."""
@@ -174,10 +179,15 @@ class Server:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
+    def terminate(self) -> None:
+        """Send SIGTERM (drain) once: a second one means "stop now" to the server."""
+        if self.process.poll() is None and not self._terminated:
+            self._terminated = True
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (drain) and wait; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -194,10 +204,8 @@ class Server:
     def close(self) -> None:
         if hasattr(self, "http"):
             self.http.close()
-        try:
+        with contextlib.suppress(AssertionError):  # stop() already killed it and said why
             self.stop()
-        except AssertionError:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +219,8 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         return server
 
     yield start
+    for server in servers:  # drain them all at once
+        server.terminate()
     for server in servers:
         server.close()
 
@@ -222,6 +232,15 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(["--model", "tiny", "--num-devices", "2"], tmp_path_factory.mktemp("tiny"))
     yield server
     server.close()
+
+
+def pid_gone(pid: int) -> bool:
+    """True once the process has exited (a zombie awaiting its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
 
 
 def b64decode(text: str) -> bytes:

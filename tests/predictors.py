@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
-
-from para_attn_server import Output, Predictor, RankContext, current_job
 from para_attn_predictors.tiny import TinyFluxPredictor
+from para_attn_server import Output, Predictor, RankContext, current_job
 
 Fault = Literal["none", "raise", "exit", "kill", "freeze", "hang_collective", "hang_outside"]
 
@@ -57,6 +56,7 @@ class Faulty(Predictor):
 
     def predict(
         self,
+        *,
         fault: Fault = "none",
         fault_rank: int = -1,
         fault_step: Annotated[int, msgspec.Meta(ge=1)] = 1,
@@ -103,11 +103,11 @@ class Faulty(Predictor):
 
 
 class BlocksSetup(Predictor):
-    """setup() waits for the file named by ``-o release=PATH``: the server stays not ready
-    until the test creates it."""
+    """Rank r's setup() waits for the file ``rank<r>`` in ``-o release_dir=DIR``: the
+    server stays not ready until the test creates them."""
 
     def setup(self, context: RankContext) -> None:
-        wait_for_file(context.options["release"])
+        wait_for_file(Path(context.options["release_dir"]) / f"rank{context.rank}")
 
     def predict(self, text: str = "ok") -> Output | None:
         return Output(text.encode(), "txt")
@@ -198,7 +198,7 @@ class LegacyTiny:
     """The original server's predictor shape: ``setup()`` initialises torch.distributed
     itself and sets ``self.pipe`` (a real tiny Flux pipeline split with para-attn);
     ``predict`` returns ``(base64, "png")`` on rank 0, or writes ``output_path`` itself.
-    A ``hold`` file pauses every rank at the end of step ``hold_at_step``."""
+    Its own step callback (chained with the framework's) can slow every step down."""
 
     def setup(self):
         import torch.distributed as dist
@@ -211,12 +211,11 @@ class LegacyTiny:
         self.pipe.set_progress_bar_config(disable=True)
         parallelize_pipeline(self.pipe, device_type="cpu", parallelize_vae=False)
 
-    def predict(self, prompt, num_inference_steps=4, seed=0, output_path=None, hold_at_step=0, hold=None):
+    def predict(self, prompt, num_inference_steps=4, seed=0, output_path=None, step_seconds=0.0):
         import torch
 
-        def pause(pipe, index, timestep, tensors):
-            if hold and index + 1 == hold_at_step:
-                wait_for_file(hold)
+        def pace(pipe, index, timestep, tensors):
+            time.sleep(step_seconds)
             return tensors
 
         result = self.pipe(
@@ -227,7 +226,7 @@ class LegacyTiny:
             max_sequence_length=64,
             generator=torch.Generator("cpu").manual_seed(seed),
             output_type="np",
-            callback_on_step_end=pause,
+            callback_on_step_end=pace,
         )
         if self.rank != 0:
             return None
@@ -246,15 +245,14 @@ class _InterruptiblePipe:
     def __init__(self) -> None:
         self._interrupt = False
 
-    def __call__(self, num_inference_steps, hold=None, hold_at_step=0):
+    def __call__(self, num_inference_steps, step_seconds):
         import torch
         import torch.distributed as dist
 
         self._interrupt = False
         done = 0
         for step in range(1, num_inference_steps + 1):
-            if hold and step == hold_at_step:
-                wait_for_file(hold)
+            time.sleep(step_seconds)
             flag = torch.tensor([float(self._interrupt)])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item():
@@ -274,8 +272,8 @@ class LegacyInterruptPipe:
         self.rank = dist.get_rank()
         self.pipe = _InterruptiblePipe()
 
-    def predict(self, num_inference_steps=3, hold=None, hold_at_step=0):
-        done = self.pipe(num_inference_steps, hold=hold, hold_at_step=hold_at_step)
+    def predict(self, num_inference_steps=3, step_seconds=0.0):
+        done = self.pipe(num_inference_steps, step_seconds)
         if self.rank != 0:
             return None
         return base64.b64encode(json.dumps({"steps_done": done}).encode()).decode(), "json"

@@ -113,6 +113,7 @@ def para_attn_wan_adapter_is_broken(mesh: DeviceMesh) -> bool:
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
     from para_attn.context_parallel.diffusers_adapters.wan import parallelize_transformer
 
+    apply_para_attn_shims()  # so only the Wan breakage can show
     ulysses = mesh["ulysses"].size()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -136,21 +137,26 @@ def para_attn_wan_adapter_is_broken(mesh: DeviceMesh) -> bool:
 
 
 def _split_wan_block_inputs(
-    seq_group: Any,
+    seq_group: Any, *, first: bool
 ) -> Callable[[torch.nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]:
     names = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb")
+
+    def chunk(tensor: torch.Tensor) -> torch.Tensor:
+        return primitives.get_assigned_chunk(tensor, dim=1, group=seq_group)
 
     def split(
         module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         inputs = {**dict(zip(names, args, strict=False)), **kwargs}
-        inputs["hidden_states"] = primitives.get_assigned_chunk(inputs["hidden_states"], dim=1, group=seq_group)
+        if first:  # the later blocks get the previous block's (split) output
+            inputs["hidden_states"] = chunk(inputs["hidden_states"])
+        # The forward hands every block the same full rotary and timestep tensors.
         rotary = inputs["rotary_emb"]
         if not (isinstance(rotary, tuple) and all(t.ndim == 4 for t in rotary)):
             raise NotImplementedError("expected Wan's rotary embedding as (cos, sin) of shape (1, seq, 1, dim)")
-        inputs["rotary_emb"] = tuple(primitives.get_assigned_chunk(t, dim=1, group=seq_group) for t in rotary)
+        inputs["rotary_emb"] = tuple(chunk(t) for t in rotary)
         if inputs["temb"].ndim == 4:  # Wan 2.2 TI2V: one timestep embedding per token
-            inputs["temb"] = primitives.get_assigned_chunk(inputs["temb"], dim=1, group=seq_group)
+            inputs["temb"] = chunk(inputs["temb"])
         return (), inputs
 
     return split
@@ -170,15 +176,17 @@ def _without_context_parallel(forward: Callable[..., Any]) -> Callable[..., Any]
 def parallelize_wan_transformer(transformer: torch.nn.Module, mesh: DeviceMesh) -> None:
     """Split a ``WanTransformer3DModel``'s token sequence across ``mesh`` (our adapter).
 
-    The first block's inputs are chunked along the sequence, self-attention runs under
+    The blocks' inputs are chunked along the sequence, self-attention runs under
     para-attn's ``UnifiedAttnMode`` (Ulysses, and ring attention on CUDA), and the last
     block's output is gathered, so the output norm and unpatchify see the full sequence.
     """
     if getattr(transformer, "_is_parallelized", False):
         return
+    apply_para_attn_shims()
     seq_group = mesh["ring", "ulysses"]._flatten()  # type: ignore[no-untyped-call]  # as para-attn does
     blocks = transformer.blocks
-    blocks[0].register_forward_pre_hook(_split_wan_block_inputs(seq_group), with_kwargs=True)
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(_split_wan_block_inputs(seq_group, first=index == 0), with_kwargs=True)
     blocks[-1].register_forward_hook(
         lambda module, args, output: primitives.get_complete_tensor(output, dim=1, group=seq_group)
     )

@@ -259,8 +259,13 @@ def create_app(
     def output_response(job: Job, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
         assert job.output_file is not None and job.file_type is not None
         if job.output_bytes is not None:
+            # The same Content-Disposition that File sends for a large output.
+            disposition = {"Content-Disposition": f'inline; filename="{job.id}.{job.file_type}"'}
             return Response(
-                job.output_bytes, media_type=content_type(job.file_type), status_code=status_code, headers=headers
+                job.output_bytes,
+                media_type=content_type(job.file_type),
+                status_code=status_code,
+                headers={**disposition, **(headers or {})},
             )
         return File(
             job.output_file,

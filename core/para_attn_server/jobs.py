@@ -310,6 +310,7 @@ class JobService:
             # A predictor written for the original server writes the file itself: hand
             # it the confined absolute path, never the client's string.
             inputs = {**inputs, OUTPUT_PATH: str(job.output_file)}
+            job.output_file.parent.mkdir(parents=True, exist_ok=True)  # inside the output dir: confined
 
         def on_progress(step: int, total: int | None) -> None:
             job.step, job.total = step, total

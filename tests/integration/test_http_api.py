@@ -78,7 +78,9 @@ def test_cancel_with_unknown_id_in_body_or_nothing_running_is_404(tiny_server: S
     ],
 )
 @pytest.mark.parametrize("path", ["/generate", "/v1/jobs"])
-def test_invalid_field_is_400_naming_the_field(tiny_server: Server, path: str, body: dict[str, object], field: str) -> None:
+def test_invalid_field_is_400_naming_the_field(
+    tiny_server: Server, path: str, body: dict[str, object], field: str
+) -> None:
     submitted = metric(tiny_server, "para_attn_jobs_submitted_total")
     response = tiny_server.http.post(path, json=body)
     assert response.status_code == 400

@@ -7,12 +7,11 @@ The module is also a plugin (``register_predictors`` below), so tests can load i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
-
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
 from para_attn_server.errors import SetupError
 from para_attn_server.group import GroupSettings, JobOutcome
@@ -74,6 +73,16 @@ def register_predictors(register: Callable[[str, type[Any]], None]) -> None:
 
 # ---- worker group -----------------------------------------------------------------------
 
+T = TypeVar("T")
+# Every wait on the code under test has this deadline, so a regression fails the test with a
+# traceback instead of hanging the run. It bounds a wait; no test asserts on how long one took.
+DEADLINE = 10.0
+
+
+async def deadline(awaitable: Awaitable[T]) -> T:
+    async with asyncio.timeout(DEADLINE):
+        return await awaitable
+
 
 @dataclass
 class FakeRun:
@@ -95,7 +104,8 @@ class FakeRun:
 class FakeGroup:
     """The interface ``JobService`` and the app use of ``group.WorkerGroup``, driven by the test.
 
-    - ``runs`` receives a ``FakeRun`` for every job handed to the group, in order;
+    - ``runs`` receives a ``FakeRun`` for every job handed to the group, in order
+      (``await next_run()`` takes the next one);
     - ``crash(reason)`` is a fault (a rank died): the group stops being ready;
     - ``fail_starts`` lists reasons for the next ``start()`` calls to fail with;
     - ``start_gate``, when set, holds every ``start()`` until the test sets it;
@@ -141,7 +151,7 @@ class FakeGroup:
         self,
         job_id: str,
         inputs: dict[str, Any],
-        timeout: float | None,
+        timeout: float | None,  # noqa: ASYNC109 - WorkerGroup.run's signature, which this stands in for
         on_progress: Callable[[int, int | None], None],
     ) -> JobOutcome:
         assert self.ready, "run() on a group that is not ready"
@@ -152,6 +162,9 @@ class FakeGroup:
             return await run.outcome
         finally:
             self.current = None
+
+    async def next_run(self) -> FakeRun:
+        return await deadline(self.runs.get())
 
     def cancel(self, job_id: str) -> bool:
         self.cancelled.append(job_id)

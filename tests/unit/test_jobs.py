@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from para_attn_server import InputError, hookimpl
 from para_attn_server.errors import NotReadyError, QueueFullError, SetupError
 from para_attn_server.group import JobOutcome
@@ -16,13 +15,16 @@ from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins
 
 from .conftest import MakeService
-from .fakes import FakeGroup, LegacyPredictor
+from .fakes import FakeGroup, LegacyPredictor, deadline
 
-pytestmark = pytest.mark.anyio
+# The waits in these tests have a deadline (fakes.deadline); the timeout catches a hang
+# anywhere else. Its thread method ends the run with every stack: the signal method would
+# interrupt anyio's runner mid-test and leave the fixture teardown waiting forever.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60, method="thread")]
 
 
 async def finished(job: Job) -> Job:
-    await job.done.wait()
+    await deadline(job.done.wait())
     return job
 
 
@@ -39,7 +41,7 @@ async def test_jobs_run_one_at_a_time_in_submission_order(service: JobService, g
     jobs = [submit(service, prompt) for prompt in "abc"]
 
     for index, expected in enumerate(jobs):
-        run = await group.runs.get()
+        run = await group.next_run()
         assert run.job_id == expected.id
         assert [job.state for job in jobs] == (
             [JobState.SUCCEEDED] * index + [JobState.RUNNING] + [JobState.QUEUED] * (len(jobs) - index - 1)
@@ -52,14 +54,14 @@ async def test_run_gets_the_jobs_inputs_and_timeout(service: JobService, group: 
     service.settings.job_timeout = 12.5
     job = submit(service, "a cat", repeat=2)
 
-    run = await group.runs.get()
+    run = await group.next_run()
 
     assert (run.job_id, run.inputs, run.timeout) == (job.id, {"prompt": "a cat", "repeat": 2}, 12.5)
 
 
 async def test_queue_positions_count_from_the_next_job(service: JobService, group: FakeGroup) -> None:
     running = submit(service, "a")
-    await group.runs.get()
+    await group.next_run()
     second, third = submit(service, "b"), submit(service, "c")
 
     assert [service.view(j).queue_position for j in (running, second, third)] == [None, 0, 1]
@@ -67,7 +69,7 @@ async def test_queue_positions_count_from_the_next_job(service: JobService, grou
 
 async def test_full_queue_refuses_a_job_and_keeps_the_others(service: JobService, group: FakeGroup) -> None:
     submit(service, "running")
-    await group.runs.get()  # the running job does not take a queue slot
+    await group.next_run()  # the running job does not take a queue slot
     waiting = [submit(service, str(i)) for i in range(service.settings.max_queue)]
 
     with pytest.raises(QueueFullError, match=f"{service.settings.max_queue} jobs waiting"):
@@ -133,7 +135,7 @@ async def test_same_id_with_other_inputs_is_an_input_error_on_id(service: JobSer
 
 async def test_same_id_after_the_job_ended_returns_the_ended_job(service: JobService, group: FakeGroup) -> None:
     job = submit(service, job_id="7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70")
-    (await group.runs.get()).succeed()
+    (await group.next_run()).succeed()
     await finished(job)
 
     again, created = service.submit({"prompt": "a"}, job.id)
@@ -147,7 +149,7 @@ async def test_same_id_after_the_job_ended_returns_the_ended_job(service: JobSer
 
 async def test_cancel_queued_job_ends_it_at_once_and_the_next_one_runs(service: JobService, group: FakeGroup) -> None:
     first, second, third = submit(service, "a"), submit(service, "b"), submit(service, "c")
-    run = await group.runs.get()
+    run = await group.next_run()
 
     assert service.cancel(second.id) is second
 
@@ -155,14 +157,16 @@ async def test_cancel_queued_job_ends_it_at_once_and_the_next_one_runs(service: 
     assert second.done.is_set()
     assert group.cancelled == []  # the ranks never heard of it
     run.succeed()
-    assert (await group.runs.get()).job_id == third.id
+    assert (await group.next_run()).job_id == third.id
     assert first.state is JobState.SUCCEEDED
 
 
-async def test_cancel_running_job_asks_the_group_and_waits_for_its_answer(service: JobService, group: FakeGroup) -> None:
+async def test_cancel_running_job_asks_the_group_and_waits_for_its_answer(
+    service: JobService, group: FakeGroup
+) -> None:
     group.stop_on_cancel = False
     job = submit(service)
-    run = await group.runs.get()
+    run = await group.next_run()
 
     assert service.cancel(job.id) is job
 
@@ -174,9 +178,11 @@ async def test_cancel_running_job_asks_the_group_and_waits_for_its_answer(servic
 
 
 @pytest.mark.parametrize("job_id", ["no-such-job", "ended"])
-async def test_cancel_of_an_unknown_or_ended_job_returns_none(service: JobService, group: FakeGroup, job_id: str) -> None:
+async def test_cancel_of_an_unknown_or_ended_job_returns_none(
+    service: JobService, group: FakeGroup, job_id: str
+) -> None:
     job = submit(service)
-    (await group.runs.get()).succeed()
+    (await group.next_run()).succeed()
     await finished(job)
 
     assert service.cancel(job.id if job_id == "ended" else job_id) is None
@@ -186,9 +192,11 @@ async def test_cancel_of_an_unknown_or_ended_job_returns_none(service: JobServic
 # ---- outcomes ---------------------------------------------------------------------------------
 
 
-async def test_output_bytes_are_written_to_the_servers_own_file(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+async def test_output_bytes_are_written_to_the_servers_own_file(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
     job = submit(service)
-    (await group.runs.get()).succeed(b"\x89PNG-bytes", "png")
+    (await group.next_run()).succeed(b"\x89PNG-bytes", "png")
 
     await finished(job)
 
@@ -201,14 +209,16 @@ async def test_output_bytes_are_written_to_the_servers_own_file(service: JobServ
 
 async def test_output_without_file_type_is_bin(service: JobService, group: FakeGroup) -> None:
     job = submit(service)
-    (await group.runs.get()).finish(JobOutcome("succeeded", output=b"x"))
+    (await group.next_run()).finish(JobOutcome("succeeded", output=b"x"))
 
     assert (await finished(job)).file_type == "bin"
 
 
-async def test_output_goes_to_the_clients_confined_output_path(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+async def test_output_goes_to_the_clients_confined_output_path(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
     job = submit(service, output_path="renders/cat.png")
-    run = await group.runs.get()
+    run = await group.next_run()
 
     assert run.inputs["output_path"] == "renders/cat.png"  # a new-style predictor never writes it
     run.succeed(b"cat", "png")
@@ -219,9 +229,11 @@ async def test_output_goes_to_the_clients_confined_output_path(service: JobServi
     assert service.view(job).output_path == "renders/cat.png"
 
 
-async def test_output_path_that_became_a_directory_fails_the_job(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+async def test_output_path_that_became_a_directory_fails_the_job(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
     job = submit(service, output_path="cat.png")
-    run = await group.runs.get()
+    run = await group.next_run()
     (store.root / "cat.png").mkdir()
 
     run.succeed(b"cat", "png")
@@ -236,7 +248,7 @@ async def test_original_style_predictor_gets_the_confined_absolute_path(
 ) -> None:
     service = await make_service(LegacyPredictor())
     job = submit(service, output_path="legacy/cat.png")
-    run = await group.runs.get()
+    run = await group.next_run()
 
     assert run.inputs["output_path"] == str(store.root / "legacy" / "cat.png")
     assert job.inputs["output_path"] == "legacy/cat.png"
@@ -250,9 +262,11 @@ async def test_original_style_predictor_gets_the_confined_absolute_path(
     assert job.file_type == "png"
 
 
-async def test_reported_path_outside_the_output_directory_fails_the_job(service: JobService, group: FakeGroup, tmp_path) -> None:
+async def test_reported_path_outside_the_output_directory_fails_the_job(
+    service: JobService, group: FakeGroup, tmp_path
+) -> None:
     job = submit(service)
-    (await group.runs.get()).finish(JobOutcome("succeeded", written_path=str(tmp_path / "elsewhere.png")))
+    (await group.next_run()).finish(JobOutcome("succeeded", written_path=str(tmp_path / "elsewhere.png")))
 
     assert (await finished(job)).state is JobState.FAILED
     assert job.error == "the predictor reported an output that does not exist"
@@ -270,7 +284,7 @@ async def test_failed_and_cancelled_outcomes_end_the_job_with_their_reason(
     service: JobService, group: FakeGroup, outcome: JobOutcome, state: JobState, error: str
 ) -> None:
     job = submit(service)
-    (await group.runs.get()).finish(outcome)
+    (await group.next_run()).finish(outcome)
 
     await finished(job)
 
@@ -278,24 +292,26 @@ async def test_failed_and_cancelled_outcomes_end_the_job_with_their_reason(
     assert service.finished_by_state[state.value] == 1
 
 
-async def test_internal_error_fails_the_job_without_details_and_the_queue_goes_on(service: JobService, group: FakeGroup) -> None:
+async def test_internal_error_fails_the_job_without_details_and_the_queue_goes_on(
+    service: JobService, group: FakeGroup
+) -> None:
     broken, after = submit(service, "a"), submit(service, "b")
-    (await group.runs.get()).outcome.set_exception(RuntimeError("secret detail"))
+    (await group.next_run()).outcome.set_exception(RuntimeError("secret detail"))
 
     await finished(broken)
 
     assert broken.state is JobState.FAILED
     assert broken.error == "internal server error: RuntimeError"
-    assert (await group.runs.get()).job_id == after.id
+    assert (await group.next_run()).job_id == after.id
 
 
 async def test_progress_updates_the_job_and_reaches_subscribers(service: JobService, group: FakeGroup) -> None:
     job = submit(service)
-    run = await group.runs.get()
+    run = await group.next_run()
 
     async with service.subscribe(job) as events:
         run.on_progress(2, 4)
-        event = await events.get()
+        event = await deadline(events.get())
 
     assert event == ("progress", {"step": 2, "total": 4})
     assert (job.step, job.total) == (2, 4)
@@ -315,13 +331,15 @@ async def test_every_state_change_reaches_the_job_state_changed_hook(
     plugins.pm.register(Observer())
     service = await make_service()
     job = submit(service)
-    (await group.runs.get()).succeed()
+    (await group.next_run()).succeed()
     await finished(job)
 
     assert seen == ["queued", "running", "succeeded"]
 
 
-async def test_a_failing_observer_does_not_break_the_job(plugins: Plugins, make_service: MakeService, group: FakeGroup) -> None:
+async def test_a_failing_observer_does_not_break_the_job(
+    plugins: Plugins, make_service: MakeService, group: FakeGroup
+) -> None:
     class Broken:
         @hookimpl
         def job_state_changed(self, job: Job) -> None:
@@ -330,7 +348,7 @@ async def test_a_failing_observer_does_not_break_the_job(plugins: Plugins, make_
     plugins.pm.register(Broken())
     service = await make_service()
     job = submit(service)
-    (await group.runs.get()).succeed()
+    (await group.next_run()).succeed()
 
     assert (await finished(job)).state is JobState.SUCCEEDED
 
@@ -342,9 +360,9 @@ async def test_fault_while_idle_restarts_the_group(service: JobService, group: F
     group.start_called.clear()
 
     group.crash("rank 1 (pid 4242) killed by SIGKILL")
-    await group.start_called.wait()
+    await deadline(group.start_called.wait())
     job = submit(service)
-    await group.runs.get()
+    await group.next_run()
 
     assert group.starts == 2
     assert service.counters["restarts"] == 1
@@ -355,7 +373,7 @@ async def test_jobs_queued_during_a_restart_run_after_it_in_order(service: JobSe
     group.start_gate = asyncio.Event()
     group.start_called.clear()
     group.crash()
-    await group.start_called.wait()
+    await deadline(group.start_called.wait())
 
     jobs = [submit(service, prompt) for prompt in "ab"]
     assert not group.ready
@@ -363,7 +381,7 @@ async def test_jobs_queued_during_a_restart_run_after_it_in_order(service: JobSe
     group.start_gate.set()
 
     for job in jobs:
-        run = await group.runs.get()
+        run = await group.next_run()
         assert run.job_id == job.id
         run.succeed()
         await finished(job)
@@ -373,13 +391,13 @@ async def test_fault_while_running_fails_that_job_and_the_next_runs_after_the_re
     service: JobService, group: FakeGroup
 ) -> None:
     victim, survivor = submit(service, "a"), submit(service, "b")
-    await group.runs.get()
+    await group.next_run()
 
     group.crash("rank 1 (pid 4242) killed by SIGKILL")
 
     assert (await finished(victim)).error == "rank 1 (pid 4242) killed by SIGKILL"
     assert victim.state is JobState.FAILED
-    assert (await group.runs.get()).job_id == survivor.id
+    assert (await group.next_run()).job_id == survivor.id
     assert group.starts == 2
 
 
@@ -388,7 +406,7 @@ async def test_failed_restart_is_retried(service: JobService, group: FakeGroup) 
 
     group.crash()
     job = submit(service)
-    await group.runs.get()
+    await group.next_run()
 
     assert group.starts == 3
     assert service.counters["restarts"] == 1
@@ -403,7 +421,7 @@ async def test_expire_forgets_ended_jobs_after_the_ttl_and_deletes_their_files(
 ) -> None:
     service.settings.result_ttl = 10.0
     job = submit(service)
-    (await group.runs.get()).succeed(b"data", "png")
+    (await group.next_run()).succeed(b"data", "png")
     await finished(job)
     assert job.finished_at is not None
     assert job.output_file is not None
@@ -417,10 +435,12 @@ async def test_expire_forgets_ended_jobs_after_the_ttl_and_deletes_their_files(
     assert not job.output_file.exists()
 
 
-async def test_expire_keeps_the_clients_own_output_file(service: JobService, group: FakeGroup, store: OutputStore) -> None:
+async def test_expire_keeps_the_clients_own_output_file(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
     service.settings.result_ttl = 10.0
     job = submit(service, output_path="keep.png")
-    (await group.runs.get()).succeed(b"data", "png")
+    (await group.next_run()).succeed(b"data", "png")
     await finished(job)
     assert job.finished_at is not None
 
@@ -433,7 +453,7 @@ async def test_expire_keeps_the_clients_own_output_file(service: JobService, gro
 async def test_expire_never_touches_queued_or_running_jobs(service: JobService, group: FakeGroup) -> None:
     service.settings.result_ttl = 0.0
     running, queued = submit(service, "a"), submit(service, "b")
-    await group.runs.get()
+    await group.next_run()
 
     service.expire(running.created_at + 1e9)
 
@@ -446,7 +466,7 @@ async def test_expire_never_touches_queued_or_running_jobs(service: JobService, 
 
 async def test_drain_cancels_queued_jobs_and_waits_for_the_running_one(service: JobService, group: FakeGroup) -> None:
     running, queued = submit(service, "a"), submit(service, "b")
-    run = await group.runs.get()
+    run = await group.next_run()
 
     drain = asyncio.create_task(service.drain())
     await finished(queued)
@@ -458,7 +478,7 @@ async def test_drain_cancels_queued_jobs_and_waits_for_the_running_one(service: 
     with pytest.raises(NotReadyError):
         submit(service, "c")
     run.succeed()
-    await drain
+    await deadline(drain)
     assert running.state is JobState.SUCCEEDED
     assert group.stops == 1
 
@@ -466,7 +486,7 @@ async def test_drain_cancels_queued_jobs_and_waits_for_the_running_one(service: 
 async def test_drain_cancels_the_running_job_after_the_drain_timeout(service: JobService, group: FakeGroup) -> None:
     service.settings.drain_timeout = 0
     job = submit(service)
-    await group.runs.get()
+    await group.next_run()
 
     await service.drain()
 
@@ -486,10 +506,10 @@ async def test_retry_after_is_about_one_job_run_time(service: JobService) -> Non
 
 async def test_wait_returns_whether_the_job_ended(service: JobService, group: FakeGroup) -> None:
     job = submit(service)
-    run = await group.runs.get()
+    run = await group.next_run()
     assert not await service.wait(job, 0)
 
     waiter = asyncio.create_task(service.wait(job, 60))
     run.succeed()
 
-    assert await waiter
+    assert await deadline(waiter)

@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from para_attn_server import InputError, outputs
 from para_attn_server.outputs import OutputStore, content_type
 
@@ -151,9 +150,7 @@ def test_write_replaces_a_symlink_planted_after_every_check(
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o007])
-def test_written_file_mode_follows_the_umask(
-    store: OutputStore, monkeypatch: pytest.MonkeyPatch, umask: int
-) -> None:
+def test_written_file_mode_follows_the_umask(store: OutputStore, monkeypatch: pytest.MonkeyPatch, umask: int) -> None:
     old = os.umask(umask)
     try:
         monkeypatch.setattr(outputs, "FILE_MODE", outputs._file_mode())
@@ -183,6 +180,8 @@ def test_is_inside_follows_symlinks(store: OutputStore, outside: Path) -> None:
     assert not store.is_inside(store.root / "link" / "victim.txt")
 
 
-@pytest.mark.parametrize(("file_type", "expected"), [("png", "image/png"), ("mp4", "video/mp4"), ("zzz", "application/octet-stream")])
+@pytest.mark.parametrize(
+    ("file_type", "expected"), [("png", "image/png"), ("mp4", "video/mp4"), ("zzz", "application/octet-stream")]
+)
 def test_content_type_by_file_type(file_type: str, expected: str) -> None:
     assert content_type(file_type) == expected

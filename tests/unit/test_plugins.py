@@ -8,7 +8,6 @@ from typing import Any
 
 import pluggy
 import pytest
-
 from para_attn_server import ConfigurationError, InputError, JobContext, Output, hookimpl
 from para_attn_server.executor import Executor, RankSpec
 from para_attn_server.plugins import AUTOLOAD_ENV, Plugins, version
@@ -26,7 +25,7 @@ class DummyExecutor(Executor):
     async def wait_exit(self) -> str:
         raise NotImplementedError
 
-    async def wait_stopped(self, timeout: float) -> bool:
+    async def wait_stopped(self, timeout: float) -> bool:  # noqa: ASYNC109 - the Executor ABC's signature
         raise NotImplementedError
 
     async def terminate(self, grace: float) -> None:
@@ -174,9 +173,15 @@ def test_resolve_predictor_returns_a_fresh_instance_each_time() -> None:
     ("spec", "message"),
     [
         pytest.param("nope", "unknown model 'nope' (installed predictors: echo, legacy)", id="unknown name"),
-        pytest.param("no_such_module_4242:Thing", "cannot import predictor module 'no_such_module_4242'", id="bad module"),
-        pytest.param(f"{fakes.__name__}:Missing", f"module '{fakes.__name__}' has no attribute 'Missing'", id="no attr"),
-        pytest.param(f"{fakes.__name__}:NotAPredictor", "is not a predictor: it needs setup() and predict()", id="no setup"),
+        pytest.param(
+            "no_such_module_4242:Thing", "cannot import predictor module 'no_such_module_4242'", id="bad module"
+        ),
+        pytest.param(
+            f"{fakes.__name__}:Missing", f"module '{fakes.__name__}' has no attribute 'Missing'", id="no attr"
+        ),
+        pytest.param(
+            f"{fakes.__name__}:NotAPredictor", "is not a predictor: it needs setup() and predict()", id="no setup"
+        ),
     ],
 )
 def test_resolve_predictor_errors_say_what_is_wrong(spec: str, message: str) -> None:

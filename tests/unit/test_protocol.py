@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
-
 from para_attn_server.protocol import (
     HEADER,
     CancelJob,
@@ -65,7 +64,9 @@ def recv_rank_message(sock: socket.socket) -> RankMessage | None:
 
 
 @pytest.mark.parametrize("message", SERVER_MESSAGES, ids=lambda m: type(m).__name__)
-def test_server_message_round_trips_over_a_socket(pair: tuple[socket.socket, socket.socket], message: ServerMessage) -> None:
+def test_server_message_round_trips_over_a_socket(
+    pair: tuple[socket.socket, socket.socket], message: ServerMessage
+) -> None:
     sender, receiver = pair
     sender.sendall(encode_frame(message))
 
@@ -73,7 +74,9 @@ def test_server_message_round_trips_over_a_socket(pair: tuple[socket.socket, soc
 
 
 @pytest.mark.parametrize("message", RANK_MESSAGES, ids=lambda m: type(m).__name__)
-def test_rank_message_round_trips_over_a_socket(pair: tuple[socket.socket, socket.socket], message: RankMessage) -> None:
+def test_rank_message_round_trips_over_a_socket(
+    pair: tuple[socket.socket, socket.socket], message: RankMessage
+) -> None:
     sender, receiver = pair
     sender.sendall(encode_frame(message))
 

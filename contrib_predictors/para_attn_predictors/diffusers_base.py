@@ -1,0 +1,251 @@
+"""``DiffusersPredictor``: the shared base of predictors serving a diffusers pipeline.
+
+A model's predictor names its pipeline class, says how many tokens a request makes, and
+writes ``predict`` (whose parameters are the request fields) around ``self.generate``::
+
+    class FluxPredictor(DiffusersPredictor):
+        pipeline_class = "diffusers:FluxPipeline"
+
+        def sequence_length(self, inputs): ...      # image tokens, to check they split
+        def predict(self, *, prompt: str, ...) -> Output | None:
+            result = self.generate(seed, prompt=prompt, ...)
+            return None if result is None else encode_image(result.images[0], output_format)
+
+The base does the rest: loading from ``--model-path`` (a directory or a hub id) in the
+chosen dtype, para-attn context parallelism and parallel VAE over all ranks, diffusers'
+first-block cache, ``torch.compile`` with a warm-up generation before the server reports
+ready, one generator per request seeded alike on every rank, and the job's step callback
+(progress and cancellation). Operators tune it with ``--option key=value``:
+
+    dtype=auto|bfloat16|float16|float32   auto: bfloat16 on CUDA, float32 on CPU
+    cache_threshold=0.08                   first-block cache; 0 (default) turns it off
+    compile=1  compile_mode=MODE  compile_backend=inductor
+    warmup=0|1|{"width": 512, ...}         one generation in setup; default: on with compile
+    parallel_vae=1                         split the VAE decode across ranks (tiles large images)
+    vae_tiling=0                           decode large outputs in tiles on one rank (less memory)
+    max_sequence_length=N                  text tokens (default: the predictor's)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+import msgspec
+from para_attn_server import ConfigurationError, InputError, Predictor, RankContext, current_job
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# Request fields shared by the predictors.
+Prompt = Annotated[str, msgspec.Meta(max_length=2000, description="What to generate")]
+Side = Annotated[int, msgspec.Meta(ge=16, le=2048, multiple_of=16, description="Pixels, a multiple of 16")]
+Steps = Annotated[int, msgspec.Meta(ge=1, le=100, description="Denoising steps")]
+Guidance = Annotated[float, msgspec.Meta(ge=0, le=30)]
+Seed = Annotated[
+    int, msgspec.Meta(ge=0, le=2**63 - 1, description="Same seed, same output; omitted: a random one")
+] | None
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The ``--option`` values a diffusers predictor accepts (see the module docstring)."""
+
+    model_path: str
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    cache_threshold: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+    warmup: str | None = None
+    parallel_vae: bool = True
+    vae_tiling: bool = False
+    max_sequence_length: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+
+
+def read_config(model_path: str, subfolder: str) -> dict[str, Any]:
+    """``subfolder/config.json`` of a local pipeline directory or a hub repository."""
+    try:
+        if os.path.isdir(model_path):
+            path = Path(model_path, subfolder, "config.json")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model_path, f"{subfolder}/config.json"))
+        config: dict[str, Any] = json.loads(path.read_text())
+    except Exception as exc:
+        raise ConfigurationError(f"cannot read {subfolder}/config.json of model {model_path!r}: {exc}") from exc
+    return config
+
+
+def _import(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class DiffusersPredictor(Predictor):
+    pipeline_class: ClassVar[str]  # "module:Class" of the diffusers pipeline
+    default_max_sequence_length: ClassVar[int] = 512
+    splits_text: ClassVar[bool] = False  # text tokens split across ranks too (joint attention)
+    component_dtypes: ClassVar[dict[str, str]] = {}  # per-component dtypes that override ``dtype``
+    warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2}
+
+    # ---- hooks for subclasses ---------------------------------------------------------------
+
+    def sequence_length(self, inputs: dict[str, Any]) -> int:
+        """Tokens the transformer sees for these request fields (split across the ranks)."""
+        raise NotImplementedError
+
+    # ---- the Predictor contract ---------------------------------------------------------
+
+    def configure(self, world_size: int, options: dict[str, str]) -> None:
+        import torch
+
+        from .parallel import check_context_parallel
+
+        if "model_path" not in options:
+            raise ConfigurationError(
+                f"{type(self).__name__} needs --model-path (or $PARA_ATTN_MODEL_PATH): a pipeline directory or hub id"
+            )
+        try:
+            self.settings = msgspec.convert(options, Settings, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"bad --option: {exc}") from None
+        self.world_size = world_size
+        self.transformer_config = read_config(self.settings.model_path, "transformer")
+        self.vae_config = read_config(self.settings.model_path, "vae")
+        heads = int(self.transformer_config["num_attention_heads"])
+        check_context_parallel(world_size, heads, "cuda" if torch.cuda.is_available() else "cpu")
+        self.max_sequence_length = self.settings.max_sequence_length or self.default_max_sequence_length
+        if self.splits_text and self.max_sequence_length % world_size:
+            raise ConfigurationError(
+                f"max_sequence_length={self.max_sequence_length} text tokens do not split across {world_size} ranks"
+            )
+        self.warmup = self._warmup_request()
+
+    def setup(self, context: RankContext) -> None:
+
+        from .parallel import enable_first_block_cache, parallelize_pipeline
+
+        settings = self.settings
+        self.rank, self.device = context.rank, context.device
+        pipe = self.load_pipeline(self._dtype(settings.dtype, context.device))
+        pipe.to(context.device)
+        pipe.set_progress_bar_config(disable=True)
+        if settings.vae_tiling:
+            pipe.vae.enable_tiling()
+        self.pipe = pipe
+        self.decode_on_every_rank = parallelize_pipeline(
+            pipe, device_type=context.device.type, parallelize_vae=settings.parallel_vae
+        )
+        self.transformers: list[torch.nn.Module] = [
+            t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None
+        ]
+        for transformer in self.transformers:
+            if settings.cache_threshold > 0:
+                enable_first_block_cache(transformer, settings.cache_threshold)
+            if settings.compile:
+                transformer.compile(mode=settings.compile_mode, backend=settings.compile_backend)
+        if self.warmup is not None:
+            started = time.perf_counter()
+            self.predict(**self.warmup)  # compiles; every rank runs it, like a job
+            log.info("rank %d: warm-up generation took %.1f s", self.rank, time.perf_counter() - started)
+
+    def validate(self, inputs: dict[str, Any]) -> None:
+        tokens = self.sequence_length(inputs)
+        if tokens % self.world_size:
+            raise InputError(
+                f"width x height{' x frames' if 'num_frames' in inputs else ''} make {tokens} tokens, "
+                f"which do not split across {self.world_size} ranks; pick sizes whose token count divides",
+                "height",
+            )
+
+    # ---- the work, for subclasses' predict ----------------------------------------------
+
+    def load_pipeline(self, dtype: torch.dtype) -> Any:
+        import torch
+        from diffusers.utils import deprecation_utils
+
+        dtypes: dict[str, torch.dtype] = {"default": dtype}
+        dtypes.update({name: getattr(torch, value) for name, value in self.component_dtypes.items()})
+        # diffusers renamed torch_dtype to dtype (the old name warns); older ones know only torch_dtype.
+        keyword = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+        return _import(self.pipeline_class).from_pretrained(self.settings.model_path, **{keyword: dtypes})
+
+    def generate(self, seed: int | None, **call: Any) -> Any | None:
+        """Run the pipeline on this rank; rank 0 gets its output object, the others None.
+
+        Every rank gets a generator seeded alike, and the job's step callback, which
+        reports progress and stops every rank at the same step on cancel (before decode).
+        """
+        import torch
+
+        for transformer in self.transformers:
+            if self.settings.cache_threshold > 0:
+                # diffusers resets its cache state only when a run completes; a cancelled
+                # run would leave residuals that the next run's first steps compare against.
+                transformer._reset_stateful_cache()  # type: ignore[operator]
+        try:
+            callback = current_job().diffusers_callback
+        except RuntimeError:  # the warm-up in setup runs outside any job
+            callback = None
+        result = self.pipe(
+            **call,
+            generator=torch.Generator("cpu").manual_seed(self._shared_seed(seed)),
+            # The others skip the decode, unless the VAE is split and needs them all.
+            output_type="np" if self.rank == 0 or self.decode_on_every_rank else "latent",
+            callback_on_step_end=callback,
+        )
+        return result if self.rank == 0 else None
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _shared_seed(self, seed: int | None) -> int:
+        if seed is not None:
+            return seed
+        import torch
+        import torch.distributed as dist
+
+        drawn = torch.tensor([random.randrange(2**63)], dtype=torch.int64, device=self.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(drawn, src=0)  # rank 0's draw for everyone: one noise, split
+        return int(drawn.item())
+
+    @staticmethod
+    def _dtype(name: str, device: torch.device) -> torch.dtype:
+        import torch
+
+        if name == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype: torch.dtype = getattr(torch, name)
+        return dtype
+
+    def _warmup_request(self) -> dict[str, Any] | None:
+        text = self.settings.warmup
+        if text is None:
+            text = "1" if self.settings.compile else "0"
+        if text.strip().lower() in ("0", "false", "no", "off"):
+            return None
+        fields = dict(self.warmup_inputs)
+        if text.strip().lower() not in ("1", "true", "yes", "on"):
+            try:
+                fields.update(json.loads(text))
+            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                raise ConfigurationError(f"warmup must be 0, 1 or a JSON object of request fields: {exc}") from None
+        from para_attn_server.schema import InputSchema
+
+        schema = InputSchema(self)
+        try:
+            inputs = schema.convert(fields)
+            self.validate(inputs)
+        except (msgspec.ValidationError, InputError) as exc:
+            raise ConfigurationError(f"warm-up request: {exc}") from None
+        return schema.predict_kwargs(inputs)
+

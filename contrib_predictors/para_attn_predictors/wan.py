@@ -1,0 +1,72 @@
+"""``wan``: Wan 2.1 / 2.2 text to video (``WanPipeline``) split across the ranks, as MP4.
+
+    para-attn-server --model wan --model-path Wan-AI/Wan2.1-T2V-14B-Diffusers --num-devices 8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+from para_attn_server import InputError, Output, hookimpl
+
+from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps
+from .media import encode_video
+
+Frames = Annotated[int, msgspec.Meta(ge=1, le=241, description="Frames, 4k+1 (the VAE packs 4 per latent)")]
+
+
+class WanPredictor(DiffusersPredictor):
+    pipeline_class = "diffusers:WanPipeline"
+    component_dtypes: ClassVar[dict[str, str]] = {"vae": "float32"}  # Wan's VAE decodes visibly worse in bfloat16
+    warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2, "num_frames": 5}
+
+    def _factors(self) -> tuple[int, int, int]:
+        # Older configs lack the scale factors; these are AutoencoderKLWan's defaults.
+        _, patch_h, patch_w = self.transformer_config.get("patch_size", (1, 2, 2))
+        spatial = self.vae_config.get("scale_factor_spatial", 8)
+        return self.vae_config.get("scale_factor_temporal", 4), spatial * patch_h, spatial * patch_w
+
+    def sequence_length(self, inputs: dict[str, Any]) -> int:
+        temporal, per_row, per_column = self._factors()
+        latent_frames = (inputs["num_frames"] - 1) // temporal + 1
+        return latent_frames * (inputs["height"] // per_row) * (inputs["width"] // per_column)
+
+    def validate(self, inputs: dict[str, Any]) -> None:
+        temporal = self._factors()[0]
+        if (inputs["num_frames"] - 1) % temporal:
+            raise InputError(f"must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...)", "num_frames")
+        super().validate(inputs)
+
+    def predict(
+        self,
+        *,
+        prompt: Prompt,
+        negative_prompt: Prompt = "",
+        width: Side = 832,
+        height: Side = 480,
+        num_frames: Frames = 81,
+        fps: Annotated[int, msgspec.Meta(ge=1, le=60)] = 16,
+        num_inference_steps: Steps = 50,
+        guidance_scale: Guidance = 5.0,
+        seed: Seed = None,
+        output_format: Literal["mp4", "npy"] = "mp4",
+    ) -> Output | None:
+        result = self.generate(
+            seed,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return None if result is None else encode_video(result.frames[0], fps, output_format)
+
+
+@hookimpl
+def register_predictors(register: Callable[[str, type[Any]], None]) -> None:
+    register("wan", WanPredictor)

@@ -1,0 +1,140 @@
+"""Startup and request checks of the diffusers predictors, without loading weights:
+``configure`` reads only the configs, so FLUX.1-dev's real dimensions can be used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import torch
+from para_attn_predictors.diffusers_base import DiffusersPredictor
+from para_attn_predictors.flux import FluxPredictor
+from para_attn_predictors.parallel import context_parallel_degrees
+from para_attn_predictors.wan import WanPredictor
+from para_attn_server import ConfigurationError, InputError
+from para_attn_server.schema import InputSchema
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA ring attention covers the rest")
+
+# The fields of FLUX.1-dev's and Wan2.1-T2V-14B's configs that the predictors read.
+FLUX_DEV = {"transformer": {"num_attention_heads": 24, "attention_head_dim": 128},
+            "vae": {"block_out_channels": [128, 256, 512, 512]}}  # fmt: skip
+WAN_14B = {"transformer": {"num_attention_heads": 40, "patch_size": [1, 2, 2]}, "vae": {"z_dim": 16}}
+
+
+def save_configs(root: Path, configs: dict[str, dict[str, Any]]) -> Path:
+    for subfolder, config in configs.items():
+        (root / subfolder).mkdir(parents=True)
+        (root / subfolder / "config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.fixture
+def flux_dev(tmp_path: Path) -> str:
+    return str(save_configs(tmp_path / "flux", FLUX_DEV))
+
+
+@pytest.fixture
+def wan_14b(tmp_path: Path) -> str:
+    return str(save_configs(tmp_path / "wan", WAN_14B))
+
+
+def configured(cls: type[DiffusersPredictor], world_size: int, **options: str) -> DiffusersPredictor:
+    predictor = cls()
+    predictor.configure(world_size, options)
+    return predictor
+
+
+def inputs(predictor: DiffusersPredictor, **fields: Any) -> dict[str, Any]:
+    return InputSchema(predictor).convert({"prompt": "a cat", **fields})
+
+
+@pytest.mark.parametrize(("world_size", "heads", "expected"), [
+    (8, 24, (8, 1)), (16, 24, (8, 2)), (5, 24, (1, 5)), (2, 2, (2, 1)), (1, 40, (1, 1)), (16, 40, (8, 2)),
+])  # fmt: skip
+def test_mesh_is_ulysses_where_the_heads_divide_and_ring_for_the_rest(
+    world_size: int, heads: int, expected: tuple[int, int]
+) -> None:
+    ulysses, ring = context_parallel_degrees(world_size, heads)
+    assert (ulysses, ring) == expected
+    assert heads % ulysses == 0
+    assert ulysses * ring == world_size
+
+
+@cpu_only
+@pytest.mark.parametrize(("cls", "world_size"), [(FluxPredictor, 5), (WanPredictor, 3), (WanPredictor, 16)])
+def test_ranks_needing_ring_attention_are_refused_at_startup_on_cpu(
+    cls: type[DiffusersPredictor], world_size: int, flux_dev: str, wan_14b: str
+) -> None:
+    path = flux_dev if cls is FluxPredictor else wan_14b
+    with pytest.raises(ConfigurationError, match=rf"{world_size} ranks cannot split \d+ attention heads.*ring"):
+        configured(cls, world_size, model_path=path)
+    configured(cls, 8, model_path=path)  # divides both head counts
+
+
+def test_text_tokens_must_split_across_the_ranks(flux_dev: str) -> None:
+    with pytest.raises(ConfigurationError, match="max_sequence_length=512 text tokens do not split across 3 ranks"):
+        configured(FluxPredictor, 3, model_path=flux_dev)
+    configured(FluxPredictor, 3, model_path=flux_dev, max_sequence_length="510")
+
+
+def test_image_tokens_must_split_across_the_ranks(flux_dev: str) -> None:
+    predictor = configured(FluxPredictor, 3, model_path=flux_dev, max_sequence_length="510")
+    predictor.validate(inputs(predictor, width=48, height=48))  # 3 x 3 tokens of 16 pixels
+    with pytest.raises(InputError, match="make 4 tokens, which do not split across 3 ranks") as error:
+        predictor.validate(inputs(predictor, width=32, height=32))
+    assert error.value.field == "height"
+
+
+def test_video_tokens_and_frame_counts_are_checked(wan_14b: str) -> None:
+    predictor = configured(WanPredictor, 8, model_path=wan_14b)
+    predictor.validate(inputs(predictor, width=832, height=480, num_frames=81))  # 21 x 30 x 52 tokens
+    with pytest.raises(InputError) as error:
+        predictor.validate(inputs(predictor, width=832, height=480, num_frames=80))
+    assert error.value.field == "num_frames"
+    with pytest.raises(InputError) as error:
+        predictor.validate(inputs(predictor, width=48, height=16, num_frames=1))  # 3 x 1 tokens
+    assert error.value.field == "height"
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({"width": 24}, "$.width"), ({"height": 2064}, "$.height"), ({"num_inference_steps": 0}, "$.num_inference_steps"),
+    ({"prompt": "x" * 2001}, "$.prompt"), ({"seed": 2**63}, "$.seed"), ({"output_format": "gif"}, "$.output_format"),
+])  # fmt: skip
+def test_request_limits_are_in_the_schema(flux_dev: str, body: dict[str, Any], path: str) -> None:
+    schema = InputSchema(configured(FluxPredictor, 1, model_path=flux_dev))
+    with pytest.raises(msgspec.ValidationError, match=rf"at `\{path}`"):
+        schema.decode_json(msgspec.json.encode({"prompt": "a cat", **body}))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({}, "needs --model-path"),
+    ({"model_path": "{flux}", "cache_treshold": "0.1"}, "unknown field `cache_treshold`"),
+    ({"model_path": "{flux}", "cache_threshold": "-1"}, r"at `\$.cache_threshold`"),
+    ({"model_path": "{flux}", "dtype": "float8"}, r"at `\$.dtype`"),
+    ({"model_path": "{flux}", "warmup": "{not json"}, "warmup must be 0, 1 or a JSON object"),
+    ({"model_path": "{flux}", "warmup": '{"width": 40}'}, r"warm-up request: .* at `\$.width`"),
+    ({"model_path": "/nonexistent"}, "cannot read transformer/config.json of model '/nonexistent'"),
+])  # fmt: skip
+def test_bad_options_are_configuration_errors(flux_dev: str, options: dict[str, str], message: str) -> None:
+    options = {key: value.replace("{flux}", flux_dev) for key, value in options.items()}
+    with pytest.raises(ConfigurationError, match=message):
+        configured(FluxPredictor, 1, **options)
+
+
+def test_a_hub_id_reads_its_configs_through_huggingface_hub(flux_dev: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    fetched: list[tuple[str, str]] = []
+
+    def download(repo_id: str, filename: str) -> str:
+        fetched.append((repo_id, filename))
+        return str(Path(flux_dev, filename))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    configured(FluxPredictor, 2, model_path="black-forest-labs/FLUX.1-dev")
+    assert fetched == [("black-forest-labs/FLUX.1-dev", "transformer/config.json"),
+                       ("black-forest-labs/FLUX.1-dev", "vae/config.json")]  # fmt: skip
