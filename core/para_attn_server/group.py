@@ -279,11 +279,11 @@ class WorkerGroup:
 
     async def _outcome(self, running: _RunningJob, fault: asyncio.Future[str]) -> JobOutcome:
         leader = running.ended.get(0)
-        if running.cancel_requested_at is not None and not self._failures(running):
-            # A cancel that arrived before the job ended wins, even if some rank finished
-            # first (a pipeline stopped through its own interrupt flag may just return).
-            return JobOutcome("cancelled")
         if leader is not None and leader.status == "succeeded" and not self._failures(running):
+            if running.cancel_requested_at is not None:
+                # A cancel that arrived before the job ended wins (a pipeline stopped
+                # through its own interrupt flag just returns early).
+                return JobOutcome("cancelled")
             return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type, written_path=leader.written_path)
         # Something failed or was cancelled: the group is only reusable if every rank left
         # the job; one that did not is stuck in a collective its peers abandoned.
