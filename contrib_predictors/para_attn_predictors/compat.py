@@ -14,6 +14,7 @@ so every parallel forward pass dies with a ``TypeError``.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ import torch.distributed as dist
 from para_attn import primitives
 from para_attn.para_attn_interface import UnifiedAttnMode
 from torch.distributed.device_mesh import DeviceMesh
+
+log = logging.getLogger(__name__)
 
 _UnifiedCall = Callable[..., torch.Tensor]
 
@@ -142,7 +145,8 @@ def _split_wan_block_inputs(
     names = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb")
 
     def chunk(tensor: torch.Tensor) -> torch.Tensor:
-        return primitives.get_assigned_chunk(tensor, dim=1, group=seq_group)
+        part: torch.Tensor = primitives.get_assigned_chunk(tensor, dim=1, group=seq_group)
+        return part
 
     def split(
         module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -173,7 +177,7 @@ def _without_context_parallel(forward: Callable[..., Any]) -> Callable[..., Any]
     return local
 
 
-def parallelize_wan_transformer(transformer: torch.nn.Module, mesh: DeviceMesh) -> None:
+def parallelize_wan_transformer(transformer: Any, mesh: DeviceMesh) -> None:
     """Split a ``WanTransformer3DModel``'s token sequence across ``mesh`` (our adapter).
 
     The blocks' inputs are chunked along the sequence, self-attention runs under
@@ -183,7 +187,7 @@ def parallelize_wan_transformer(transformer: torch.nn.Module, mesh: DeviceMesh) 
     if getattr(transformer, "_is_parallelized", False):
         return
     apply_para_attn_shims()
-    seq_group = mesh["ring", "ulysses"]._flatten()  # type: ignore[no-untyped-call]  # as para-attn does
+    seq_group = mesh["ring", "ulysses"]._flatten()  # as para-attn's adapters do
     blocks = transformer.blocks
     for index, block in enumerate(blocks):
         block.register_forward_pre_hook(_split_wan_block_inputs(seq_group, first=index == 0), with_kwargs=True)
@@ -209,6 +213,8 @@ def parallelize_wan_transformers(pipe: Any, mesh: DeviceMesh) -> None:
     from para_attn.context_parallel.diffusers_adapters.wan import parallelize_transformer
 
     ours = para_attn_wan_adapter_is_broken(mesh)
+    if ours:
+        log.info("para-attn's Wan adapter fails on this diffusers: splitting Wan with ours (compat.py)")
     for name in ("transformer", "transformer_2"):
         transformer = getattr(pipe, name, None)
         if transformer is None:

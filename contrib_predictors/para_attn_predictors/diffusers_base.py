@@ -131,7 +131,6 @@ class DiffusersPredictor(Predictor):
         self.warmup = self._warmup_request()
 
     def setup(self, context: RankContext) -> None:
-
         from .parallel import enable_first_block_cache, parallelize_pipeline
 
         settings = self.settings

@@ -21,7 +21,7 @@ class FluxPredictor(DiffusersPredictor):
     def sequence_length(self, inputs: dict[str, Any]) -> int:
         # The VAE downsamples by 2**(levels-1) and the transformer packs 2x2 latents per token.
         pixels_per_token = 2 ** len(self.vae_config["block_out_channels"])
-        return (inputs["height"] // pixels_per_token) * (inputs["width"] // pixels_per_token)
+        return int(inputs["height"] // pixels_per_token * (inputs["width"] // pixels_per_token))
 
     def predict(
         self,

@@ -6,6 +6,7 @@ import io
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,10 +49,11 @@ def encode_video(frames: NDArray[np.floating], fps: int, file_type: str, *, crf:
 
 def _write_mp4(path: Path, pixels: NDArray[np.uint8], fps: int, crf: int) -> None:
     import av
+    from av.video.stream import VideoStream
 
     with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream = cast(VideoStream, container.add_stream(codec, rate=Fraction(fps)))
         stream.height, stream.width = pixels.shape[1:3]
         stream.pix_fmt = "yuv420p"  # what players expect; needs even sides (ours are multiples of 16)
         if codec == "libx264":

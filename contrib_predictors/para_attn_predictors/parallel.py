@@ -84,7 +84,7 @@ def enable_first_block_cache(transformer: torch.nn.Module, threshold: float) -> 
     their collectives. Here the residual sums are all-reduced first: every rank decides
     as a single process holding the whole sequence would.
     """
-    from diffusers.hooks import FirstBlockCacheConfig
+    from diffusers.hooks.first_block_cache import FirstBlockCacheConfig
 
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))  # type: ignore[operator]
     if _world_size() <= 1:
@@ -96,7 +96,7 @@ def enable_first_block_cache(transformer: torch.nn.Module, threshold: float) -> 
             hook._should_compute_remaining_blocks = types.MethodType(_should_compute_everywhere, hook)
 
 
-@torch.compiler.disable
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # like diffusers' own decision: eager, with .item()
 def _should_compute_everywhere(hook: Any, residual: torch.Tensor) -> bool:
     previous = hook.state_manager.get_state().head_block_residual
     if previous is None:  # the first step of a run, on every rank alike

@@ -59,7 +59,7 @@ def build_tiny_wan_pipeline(seed: int = 0) -> WanPipeline:
             rope_max_seq_len=32,
         )
     pipe = WanPipeline(
-        tokenizer=tokenizer,
+        tokenizer=tokenizer,  # type: ignore[arg-type]  # any T5 tokenizer; diffusers annotates AutoTokenizer
         text_encoder=text_encoder,
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),

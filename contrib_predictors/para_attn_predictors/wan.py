@@ -24,14 +24,14 @@ class WanPredictor(DiffusersPredictor):
 
     def _factors(self) -> tuple[int, int, int]:
         # Older configs lack the scale factors; these are AutoencoderKLWan's defaults.
-        _, patch_h, patch_w = self.transformer_config.get("patch_size", (1, 2, 2))
-        spatial = self.vae_config.get("scale_factor_spatial", 8)
-        return self.vae_config.get("scale_factor_temporal", 4), spatial * patch_h, spatial * patch_w
+        _, patch_h, patch_w = (int(p) for p in self.transformer_config.get("patch_size", (1, 2, 2)))
+        spatial = int(self.vae_config.get("scale_factor_spatial", 8))
+        return int(self.vae_config.get("scale_factor_temporal", 4)), spatial * patch_h, spatial * patch_w
 
     def sequence_length(self, inputs: dict[str, Any]) -> int:
         temporal, per_row, per_column = self._factors()
         latent_frames = (inputs["num_frames"] - 1) // temporal + 1
-        return latent_frames * (inputs["height"] // per_row) * (inputs["width"] // per_column)
+        return int(latent_frames * (inputs["height"] // per_row) * (inputs["width"] // per_column))
 
     def validate(self, inputs: dict[str, Any]) -> None:
         temporal = self._factors()[0]

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import collections
 import pickle
 import queue
+import select
 import socket
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +42,7 @@ from .protocol import (
     RankMessage,
     RunJob,
     SetupDone,
+    ServerMessage,
     SetupFailed,
     Shutdown,
     encode_frame,
@@ -58,20 +63,26 @@ def describe(exc: BaseException) -> str:
 
 
 class ControlLink:
-    """This rank's connection to the server: sends reports, receives jobs and cancels."""
+    """This rank's connection to the server: sends reports, receives jobs and cancels.
+
+    Rank 0 reads the connection on its main thread: while idle it waits on the socket
+    itself, and at each step boundary it polls for a cancel without blocking, so a job
+    reaches it without a thread hand-off. Only a predictor whose pipeline takes no step
+    callback (stopped through ``pipe._interrupt``, as the original did) needs the
+    background reader, which applies a cancel the moment it arrives, on every rank.
+    """
 
     def __init__(self, spec: RankSpec, rank: int) -> None:
         self.rank = rank
-        self.inbox: queue.Queue[RunJob | Shutdown] = queue.Queue()
         self.cancelled: set[str] = set()
-        self.on_cancel: list[Any] = []
+        self._pending: collections.deque[RunJob | Shutdown] = collections.deque()
+        self._inbox: queue.Queue[RunJob | Shutdown] | None = None  # set in threaded mode
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.sock = socket.create_connection((spec.control_host, spec.control_port), timeout=60)
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.send(Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname()))
-        threading.Thread(target=self._read, name="control-reader", daemon=True).start()
         threading.Thread(
             target=self._beat, args=(spec.heartbeat_interval,), name="heartbeat", daemon=True
         ).start()
@@ -84,21 +95,58 @@ class ControlLink:
         except OSError:
             self._server_gone()
 
-    def _read(self) -> None:
-        while True:
+    def start_reader(self, on_cancel: Callable[[str], None]) -> None:
+        """Read in a background thread and call ``on_cancel`` as soon as a cancel arrives."""
+        inbox: queue.Queue[RunJob | Shutdown] = queue.Queue()
+        self._inbox = inbox
+
+        def read() -> None:
+            while True:
+                message = self._recv()
+                if isinstance(message, CancelJob):
+                    self.cancelled.add(message.job_id)
+                    on_cancel(message.job_id)
+                else:
+                    inbox.put(message)
+
+        threading.Thread(target=read, name="control-reader", daemon=True).start()
+
+    def receive(self, timeout: float) -> RunJob | Shutdown | None:
+        """The next job or shutdown, or None after ``timeout`` seconds of silence."""
+        if self._inbox is not None:
             try:
-                message = recv_server_message(self.sock)
-            except (OSError, msgspec.DecodeError):
-                message = None
-            if message is None:
-                self._server_gone()
-                return
-            if isinstance(message, CancelJob):
-                self.cancelled.add(message.job_id)
-                for callback in self.on_cancel:
-                    callback(message.job_id)
-            else:
-                self.inbox.put(message)
+                return self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                return None
+        deadline = time.monotonic() + timeout
+        while not self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+                return None
+            self._take(self._recv())
+        return self._pending.popleft()
+
+    def poll_cancels(self) -> None:
+        """Take whatever the server sent, without waiting (a step boundary on rank 0)."""
+        if self._inbox is None:
+            while select.select([self.sock], [], [], 0)[0]:
+                self._take(self._recv())
+
+    def _take(self, message: ServerMessage) -> None:
+        if isinstance(message, CancelJob):
+            self.cancelled.add(message.job_id)
+        else:
+            self._pending.append(message)
+
+    def _recv(self) -> ServerMessage:
+        try:
+            message = recv_server_message(self.sock)
+        except (OSError, msgspec.DecodeError):
+            message = None
+        if message is None:
+            self._server_gone()
+            raise SystemExit(3)
+        return message
 
     def _beat(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -169,7 +217,7 @@ class RankWorker:
             pipe = getattr(self.predictor, "pipe", None)
             self.step_hook_installed = pipe is not None and install_step_callback(pipe)
             if not self.step_hook_installed:
-                self.link.on_cancel.append(self._interrupt_legacy_pipe)
+                self.link.start_reader(self._interrupt_legacy_pipe)
 
     def _init_process_group(self, device: torch.device) -> None:
         backend = self.spec.backend or ("nccl" if device.type == "cuda" else "gloo")
@@ -192,9 +240,8 @@ class RankWorker:
     def serve(self) -> None:
         while True:
             if self.rank == 0:
-                try:
-                    message = self.link.inbox.get(timeout=self.spec.keepalive_interval)
-                except queue.Empty:
+                message = self.link.receive(self.spec.keepalive_interval)
+                if message is None:
                     self._broadcast(PING)
                     continue
                 if isinstance(message, Shutdown):
@@ -278,6 +325,7 @@ class RankWorker:
             stop = 0
             if rank == 0:
                 link.send(Progress(job_id, step, total))
+                link.poll_cancels()
                 stop = int(job_id in link.cancelled)
             if world_size > 1:
                 flag = torch.tensor([stop], dtype=torch.int32)
