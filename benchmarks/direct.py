@@ -13,7 +13,9 @@ import torch.multiprocessing as mp
 from .harness import free_port
 
 
-def _rank(rank: int, world: int, port: int, model: str, inputs: dict[str, Any], repeat: int, warmup: int, out: Any) -> None:
+def _rank(
+    rank: int, world: int, port: int, model: str, inputs: dict[str, Any], repeat: int, warmup: int, out: Any
+) -> None:
     from para_attn_server.plugins import Plugins
     from para_attn_server.predictor import JobContext, RankContext, running
     from para_attn_server.schema import InputSchema
@@ -44,7 +46,9 @@ def direct_call_times(model: str, world: int, inputs: dict[str, Any], repeat: in
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, model, inputs, repeat, warmup, queue)) for r in range(world)]
+    procs = [
+        ctx.Process(target=_rank, args=(r, world, port, model, inputs, repeat, warmup, queue)) for r in range(world)
+    ]
     for p in procs:
         p.start()
     times: list[float] = queue.get(timeout=600)

@@ -86,7 +86,9 @@ class Client:
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port)
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         hdrs = {"content-type": "application/json"} if body is not None else {}
         if headers:
             hdrs.update(headers)
@@ -142,7 +144,7 @@ class Report:
         print(f"  {suite:<11} {case:<44} {_fmt(value, unit):>14}  {detail}", flush=True)
 
     def table(self) -> str:
-        lines = [f"| suite | case | median | detail |", "|---|---|---:|---|"]
+        lines = ["| suite | case | median | detail |", "|---|---|---:|---|"]
         for r in self.rows:
             lines.append(f"| {r['suite']} | {r['case']} | {_fmt(r['value'], r['unit'])} | {r['detail']} |")
         return "\n".join(lines)
@@ -156,7 +158,9 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
-async def raw_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> tuple[int, bytes]:
+async def raw_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+) -> tuple[int, bytes]:
     """Send one prepared request on a keep-alive connection and read the response."""
     writer.write(head + body)
     status_line = await reader.readline()

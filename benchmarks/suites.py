@@ -78,9 +78,18 @@ def overhead(report: Report, quick: bool) -> None:
                 body = json.dumps(inputs).encode()
                 served = Stat.of(timed(lambda: sync_job(c, body), n, warmup=3))  # noqa: B023
             added = served.median - direct.median
-            report.add("overhead", f"{model}, {world} rank(s): direct call", direct.median, "s", direct.ms(), stat=vars(direct))
-            report.add("overhead", f"{model}, {world} rank(s): through the server", served.median, "s",
-                       f"{served.ms()}  x{served.median / direct.median:.3f}, +{added * 1e3:.3f} ms", stat=vars(served))  # fmt: skip
+            report.add(
+                "overhead", f"{model}, {world} rank(s): direct call", direct.median, "s", direct.ms(), stat=vars(direct)
+            )
+            detail = f"{served.ms()}  x{served.median / direct.median:.3f}, +{added * 1e3:.3f} ms"
+            report.add(
+                "overhead",
+                f"{model}, {world} rank(s): through the server",
+                served.median,
+                "s",
+                detail,
+                stat=vars(served),
+            )
 
 
 # ---- 2: throughput ----------------------------------------------------------------------
@@ -154,8 +163,10 @@ def cancel(report: Report, quick: bool) -> None:
             samples.append(time.perf_counter() - start)
             assert state == "cancelled", state
         s = Stat.of(samples)
-        report.add("cancel", f"no-op, 2 ranks, {step * 1e3:.0f} ms steps", s.median, "s",
-                   f"{s.ms()}  target: one step + 20 ms = {(step + 0.02) * 1e3:.0f} ms", stat=vars(s), step_s=step)  # fmt: skip
+        target = f"target: one step + 20 ms = {(step + 0.02) * 1e3:.0f} ms"
+        report.add(
+            "cancel", f"no-op, 2 ranks, {step * 1e3:.0f} ms steps", s.median, "s", f"{s.ms()}  {target}", stat=vars(s)
+        )
 
 
 def _wait_for_step(port: int, job_id: str, step: int) -> None:
@@ -188,7 +199,9 @@ def progress(report: Report, quick: bool) -> None:
             s = Stat.of(timed(lambda: sync_job(c, body), 5, warmup=1))  # noqa: B023
             per_step[hook] = s.median / steps
         cost = (per_step[True] - per_step[False]) * 1e6
-        report.add("progress", "step hook (progress + cancel decision), 2 ranks", cost, "us", "per step", per_step=per_step)
+        report.add(
+            "progress", "step hook (progress + cancel decision), 2 ranks", cost, "us", "per step", per_step=per_step
+        )
     with server("tiny", 2) as srv:
         c = srv.client()
         body = json.dumps({"prompt": "a cat", "num_inference_steps": 20}).encode()

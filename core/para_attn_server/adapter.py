@@ -69,7 +69,7 @@ def install_step_callback(pipe: Any) -> bool:
     if "callback_on_step_end" not in params:
         return False
 
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807 - becomes the class's __call__
         try:
             job = current_job()
         except RuntimeError:

@@ -36,7 +36,9 @@ def serve_parser() -> argparse.ArgumentParser:
         description="Serve a diffusers pipeline split across worker ranks over HTTP. "
         "Run 'para-attn-server plugins' to list installed predictors and executors.",
     )
-    p.add_argument("--model", default=d.model, help="predictor: entry-point name or module:Class (default: %(default)s)")
+    p.add_argument(
+        "--model", default=d.model, help="predictor: entry-point name or module:Class (default: %(default)s)"
+    )
     p.add_argument("--host", default=d.host, help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port to listen on, 0 for any (default: %(default)s)")
     p.add_argument("--num-devices", type=int, default=None, help="ranks to start (default: CUDA devices, or 1)")
@@ -44,20 +46,77 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None, help="torch.distributed backend (default: nccl on CUDA, else gloo)")
     p.add_argument("--output-dir", default=d.output_dir, help="where outputs are written (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="jobs that may wait (default: %(default)s)")
-    p.add_argument("--job-timeout", type=_seconds_or_none, default=d.job_timeout, help="seconds a job may run before its ranks are restarted; 0: no limit (default: %(default)s)")
-    p.add_argument("--result-ttl", type=float, default=d.result_ttl, help="seconds results are kept (default: %(default)s)")
-    p.add_argument("--setup-timeout", type=float, default=d.setup_timeout, help="seconds setup may take (default: %(default)s)")
-    p.add_argument("--heartbeat-timeout", type=float, default=d.heartbeat_timeout, help="seconds of rank silence before a restart (default: %(default)s)")
-    p.add_argument("--keepalive-interval", type=float, default=d.keepalive_interval, help="idle keep-alive period of the ranks (default: %(default)s)")
-    p.add_argument("--collective-timeout", type=float, default=d.collective_timeout, help="torch.distributed timeout in seconds (default: %(default)s)")
-    p.add_argument("--cancel-grace", type=float, default=d.cancel_grace, help="seconds a cancelled job may take to stop before its ranks are restarted (default: %(default)s)")
-    p.add_argument("--drain-timeout", type=float, default=d.drain_timeout, help="seconds SIGTERM waits for the running job (default: %(default)s)")
-    p.add_argument("--max-output-bytes", type=int, default=d.max_output_bytes, help="largest output accepted from a job (default: %(default)s)")
-    p.add_argument("--api-key", default=None, help="require this key on every endpoint but /health/live (or $PARA_ATTN_SERVER_API_KEY)")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (default: %(default)s)")
-    p.add_argument("--model-path", default=None, help="weights directory or hub id for the predictor (or $PARA_ATTN_MODEL_PATH)")
-    p.add_argument("--option", "-o", type=_key_value, action="append", default=[], metavar="KEY=VALUE", help="predictor option, repeatable")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="extra plugin module to load, repeatable")
+    p.add_argument(
+        "--job-timeout",
+        type=_seconds_or_none,
+        default=d.job_timeout,
+        help="seconds a job may run before its ranks are restarted; 0: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--result-ttl", type=float, default=d.result_ttl, help="seconds results are kept (default: %(default)s)"
+    )
+    p.add_argument(
+        "--setup-timeout", type=float, default=d.setup_timeout, help="seconds setup may take (default: %(default)s)"
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=d.heartbeat_timeout,
+        help="seconds of rank silence before a restart (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keepalive-interval",
+        type=float,
+        default=d.keepalive_interval,
+        help="idle keep-alive period of the ranks (default: %(default)s)",
+    )
+    p.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=d.collective_timeout,
+        help="torch.distributed timeout in seconds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=d.cancel_grace,
+        help="seconds a cancelled job may take to stop before its ranks are restarted (default: %(default)s)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout,
+        help="seconds SIGTERM waits for the running job (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-output-bytes",
+        type=int,
+        default=d.max_output_bytes,
+        help="largest output accepted from a job (default: %(default)s)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key on every endpoint but /health/live (or $PARA_ATTN_SERVER_API_KEY)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model-path", default=None, help="weights directory or hub id for the predictor (or $PARA_ATTN_MODEL_PATH)"
+    )
+    p.add_argument(
+        "--option",
+        "-o",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="predictor option, repeatable",
+    )
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE", help="extra plugin module to load, repeatable"
+    )
     p.add_argument("--log-level", default=d.log_level, help="(default: %(default)s)")
     return p
 

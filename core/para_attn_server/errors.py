@@ -44,5 +44,5 @@ class NotReadyError(ParaAttnServerError):
     """The worker group has not finished its first setup, or the server is draining."""
 
 
-class JobCancelled(BaseException):  # noqa: N818 - control flow, like asyncio.CancelledError
+class JobCancelled(BaseException):
     """Raised on every rank at the same step boundary when a job is cancelled."""

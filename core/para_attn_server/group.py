@@ -181,9 +181,8 @@ class WorkerGroup:
             asyncio.create_task(self._watch_exits(self._fault)),
             asyncio.create_task(self._watch_heartbeats(self._fault)),
         ]
-        done, _ = await asyncio.wait(
-            {self._setup, self._fault}, timeout=s.setup_timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        waits: set[asyncio.Future[Any]] = {self._setup, self._fault}
+        done, _ = await asyncio.wait(waits, timeout=s.setup_timeout, return_when=asyncio.FIRST_COMPLETED)
         if self._setup in done and self._setup.exception() is None:
             self.state = GroupState.READY
             log.info("worker group generation %d ready (%d ranks)", self.generation, self.world_size)
@@ -267,7 +266,9 @@ class WorkerGroup:
                     return JobOutcome("failed", error=fault.result())
                 if deadline is not None and loop.time() >= deadline:
                     self._set_fault(f"job timed out after {timeout:g} s")
-                    return JobOutcome("failed", error=f"job timed out after {timeout:g} s; the worker group was restarted")
+                    return JobOutcome(
+                        "failed", error=f"job timed out after {timeout:g} s; the worker group was restarted"
+                    )
                 if running.cancel_requested_at is not None:
                     self._set_fault(f"a cancelled job did not stop within {self.settings.cancel_grace:g} s")
                     return JobOutcome("cancelled", error="cancelled; the worker group was restarted to stop it")
@@ -284,7 +285,9 @@ class WorkerGroup:
                 # A cancel that arrived before the job ended wins (a pipeline stopped
                 # through its own interrupt flag just returns early).
                 return JobOutcome("cancelled")
-            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type, written_path=leader.written_path)
+            return JobOutcome(
+                "succeeded", output=leader.output, file_type=leader.file_type, written_path=leader.written_path
+            )
         # Something failed or was cancelled: the group is only reusable if every rank left
         # the job; one that did not is stuck in a collective its peers abandoned.
         if not running.all_ended.done():
@@ -384,9 +387,12 @@ class WorkerGroup:
                 # A rank that dies closes its connection as it goes; give the executor's
                 # report of how it died (killed by SIGKILL, exit code) a moment to be the reason.
                 fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
-                asyncio.get_running_loop().call_later(
-                    1.0, lambda: self._fault is fault and self._set_fault(reason)
-                )
+
+                def late_fault() -> None:
+                    if self._fault is fault:
+                        self._set_fault(reason)
+
+                asyncio.get_running_loop().call_later(1.0, late_fault)
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> Any:
@@ -412,8 +418,10 @@ class WorkerGroup:
                     running.all_ended.set_result(None)
             case SetupDone(rank=rank):
                 link.setup_done = True
-                if self._setup is not None and not self._setup.done() and all(
-                    r in self.links and self.links[r].setup_done for r in range(self.world_size)
+                if (
+                    self._setup is not None
+                    and not self._setup.done()
+                    and all(r in self.links and self.links[r].setup_done for r in range(self.world_size))
                 ):
                     self._setup.set_result(None)
             case SetupFailed(rank=rank, error=error):
@@ -440,7 +448,9 @@ class WorkerGroup:
             now = time.monotonic()
             for link in list(self.links.values()):
                 if now - link.last_seen > limit:
-                    self._set_fault(f"rank {link.rank} (pid {link.pid}) sent no heartbeat for {now - link.last_seen:.1f} s")
+                    self._set_fault(
+                        f"rank {link.rank} (pid {link.pid}) sent no heartbeat for {now - link.last_seen:.1f} s"
+                    )
                     return
 
 

@@ -147,7 +147,16 @@ class JobService:
 
         for row in iter_rows(self.journal.load()):
             job = Job(row["id"], row["inputs"], row["fingerprint"], state=JobState(row["state"]))
-            for name in ("created_at", "started_at", "finished_at", "step", "total", "error", "file_type", "output_path"):
+            for name in (
+                "created_at",
+                "started_at",
+                "finished_at",
+                "step",
+                "total",
+                "error",
+                "file_type",
+                "output_path",
+            ):
                 setattr(job, name, row[name])
             job.output_file = Path(row["output_file"]) if row["output_file"] else None
             job.written_by_predictor = bool(row["written_by_predictor"])
@@ -281,7 +290,7 @@ class JobService:
                 continue
             if not self.queue:
                 self._queued.clear()
-                waiter = asyncio.ensure_future(self._queued.wait())
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(self._queued.wait())
                 await asyncio.wait({waiter, self.group.fault}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 continue

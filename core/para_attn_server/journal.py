@@ -114,6 +114,4 @@ def _row(job: Job) -> tuple[Any, ...]:
 
 def iter_rows(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for row in rows:
-        row = dict(row)
-        row["inputs"] = msgspec.msgpack.decode(row["inputs"])
-        yield row
+        yield {**row, "inputs": msgspec.msgpack.decode(row["inputs"])}

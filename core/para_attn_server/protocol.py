@@ -117,4 +117,5 @@ def recv_server_message(sock: socket.socket) -> ServerMessage | None:
     payload = recv_exactly(sock, size)
     if payload is None:
         return None
-    return server_message_decoder.decode(payload)
+    message: ServerMessage = server_message_decoder.decode(payload)
+    return message

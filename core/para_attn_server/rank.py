@@ -9,9 +9,9 @@ collective timeout (a known way for other multi-GPU servers to die after ~10 idl
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-import collections
 import pickle
 import queue
 import select
@@ -41,8 +41,8 @@ from .protocol import (
     Progress,
     RankMessage,
     RunJob,
-    SetupDone,
     ServerMessage,
+    SetupDone,
     SetupFailed,
     Shutdown,
     encode_frame,
@@ -83,9 +83,7 @@ class ControlLink:
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.send(Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname()))
-        threading.Thread(
-            target=self._beat, args=(spec.heartbeat_interval,), name="heartbeat", daemon=True
-        ).start()
+        threading.Thread(target=self._beat, args=(spec.heartbeat_interval,), name="heartbeat", daemon=True).start()
 
     def send(self, message: RankMessage) -> None:
         frame = encode_frame(message)
@@ -198,9 +196,7 @@ class RankWorker:
                 # Ranks share the host's cores; oversubscribing them slows every rank.
                 local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-        os.environ.update(
-            RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(self.local_rank)
-        )
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), LOCAL_RANK=str(self.local_rank))
         if self.spec.master_addr is not None:
             os.environ["MASTER_ADDR"] = self.spec.master_addr
             os.environ["MASTER_PORT"] = str(self.spec.master_port)
@@ -287,7 +283,9 @@ class RankWorker:
         ended: JobEnded
         try:
             inputs = self.schema.convert(message.inputs)
-            job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, self._decider(job_id))
+            job = JobContext(
+                job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, self._decider(job_id)
+            )
             with running(job):
                 output = self.plugins.predict(self.predictor, job)
             if self.interrupted == job_id:
@@ -297,7 +295,9 @@ class RankWorker:
             elif output is not None:
                 if len(output.data) > self.spec.max_output_bytes:
                     ended = JobEnded(
-                        job_id, 0, "failed",
+                        job_id,
+                        0,
+                        "failed",
                         error=f"output too large: {len(output.data)} bytes exceeds the limit of "
                         f"{self.spec.max_output_bytes} bytes",
                     )

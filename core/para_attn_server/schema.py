@@ -8,6 +8,7 @@ the field; Litestar renders the same type into the OpenAPI document.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import typing
 from typing import Annotated, Any
@@ -56,7 +57,8 @@ class InputSchema:
                 fields.append((name, annotation))
             elif isinstance(param.default, list | dict | set):
                 default = param.default
-                fields.append((name, annotation, msgspec.field(default_factory=lambda d=default: copy.deepcopy(d))))
+                factory = functools.partial(copy.deepcopy, default)  # a fresh copy per request
+                fields.append((name, annotation, msgspec.field(default_factory=factory)))
             else:
                 fields.append((name, annotation, param.default))
         if OUTPUT_PATH not in self.predict_params:
