@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
+
 from para_attn_server import ConfigurationError, InputError, Predictor, RankContext, current_job
 
 if TYPE_CHECKING:

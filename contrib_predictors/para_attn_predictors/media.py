@@ -10,6 +10,7 @@ from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
+
 from para_attn_server import Output
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 import torch
 import torch.distributed as dist
+
 from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
 
 

@@ -14,6 +14,7 @@ from para_attn.context_parallel import init_context_parallel_mesh
 from para_attn.context_parallel.diffusers_adapters import parallelize_pipe
 from para_attn.parallel_vae import init_parallel_vae_mesh
 from para_attn.parallel_vae.diffusers_adapters import parallelize_vae as _parallelize_vae
+
 from para_attn_server import ConfigurationError
 
 from .compat import apply_para_attn_shims, can_parallelize_vae, parallelize_wan_transformers

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
+
 from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size

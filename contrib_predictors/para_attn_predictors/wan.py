@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+
 from para_attn_server import InputError, Output, hookimpl
 
 from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from para_attn_predictors import make_tiny
 
+from para_attn_predictors import make_tiny
 from tests.conftest import server_env
 
 HERE = Path(__file__).resolve().parent

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from para_attn_predictors import compat
 
 pytestmark = pytest.mark.timeout(120)

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from para_attn_predictors.diffusers_base import DiffusersPredictor
 from para_attn_predictors.flux import FluxPredictor
 from para_attn_predictors.wan import WanPredictor
 from para_attn_server import JobCancelled, RankContext
 from para_attn_server.predictor import JobContext, running
-
 from tests.contrib.conftest import npy
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 import torch
+
 from para_attn_predictors.diffusers_base import DiffusersPredictor
 from para_attn_predictors.flux import FluxPredictor
 from para_attn_predictors.parallel import context_parallel_degrees

@@ -7,6 +7,7 @@ models with the widths the transformer expects (the prompt encoding is not what 
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ REQUEST: dict[str, Any] = {"prompt": "a lighthouse at dusk", "width": 1024, "hei
 
 def flux_dev_sized_pipeline() -> Any:
     from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
-    from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
 
     tiny = build_tiny_flux_pipeline()  # for its tokenizers and scheduler
     torch.manual_seed(0)
@@ -78,6 +80,7 @@ def flux_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pipe = flux_dev_sized_pipeline()
     pipe.save_pretrained(path)
     del pipe
+    gc.collect()
     torch.cuda.empty_cache()
     return path
 
@@ -102,6 +105,7 @@ def timed_direct_call(path: Path, runs: int = 2) -> float:
         torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     del predictor
+    gc.collect()  # the server loads its own copy next
     torch.cuda.empty_cache()
     return seconds[-1]
 
@@ -123,6 +127,7 @@ def test_server_adds_little_to_a_full_size_generation(flux_dev_dir: Path, launch
 def test_ring_attention_on_two_gpus_matches_one(tmp_path: Path, launch: Any) -> None:
     # Three heads: Ulysses cannot split them over 2 ranks, so the mesh is all ring attention.
     from diffusers import FluxTransformer2DModel
+
     from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
 
     pipe = build_tiny_flux_pipeline()
