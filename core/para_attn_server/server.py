@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -129,40 +129,19 @@ class ParaAttentionServer:
         executor = plugins.executor(config.executor)(num_devices, dict(config.executor_options))
         group = WorkerGroup(
             executor,
-            GroupSettings(
+            _settings(
+                GroupSettings,
+                config,
                 world_size=num_devices,
                 predictor=config.model or None,
                 predictor_pickle=predictor_pickle,
                 plugins=plugins.module_names(),
-                backend=config.backend,
                 options=options,
-                setup_timeout=config.setup_timeout,
-                heartbeat_interval=config.heartbeat_interval,
-                heartbeat_timeout=config.heartbeat_timeout,
-                keepalive_interval=config.keepalive_interval,
-                collective_timeout=config.collective_timeout,
-                cancel_grace=config.cancel_grace,
-                error_grace=config.error_grace,
-                max_output_bytes=config.max_output_bytes,
-                log_level=config.log_level,
             ),
         )
         store = OutputStore(config.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
-        service = JobService(
-            group,
-            store,
-            plugins,
-            predictor,
-            schema,
-            ServiceSettings(
-                max_queue=config.max_queue,
-                job_timeout=config.job_timeout,
-                result_ttl=config.result_ttl,
-                drain_timeout=config.drain_timeout,
-            ),
-            journal,
-        )
+        service = JobService(group, store, plugins, predictor, schema, _settings(ServiceSettings, config), journal)
         recovered = service.recover()
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
@@ -201,6 +180,15 @@ class ParaAttentionServer:
                 await http_task
             await group.stop()
             await journal.close()
+
+
+_T = TypeVar("_T")
+
+
+def _settings(cls: type[_T], config: ServerConfig, **values: Any) -> _T:
+    """A layer's settings dataclass, taking each field it shares with the config."""
+    shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}  # type: ignore[arg-type]
+    return cls(**{**shared, **values})
 
 
 MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
