@@ -115,6 +115,14 @@ def serve_parser() -> argparse.ArgumentParser:
         help="predictor option, repeatable",
     )
     p.add_argument(
+        "--executor-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="executor option, repeatable (torchrun: rdzv_endpoint=HOST:PORT)",
+    )
+    p.add_argument(
         "--plugin", action="append", default=[], metavar="MODULE", help="extra plugin module to load, repeatable"
     )
     p.add_argument("--log-level", default=d.log_level, help="(default: %(default)s)")
@@ -132,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.pop(name)
     settings["options"] = dict(args.option)
     settings["plugins"] = list(args.plugin)
+    settings["executor_options"] = dict(args.executor_option)
     server = ParaAttentionServer(args.model, args.host, args.port, args.num_devices, args.log_level, **settings)
     try:
         server.run()

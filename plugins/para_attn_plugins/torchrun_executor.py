@@ -1,0 +1,77 @@
+"""The ``torchrun`` executor: ``torch.distributed.run`` starts the ranks on this host.
+
+torchrun's elastic agent sets each rank's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` and the
+rendezvous, and (with ``--max-restarts=0``) stops every rank as soon as one fails, then
+exits; the worker group sees that exit as the fault and starts a new generation. Ranks
+get their ``RankSpec`` through the environment. Executor options
+(``--executor-option KEY=VALUE``): ``rdzv_endpoint`` (default: standalone on this host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import msgspec
+
+from para_attn_server import hookimpl
+from para_attn_server.executor import Executor, RankSpec
+
+SPEC_ENV = "PARA_ATTN_SERVER_RANK_SPEC"
+
+
+class TorchrunExecutor(Executor):
+    _process: asyncio.subprocess.Process | None = None
+
+    async def launch(self, spec: RankSpec) -> None:
+        # torchrun provides the rendezvous; the spec must not override it.
+        spec = msgspec.structs.replace(spec, master_addr=None, master_port=None)
+        endpoint = self.options.get("rdzv_endpoint")
+        rendezvous = ["--standalone"] if not endpoint else ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "torch.distributed.run", *rendezvous,
+            f"--nproc-per-node={self.num_ranks}", "--max-restarts=0", "--module", "para_attn_server.rank",
+            env={**os.environ, SPEC_ENV: msgspec.json.encode(spec).decode()},
+            start_new_session=True,  # one process group: terminate() reaches every rank
+        )  # fmt: skip
+
+    async def wait_exit(self) -> str:
+        assert self._process is not None
+        code = await self._process.wait()
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"torchrun (pid {self._process.pid}) {how}: a rank failed or was stopped"
+
+    async def wait_stopped(self, timeout: float) -> bool:
+        if self._process is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._process.wait(), timeout)
+        return self._process.returncode is not None
+
+    async def terminate(self, grace: float) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._signal_group(process.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace)
+        # The ranks may outlive the agent: make sure the whole group is gone.
+        self._signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    def pids(self) -> dict[int, int]:
+        return {}
+
+
+@hookimpl
+def register_executors(register: Callable[[str, type[Executor]], None]) -> None:
+    register("torchrun", TorchrunExecutor)
