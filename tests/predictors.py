@@ -42,6 +42,10 @@ class Faulty(Predictor):
     - exit / kill / freeze: ``os._exit(13)`` / SIGKILL / SIGSTOP of the rank's own process
     - hang_collective: waits inside an all_reduce that no other rank ever enters
     - hang_outside: waits forever outside any collective (its peers wait in the all_reduce)
+
+    ``pad`` adds that many bytes to the output (to exceed ``--max-output-bytes``). With
+    ``-o setup_fault_marker=PATH``, the next setup of rank 1 that finds PATH takes it (an
+    atomic rename, so exactly one setup does) and raises: a test arms a restart to fail once.
     """
 
     def setup(self, context: RankContext) -> None:
@@ -51,6 +55,14 @@ class Faulty(Predictor):
 
         self.rank = context.rank
         self.world_size = context.world_size
+        marker = context.options.get("setup_fault_marker")
+        if marker and self.rank == 1:
+            try:
+                os.rename(marker, f"{marker}.taken")
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError("injected setup fault on rank 1")
         # No job uses this group, so a rank that waits in it waits for good.
         self.stray = dist.new_group(backend="gloo", timeout=timedelta(hours=1)) if self.world_size > 1 else None
 
@@ -64,6 +76,7 @@ class Faulty(Predictor):
         step_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.0,
         hold: str | None = None,
         tag: str = "",
+        pad: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 0,
     ) -> Output | None:
         import torch
         import torch.distributed as dist
@@ -81,7 +94,7 @@ class Faulty(Predictor):
             job.step(step, steps)
         if self.rank != 0:
             return None
-        report = {"tag": tag, "steps": steps, "world_size": self.world_size}
+        report = {"tag": tag, "steps": steps, "world_size": self.world_size, "pad": "x" * pad}
         return Output(json.dumps(report).encode(), "json")
 
     def _inject(self, fault: Fault) -> None:
@@ -170,6 +183,45 @@ class InstrumentedTiny(TinyFluxPredictor):
                 wait_for_file(hold)
             return job.diffusers_callback(pipe, index, timestep, tensors)
 
+        result = self.pipe(
+            prompt=prompt,
+            width=32,
+            height=32,
+            num_inference_steps=num_inference_steps,
+            max_sequence_length=self.max_sequence_length,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="np" if self.rank == 0 else "latent",
+            callback_on_step_end=callback,
+        )
+        return Output(_png_bytes(result.images[0]), "png") if self.rank == 0 else None
+
+
+class CallbackFaultTiny(TinyFluxPredictor):
+    """The real ``tiny`` pipeline (split with para-attn) whose ``callback_on_step_end``
+    raises at step ``fault_step`` on ``fault_rank`` (-1: every rank), from inside the
+    diffusers denoising loop. With a ``hold`` file every rank waits for it before the
+    pipeline starts."""
+
+    def predict(  # type: ignore[override]
+        self,
+        prompt: str,
+        num_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4,
+        seed: int = 0,
+        fault_step: int = 0,
+        fault_rank: int = -1,
+        hold: str | None = None,
+    ) -> Output | None:
+        import torch
+
+        job = current_job()
+
+        def callback(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if index + 1 == fault_step and fault_rank in (-1, self.rank):
+                raise RuntimeError(f"injected fault in the step callback on rank {self.rank} at step {fault_step}")
+            return job.diffusers_callback(pipe, index, timestep, tensors)
+
+        if hold:
+            wait_for_file(hold)
         result = self.pipe(
             prompt=prompt,
             width=32,

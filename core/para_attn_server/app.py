@@ -17,13 +17,25 @@ import base64
 import hmac
 import uuid
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, get, post, put, route
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from litestar.types import ASGIApp, ControllerRouterHandler, Receive, Scope, Send
@@ -33,14 +45,139 @@ from .jobs import Job, JobService, JobState, JobView
 from .outputs import content_type
 from .plugins import version
 
-WaitSeconds = Annotated[
-    float, Parameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")
-]
+WaitSeconds = Annotated[float, Parameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")]
+JobUUID = Annotated[str, Parameter(description="A UUID of your choice", schema_extra={"format": "uuid"})]
 JSON = dict[str, Any]
+
+# ---- response bodies, as the OpenAPI document describes them ---------------------------------
+# The handlers build some of these bodies as dicts or raw bytes (to skip a copy); these types
+# are what /schema documents, and tests/reliability/test_fuzz.py checks every answer against it.
 
 
 class Submitted(msgspec.Struct):
     request_id: str
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every error answer: the message, the request field it concerns, the job's state."""
+
+    error: str
+    field: str | None = None
+    state: str | None = None
+
+
+class OutputBody(msgspec.Struct, omit_defaults=True):
+    """A finished job (original API): the output as base64, or for a predictor that writes
+    ``output_path`` itself, that path."""
+
+    output: str
+    file_type: str
+    output_path: str | None = None
+
+
+class ProgressBody(msgspec.Struct):
+    step: int
+    total: int | None
+
+
+class PendingBody(msgspec.Struct, omit_defaults=True):
+    status: Literal["queued", "running"]
+    progress: ProgressBody | None = None
+
+
+class CancelResult(msgspec.Struct):
+    status: str
+    state: str
+
+
+class RankRow(msgspec.Struct):
+    rank: int
+    pid: int | None
+    hostname: str | None
+    state: str
+    last_heartbeat_s: float | None
+
+
+class ServerStatus(msgspec.Struct):
+    status: str
+    ready: bool
+    version: str
+    ranks: list[RankRow]
+    queue_length: int
+    busy: bool
+    restarts: int
+    last_fault: str | None
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Event(msgspec.Struct):
+    """One Server-Sent Event: ``state`` carries the job (as /v1/jobs/{id} shows it),
+    ``progress`` ``{"step": k, "total": n}``, both as JSON text."""
+
+    event: Literal["state", "progress"]
+    data: str
+
+
+def _spec(container: Any, description: str, media_type: str = "application/json") -> ResponseSpec:
+    return ResponseSpec(container, generate_examples=False, description=description, media_type=media_type)
+
+
+def _errors(*codes: int) -> dict[int, ResponseSpec]:
+    return {code: _spec(ErrorBody, ERROR_DESCRIPTIONS[code]) for code in codes}
+
+
+ERROR_DESCRIPTIONS = {
+    400: "A field, parameter or body is invalid; the message names it",
+    401: "Missing or wrong API key",
+    404: "Unknown id (ids are forgotten --result-ttl seconds after the job ended)",
+    409: "The job is not in a state that allows this",
+    413: "The request body is larger than --max-body-bytes",
+    429: "The queue is full; retry after Retry-After seconds",
+    500: "The job failed; the message says why",
+    503: "Not ready (first setup still running) or draining; retry after Retry-After seconds",
+}
+RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=1), required=True, description="Seconds to wait before retrying"
+)
+LOCATION = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), required=True, description="The job's URL")
+BINARY = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
+
+
+def _operation(
+    *,
+    headers: dict[str, dict[str, OpenAPIHeader]] | None = None,
+    content: dict[str, dict[str, Schema]] | None = None,
+    request_body: RequestBody | None = None,
+    public: bool = False,
+) -> type[Operation]:
+    """An Operation class that adds to Litestar's generated one what its route decorator
+    cannot say: headers of error responses, a second media type of one response, a body the
+    handler reads itself, and (``public``) that the route needs no API key."""
+
+    @dataclass
+    class Patched(Operation):
+        def __post_init__(self) -> None:
+            responses = {
+                code: response
+                for code, response in (self.responses or {}).items()
+                if isinstance(response, OpenAPIResponse)
+            }
+            for code, named in (headers or {}).items():
+                if code in responses:
+                    responses[code].headers = {**(responses[code].headers or {}), **named}
+            for code, media in (content or {}).items():
+                if code in responses:
+                    extra = {name: OpenAPIMediaType(schema=schema) for name, schema in media.items()}
+                    responses[code].content = {**(responses[code].content or {}), **extra}
+            if request_body is not None:
+                self.request_body = request_body
+            if public:
+                self.security = []
+
+    return Patched
 
 
 class Conflict(HTTPException):
@@ -48,6 +185,7 @@ class Conflict(HTTPException):
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response[JSON]:
+    extra = {key: value for key, value in extra.items() if value is not None}
     return Response({"error": message, **extra}, status_code=status, headers=headers)
 
 
@@ -59,6 +197,8 @@ def _exception_handler(service: JobService) -> Callable[[Request[Any, Any, Any],
             for problem in problems:
                 key = problem.get("key") if isinstance(problem, dict) else None
                 message = problem.get("message") if isinstance(problem, dict) else str(problem)
+                if key == "data" and message == "'data'":
+                    message = "a JSON object is required as the request body"  # no body at all
                 parts.append(f"{key}: {message}" if key and key != "data" else str(message))
             return _error(400, "; ".join(parts) or str(exc.detail))
         if isinstance(exc, InputError):
@@ -69,6 +209,11 @@ def _exception_handler(service: JobService) -> Callable[[Request[Any, Any, Any],
             return _error(503, str(exc), headers={"Retry-After": "5"})
         if isinstance(exc, HTTPException):
             return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+        # The JSON decoder lets these two through; both are the client's bytes.
+        if isinstance(exc, UnicodeDecodeError):
+            return _error(400, "the request body is not valid UTF-8")
+        if isinstance(exc, RecursionError) and "deserializing" in str(exc):
+            return _error(400, "the request body is nested too deeply")
         request.logger.exception("unhandled error in %s %s", request.method, request.url.path)
         return _error(500, "internal server error")
 
@@ -77,20 +222,23 @@ def _exception_handler(service: JobService) -> Callable[[Request[Any, Any, Any],
 
 def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
     """Require ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on every route but
-    ``/health/live`` (so a liveness probe needs no secret)."""
+    ``/health/live`` (so a liveness probe needs no secret). Every key a request presents
+    must be right: a wrong one is refused even beside a right one."""
     expected = api_key.encode()
     body = msgspec.json.encode({"error": "missing or invalid API key"})
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http" and scope["path"] != "/health/live":
-                supplied = b""
+                supplied = []
                 for name, value in scope["headers"]:
                     if name == b"x-api-key":
-                        supplied = value
+                        supplied.append(value)
                     elif name == b"authorization" and value[:7].lower() == b"bearer ":
-                        supplied = value[7:]
-                if not hmac.compare_digest(supplied, expected):
+                        supplied.append(value[7:])
+                # compare_digest on every key: the time taken does not tell which was wrong.
+                right = [hmac.compare_digest(key, expected) for key in supplied]
+                if not right or not all(right):
                     await send(
                         {
                             "type": "http.response.start",
@@ -129,9 +277,18 @@ def create_app(
     async def submit(
         request: Request[Any, Any, Any], data: msgspec.Struct, job_id: str | None = None
     ) -> tuple[Job, bool]:
-        inputs = service.schema.to_inputs(data)
-        if service.schema.accepts_extra:  # a predict(**kwargs) also gets the fields it does not name
-            inputs = service.schema.with_extras(inputs, msgspec.json.decode(await request.body()))
+        # Litestar decoded ``data`` leniently ("3" for an int, 0 for a bool); decode the
+        # same bytes again strictly, so the body has exactly the types /schema documents.
+        # (A predict(**kwargs) also gets the fields it does not name.)
+        body = await request.body()
+        try:
+            inputs = service.schema.decode_json(body)
+        except msgspec.ValidationError as exc:
+            try:  # JSON Schema counts 3.0 as an integer, as the document's readers will
+                inputs = service.schema.decode_json(msgspec.json.encode(_integral(msgspec.json.decode(body))))
+            except msgspec.ValidationError:
+                message, _, where = str(exc).partition(" - at `$.")
+                raise InputError(message, where.rstrip("`").split(".")[0].split("[")[0] or None) from None
         return service.submit(inputs, job_id)
 
     # ---- the original server's endpoints ----------------------------------------------
@@ -171,7 +328,7 @@ def create_app(
             except msgspec.ValidationError as exc:
                 raise InputError(str(exc)) from None
             except msgspec.DecodeError:
-                raise InputError("body must be JSON like {\"request_id\": \"...\"} or empty") from None
+                raise InputError('body must be JSON like {"request_id": "..."} or empty') from None
         if request_id is None:
             running = service.running
             if running is None:
@@ -220,7 +377,7 @@ def create_app(
         return Response(service.view(job), status_code=201, headers=headers)
 
     async def put_job(
-        request: Request[Any, Any, Any], job_id: str, data: Any, wait: WaitSeconds = 0
+        request: Request[Any, Any, Any], job_id: JobUUID, data: Any, wait: WaitSeconds = 0
     ) -> Response[JobView]:
         try:
             canonical = str(uuid.UUID(job_id))
@@ -288,6 +445,9 @@ def create_app(
 
         return ServerSentEvent(stream())
 
+    async def job_options(job_id: str) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, PUT"})
+
     async def live() -> JSON:
         return {"status": "live"}
 
@@ -304,41 +464,215 @@ def create_app(
     for handler in (generate, create_job, put_job):
         handler.__annotations__["data"] = input_type
 
-    original = {"tags": ["original API"]}
-    v1 = {"tags": ["jobs"]}
+    original, v1, health = ["original API"], ["jobs"], ["health"]
+    # Every route but /health/live answers 401 without the key, when one is set.
+    auth = _errors(401) if api_key else {}
+    submit_errors = {**_errors(400, 413, 429, 503), **auth}
+    submit_headers = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RETRY_AFTER}}
+    result_responses = {
+        200: _spec(OutputBody, "The output as base64 (or the path the predictor wrote)"),
+        202: _spec(PendingBody, "Queued or running"),
+        **_errors(400, 404, 500),
+        **auth,
+    }
+    cancel_responses = {
+        200: _spec(CancelResult, "Cancelled (it stopped)"),
+        202: _spec(CancelResult, "Still stopping after --cancel-grace seconds; the group restarts to stop it"),
+        **_errors(400, 404),
+        **auth,
+    }
     handlers: list[ControllerRouterHandler] = [
-        post("/generate", status_code=202, summary="Submit a job (original API)", **original)(generate),
-        get("/get_output/{request_id:str}", summary="Job result (original API)", **original)(get_output),
-        post("/get_output/{request_id:str}", status_code=200, include_in_schema=False)(get_output),
-        post("/request_status/{request_id:str}", status_code=200, summary="Alias of get_output", **original)(
-            get_output
-        ),
-        post("/cancel", status_code=200, summary="Cancel the running job, or the one named", **original)(cancel),
-        post("/cancel/{request_id:str}", status_code=200, summary="Cancel a job by id", **original)(cancel_by_id),
-        get("/server_status", summary="Server and rank status", **original)(server_status),
-        post("/server_status", status_code=200, include_in_schema=False)(server_status),
-        post("/v1/jobs", status_code=201, summary="Submit a job", **v1)(create_job),
-        put("/v1/jobs/{job_id:str}", summary="Submit a job with a client-chosen id (idempotent)", **v1)(put_job),
-        get("/v1/jobs/{job_id:str}", summary="Get a job", **v1)(get_job),
-        post("/v1/jobs/{job_id:str}/cancel", status_code=200, summary="Cancel a job", **v1)(cancel_job),
-        get("/v1/jobs/{job_id:str}/output", summary="Download a job's output", **v1)(job_output),
-        get("/v1/jobs/{job_id:str}/events", summary="Progress and state events (SSE)", **v1)(job_events),
-        get("/health/live", summary="Liveness", tags=["health"])(live),
-        get("/health/ready", summary="Readiness: every rank finished setup", tags=["health"])(ready),
-        get("/metrics", summary="Prometheus metrics", tags=["health"])(metrics),
+        post(
+            "/generate",
+            status_code=202,
+            summary="Submit a job (original API)",
+            tags=original,
+            responses={202: _spec(Submitted, "Queued"), **submit_errors},
+            operation_class=_operation(headers=submit_headers),
+        )(generate),
+        route(
+            "/get_output/{request_id:str}",
+            http_method=["GET", "POST"],
+            status_code=200,
+            summary="Job result (original API)",
+            tags=original,
+            responses=result_responses,
+        )(get_output),
+        post(
+            "/request_status/{request_id:str}",
+            status_code=200,
+            summary="Alias of get_output",
+            tags=original,
+            responses=result_responses,
+        )(get_output),
+        post(
+            "/cancel",
+            status_code=200,
+            summary="Cancel the running job, or the one named",
+            description='No body: cancels the running job. A body {"request_id": ...}: cancels that job, queued '
+            "or running.",
+            tags=original,
+            responses={**cancel_responses, **_errors(400)},
+            operation_class=_operation(request_body=CANCEL_BODY),
+        )(cancel),
+        post(
+            "/cancel/{request_id:str}",
+            status_code=200,
+            summary="Cancel a job by id",
+            tags=original,
+            responses=cancel_responses,
+        )(cancel_by_id),
+        route(
+            "/server_status",
+            http_method=["GET", "POST"],
+            status_code=200,
+            summary="Server and rank status",
+            tags=original,
+            responses={
+                200: _spec(ServerStatus, "Ready"),
+                503: _spec(ServerStatus, "Starting or restarting"),
+                **auth,
+            },
+            operation_class=_operation(headers={"503": {"Retry-After": RETRY_AFTER}}),
+        )(server_status),
+        post(
+            "/v1/jobs",
+            status_code=201,
+            summary="Submit a job",
+            description="With an Accept header naming a type other than JSON (application/octet-stream, image/png) "
+            "and a job that succeeds within `wait`, the answer is the output bytes themselves, with an X-Job-Id "
+            "header.",
+            tags=v1,
+            responses={201: _spec(JobView, "Queued (or ended, with wait)"), **submit_errors},
+            operation_class=_operation(
+                headers={**submit_headers, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}}
+            ),
+        )(create_job),
+        # Litestar's own OPTIONS answer for a path remembers only the first handler's
+        # methods (here PUT): answer it ourselves, before either handler is registered.
+        route("/v1/jobs/{job_id:str}", http_method=["OPTIONS"], status_code=204, include_in_schema=False)(job_options),
+        put(
+            "/v1/jobs/{job_id:str}",
+            status_code=201,
+            summary="Submit a job with a client-chosen id (idempotent)",
+            description="201 created; 200 when a job with this id and the same inputs exists; 409 when it exists "
+            "with other inputs.",
+            tags=v1,
+            responses={
+                200: _spec(JobView, "A job with this id and these inputs exists"),
+                **_errors(409),
+                **submit_errors,
+            },
+            operation_class=_operation(headers=submit_headers),
+        )(put_job),
+        get(
+            "/v1/jobs/{job_id:str}",
+            summary="Get a job",
+            tags=v1,
+            responses={**_errors(400, 404), **auth},
+        )(get_job),
+        post(
+            "/v1/jobs/{job_id:str}/cancel",
+            status_code=200,
+            summary="Cancel a job",
+            tags=v1,
+            responses={**_errors(400, 404, 409), **auth},
+        )(cancel_job),
+        get(
+            "/v1/jobs/{job_id:str}/output",
+            summary="Download a job's output",
+            tags=v1,
+            responses={
+                200: _spec(bytes, "The output, with its own content type (image/png, video/mp4, ...)", "*/*"),
+                **_errors(400, 404, 409),
+                **auth,
+            },
+        )(job_output),
+        get(
+            "/v1/jobs/{job_id:str}/events",
+            summary="Progress and state events (SSE)",
+            tags=v1,
+            responses={
+                200: _spec(Event, "Server-Sent Events until the job ends", "text/event-stream"),
+                **_errors(400, 404),
+                **auth,
+            },
+        )(job_events),
+        get("/health/live", summary="Liveness", tags=health, operation_class=_operation(public=True))(live),
+        get(
+            "/health/ready",
+            summary="Readiness: every rank finished setup",
+            tags=health,
+            responses={503: _spec(Health, "Not ready"), **auth},
+            operation_class=_operation(headers={"503": {"Retry-After": RETRY_AFTER}}),
+        )(ready),
+        get(
+            "/metrics",
+            summary="Prometheus metrics",
+            tags=health,
+            responses={200: _spec(str, "Prometheus text format", "text/plain"), **auth},
+        )(metrics),
     ]
-    return Litestar(
+    openapi = OpenAPIConfig(title="para-attn-server", version=version())
+    if api_key:
+        openapi = OpenAPIConfig(
+            title="para-attn-server",
+            version=version(),
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer KEY"),
+                    "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                }
+            ),
+            security=[{"bearer": []}, {"apiKey": []}],
+        )
+    app = Litestar(
         handlers,
         middleware=[api_key_middleware(api_key)] if api_key else [],
         request_max_body_size=max_body_bytes,
         exception_handlers={Exception: _exception_handler(service)},
-        openapi_config=OpenAPIConfig(title="para-attn-server", version=version()),
+        openapi_config=openapi,
         debug=debug,
     )
+    if not service.schema.accepts_extra:
+        # The body decoder refuses unknown fields; say so in the document too.
+        components = app.openapi_schema.components.schemas or {}
+        body = components.get(input_type.__name__)
+        if body is not None:
+            body.additional_properties = False
+    return app
 
 
 class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
     request_id: str | None = None
+
+
+CANCEL_BODY = RequestBody(
+    content={
+        "application/json": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={
+                    "request_id": Schema(one_of=[Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.NULL)])
+                },
+                additional_properties=False,
+            )
+        )
+    },
+    required=False,
+    description="Optional: the job to cancel",
+)
+
+
+def _integral(value: Any) -> Any:
+    """``value`` with every float that has no fractional part as an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
 
 
 def wants_output(request: Request[Any, Any, Any]) -> bool:

@@ -176,6 +176,9 @@ class WorkerGroup:
             max_output_bytes=s.max_output_bytes,
             log_level=s.log_level,
         )
+        # With the "ready" line, this line times each generation's setup (the operator's
+        # view of a restart; the reliability tests measure recovery from both).
+        log.info("worker group generation %d starting (%d ranks)", self.generation, self.world_size)
         await self.executor.launch(spec)
         self._watchers = [
             asyncio.create_task(self._watch_exits(self._fault)),

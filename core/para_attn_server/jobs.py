@@ -13,6 +13,7 @@ import contextlib
 import enum
 import logging
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -34,6 +35,19 @@ if TYPE_CHECKING:
     from .schema import InputSchema
 
 log = logging.getLogger("para_attn_server.jobs")
+
+# What a rank's error may say about the machines: gloo/c10d prefix messages with their
+# source location ("[/__w/pytorch/.../pair.cc:537] Read error ..."), and OS errors name
+# files ("No such file or directory: '/srv/models/x'"). Clients get the message without them.
+_SOURCE_LOCATION = re.compile(r"\[[^\]\s]*\.(?:c|cc|cpp|cu|h|hpp|py):\d+\]\s*")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+def public_error(error: str | None) -> str | None:
+    """A job's error as clients see it: without source locations and absolute paths."""
+    if not error:
+        return error
+    return _ABSOLUTE_PATH.sub("<path>", _SOURCE_LOCATION.sub("", error))
 
 
 class JobState(enum.StrEnum):
@@ -165,7 +179,10 @@ class JobService:
                 self.journal.record(job)
             job.done.set()
             self.jobs[job.id] = job
-        return len(self.jobs)
+        loaded = len(self.jobs)
+        # Records whose TTL ran out while the server was down go now, with their files.
+        self.expire(time.time())
+        return loaded
 
     async def start(self) -> None:
         """First start of the worker group; raises ``SetupError`` if it fails."""
@@ -345,8 +362,16 @@ class JobService:
                         job.output_bytes = outcome.output
                     else:
                         await asyncio.to_thread(self.store.write, target, outcome.output)
-                except (InputError, OSError) as exc:
+                except InputError as exc:
                     self._finish(job, JobState.FAILED, f"could not write the output: {exc}")
+                    return
+                except OSError as exc:
+                    # The OS names the server's absolute path: log it, tell the client less.
+                    log.error("job %s: could not write %s: %s", job.id, target, exc)
+                    where = f" to {job.output_path}" if job.output_path else ""
+                    self._finish(
+                        job, JobState.FAILED, f"could not write the output{where}: {exc.strerror or type(exc).__name__}"
+                    )
                     return
                 job.output_file = target
             elif outcome.written_path is not None and self.store.is_inside(outcome.written_path):
@@ -358,9 +383,11 @@ class JobService:
                 return
             self._finish(job, JobState.SUCCEEDED)
         elif outcome.status == "cancelled":
-            self._finish(job, JobState.CANCELLED, outcome.error or "cancelled")
+            self._finish(job, JobState.CANCELLED, public_error(outcome.error) or "cancelled")
         else:
-            self._finish(job, JobState.FAILED, outcome.error or "failed")
+            if outcome.error and public_error(outcome.error) != outcome.error:
+                log.info("job %s failed: %s", job.id, outcome.error)  # the operator keeps the paths
+            self._finish(job, JobState.FAILED, public_error(outcome.error) or "failed")
 
     def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
         job.state = state

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from .errors import InputError
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
 def _file_mode() -> int:
@@ -51,13 +52,18 @@ class OutputStore:
                 raise InputError("must not contain '..'", field)
             if part.startswith("."):
                 raise InputError("must not contain hidden path components", field)
+            if len(os.fsencode(part)) > NAME_MAX:
+                raise InputError(f"has a path component longer than {NAME_MAX} bytes", field)
         target = self.root.joinpath(*pure.parts)
-        # realpath follows every symlink already on disk, including the final component.
-        real = Path(os.path.realpath(target))
-        if real != self.root and self.root not in real.parents:
-            raise InputError("leads outside the server's output directory", field)
-        if target.is_dir():
-            raise InputError("names a directory", field)
+        try:
+            # realpath follows every symlink already on disk, including the final component.
+            real = Path(os.path.realpath(target))
+            if real != self.root and self.root not in real.parents:
+                raise InputError("leads outside the server's output directory", field)
+            if target.is_dir():
+                raise InputError("names a directory", field)
+        except OSError as exc:  # too long in all, a loop of symlinks ...: the OS's words, not its path
+            raise InputError(f"is not a usable path ({exc.strerror or type(exc).__name__})", field) from None
         return target
 
     def job_file(self, job_id: str, file_type: str) -> Path:

@@ -324,9 +324,11 @@ class RankWorker:
         def decide(step: int, total: int | None) -> bool:
             stop = 0
             if rank == 0:
-                link.send(Progress(job_id, step, total))
+                # Decide before publishing the step: a client that saw step k and then
+                # cancelled is stopped at step k + 1 at the latest, never retroactively.
                 link.poll_cancels()
                 stop = int(job_id in link.cancelled)
+                link.send(Progress(job_id, step, total))
             if world_size > 1:
                 flag = torch.tensor([stop], dtype=torch.int32)
                 dist.broadcast(flag, src=0, group=self.control)

@@ -21,7 +21,9 @@ OutputPathField = (
     Annotated[
         str,
         msgspec.Meta(
-            description="Where to write the output, relative to the server's --output-dir.",
+            description="Where to write the output, relative to the server's --output-dir: '/' separators, "
+            "no '..' or hidden ('.'-prefixed) components, none over 255 bytes, not through a symlink out of the "
+            "directory, not an existing directory. Anything else is a 400 and nothing is written.",
             min_length=1,
             max_length=1024,
         ),
