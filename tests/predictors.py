@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+
 from para_attn_predictors.tiny import TinyFluxPredictor
 from para_attn_server import Output, Predictor, RankContext, current_job
 
@@ -254,6 +255,7 @@ class LegacyTiny:
 
     def setup(self):
         import torch.distributed as dist
+
         from para_attn_predictors.parallel import parallelize_pipeline
         from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post, put, route
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
@@ -38,7 +39,15 @@ from litestar.openapi.spec import (
 )
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
-from litestar.types import ASGIApp, ControllerRouterHandler, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    ControllerRouterHandler,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 
 from .errors import InputError, NotReadyError, QueueFullError
 from .jobs import Job, JobService, JobState, JobView
@@ -229,7 +238,7 @@ def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and scope["path"] != "/health/live":
+            if scope["type"] == ScopeType.HTTP and scope["path"] != "/health/live":
                 supplied = []
                 for name, value in scope["headers"]:
                     if name == b"x-api-key":
@@ -239,18 +248,19 @@ def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
                 # compare_digest on every key: the time taken does not tell which was wrong.
                 right = [hmac.compare_digest(key, expected) for key in supplied]
                 if not right or not all(right):
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 401,
-                            "headers": [
-                                (b"content-type", b"application/json"),
-                                (b"www-authenticate", b"Bearer"),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                    # Plain ASGI events: an early refusal needs no Response object.
+                    start: HTTPResponseStartEvent = {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b"Bearer"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                    await send(start)
+                    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+                    await send(end)
                     return
             await app(scope, receive, send)
 
@@ -310,14 +320,15 @@ def create_app(
             return _error(404, "the request was cancelled", state="cancelled")
         if job.state is JobState.FAILED:
             return _error(500, job.error or "failed", state="failed")
-        assert job.output_file is not None and job.file_type is not None
+        assert job.output_file is not None
+        assert job.file_type is not None
         if job.written_by_predictor:
             return Response({"output": job.output_path, "file_type": job.file_type}, status_code=200)
         if job.output_bytes is not None:
-            body = _base64_body(job.output_bytes, job.file_type, job.output_path)
+            encoded = _base64_body(job.output_bytes, job.file_type, job.output_path)
         else:
-            body = await asyncio.to_thread(_base64_body, job.output_file, job.file_type, job.output_path)
-        return Response(body, media_type="application/json", status_code=200)
+            encoded = await asyncio.to_thread(_base64_body, job.output_file, job.file_type, job.output_path)
+        return Response(encoded, media_type="application/json", status_code=200)
 
     async def cancel(request: Request[Any, Any, Any]) -> Response[JSON]:
         body = await request.body()
@@ -414,7 +425,8 @@ def create_app(
         return output_response(job)
 
     def output_response(job: Job, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
-        assert job.output_file is not None and job.file_type is not None
+        assert job.output_file is not None
+        assert job.file_type is not None
         if job.output_bytes is not None:
             # The same Content-Disposition that File sends for a large output.
             disposition = {"Content-Disposition": f'inline; filename="{job.id}.{job.file_type}"'}

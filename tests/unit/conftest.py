@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+
 from para_attn_server.jobs import JobService, ServiceSettings
 from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins

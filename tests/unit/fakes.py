@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import msgspec
+
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
 from para_attn_server.errors import SetupError
 from para_attn_server.group import GroupSettings, JobOutcome
@@ -151,7 +152,7 @@ class FakeGroup:
         self,
         job_id: str,
         inputs: dict[str, Any],
-        timeout: float | None,  # noqa: ASYNC109 - WorkerGroup.run's signature, which this stands in for
+        timeout: float | None,
         on_progress: Callable[[int, int | None], None],
     ) -> JobOutcome:
         assert self.ready, "run() on a group that is not ready"

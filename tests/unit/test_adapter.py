@@ -7,6 +7,7 @@ import base64
 from typing import Any
 
 import pytest
+
 from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankContext
 from para_attn_server.adapter import install_step_callback
 from para_attn_server.plugins import Plugins

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+
 from para_attn_server.app import create_app
 from para_attn_server.group import JobOutcome
 from para_attn_server.jobs import INLINE_WRITE_BYTES, Job, JobService, JobState

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from para_attn_server import cli
 from para_attn_server.errors import ConfigurationError, SetupError
 from para_attn_server.plugins import AUTOLOAD_ENV, version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+
 from para_attn_server import hookspecs
 
 SPECS = [fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "para_attn_server_spec")]

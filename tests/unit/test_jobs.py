@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from para_attn_server import InputError, hookimpl
 from para_attn_server.errors import NotReadyError, QueueFullError, SetupError
 from para_attn_server.group import JobOutcome

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from para_attn_server import InputError, outputs
 from para_attn_server.outputs import OutputStore, content_type
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pluggy
 import pytest
+
 from para_attn_server import ConfigurationError, InputError, JobContext, Output, hookimpl
 from para_attn_server.executor import Executor, RankSpec
 from para_attn_server.plugins import AUTOLOAD_ENV, Plugins, version
@@ -25,7 +26,7 @@ class DummyExecutor(Executor):
     async def wait_exit(self) -> str:
         raise NotImplementedError
 
-    async def wait_stopped(self, timeout: float) -> bool:  # noqa: ASYNC109 - the Executor ABC's signature
+    async def wait_stopped(self, timeout: float) -> bool:
         raise NotImplementedError
 
     async def terminate(self, grace: float) -> None:

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from PIL import Image
+
 from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankContext, current_job
 from para_attn_server.predictor import is_legacy, running
-from PIL import Image
 
 from .fakes import LegacyPredictor
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
+
 from para_attn_server.protocol import (
     HEADER,
     CancelJob,

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from para_attn_server import Output, Predictor
 from para_attn_server.schema import OUTPUT_PATH, InputSchema
 
