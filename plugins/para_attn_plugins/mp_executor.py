@@ -39,6 +39,16 @@ def describe_exit(rank: int, process: BaseProcess) -> str:
     return f"rank {rank} (pid {process.pid}) {how}"
 
 
+def _start_all(processes: list[BaseProcess]) -> None:
+    for process in processes:
+        process.start()
+
+
+def _join_all(processes: list[BaseProcess]) -> None:
+    for process in processes:
+        process.join()
+
+
 class MultiprocessingExecutor(Executor):
     def __init__(self, num_ranks: int, options: dict[str, str]) -> None:
         super().__init__(num_ranks, options)
@@ -52,7 +62,7 @@ class MultiprocessingExecutor(Executor):
             for rank in range(self.num_ranks)
         ]
         # Spawning pickles the spec and forks a helper: keep it off the event loop.
-        await asyncio.to_thread(lambda: [p.start() for p in self._processes])
+        await asyncio.to_thread(_start_all, self._processes)
 
     async def wait_exit(self) -> str:
         processes = list(self._processes)
@@ -92,7 +102,7 @@ class MultiprocessingExecutor(Executor):
             for p in processes:
                 if p.is_alive():
                     p.kill()
-        await asyncio.to_thread(lambda: [p.join() for p in processes])
+        await asyncio.to_thread(_join_all, processes)
         for p in self._processes:
             p.close()
         self._processes = []
