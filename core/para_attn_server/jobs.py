@@ -173,6 +173,10 @@ class JobService:
             ):
                 setattr(job, name, row[name])
             job.output_file = Path(row["output_file"]) if row["output_file"] else None
+            if job.state is JobState.SUCCEEDED and not (job.output_file and job.output_file.exists()):
+                # Written behind and lost with the server: say so rather than 404 later.
+                job.state, job.error = JobState.FAILED, "server restarted before the output was saved"
+                self.journal.record(job)
             job.written_by_predictor = bool(row["written_by_predictor"])
             if not job.terminal:
                 job.state, job.error, job.finished_at = JobState.FAILED, "server restarted", time.time()
@@ -357,9 +361,11 @@ class JobService:
                 job.file_type = outcome.file_type or "bin"
                 target = job.output_file or self.store.job_file(job.id, job.file_type)
                 try:
-                    if len(outcome.output) <= INLINE_WRITE_BYTES:
-                        self.store.write(target, outcome.output)
+                    if len(outcome.output) <= INLINE_WRITE_BYTES and job.output_path is None:
+                        # Served from memory; the server's own copy is written behind, off
+                        # the request path (a file create can stall behind the disk's journal).
                         job.output_bytes = outcome.output
+                        self.store.write_behind(target, outcome.output)
                     else:
                         await asyncio.to_thread(self.store.write, target, outcome.output)
                 except InputError as exc:
@@ -423,4 +429,4 @@ class JobService:
             if self.journal is not None:
                 self.journal.forget(job.id)
             if job.output_file is not None and job.output_file.parent == self.store.jobs_dir:
-                job.output_file.unlink(missing_ok=True)
+                self.store.delete_behind(job.output_file)  # queued after its own write-behind

@@ -9,6 +9,7 @@ replaces a symlink planted at the target instead of following it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import mimetypes
 import os
 import tempfile
@@ -35,6 +36,7 @@ class OutputStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(exist_ok=True)
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
 
     def confine(self, user_path: str, field: str = "output_path") -> Path:
         """Resolve a client-supplied path inside the output directory, or raise InputError."""
@@ -65,6 +67,18 @@ class OutputStore:
         except OSError as exc:  # too long in all, a loop of symlinks ...: the OS's words, not its path
             raise InputError(f"is not a usable path ({exc.strerror or type(exc).__name__})", field) from None
         return target
+
+    def write_behind(self, target: Path, data: bytes) -> None:
+        """Write one of the server's own copies in the background, in submission order."""
+        self._writer.submit(self.write, target, data)
+
+    def delete_behind(self, target: Path) -> None:
+        self._writer.submit(target.unlink, missing_ok=True)
+
+    def flush(self) -> None:
+        """Wait until every write-behind is on disk (on shutdown)."""
+        self._writer.shutdown(wait=True)
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
 
     def job_file(self, job_id: str, file_type: str) -> Path:
         return self.jobs_dir / f"{job_id}.{file_type}"

@@ -179,6 +179,7 @@ class ParaAttentionServer:
             if not http_task.done():
                 await http_task
             await group.stop()
+            await asyncio.to_thread(store.flush)
             await journal.close()
 
 

@@ -203,6 +203,7 @@ async def test_output_bytes_are_written_to_the_servers_own_file(
 
     assert job.state is JobState.SUCCEEDED
     assert job.output_file == store.job_file(job.id, "png")
+    store.flush()  # the server's own copy is written behind
     assert job.output_file.read_bytes() == b"\x89PNG-bytes"
     assert job.file_type == "png"
     assert service.view(job).output_url == f"/v1/jobs/{job.id}/output"
@@ -428,10 +429,12 @@ async def test_expire_forgets_ended_jobs_after_the_ttl_and_deletes_their_files(
     assert job.output_file is not None
 
     service.expire(job.finished_at + 9.0)
+    store.flush()
     assert service.get(job.id) is job
     assert job.output_file.exists()
 
     service.expire(job.finished_at + 10.5)
+    store.flush()
     assert service.get(job.id) is None
     assert not job.output_file.exists()
 
