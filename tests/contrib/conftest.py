@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from para_attn_predictors import make_tiny
-from tests.conftest import server_env
+from tests.conftest import Server, server_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,3 +85,11 @@ def cli_options(options: dict[str, str]) -> list[str]:
 
 def npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data))
+
+
+def generate(server: Server, **fields: Any) -> bytes:
+    response = server.http.post("/v1/jobs", params={"wait": 60}, json=fields)
+    assert response.status_code == 201, response.text
+    view = response.json()
+    assert view["state"] == "succeeded", view
+    return server.output(view["id"])

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CLI, Server, server_env
-from tests.contrib.conftest import Reference, ReferenceRun, cli_options, npy
+from tests.contrib.conftest import Reference, ReferenceRun, cli_options, generate, npy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,14 +44,6 @@ def flux(tiny_dirs: dict[str, Path], launch: Any, reference: Reference) -> tuple
     path = str(tiny_dirs["flux"])
     server: Server = launch("--model", "flux", "--model-path", path, "--num-devices", "2", *cli_options(OPTIONS))
     return server, reference
-
-
-def generate(server: Server, **fields: Any) -> bytes:
-    response = server.http.post("/v1/jobs", params={"wait": 60}, json=fields)
-    assert response.status_code == 201, response.text
-    view = response.json()
-    assert view["state"] == "succeeded", view
-    return server.output(view["id"])
 
 
 def test_two_ranks_match_one_process_with_the_same_seed(flux: tuple[Server, Reference]) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Server
-from tests.contrib.conftest import Reference, ReferenceRun, cli_options, npy
+from tests.contrib.conftest import Reference, ReferenceRun, cli_options, generate, npy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,14 +35,6 @@ def wan(tiny_dirs: dict[str, Path], launch: Any, reference: Reference) -> tuple[
     path = str(tiny_dirs["wan"])
     server: Server = launch("--model", "wan", "--model-path", path, "--num-devices", "2", *cli_options(OPTIONS))
     return server, reference
-
-
-def generate(server: Server, **fields: Any) -> bytes:
-    response = server.http.post("/v1/jobs", params={"wait": 60}, json=fields)
-    assert response.status_code == 201, response.text
-    view = response.json()
-    assert view["state"] == "succeeded", view
-    return server.output(view["id"])
 
 
 def test_two_ranks_match_one_process_with_the_same_seed(wan: tuple[Server, Reference]) -> None:
