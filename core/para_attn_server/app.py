@@ -443,6 +443,7 @@ def create_app(
             content_disposition_type="inline",
             status_code=status_code,
             headers=headers,
+            chunk_size=8 * 1024 * 1024,  # each chunk is a thread hop: few, large ones
         )
 
     async def job_events(job_id: str) -> ServerSentEvent:

@@ -95,6 +95,12 @@ def serve_parser() -> argparse.ArgumentParser:
         help="largest output accepted from a job (default: %(default)s)",
     )
     p.add_argument(
+        "--output-memory-bytes",
+        type=int,
+        default=d.output_memory_bytes,
+        help="recent outputs kept in memory for fast download, in all (default: %(default)s)",
+    )
+    p.add_argument(
         "--api-key",
         default=None,
         help="require this key on every endpoint but /health/live (or $PARA_ATTN_SERVER_API_KEY)",

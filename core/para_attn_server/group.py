@@ -48,6 +48,7 @@ from .protocol import (
 )
 
 log = logging.getLogger("para_attn_server.group")
+FLOW_LIMIT = 256 * 1024 * 1024
 
 
 class GroupState(enum.StrEnum):
@@ -131,7 +132,10 @@ class WorkerGroup:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, self.settings.control_host, 0)
+        # A high limit: the reader otherwise pauses the socket every 128 KiB of a large output.
+        self._server = await asyncio.start_server(
+            self._on_connection, self.settings.control_host, 0, limit=FLOW_LIMIT
+        )
         self._port = self._server.sockets[0].getsockname()[1]
 
     @property

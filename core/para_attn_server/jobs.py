@@ -9,6 +9,7 @@ another job's id.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import logging
@@ -59,8 +60,6 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-# Small outputs are written on the event loop: a thread hop costs more than the write.
-INLINE_WRITE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -71,6 +70,7 @@ class ServiceSettings:
     drain_timeout: float = 30.0
     restart_backoff: float = 1.0  # first wait after a failed restart; doubles up to the max
     restart_backoff_max: float = 30.0
+    output_memory_bytes: int = 512 * 1024 * 1024  # recent outputs served from memory, in all
 
 
 @dataclass(eq=False)
@@ -88,7 +88,7 @@ class Job:
     file_type: str | None = None
     output_file: Path | None = None
     output_path: str | None = None  # the client's relative output_path, when given
-    output_bytes: bytes | None = None  # small outputs also stay in memory, served without a file read
+    output_bytes: bytes | None = None  # a recent output, served without reading its file
     written_by_predictor: bool = False
     cancel_requested: bool = False
     subscribers: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = field(default_factory=list)
@@ -147,6 +147,8 @@ class JobService:
         self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
         self.run_seconds_ewma: float | None = None
         self._queued = asyncio.Event()
+        self._in_memory: dict[str, tuple[Job, concurrent.futures.Future[None] | None]] = {}  # oldest first
+        self._memory_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
 
@@ -361,13 +363,16 @@ class JobService:
                 job.file_type = outcome.file_type or "bin"
                 target = job.output_file or self.store.job_file(job.id, job.file_type)
                 try:
-                    if len(outcome.output) <= INLINE_WRITE_BYTES and job.output_path is None:
-                        # Served from memory; the server's own copy is written behind, off
-                        # the request path (a file create can stall behind the disk's journal).
-                        job.output_bytes = outcome.output
-                        self.store.write_behind(target, outcome.output)
+                    if job.output_path is None:
+                        # The server's own copy is written behind, off the request path (a
+                        # file create can stall behind the disk's journal); until then, and
+                        # while memory allows, the output is served from memory.
+                        written = self.store.write_behind(target, outcome.output)
                     else:
+                        # The client named this file: it exists before the job says succeeded.
                         await asyncio.to_thread(self.store.write, target, outcome.output)
+                        written = None
+                    self._keep_in_memory(job, outcome.output, written)
                 except InputError as exc:
                     self._finish(job, JobState.FAILED, f"could not write the output: {exc}")
                     return
@@ -420,12 +425,30 @@ class JobService:
             await asyncio.sleep(max(1.0, min(self.settings.result_ttl / 4, 60.0)))
             self.expire(time.time())
 
+    def _keep_in_memory(self, job: Job, data: bytes, written: concurrent.futures.Future[None] | None) -> None:
+        """Serve ``job``'s output from memory; forget the oldest outputs (once they are on
+        disk) when they take more than ``output_memory_bytes`` in all."""
+        job.output_bytes = data
+        self._in_memory[job.id] = (job, written)
+        self._memory_bytes += len(data)
+        while self._memory_bytes > self.settings.output_memory_bytes and self._in_memory:
+            oldest, pending = next(iter(self._in_memory.values()))
+            if pending is not None and not pending.done():
+                break  # its file is not written yet: keep serving it from memory
+            self._forget_output(oldest)
+
+    def _forget_output(self, job: Job) -> None:
+        if self._in_memory.pop(job.id, None) is not None and job.output_bytes is not None:
+            self._memory_bytes -= len(job.output_bytes)
+            job.output_bytes = None
+
     def expire(self, now: float) -> None:
         """Forget the jobs that ended more than ``result_ttl`` seconds before ``now``, and
         delete the server's own copies of their outputs (never a client's output_path)."""
         cutoff = now - self.settings.result_ttl
         for job in [j for j in self.jobs.values() if j.terminal and (j.finished_at or 0) < cutoff]:
             del self.jobs[job.id]
+            self._forget_output(job)
             if self.journal is not None:
                 self.journal.forget(job.id)
             if job.output_file is not None and job.output_file.parent == self.store.jobs_dir:

@@ -68,9 +68,9 @@ class OutputStore:
             raise InputError(f"is not a usable path ({exc.strerror or type(exc).__name__})", field) from None
         return target
 
-    def write_behind(self, target: Path, data: bytes) -> None:
+    def write_behind(self, target: Path, data: bytes) -> concurrent.futures.Future[None]:
         """Write one of the server's own copies in the background, in submission order."""
-        self._writer.submit(self.write, target, data)
+        return self._writer.submit(self.write, target, data)
 
     def delete_behind(self, target: Path) -> None:
         self._writer.submit(target.unlink, missing_ok=True)

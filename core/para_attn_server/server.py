@@ -61,6 +61,7 @@ class ServerConfig:
     error_grace: float = 3.0
     drain_timeout: float = 30.0
     max_output_bytes: int = 1 << 30
+    output_memory_bytes: int = 512 * 1024 * 1024
     api_key: str | None = None  # also $PARA_ATTN_SERVER_API_KEY
     max_body_bytes: int = 10 * 1024 * 1024
     model_path: str | None = None  # also $PARA_ATTN_MODEL_PATH; the predictor's "model_path" option

@@ -17,7 +17,7 @@ import pytest
 
 from para_attn_server.app import create_app
 from para_attn_server.group import JobOutcome
-from para_attn_server.jobs import INLINE_WRITE_BYTES, Job, JobService, JobState
+from para_attn_server.jobs import Job, JobService, JobState
 from para_attn_server.outputs import OutputStore
 
 from .conftest import MakeService
@@ -576,14 +576,20 @@ async def test_cancel_job_is_200_then_409_once_ended(
     assert_error_body(second, names="cancelled")
 
 
-@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("source", ["memory", "file"])
 async def test_job_output_downloads_the_bytes_with_their_content_type(
-    client: httpx.AsyncClient, service: JobService, group: FakeGroup, size: str
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup, source: str
 ) -> None:
-    # Small outputs are served from memory, large ones from their file: the same answer.
-    data = PNG if size == "small" else PNG + bytes(INLINE_WRITE_BYTES)
+    # Recent outputs are served from memory, older ones from their file: the same answer.
+    data = PNG + bytes(100_000)
+    if source == "file":
+        service.settings.output_memory_bytes = 0
     request_id = await generate(client)
-    await run_to_end(service, group, request_id, succeeded(data, "png"))
+    job = await run_to_end(service, group, request_id, succeeded(data, "png"))
+    if source == "file":
+        service.store.flush()  # its file is written, so the next output pushes it out of memory
+        await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
+    assert (job.output_bytes is not None) == (source == "memory")
 
     response = await client.get(f"/v1/jobs/{request_id}/output")
 
