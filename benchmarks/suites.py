@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from typing import Any
 
 from .direct import direct_call_times
 from .harness import Client, Report, Stat, post_head, raw_request, server, timed
@@ -245,9 +243,3 @@ SUITES = {
     "progress": progress,
     "gpu": gpu,
 }
-
-
-def run_threaded(fn: Any, *args: Any) -> None:
-    t = threading.Thread(target=fn, args=args)
-    t.start()
-    t.join()

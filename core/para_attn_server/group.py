@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import pickle
 import secrets
 import time
 from collections.abc import Callable
@@ -97,7 +96,6 @@ class RankLink:
     writer: asyncio.StreamWriter
     last_seen: float
     setup_done: bool = False
-    busy: bool = False
 
 
 class _RunningJob:
@@ -460,6 +458,3 @@ class WorkerGroup:
                     )
                     return
 
-
-def pickle_predictor(predictor: object) -> bytes:
-    return pickle.dumps(predictor)
