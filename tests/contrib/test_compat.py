@@ -5,6 +5,7 @@ must give the unsplit model's output."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,10 @@ def _wan_rank(rank: int, world_size: int, workdir: str) -> None:
             results[name] = (got - expected[name]).abs().max().item()
     if rank == 0:
         Path(workdir, "results.json").write_text(json.dumps(results))
-    dist.destroy_process_group()
+    dist.barrier()
+    # Leave without tearing the group down: gloo's teardown after the failed upstream
+    # adapter run sometimes aborts the process (std::terminate), which is not under test.
+    os._exit(0)
 
 
 def test_para_attn_wan_adapter_is_still_broken_and_ours_matches_the_unsplit_model(tmp_path: Path) -> None:
