@@ -148,6 +148,23 @@ class Greeter(Predictor):
         return Output(f"{self.greeting}, {name}".encode(), "txt") if self.rank == 0 else None
 
 
+def _run_tiny(predictor: TinyFluxPredictor, prompt: str, steps: int, seed: int, callback: Any) -> Output | None:
+    """The tiny pipeline at 32x32 with ``callback`` as its step callback; PNG on rank 0."""
+    import torch
+
+    result = predictor.pipe(
+        prompt=prompt,
+        width=32,
+        height=32,
+        num_inference_steps=steps,
+        max_sequence_length=predictor.max_sequence_length,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np" if predictor.rank == 0 else "latent",
+        callback_on_step_end=callback,
+    )
+    return Output(_png_bytes(result.images[0]), "png") if predictor.rank == 0 else None
+
+
 class InstrumentedTiny(TinyFluxPredictor):
     """The real ``tiny`` pipeline (split with para-attn), instrumented for cancel tests.
 
@@ -175,7 +192,6 @@ class InstrumentedTiny(TinyFluxPredictor):
         hold_at_step: int = 0,
         hold: str | None = None,
     ) -> Output | None:
-        import torch
 
         job = current_job()
 
@@ -184,17 +200,7 @@ class InstrumentedTiny(TinyFluxPredictor):
                 wait_for_file(hold)
             return job.diffusers_callback(pipe, index, timestep, tensors)
 
-        result = self.pipe(
-            prompt=prompt,
-            width=32,
-            height=32,
-            num_inference_steps=num_inference_steps,
-            max_sequence_length=self.max_sequence_length,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="np" if self.rank == 0 else "latent",
-            callback_on_step_end=callback,
-        )
-        return Output(_png_bytes(result.images[0]), "png") if self.rank == 0 else None
+        return _run_tiny(self, prompt, num_inference_steps, seed, callback)
 
 
 class CallbackFaultTiny(TinyFluxPredictor):
@@ -212,7 +218,6 @@ class CallbackFaultTiny(TinyFluxPredictor):
         fault_rank: int = -1,
         hold: str | None = None,
     ) -> Output | None:
-        import torch
 
         job = current_job()
 
@@ -223,17 +228,7 @@ class CallbackFaultTiny(TinyFluxPredictor):
 
         if hold:
             wait_for_file(hold)
-        result = self.pipe(
-            prompt=prompt,
-            width=32,
-            height=32,
-            num_inference_steps=num_inference_steps,
-            max_sequence_length=self.max_sequence_length,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            output_type="np" if self.rank == 0 else "latent",
-            callback_on_step_end=callback,
-        )
-        return Output(_png_bytes(result.images[0]), "png") if self.rank == 0 else None
+        return _run_tiny(self, prompt, num_inference_steps, seed, callback)
 
 
 # ---- predictors written for the original server (no base class, no type hints) --------

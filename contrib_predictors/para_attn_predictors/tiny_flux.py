@@ -8,6 +8,7 @@ so every rank building it with the same seed gets bit-identical weights.
 from __future__ import annotations
 
 import string
+from typing import TypeVar
 
 import torch
 
@@ -16,11 +17,13 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 _VOCAB_SIZE = 1000
+_P = TypeVar("_P", bound=DiffusionPipeline)
 _CLIP_MAX_LENGTH = 77
 _CLIP_BOS, _CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -113,7 +116,13 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
         tokenizer_2=t5,
         transformer=transformer,
     )
+    return eval_components(pipe)
+
+
+def eval_components(pipe: _P) -> _P:
+    """Put every module of a pipeline built from configs in eval mode: T5's dropout would
+    otherwise make two runs (and two ranks) with one seed differ."""
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
-            component.eval()  # T5 dropout would otherwise make runs (and ranks) differ
+            component.eval()
     return pipe

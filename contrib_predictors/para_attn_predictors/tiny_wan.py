@@ -14,7 +14,7 @@ from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from transformers import UMT5Config, UMT5EncoderModel
 
-from .tiny_flux import t5_tokenizer
+from .tiny_flux import eval_components, t5_tokenizer
 
 _TEXT_DIM = 32
 
@@ -65,7 +65,4 @@ def build_tiny_wan_pipeline(seed: int = 0) -> WanPipeline:
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         transformer=transformer,
     )
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()  # T5 dropout would otherwise make runs (and ranks) differ
-    return pipe
+    return eval_components(pipe)

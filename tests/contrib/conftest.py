@@ -93,3 +93,10 @@ def generate(server: Server, **fields: Any) -> bytes:
     view = response.json()
     assert view["state"] == "succeeded", view
     return server.output(view["id"])
+
+
+def assert_rejected(server: Server, fields: dict[str, Any], field: str) -> None:
+    """A request with ``fields`` (beside a prompt) is a 400 whose message names ``field``."""
+    response = server.http.post("/v1/jobs", json={"prompt": "a cat", **fields})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(f"{field}:")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CLI, Server, server_env
-from tests.contrib.conftest import Reference, ReferenceRun, cli_options, generate, npy
+from tests.contrib.conftest import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -91,9 +91,7 @@ def test_invalid_fields_are_400_naming_the_field(
     flux: tuple[Server, Reference], fields: dict[str, Any], field: str
 ) -> None:
     server, _ = flux
-    response = server.http.post("/v1/jobs", json={"prompt": "a cat", **fields})
-    assert response.status_code == 400
-    assert response.json()["error"].startswith(f"{field}:")
+    assert_rejected(server, fields, field)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA ring attention covers the remaining factor")
