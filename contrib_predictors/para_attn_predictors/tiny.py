@@ -31,7 +31,7 @@ class TinyFluxPredictor(Predictor):
         self.rank = context.rank
         self.device = context.device
         self.pipe = build_tiny_flux_pipeline(seed=int(context.options.get("weights_seed", "0"))).to(context.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # diffusers is untyped here
         # No parallel VAE: it tiles, which changes the image, and tiny images need none.
         parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False)
 

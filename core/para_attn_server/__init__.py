@@ -3,7 +3,8 @@
 from .errors import ConfigurationError, InputError, JobCancelled, SetupError
 from .plugins import hookimpl
 from .predictor import JobContext, Output, Predictor, RankContext, current_job
-from .server import ParaAttentionServer, ServerConfig
+from .server import ParaAttentionServer
+from .settings import Settings
 
 __all__ = [
     "ConfigurationError",
@@ -14,7 +15,7 @@ __all__ = [
     "ParaAttentionServer",
     "Predictor",
     "RankContext",
-    "ServerConfig",
+    "Settings",
     "SetupError",
     "current_job",
     "hookimpl",

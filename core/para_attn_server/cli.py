@@ -2,7 +2,8 @@
 
 ``para-attn-server --model module:Class --host H --port P --num-devices N`` starts the
 server exactly as the original did (the model defaults to the embedded ``tiny`` predictor);
-``para-attn-server plugins`` prints the installed plugins as JSON.
+every other flag is generated from the settings tree (``settings.py``), plugin sections
+included. ``para-attn-server plugins`` prints the installed plugins as JSON.
 """
 
 from __future__ import annotations
@@ -11,10 +12,21 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from typing import Any
 
+import msgspec
+
+from . import settings as settings_tree
 from .errors import ConfigurationError, SetupError
-from .server import ParaAttentionServer, ServerConfig
+from .plugins import Plugins
+from .server import ParaAttentionServer
+from .settings import Settings
+
+PROG = "para-attn-server"
+DESCRIPTION = (
+    "Serve a diffusers pipeline split across worker ranks over HTTP. "
+    "Run 'para-attn-server plugins' to list installed predictors and executors."
+)
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -24,144 +36,84 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _seconds_or_none(text: str) -> float | None:
-    value = float(text)
-    return None if value <= 0 else value
+def serve_parser(sections: dict[str, type[msgspec.Struct]]) -> argparse.ArgumentParser:
+    """One flag per setting of the tree, grouped by section, with its help and default."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    titled = {**settings_tree.CORE_SECTIONS, **sections}
+    groups: dict[str, Any] = {}
+    for field in settings_tree.fields(sections):
+        if field.section not in groups:
+            doc = (titled[field.section].__doc__ or "").strip() if field.section else "General."
+            groups[field.section] = parser.add_argument_group(field.section or "general", doc.splitlines()[0])
+        _add(groups[field.section], field)
+    return parser
 
 
-def serve_parser() -> argparse.ArgumentParser:
-    d = ServerConfig()
-    p = argparse.ArgumentParser(
-        prog="para-attn-server",
-        description="Serve a diffusers pipeline split across worker ranks over HTTP. "
-        "Run 'para-attn-server plugins' to list installed predictors and executors.",
-    )
-    p.add_argument(
-        "--model", default=d.model, help="predictor: entry-point name or module:Class (default: %(default)s)"
-    )
-    p.add_argument("--host", default=d.host, help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=d.port, help="port to listen on, 0 for any (default: %(default)s)")
-    p.add_argument("--num-devices", type=int, default=None, help="ranks to start (default: CUDA devices, or 1)")
-    p.add_argument("--executor", default=d.executor, help="how ranks are started (default: %(default)s)")
-    p.add_argument("--backend", default=None, help="torch.distributed backend (default: nccl on CUDA, else gloo)")
-    p.add_argument("--output-dir", default=d.output_dir, help="where outputs are written (default: %(default)s)")
-    p.add_argument("--max-queue", type=int, default=d.max_queue, help="jobs that may wait (default: %(default)s)")
-    p.add_argument(
-        "--job-timeout",
-        type=_seconds_or_none,
-        default=d.job_timeout,
-        help="seconds a job may run before its ranks are restarted; 0: no limit (default: %(default)s)",
-    )
-    p.add_argument(
-        "--result-ttl", type=float, default=d.result_ttl, help="seconds results are kept (default: %(default)s)"
-    )
-    p.add_argument(
-        "--setup-timeout", type=float, default=d.setup_timeout, help="seconds setup may take (default: %(default)s)"
-    )
-    p.add_argument(
-        "--heartbeat-timeout",
-        type=float,
-        default=d.heartbeat_timeout,
-        help="seconds of rank silence before a restart (default: %(default)s)",
-    )
-    p.add_argument(
-        "--keepalive-interval",
-        type=float,
-        default=d.keepalive_interval,
-        help="idle keep-alive period of the ranks (default: %(default)s)",
-    )
-    p.add_argument(
-        "--collective-timeout",
-        type=float,
-        default=d.collective_timeout,
-        help="torch.distributed timeout in seconds (default: %(default)s)",
-    )
-    p.add_argument(
-        "--cancel-grace",
-        type=float,
-        default=d.cancel_grace,
-        help="seconds a cancelled job may take to stop before its ranks are restarted (default: %(default)s)",
-    )
-    p.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=d.drain_timeout,
-        help="seconds SIGTERM waits for the running job (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-output-bytes",
-        type=int,
-        default=d.max_output_bytes,
-        help="largest output accepted from a job (default: %(default)s)",
-    )
-    p.add_argument(
-        "--output-memory-bytes",
-        type=int,
-        default=d.output_memory_bytes,
-        help="recent outputs kept in memory for fast download, in all (default: %(default)s)",
-    )
-    p.add_argument(
-        "--api-key",
-        default=None,
-        help="require this key on every endpoint but /health/live (or $PARA_ATTN_SERVER_API_KEY)",
-    )
-    p.add_argument(
-        "--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (default: %(default)s)"
-    )
-    p.add_argument(
-        "--model-path", default=None, help="weights directory or hub id for the predictor (or $PARA_ATTN_MODEL_PATH)"
-    )
-    p.add_argument(
-        "--option",
-        "-o",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="predictor option, repeatable",
-    )
-    p.add_argument(
-        "--executor-option",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="executor option, repeatable (torchrun: rdzv_endpoint=HOST:PORT)",
-    )
-    p.add_argument(
-        "--plugin", action="append", default=[], metavar="MODULE", help="extra plugin module to load, repeatable"
-    )
-    p.add_argument("--log-level", default=d.log_level, help="(default: %(default)s)")
-    return p
+def _kind(field: settings_tree.Field) -> Any:
+    info = field.info.type
+    return info.type if isinstance(info, msgspec.inspect.Metadata) else info
+
+
+def _add(group: Any, field: settings_tree.Field) -> None:
+    kind = _kind(field)
+    help_text = field.help
+    if field.info.default not in (msgspec.NODEFAULT, None):
+        help_text += f" (default: {field.info.default})"
+    if "env" in field.extra:
+        help_text += f"; also ${field.extra['env']}"
+    options: dict[str, Any] = {"dest": field.name, "help": help_text, "default": argparse.SUPPRESS}
+    if isinstance(kind, msgspec.inspect.DictType):
+        options.update(action="append", type=_key_value, metavar=field.extra.get("metavar", "KEY=VALUE"))
+    elif isinstance(kind, msgspec.inspect.ListType):
+        options.update(action="append", metavar=field.extra.get("metavar", "VALUE"))
+    else:
+        options.update(metavar=field.extra.get("metavar", field.name.upper()))
+    group.add_argument(*field.flags, **options)
+
+
+def parse(argv: Sequence[str]) -> Settings:
+    """The settings a command line asks for; exits with a usage error (code 2) naming the
+    flag for an unknown flag or a bad value."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    modules = pre.parse_known_args(argv)[0].plugin
+    sections = Plugins.load(modules).settings_sections()
+    parser = serve_parser(sections)
+    values = vars(parser.parse_args(argv))
+    for field in settings_tree.fields(sections):
+        if field.name in values and isinstance(_kind(field), msgspec.inspect.DictType):
+            values[field.name] = dict(values[field.name])  # repeated KEY=VALUE: the last one wins
+    try:
+        return settings_tree.build(values, sections)
+    except ConfigurationError as exc:
+        parser.error(_with_flag(str(exc), sections))
+
+
+def _with_flag(message: str, sections: dict[str, type[msgspec.Struct]]) -> str:
+    """``max_queue: Expected ...`` as ``--max-queue: Expected ...``."""
+    name, sep, rest = message.partition(": ")
+    for field in settings_tree.fields(sections):
+        if sep and field.name == name:
+            return f"{field.flags[0]}: {rest}"
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["plugins"]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["plugins"]:
         return plugins_command()
-    args = serve_parser().parse_args(args_list)
-    settings = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if hasattr(args, f.name)}
-    settings.pop("model")
-    for name in ("host", "port", "num_devices", "log_level"):
-        settings.pop(name)
-    settings["options"] = dict(args.option)
-    settings["plugins"] = list(args.plugin)
-    settings["executor_options"] = dict(args.executor_option)
-    server = ParaAttentionServer(args.model, args.host, args.port, args.num_devices, args.log_level, **settings)
     try:
-        server.run()
+        ParaAttentionServer.from_settings(parse(args)).run()
     except ConfigurationError as exc:
-        print(f"para-attn-server: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except SetupError as exc:
-        print(f"para-attn-server: setup failed: {exc}", file=sys.stderr)
+        print(f"{PROG}: setup failed: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def plugins_command() -> int:
-    from .plugins import Plugins
-
     print(json.dumps(Plugins.load().describe(), indent=2))
     return 0
 

@@ -37,7 +37,11 @@ class SetupError(ParaAttnServerError):
 
 
 class QueueFullError(ParaAttnServerError):
-    """The bounded job queue is full; the client should retry later."""
+    """The bounded job queue is full; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotReadyError(ParaAttnServerError):

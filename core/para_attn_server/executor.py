@@ -9,14 +9,24 @@ executor. Executors are plugins (``register_executors``); the first-party ones a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import msgspec
 
+from .errors import ConfigurationError
+from .settings import RankSettings, describe_error
+
+#: The environment variable that carries a rank's spec (JSON) to processes that an executor
+#: does not start itself (torchrun's agent, ``python -m para_attn_server.rank``).
+RANK_SPEC_ENV = "PARA_ATTN_SERVER_RANK_SPEC"
+
 
 class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """Everything a rank process needs to join a group; the same for every rank."""
+    """Everything a rank process needs to join its group; the same for every rank of it."""
 
     world_size: int
+    group: int = 0  # which worker group (its ranks are numbered from 0 within the group)
+    device_offset: int = 0  # the group's first CUDA device on each host
     control_host: str
     control_port: int
     token: str
@@ -24,23 +34,43 @@ class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
     predictor: str | None = None  # entry-point name or "module:Class"
     predictor_pickle: bytes | None = None  # an instance handed to ParaAttentionServer
     plugins: list[str] = []  # plugin modules to register (the server's own set)
-    backend: str | None = None  # None: nccl with CUDA, gloo otherwise
+    options: dict[str, str] = {}  # the predictor's --option values
     master_addr: str | None = None  # None: taken from the environment (torchrun)
     master_port: int | None = None
-    heartbeat_interval: float = 1.0
-    keepalive_interval: float = 30.0
-    collective_timeout: float = 1800.0
-    options: dict[str, str] = {}
-    max_output_bytes: int = 1 << 30
+    settings: RankSettings = msgspec.field(default_factory=RankSettings)
     log_level: str = "INFO"
+
+    def to_env(self) -> str:
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def from_env(cls, text: str) -> RankSpec:
+        return msgspec.json.decode(text, type=cls)
+
+
+class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """An executor that takes no ``--executor-option``."""
 
 
 class Executor(ABC):
-    """Starts the ranks of one worker group and reports when any of them exits."""
+    """Starts the ranks of one worker group and reports when any of them exits.
 
-    def __init__(self, num_ranks: int, options: dict[str, str]) -> None:
+    ``Options`` is the Struct of the ``--executor-option KEY=VALUE`` values it accepts; an
+    unknown or ill-typed one is a startup error naming it.
+    """
+
+    Options: ClassVar[type[msgspec.Struct]] = NoOptions
+
+    def __init__(self, num_ranks: int, options: msgspec.Struct) -> None:
         self.num_ranks = num_ranks
         self.options = options
+
+    @classmethod
+    def parse_options(cls, values: dict[str, str]) -> msgspec.Struct:
+        try:
+            return msgspec.convert(values, cls.Options, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"--executor-option {describe_error(exc)}") from None
 
     @abstractmethod
     async def launch(self, spec: RankSpec) -> None:

@@ -24,15 +24,15 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from .control import ControlListener, RankLink
 from .errors import SetupError
 from .executor import Executor, RankSpec
 from .protocol import (
-    HEADER,
     CancelJob,
     Heartbeat,
     Hello,
@@ -42,12 +42,16 @@ from .protocol import (
     SetupDone,
     SetupFailed,
     Shutdown,
-    encode_frame,
-    rank_message_decoder,
 )
+from .settings import GroupSettings
+from .views import GroupStatus, RankRow
 
 log = logging.getLogger("para_attn_server.group")
-FLOW_LIMIT = 256 * 1024 * 1024
+# After a rank's connection closes, how long the executor may take to say how it ended
+# (killed by SIGKILL, an exit code): that is the better reason. torchrun's agent reports
+# only once it has stopped the other ranks, which takes seconds on a loaded machine.
+EXIT_REPORT_WAIT = 5.0
+ProgressCallback = Callable[[int, int | None], None]
 
 
 class GroupState(enum.StrEnum):
@@ -59,47 +63,15 @@ class GroupState(enum.StrEnum):
 
 
 @dataclass
-class GroupSettings:
-    world_size: int
-    predictor: str | None = None
-    predictor_pickle: bytes | None = None
-    plugins: list[str] = field(default_factory=list)
-    backend: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-    control_host: str = "127.0.0.1"
-    setup_timeout: float = 1800.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 30.0
-    keepalive_interval: float = 30.0
-    collective_timeout: float = 1800.0
-    cancel_grace: float = 10.0
-    error_grace: float = 3.0
-    stop_grace: float = 5.0
-    max_output_bytes: int = 1 << 30
-    log_level: str = "INFO"
-
-
-@dataclass
 class JobOutcome:
     status: str  # "succeeded" | "failed" | "cancelled"
     error: str | None = None
     output: bytes | None = None
     file_type: str | None = None
-    written_path: str | None = None
-
-
-@dataclass
-class RankLink:
-    rank: int
-    pid: int
-    hostname: str
-    writer: asyncio.StreamWriter
-    last_seen: float
-    setup_done: bool = False
 
 
 class _RunningJob:
-    def __init__(self, job_id: str, on_progress: Callable[[int, int | None], None]) -> None:
+    def __init__(self, job_id: str, on_progress: ProgressCallback) -> None:
         self.job_id = job_id
         self.on_progress = on_progress
         self.ended: dict[int, JobEnded] = {}
@@ -110,18 +82,24 @@ class _RunningJob:
 
 
 class WorkerGroup:
-    def __init__(self, executor: Executor, settings: GroupSettings) -> None:
+    """One group of ranks. ``spec`` is what its ranks are told; each generation fills in
+    its own control port, token and generation number."""
+
+    def __init__(self, index: int, executor: Executor, settings: GroupSettings, spec: RankSpec) -> None:
+        self.index = index
         self.executor = executor
         self.settings = settings
-        self.world_size = settings.world_size
+        self.spec = spec
+        self.world_size = spec.world_size
         self.state = GroupState.STOPPED
         self.generation = 0
         self.restarts = 0
         self.last_fault: str | None = None
         self.links: dict[int, RankLink] = {}
         self._token = ""
-        self._server: asyncio.base_events.Server | None = None
-        self._port = 0
+        self._control = ControlListener(
+            settings.control_host, spec.settings.max_output_bytes, self._accept, self._handle, self._link_closed
+        )
         self._fault: asyncio.Future[str] | None = None
         self._setup: asyncio.Future[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
@@ -130,11 +108,7 @@ class WorkerGroup:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        # A high limit: the reader otherwise pauses the socket every 128 KiB of a large output.
-        self._server = await asyncio.start_server(
-            self._on_connection, self.settings.control_host, 0, limit=FLOW_LIMIT
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
+        await self._control.open()
 
     @property
     def fault(self) -> asyncio.Future[str]:
@@ -161,26 +135,12 @@ class WorkerGroup:
         self.links = {}
         self.state = GroupState.STARTING
         s = self.settings
-        spec = RankSpec(
-            world_size=self.world_size,
-            control_host=s.control_host,
-            control_port=self._port,
-            token=self._token,
-            generation=self.generation,
-            predictor=s.predictor,
-            predictor_pickle=s.predictor_pickle,
-            plugins=s.plugins,
-            backend=s.backend,
-            heartbeat_interval=s.heartbeat_interval,
-            keepalive_interval=s.keepalive_interval,
-            collective_timeout=s.collective_timeout,
-            options=s.options,
-            max_output_bytes=s.max_output_bytes,
-            log_level=s.log_level,
+        spec = msgspec.structs.replace(
+            self.spec, control_port=self._control.port, token=self._token, generation=self.generation
         )
         # With the "ready" line, this line times each generation's setup (the operator's
         # view of a restart; the reliability tests measure recovery from both).
-        log.info("worker group generation %d starting (%d ranks)", self.generation, self.world_size)
+        log.info("worker group %sgeneration %d starting (%d ranks)", self._name, self.generation, self.world_size)
         await self.executor.launch(spec)
         self._watchers = [
             asyncio.create_task(self._watch_exits(self._fault)),
@@ -190,7 +150,7 @@ class WorkerGroup:
         done, _ = await asyncio.wait(waits, timeout=s.setup_timeout, return_when=asyncio.FIRST_COMPLETED)
         if self._setup in done and self._setup.exception() is None:
             self.state = GroupState.READY
-            log.info("worker group generation %d ready (%d ranks)", self.generation, self.world_size)
+            log.info("worker group %sgeneration %d ready (%d ranks)", self._name, self.generation, self.world_size)
             return
         if self._setup.done() and self._setup.exception() is not None:
             reason = str(self._setup.exception())
@@ -210,11 +170,10 @@ class WorkerGroup:
         was_ready = self.ready
         self.state = GroupState.STOPPED  # exits from here on are expected, not faults
         if leader is not None and was_ready:
-            self._send(leader, Shutdown())
+            leader.send(Shutdown())
             await self.executor.wait_stopped(self.settings.stop_grace)
         await self._teardown()
-        if self._server is not None:
-            self._server.close()
+        self._control.close()
 
     async def _teardown(self) -> None:
         self.state = GroupState.STOPPED
@@ -223,12 +182,12 @@ class WorkerGroup:
         self._watchers = []
         await self.executor.terminate(self.settings.stop_grace)
         for link in self.links.values():
-            link.writer.close()
+            link.close()
         self.links = {}
 
     def _set_fault(self, reason: str) -> None:
         if self._fault is not None and not self._fault.done():
-            log.error("worker group generation %d fault: %s", self.generation, reason)
+            log.error("worker group %sgeneration %d fault: %s", self._name, self.generation, reason)
             self.last_fault = reason
             self._fault.set_result(reason)
             if self.state is not GroupState.STARTING:
@@ -241,7 +200,7 @@ class WorkerGroup:
         job_id: str,
         inputs: dict[str, Any],
         timeout: float | None,
-        on_progress: Callable[[int, int | None], None],
+        on_progress: ProgressCallback,
     ) -> JobOutcome:
         """Run one job on every rank and return how it ended. Never raises for job faults:
         a fault fails the job with its reason and leaves the group FAULTED."""
@@ -251,7 +210,7 @@ class WorkerGroup:
         running = self._running = _RunningJob(job_id, on_progress)
         self.state = GroupState.BUSY
         try:
-            self._send(self.links[0], RunJob(job_id, inputs))
+            self.links[0].send(RunJob(job_id, inputs))
             deadline = None if timeout is None else loop.time() + timeout
             while not running.decided.done():
                 waits = [] if deadline is None else [deadline - loop.time()]
@@ -290,9 +249,7 @@ class WorkerGroup:
                 # A cancel that arrived before the job ended wins (a pipeline stopped
                 # through its own interrupt flag just returns early).
                 return JobOutcome("cancelled")
-            return JobOutcome(
-                "succeeded", output=leader.output, file_type=leader.file_type, written_path=leader.written_path
-            )
+            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type)
         # Something failed or was cancelled: the group is only reusable if every rank left
         # the job; one that did not is stuck in a collective its peers abandoned.
         if not running.all_ended.done():
@@ -327,85 +284,63 @@ class WorkerGroup:
         if running.cancel_requested_at is None:
             running.cancel_requested_at = asyncio.get_running_loop().time()
             for link in self.links.values():
-                self._send(link, CancelJob(job_id))
+                link.send(CancelJob(job_id))
             if not running.poke.done():
                 running.poke.set_result(None)  # so run() starts the cancel-grace clock
         return True
 
     # ---- status -----------------------------------------------------------------------
 
-    def rank_status(self) -> list[dict[str, Any]]:
+    @property
+    def _name(self) -> str:
+        # Log lines keep their single-group wording; with several groups they name theirs.
+        return f"{self.index} " if self.spec.group or self.index else ""
+
+    def status(self) -> GroupStatus:
+        busy = self.state is GroupState.BUSY
+        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows())
+
+    def rank_rows(self) -> list[RankRow]:
         now = time.monotonic()
         pids = self.executor.pids()
         rows = []
         for rank in range(self.world_size):
             link = self.links.get(rank)
-            rows.append(
-                {
-                    "rank": rank,
-                    "pid": link.pid if link else pids.get(rank),
-                    "hostname": link.hostname if link else None,
-                    "state": ("busy" if self.state is GroupState.BUSY else "ready")
-                    if link and link.setup_done and self.ready
-                    else ("setting up" if link else "starting"),
-                    "last_heartbeat_s": round(now - link.last_seen, 3) if link else None,
-                }
-            )
+            if link and link.setup_done and self.ready:
+                state = "busy" if self.state is GroupState.BUSY else "ready"
+            else:
+                state = "setting up" if link else "starting"
+            pid = link.pid if link else pids.get(rank)
+            seen = round(now - link.last_seen, 3) if link else None
+            rows.append(RankRow(rank, self.index, pid, link.hostname if link else None, state, seen))
         return rows
 
     # ---- control connections ----------------------------------------------------------
 
-    def _send(self, link: RankLink, message: msgspec.Struct) -> None:
-        if not link.writer.is_closing():
-            link.writer.write(encode_frame(message))
+    def _accept(self, hello: Hello) -> bool:
+        # bytes: compare_digest refuses a str with non-ASCII characters (a stranger's token)
+        right = secrets.compare_digest(hello.token.encode(), self._token.encode())
+        return right and hello.generation == self.generation and 0 <= hello.rank < self.world_size
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            import socket
+    def _link_closed(self, link: RankLink) -> None:
+        if self.links.get(link.rank) is not link or self.state is GroupState.STOPPED:
+            return
+        # A rank that dies closes its connection as it goes; give the executor's report of
+        # how it died (killed by SIGKILL, exit code) a moment to be the reason.
+        fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
 
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link: RankLink | None = None
-        try:
-            hello = await asyncio.wait_for(self._read(reader), timeout=30)
-            if (
-                not isinstance(hello, Hello)
-                or not secrets.compare_digest(hello.token, self._token)
-                or hello.generation != self.generation
-                or not 0 <= hello.rank < self.world_size
-            ):
-                return  # a stale rank of an earlier generation, or a stranger
-            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic())
-            self.links[hello.rank] = link
-            generation = self.generation
-            while True:
-                message = await self._read(reader)
-                if generation != self.generation:
-                    return
-                link.last_seen = time.monotonic()
-                self._handle(link, message)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, msgspec.DecodeError):
-            pass
-        finally:
-            writer.close()
-            if link is not None and self.links.get(link.rank) is link and self.state is not GroupState.STOPPED:
-                # A rank that dies closes its connection as it goes; give the executor's
-                # report of how it died (killed by SIGKILL, exit code) a moment to be the reason.
-                fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
+        def late_fault() -> None:
+            if self._fault is fault:
+                self._set_fault(reason)
 
-                def late_fault() -> None:
-                    if self._fault is fault:
-                        self._set_fault(reason)
+        asyncio.get_running_loop().call_later(EXIT_REPORT_WAIT, late_fault)
 
-                asyncio.get_running_loop().call_later(1.0, late_fault)
-
-    @staticmethod
-    async def _read(reader: asyncio.StreamReader) -> Any:
-        (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
-        return rank_message_decoder.decode(await reader.readexactly(size))
-
-    def _handle(self, link: RankLink, message: Any) -> None:
+    def _handle(self, link: RankLink, message: Any) -> bool:
+        if message.__class__ is not Hello and self.links.get(link.rank) is not link:
+            return False  # an earlier generation's link
         match message:
+            case Hello():
+                self.links[link.rank] = link
             case Heartbeat():
                 pass
             case Progress(job_id=job_id, step=step, total=total):
@@ -415,7 +350,7 @@ class WorkerGroup:
             case JobEnded(job_id=job_id):
                 running = self._running
                 if running is None or running.job_id != job_id:
-                    return
+                    return True
                 running.ended[message.rank] = message
                 if not running.decided.done() and (message.rank == 0 or message.status != "succeeded"):
                     running.decided.set_result(None)
@@ -435,6 +370,7 @@ class WorkerGroup:
                 self._set_fault(f"setup failed on rank {rank}: {error}")
             case _:
                 log.warning("unexpected message from rank %d: %r", link.rank, message)
+        return True
 
     # ---- watchers ---------------------------------------------------------------------
 
@@ -446,7 +382,7 @@ class WorkerGroup:
             self._set_fault(reason)
 
     async def _watch_heartbeats(self, fault: asyncio.Future[str]) -> None:
-        interval = self.settings.heartbeat_interval
+        interval = self.spec.settings.heartbeat_interval
         limit = self.settings.heartbeat_timeout
         while not fault.done():
             await asyncio.sleep(interval)

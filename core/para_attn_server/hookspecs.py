@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import msgspec
+
     from .executor import Executor
-    from .jobs import Job
+    from .jobs import JobService
     from .predictor import JobContext, Output, RankContext
+    from .records import JobRecord
+    from .settings import Settings
 
 PROJECT = "para_attn_server"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -50,6 +54,35 @@ def register_executors(register: Callable[[str, type[Executor]], None]) -> None:
         ``para_attn_server.executor.Executor``.
 
     Runs once in the server process.
+    """
+
+
+@hookspec
+def register_settings(register: Callable[[str, type[msgspec.Struct]], None]) -> None:
+    """Add a section of settings to the server's settings tree.
+
+    :param register: call ``register(section_name, StructClass)``; every field of the
+        msgspec Struct (its type, default, ``Meta`` limits and ``description``) becomes a
+        command-line flag ``--field-name`` and a keyword of ``ParaAttentionServer``. A field
+        name or flag that another section already has is a startup error naming both.
+
+    Runs once in the server process, before the command line is parsed. Read the values
+    with ``settings.section(StructClass)`` (in ``register_routes``, say).
+    """
+
+
+@hookspec
+def register_routes(register: Callable[[Any], None], service: JobService, settings: Settings) -> None:
+    """Add HTTP routes (or Litestar plugins) to the app.
+
+    :param register: call ``register(obj)`` with Litestar route handlers, Controllers or
+        Routers, or with Litestar plugins (``InitPluginProtocol``); each app gets what this
+        call registers, so per-app state (a metrics registry) lives in those objects.
+    :param service: the job service; handlers also receive it as the dependency ``service``.
+    :param settings: every setting, plugin sections included.
+
+    Runs once in the server process for each app built. Routes are covered by the API key
+    like every other route.
     """
 
 
@@ -96,10 +129,10 @@ def predict(predictor: Any, job: JobContext) -> Output | None:
 
 
 @hookspec
-def job_state_changed(job: Job) -> None:
+def job_state_changed(job: JobRecord) -> None:
     """Observe a job entering a new state (queued, running, succeeded, failed, cancelled).
 
-    :param job: the job record; read it, do not change it.
+    :param job: the job's record as of this change (immutable).
 
     Runs in the server process, on the event loop: do not block.
     """

@@ -2,8 +2,10 @@
 knows its jobs: finished outputs stay downloadable until their TTL, and jobs that were
 queued or running when the server stopped report failed with 'server restarted'.
 
-Writes are batched: a job's state changes mark it dirty and one transaction every
-``flush_interval`` seconds writes them all, so recording costs the request path nothing.
+Writes are group commits: records marked since the last transaction go in the next one,
+which starts as soon as the previous one ends (no timer), so an idle server commits at once
+and a busy one batches. ``committed()`` waits for the transaction that holds everything
+recorded so far: the HTTP layer answers a submit only after it.
 """
 
 from __future__ import annotations
@@ -13,58 +15,72 @@ import concurrent.futures
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-if TYPE_CHECKING:
-    from .jobs import Job
+from .records import JobRecord
 
 log = logging.getLogger("para_attn_server.journal")
 
-COLUMNS = (
+# The state has a column of its own so that an operator can query the file with sqlite3.
+SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, record BLOB NOT NULL)"
+UPSERT = "INSERT OR REPLACE INTO jobs (id, state, record) VALUES (?, ?, ?)"
+# The first release kept one column per field; its rows are converted once, on open.
+V1_COLUMNS = (
     "id", "state", "created_at", "started_at", "finished_at", "step", "total", "error",
     "file_type", "output_file", "output_path", "written_by_predictor", "fingerprint", "inputs",
 )  # fmt: skip
-SCHEMA = f"CREATE TABLE IF NOT EXISTS jobs ({', '.join(COLUMNS)}, PRIMARY KEY (id))"
-UPSERT = f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(JobRecord)
 
 
 class JobJournal:
-    def __init__(self, path: Path, flush_interval: float = 0.05) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.flush_interval = flush_interval
         # One thread owns the connection: sqlite3 objects must stay on their thread.
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
         self._db = self._thread.submit(self._open).result()
-        self._dirty: dict[str, Job] = {}
+        self._dirty: dict[str, JobRecord] = {}
         self._deleted: set[str] = set()
         self._wake = asyncio.Event()
+        self._batch = 0  # number of the next transaction
+        self._done = 0  # transactions finished
+        self._finished = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode a commit is in the log before it returns: it survives the process
+        # being killed (not a power cut, which would need FULL and an fsync per commit).
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(SCHEMA)
-        db.commit()
+        columns = tuple(row[1] for row in db.execute("PRAGMA table_info(jobs)"))
+        with db:
+            if columns == V1_COLUMNS:
+                _convert_v1(db)
+            db.execute(SCHEMA)
         return db
 
-    def load(self) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            cursor = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created_at")
-            return [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
+    def load(self) -> list[JobRecord]:
+        def read() -> list[JobRecord]:
+            records = []
+            for job_id, blob in self._db.execute("SELECT id, record FROM jobs"):
+                try:
+                    records.append(_decoder.decode(blob))
+                except msgspec.DecodeError as exc:
+                    log.warning("dropped the unreadable record of job %s: %s", job_id, exc)
+            return records
 
         return self._thread.submit(read).result()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_loop())
 
-    def record(self, job: Job) -> None:
-        self._dirty[job.id] = job
-        self._deleted.discard(job.id)
+    def record(self, record: JobRecord) -> None:
+        self._dirty[record.id] = record
+        self._deleted.discard(record.id)
         self._wake.set()
 
     def forget(self, job_id: str) -> None:
@@ -72,21 +88,33 @@ class JobJournal:
         self._deleted.add(job_id)
         self._wake.set()
 
+    async def committed(self) -> None:
+        """Return once everything recorded before this call is in a finished transaction."""
+        # What waits to be taken goes in the next transaction; what was taken is in the last.
+        target = self._batch + 1 if self._dirty or self._deleted else self._batch
+        async with self._finished:
+            await self._finished.wait_for(lambda: self._done >= target)
+
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.flush_interval)  # batch what arrives meanwhile
             self._wake.clear()
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, *self._take())
+            rows, deleted = self._take()
+            self._batch += 1
+            await loop.run_in_executor(self._thread, self._write, rows, deleted)
+            async with self._finished:
+                self._done = self._batch
+                self._finished.notify_all()
 
-    def _take(self) -> tuple[list[tuple[Any, ...]], list[str]]:
-        rows = [_row(job) for job in self._dirty.values()]
+    def _take(self) -> tuple[list[tuple[str, str, bytes]], list[str]]:
+        rows = [(record.id, record.state.value, _encoder.encode(record)) for record in self._dirty.values()]
         deleted = list(self._deleted)
         self._dirty.clear()
         self._deleted.clear()
         return rows, deleted
 
-    def _write(self, rows: list[tuple[Any, ...]], deleted: list[str]) -> None:
+    def _write(self, rows: list[tuple[str, str, bytes]], deleted: list[str]) -> None:
         try:
             with self._db:
                 self._db.executemany(UPSERT, rows)
@@ -104,14 +132,16 @@ class JobJournal:
         self._thread.shutdown()
 
 
-def _row(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id, job.state.value, job.created_at, job.started_at, job.finished_at, job.step, job.total,
-        job.error, job.file_type, str(job.output_file) if job.output_file else None, job.output_path,
-        int(job.written_by_predictor), job.fingerprint, msgspec.msgpack.encode(job.inputs),
-    )  # fmt: skip
-
-
-def iter_rows(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def _convert_v1(db: sqlite3.Connection) -> None:
+    """Rewrite a first-release journal's rows as records (in the caller's transaction)."""
+    rows = [dict(zip(V1_COLUMNS, row, strict=True)) for row in db.execute(f"SELECT {', '.join(V1_COLUMNS)} FROM jobs")]
+    db.execute("ALTER TABLE jobs RENAME TO jobs_v1")
+    db.execute(SCHEMA)
     for row in rows:
-        yield {**row, "inputs": msgspec.msgpack.decode(row["inputs"])}
+        written_by_predictor = bool(row.pop("written_by_predictor"))
+        row["inputs"] = msgspec.msgpack.decode(row["inputs"])
+        row["reply_with_path"] = written_by_predictor and row["output_path"] is not None
+        record = msgspec.convert(row, JobRecord)
+        db.execute(UPSERT, (record.id, record.state.value, _encoder.encode(record)))
+    db.execute("DROP TABLE jobs_v1")
+    log.info("converted %d job record(s) from the first release's journal", len(rows))

@@ -1,24 +1,34 @@
-"""Output files, confined to the server's output directory.
+"""Output files, confined to the server's output directory, and recent outputs in memory.
 
-Clients may name an ``output_path``; it must be relative, free of ``..``, hidden components
-and NUL bytes, and must not lead out of the directory through a symlink. Paths are checked
-when the job is submitted (a 400, nothing written) and again when the file is written,
-since the directory can change in between; the final write is an atomic rename, which
-replaces a symlink planted at the target instead of following it.
+Clients may name an ``output_path``; it must be relative, free of ``..``, hidden components,
+NUL bytes and symlinks. Paths are checked when the job is submitted (a 400, nothing written)
+and the write itself walks the directories with file descriptors that refuse symlinks, so a
+link planted in between cannot steer it (no check-then-use race). Every write is a temporary
+file, fsync, rename and a directory fsync: a file is either whole or absent.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import errno
+import hashlib
 import mimetypes
 import os
-import tempfile
+import secrets
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from .errors import InputError
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+FIELD = "output_path"
+OUTSIDE = "leads outside the server's output directory"
+SYMLINKED = "must not go through a symlink (the server never writes through one)"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def _file_mode() -> int:
@@ -27,7 +37,11 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-FILE_MODE = _file_mode()  # mkstemp creates 0600 files; outputs get the usual mode
+FILE_MODE = _file_mode()  # what a plain open() would give under the umask at start
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class OutputStore:
@@ -38,42 +52,54 @@ class OutputStore:
         self.jobs_dir.mkdir(exist_ok=True)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
 
-    def confine(self, user_path: str, field: str = "output_path") -> Path:
-        """Resolve a client-supplied path inside the output directory, or raise InputError."""
-        if not user_path or "\x00" in user_path:
-            raise InputError("must be a non-empty path without NUL bytes", field)
-        if "\\" in user_path:
-            raise InputError("must use '/' as separator", field)
-        pure = PurePosixPath(user_path)
-        if pure.is_absolute():
-            raise InputError("must be relative to the server's output directory", field)
-        if not pure.parts:
-            raise InputError("must name a file", field)
-        for part in pure.parts:
-            if part == "..":
-                raise InputError("must not contain '..'", field)
-            if part.startswith("."):
-                raise InputError("must not contain hidden path components", field)
-            if len(os.fsencode(part)) > NAME_MAX:
-                raise InputError(f"has a path component longer than {NAME_MAX} bytes", field)
-        target = self.root.joinpath(*pure.parts)
+    # ---- client paths -------------------------------------------------------------------
+
+    def confine(self, user_path: str, field: str = FIELD) -> Path:
+        """The file a client-supplied path names inside the output directory, or InputError."""
+        parts = _parts(user_path, field)
+        target = self.root.joinpath(*parts)
         try:
-            # realpath follows every symlink already on disk, including the final component.
-            real = Path(os.path.realpath(target))
+            real = Path(os.path.realpath(target))  # follows every symlink already on disk
             if real != self.root and self.root not in real.parents:
-                raise InputError("leads outside the server's output directory", field)
-            if target.is_dir():
-                raise InputError("names a directory", field)
-        except OSError as exc:  # too long in all, a loop of symlinks ...: the OS's words, not its path
+                raise InputError(OUTSIDE, field)
+            with self._directory(parts[:-1], create=False, field=field, refusal=SYMLINKED) as fd:
+                if fd is not None:
+                    _check_target(fd, parts[-1], field, SYMLINKED)
+        except OSError as exc:  # too long in all ...: the OS's words, not its path
             raise InputError(f"is not a usable path ({exc.strerror or type(exc).__name__})", field) from None
         return target
 
-    def write_behind(self, target: Path, data: bytes) -> concurrent.futures.Future[None]:
-        """Write one of the server's own copies in the background, in submission order."""
-        return self._writer.submit(self.write, target, data)
+    def relative(self, target: Path) -> tuple[str, ...]:
+        """``target``'s components below the root (a path ``confine`` or ``job_file`` gave)."""
+        return target.relative_to(self.root).parts
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def write(self, target: Path, data: bytes) -> None:
+        """Atomically and durably write ``data`` to ``target`` (inside the root), creating its
+        directories; InputError if the way there or the target is a symlink or a directory."""
+        parts = self.relative(target)
+        with self._directory(parts[:-1], create=True, field=FIELD) as fd:
+            assert fd is not None
+            _check_target(fd, parts[-1], FIELD, OUTSIDE)
+            _replace(fd, parts[-1], data)
+
+    def write_behind(
+        self, target: Path, data: bytes, on_error: Callable[[OSError | InputError], None]
+    ) -> concurrent.futures.Future[None]:
+        """Write one of the server's own copies in the background, in submission order;
+        ``on_error`` runs in the writer thread if the write fails."""
+
+        def write() -> None:
+            try:
+                self.write(target, data)
+            except (OSError, InputError) as exc:
+                on_error(exc)
+
+        return self._writer.submit(write)
 
     def delete_behind(self, target: Path) -> None:
-        self._writer.submit(target.unlink, missing_ok=True)
+        self._writer.submit(self._unlink, target)
 
     def flush(self) -> None:
         """Wait until every write-behind is on disk (on shutdown)."""
@@ -83,35 +109,169 @@ class OutputStore:
     def job_file(self, job_id: str, file_type: str) -> Path:
         return self.jobs_dir / f"{job_id}.{file_type}"
 
-    def write(self, target: Path, data: bytes) -> None:
-        """Atomically write ``data`` to ``target`` (already confined)."""
-        if target.parent == self.jobs_dir:
-            # Our own directory, our own uuid names: no rename dance needed.
-            with open(target, "wb") as f:
-                f.write(data)
-            return
-        # Re-check: a symlink may have appeared since the job was submitted.
-        self.confine(target.relative_to(self.root).as_posix())
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self.confine_dir(target.parent)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    # ---- reading ------------------------------------------------------------------------
+
+    def open(self, target: Path) -> int:
+        """A read-only descriptor of ``target``, refusing symlinks on the way; OSError if gone."""
+        parts = self.relative(target)
+        with self._directory(parts[:-1], create=False, field=FIELD) as fd:
+            if fd is None:
+                raise FileNotFoundError(target)
+            return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
+
+    def read(self, target: Path) -> bytes:
+        with os.fdopen(self.open(target), "rb") as f:
+            return f.read()
+
+    def writable(self) -> str | None:
+        """None when a file can be created in the jobs directory now, else the reason."""
+        probe = self.jobs_dir / f".probe-{secrets.token_hex(4)}"
         try:
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+        return None
 
-    def confine_dir(self, directory: Path) -> None:
-        real = Path(os.path.realpath(directory))
-        if real != self.root and self.root not in real.parents:
-            raise InputError("leads outside the server's output directory", "output_path")
+    # ---- internals ----------------------------------------------------------------------
 
-    def is_inside(self, path: str | os.PathLike[str]) -> bool:
-        real = Path(os.path.realpath(path))
-        return self.root in real.parents
+    @contextlib.contextmanager
+    def _directory(
+        self, parts: tuple[str, ...], *, create: bool, field: str, refusal: str = OUTSIDE
+    ) -> Iterator[int | None]:
+        """A descriptor of root/parts, walked one component at a time without following a
+        symlink (InputError ``refusal`` on one); None when a component does not exist (and
+        ``create`` is False)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        yield None
+                        return
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, dir_fd=fd)
+                    child = _open_child_dir(fd, part, field, refusal)
+                except OSError as exc:
+                    raise _not_a_plain_directory(fd, part, exc, field, refusal) from None
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _unlink(target: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+
+
+def _parts(user_path: str, field: str) -> tuple[str, ...]:
+    if not user_path or "\x00" in user_path:
+        raise InputError("must be a non-empty path without NUL bytes", field)
+    if "\\" in user_path:
+        raise InputError("must use '/' as separator", field)
+    pure = PurePosixPath(user_path)
+    if pure.is_absolute():
+        raise InputError("must be relative to the server's output directory", field)
+    if not pure.parts:
+        raise InputError("must name a file", field)
+    for part in pure.parts:
+        if part == "..":
+            raise InputError("must not contain '..'", field)
+        if part.startswith("."):
+            raise InputError("must not contain hidden path components", field)
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise InputError(f"has a path component longer than {NAME_MAX} bytes", field)
+    return pure.parts
+
+
+def _open_child_dir(fd: int, part: str, field: str, refusal: str) -> int:
+    try:
+        return os.open(part, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        raise _not_a_plain_directory(fd, part, exc, field, refusal) from None
+
+
+def _not_a_plain_directory(fd: int, part: str, exc: OSError, field: str, refusal: str) -> Exception:
+    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+        return exc
+    try:
+        mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+    except OSError:
+        return exc
+    if stat.S_ISLNK(mode):  # O_NOFOLLOW refused it
+        return InputError(refusal, field)
+    return FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))  # a file where a directory goes
+
+
+def _check_target(fd: int, name: str, field: str, refusal: str) -> None:
+    try:
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise InputError(refusal, field)
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError("names a directory", field)
+
+
+def _replace(fd: int, name: str, data: bytes) -> None:
+    tmp = f".tmp-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    out = os.open(tmp, flags, 0o600, dir_fd=fd)
+    try:
+        try:
+            os.fchmod(out, FILE_MODE)  # exactly the usual mode, whatever the umask is now
+            with memoryview(data) as view:
+                written = 0
+                while written < len(view):
+                    written += os.write(out, view[written:])
+            os.fsync(out)
+        finally:
+            os.close(out)
+        # rename replaces a symlink planted at the target itself; it never writes through one.
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=fd)
+        raise
+    os.fsync(fd)
+
+
+class OutputCache:
+    """Recent outputs served from memory, within a budget of bytes in all.
+
+    The oldest go first once the budget is exceeded, but never one whose file is still
+    being written behind (it would have nowhere else to be served from).
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._entries: OrderedDict[str, tuple[bytes, concurrent.futures.Future[None] | None]] = OrderedDict()
+
+    def put(self, job_id: str, data: bytes, written: concurrent.futures.Future[None] | None) -> None:
+        self.forget(job_id)
+        self._entries[job_id] = (data, written)
+        self.size += len(data)
+        while self.size > self.budget and self._entries:
+            oldest, (_, pending) = next(iter(self._entries.items()))
+            if pending is not None and not pending.done():
+                break
+            self.forget(oldest)
+
+    def get(self, job_id: str) -> bytes | None:
+        entry = self._entries.get(job_id)
+        return entry[0] if entry is not None else None
+
+    def forget(self, job_id: str) -> None:
+        entry = self._entries.pop(job_id, None)
+        if entry is not None:
+            self.size -= len(entry[0])
 
 
 def content_type(file_type: str) -> str:

@@ -15,16 +15,21 @@ import types
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pluggy
 
-from . import adapter, hookspecs
+from . import core_plugin, hookspecs
 from .errors import ConfigurationError
 from .hookspecs import PROJECT
+from .legacy import as_predictor
+from .predictor import Predictor
 
 if TYPE_CHECKING:
     from .executor import Executor
-    from .jobs import Job
+    from .jobs import JobService
     from .predictor import JobContext, Output, RankContext
+    from .records import JobRecord
+    from .settings import Settings
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 AUTOLOAD_ENV = "PARA_ATTN_SERVER_DISABLE_PLUGIN_AUTOLOAD"
@@ -38,11 +43,11 @@ class Plugins:
 
     @classmethod
     def load(cls, modules: Iterable[str | types.ModuleType | object] = (), *, autoload: bool | None = None) -> Plugins:
-        """A plugin manager with core's adapter, the entry points (unless disabled) and
+        """A plugin manager with core's built-in plugin, the entry points (unless disabled) and
         ``modules`` (module names, modules or plugin objects)."""
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(hookspecs)
-        pm.register(adapter, name="para_attn_server.adapter")
+        pm.register(core_plugin, name="para_attn_server.core_plugin")
         if autoload is None:
             autoload = not os.environ.get(AUTOLOAD_ENV)
         if autoload:
@@ -67,6 +72,16 @@ class Plugins:
             self._executors = self._collect(self.pm.hook.register_executors, "executor")
         return self._executors
 
+    def settings_sections(self) -> dict[str, type[msgspec.Struct]]:
+        """The settings sections plugins add (``register_settings``), by name."""
+        return self._collect(self.pm.hook.register_settings, "settings section")
+
+    def routes(self, service: JobService, settings: Settings) -> list[Any]:
+        """Route handlers, Controllers, Routers and Litestar plugins that plugins add."""
+        found: list[Any] = []
+        self.pm.hook.register_routes(register=found.append, service=service, settings=settings)
+        return found
+
     def _collect(self, hook: Any, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
 
@@ -78,8 +93,9 @@ class Plugins:
         hook(register=register)
         return found
 
-    def resolve_predictor(self, spec: str) -> object:
-        """An instance of the predictor named by entry-point name or ``module:Class``."""
+    def resolve_predictor(self, spec: str) -> Predictor:
+        """An instance of the predictor named by entry-point name or ``module:Class`` (one
+        written for the original server comes wrapped: ``legacy.as_predictor``)."""
         if ":" in spec:
             module_name, _, attr = spec.partition(":")
             try:
@@ -99,7 +115,7 @@ class Plugins:
         predictor = target() if isinstance(target, type) else target
         if not (callable(getattr(predictor, "predict", None)) and callable(getattr(predictor, "setup", None))):
             raise ConfigurationError(f"{spec!r} is not a predictor: it needs setup() and predict() methods")
-        return predictor
+        return as_predictor(predictor)
 
     def executor(self, name: str) -> type[Executor]:
         executors = self.executors()
@@ -112,22 +128,22 @@ class Plugins:
         return [
             plugin.__name__
             for plugin in self.pm.get_plugins()
-            if isinstance(plugin, types.ModuleType) and plugin is not adapter
+            if isinstance(plugin, types.ModuleType) and plugin is not core_plugin
         ]
 
     # ---- hooks ------------------------------------------------------------------------
 
-    def validate(self, predictor: object, inputs: dict[str, Any]) -> None:
+    def validate(self, predictor: Predictor, inputs: dict[str, Any]) -> None:
         self.pm.hook.validate(predictor=predictor, inputs=inputs)
 
-    def setup(self, predictor: object, context: RankContext) -> None:
+    def setup(self, predictor: Predictor, context: RankContext) -> None:
         self.pm.hook.setup(predictor=predictor, context=context)
 
-    def predict(self, predictor: object, job: JobContext) -> Output | None:
+    def predict(self, predictor: Predictor, job: JobContext) -> Output | None:
         result: Output | None = self.pm.hook.predict(predictor=predictor, job=job)
         return result
 
-    def job_state_changed(self, job: Job) -> None:
+    def job_state_changed(self, job: JobRecord) -> None:
         self.pm.hook.job_state_changed(job=job)
 
     # ---- introspection ----------------------------------------------------------------
@@ -145,7 +161,7 @@ class Plugins:
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
             dist = dists.get(id(plugin))
             module = getattr(plugin, "__name__", type(plugin).__module__)
-            builtin = plugin is adapter
+            builtin = plugin is core_plugin
             rows.append(
                 {
                     "name": name,

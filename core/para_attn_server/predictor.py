@@ -15,10 +15,9 @@ at every step boundary on every rank (or pass ``job.diffusers_callback`` as a di
 pipeline's ``callback_on_step_end``) to report progress and to stop all ranks together at
 the same step when the job is cancelled.
 
-Classes that do not derive from ``Predictor`` are treated as predictors written for the
-original server: ``setup()`` takes no argument and calls ``dist.init_process_group()``,
-``self.pipe`` is the pipeline, ``predict(**kwargs)`` returns ``(base64, file_type)`` on
-rank 0 or writes ``output_path``.
+Classes that do not derive from ``Predictor`` are predictors written for the original
+server; ``legacy.as_predictor`` wraps them in a ``Predictor`` when they are loaded, so the
+rest of the server only ever sees this contract.
 """
 
 from __future__ import annotations
@@ -111,6 +110,24 @@ class JobContext:
 class Predictor:
     """Base class of predictors written for this server (see the module docstring)."""
 
+    #: True when ``setup`` initialises ``torch.distributed`` itself (the original server's
+    #: contract); otherwise the rank initialises it before calling ``setup``.
+    initializes_process_group: bool = False
+    #: True when a cancel must reach ``interrupt`` from a background thread on every rank, for
+    #: a pipeline that cannot call ``job.step`` at its step boundaries.
+    cancel_by_interrupt: bool = False
+    #: True when the original API answers a finished job that named ``output_path`` with
+    #: that path instead of the output's base64 (what the original did for predictors that
+    #: wrote the file themselves).
+    replies_with_output_path: bool = False
+
+    def request_function(self) -> Callable[..., Any]:
+        """The callable whose signature is the request schema: ``predict``."""
+        return self.predict
+
+    def interrupt(self, job_id: str) -> None:
+        """Stop the running job now (only called when ``cancel_by_interrupt`` is True)."""
+
     def configure(self, world_size: int, options: dict[str, str]) -> None:
         """Called first in every process (server and ranks) with the group size and the
         operator's ``--option`` values, so ``validate`` can check world-size limits and a
@@ -122,14 +139,10 @@ class Predictor:
     def validate(self, inputs: dict[str, Any]) -> None:
         """Reject inputs the schema cannot express; raise ``InputError(message, field)``."""
 
-    def predict(self, **inputs: Any) -> Output | None:
-        """Run one job on this rank; rank 0 returns the output."""
+    def predict(self, *args: Any, **inputs: Any) -> Output | None:
+        """Run one job on this rank; rank 0 returns the output. Subclasses declare their
+        request fields as keyword parameters (``(*args, **inputs)`` lets them, for mypy)."""
         raise NotImplementedError
-
-
-def is_legacy(predictor: object) -> bool:
-    """True for a predictor written for the original server (not a ``Predictor``)."""
-    return not isinstance(predictor, Predictor)
 
 
 _current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("para_attn_job")
@@ -159,5 +172,4 @@ __all__ = [
     "Predictor",
     "RankContext",
     "current_job",
-    "is_legacy",
 ]

@@ -53,10 +53,8 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     rank: int
     status: JobStatus
     error: str | None = None
-    # Only rank 0 carries the output: bytes, or the path a legacy predictor wrote itself.
-    output: bytes | None = None
+    output: bytes | None = None  # only rank 0 carries the output
     file_type: str | None = None
-    written_path: str | None = None
 
 
 RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | JobEnded

@@ -28,11 +28,11 @@ import msgspec
 import torch
 import torch.distributed as dist
 
-from .adapter import install_step_callback
 from .errors import JobCancelled
-from .executor import RankSpec
+from .executor import RANK_SPEC_ENV, RankSpec
+from .legacy import as_predictor
 from .plugins import Plugins
-from .predictor import JobContext, RankContext, is_legacy, running
+from .predictor import JobContext, Output, RankContext, running
 from .protocol import (
     CancelJob,
     Heartbeat,
@@ -48,7 +48,7 @@ from .protocol import (
     encode_frame,
     recv_server_message,
 )
-from .schema import OUTPUT_PATH, InputSchema
+from .schema import InputSchema
 
 log = logging.getLogger("para_attn_server.rank")
 
@@ -67,9 +67,9 @@ class ControlLink:
 
     Rank 0 reads the connection on its main thread: while idle it waits on the socket
     itself, and at each step boundary it polls for a cancel without blocking, so a job
-    reaches it without a thread hand-off. Only a predictor whose pipeline takes no step
-    callback (stopped through ``pipe._interrupt``, as the original did) needs the
-    background reader, which applies a cancel the moment it arrives, on every rank.
+    reaches it without a thread hand-off. Only a predictor that is cancelled by interrupt
+    (``Predictor.cancel_by_interrupt``) needs the background reader, which applies a
+    cancel the moment it arrives, on every rank.
     """
 
     def __init__(self, spec: RankSpec, rank: int) -> None:
@@ -83,7 +83,8 @@ class ControlLink:
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.send(Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname()))
-        threading.Thread(target=self._beat, args=(spec.heartbeat_interval,), name="heartbeat", daemon=True).start()
+        beat = threading.Thread(target=self._beat, args=(spec.settings.heartbeat_interval,), daemon=True)
+        beat.start()
 
     def send(self, message: RankMessage) -> None:
         frame = encode_frame(message)
@@ -171,24 +172,20 @@ class RankWorker:
         self.link = link
         self.plugins = Plugins.load(spec.plugins, autoload=False)
         if spec.predictor_pickle is not None:
-            self.predictor = pickle.loads(spec.predictor_pickle)
+            self.predictor = as_predictor(pickle.loads(spec.predictor_pickle))
         else:
             assert spec.predictor is not None
             self.predictor = self.plugins.resolve_predictor(spec.predictor)
         self.schema = InputSchema(self.predictor)
-        self.legacy = is_legacy(self.predictor)
-        configure = getattr(self.predictor, "configure", None)
-        if callable(configure) and not self.legacy:
-            configure(spec.world_size, dict(spec.options))
-        self.step_hook_installed = True
+        self.predictor.configure(spec.world_size, dict(spec.options))
         self.control: Any = None
-        self.interrupted: str | None = None
 
     # ---- setup ------------------------------------------------------------------------
 
     def setup(self) -> None:
         if torch.cuda.is_available():
-            device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            index = (self.spec.device_offset + self.local_rank) % torch.cuda.device_count()
+            device = torch.device("cuda", index)
             torch.cuda.set_device(device)
         else:
             device = torch.device("cpu")
@@ -200,43 +197,29 @@ class RankWorker:
         if self.spec.master_addr is not None:
             os.environ["MASTER_ADDR"] = self.spec.master_addr
             os.environ["MASTER_PORT"] = str(self.spec.master_port)
-        # A predictor written for the original server initialises the group itself.
-        if not self.legacy:
+        if not self.predictor.initializes_process_group:
             self._init_process_group(device)
         context = RankContext(self.rank, self.world_size, self.local_rank, device, dict(self.spec.options))
         self.plugins.setup(self.predictor, context)
         if not dist.is_initialized():
             self._init_process_group(device)
+        timeout = timedelta(seconds=self.spec.settings.collective_timeout)
         # Our own gloo group with our own timeout carries jobs, keep-alives and decisions.
-        self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.spec.collective_timeout))
-        if self.legacy:
-            pipe = getattr(self.predictor, "pipe", None)
-            self.step_hook_installed = pipe is not None and install_step_callback(pipe)
-            if not self.step_hook_installed:
-                self.link.start_reader(self._interrupt_legacy_pipe)
+        self.control = dist.new_group(backend="gloo", timeout=timeout)
+        if self.predictor.cancel_by_interrupt:
+            self.link.start_reader(self.predictor.interrupt)
 
     def _init_process_group(self, device: torch.device) -> None:
-        backend = self.spec.backend or ("nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(
-            backend,
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=timedelta(seconds=self.spec.collective_timeout),
-        )
-
-    def _interrupt_legacy_pipe(self, job_id: str) -> None:
-        # The original's mechanism, for pipelines that take no step callback.
-        pipe = getattr(self.predictor, "pipe", None)
-        if pipe is not None:
-            pipe._interrupt = True
-            self.interrupted = job_id
+        backend = self.spec.settings.backend or ("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=self.spec.settings.collective_timeout)
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=timeout)
 
     # ---- job loop ---------------------------------------------------------------------
 
     def serve(self) -> None:
         while True:
             if self.rank == 0:
-                message = self.link.receive(self.spec.keepalive_interval)
+                message = self.link.receive(self.spec.settings.keepalive_interval)
                 if message is None:
                     self._broadcast(PING)
                     continue
@@ -288,25 +271,7 @@ class RankWorker:
             )
             with running(job):
                 output = self.plugins.predict(self.predictor, job)
-            if self.interrupted == job_id:
-                ended = JobEnded(job_id, self.rank, "cancelled")
-            elif self.rank != 0:
-                ended = JobEnded(job_id, self.rank, "succeeded")
-            elif output is not None:
-                if len(output.data) > self.spec.max_output_bytes:
-                    ended = JobEnded(
-                        job_id,
-                        0,
-                        "failed",
-                        error=f"output too large: {len(output.data)} bytes exceeds the limit of "
-                        f"{self.spec.max_output_bytes} bytes",
-                    )
-                else:
-                    ended = JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type)
-            elif self.schema.predict_writes_output_path and inputs.get(OUTPUT_PATH):
-                ended = JobEnded(job_id, 0, "succeeded", written_path=inputs[OUTPUT_PATH])
-            else:
-                ended = JobEnded(job_id, 0, "failed", error="predict returned no output on rank 0")
+            ended = self._ended(job_id, output)
         except JobCancelled:
             ended = JobEnded(job_id, self.rank, "cancelled")
         except Exception as exc:
@@ -314,9 +279,18 @@ class RankWorker:
             ended = JobEnded(job_id, self.rank, "failed", error=f"rank {self.rank}: {describe(exc)}")
         finally:
             self.link.cancelled.discard(job_id)
-            if self.interrupted == job_id:
-                self.interrupted = None
         self.link.send(ended)
+
+    def _ended(self, job_id: str, output: Output | None) -> JobEnded:
+        if self.rank != 0:
+            return JobEnded(job_id, self.rank, "succeeded")
+        if output is None:
+            return JobEnded(job_id, 0, "failed", error="predict returned no output on rank 0")
+        limit = self.spec.settings.max_output_bytes
+        if len(output.data) > limit:
+            error = f"output too large: {len(output.data)} bytes exceeds the limit of {limit} bytes"
+            return JobEnded(job_id, 0, "failed", error=error)
+        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type)
 
     def _decider(self, job_id: str) -> Any:
         link, rank, world_size = self.link, self.rank, self.world_size
@@ -363,7 +337,7 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
 
 def torchrun_main() -> None:
     """``python -m para_attn_server.rank`` under torchrun: the spec comes in the environment."""
-    spec = msgspec.json.decode(os.environ["PARA_ATTN_SERVER_RANK_SPEC"], type=RankSpec)
+    spec = RankSpec.from_env(os.environ[RANK_SPEC_ENV])
     main(spec, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
 
 

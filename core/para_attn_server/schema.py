@@ -36,7 +36,8 @@ class InputSchema:
     """The request type of one predictor and how its fields map onto ``predict``."""
 
     def __init__(self, predictor: object) -> None:
-        predict = getattr(predictor, "predict", None)
+        source = getattr(predictor, "request_function", None)
+        predict = source() if callable(source) else getattr(predictor, "predict", None)
         if not callable(predict):
             raise TypeError(f"{type(predictor).__name__} has no predict method")
         signature = inspect.signature(predict)
@@ -55,7 +56,10 @@ class InputSchema:
                 continue
             self.predict_params.add(name)
             annotation = hints.get(name, Any)
-            if param.default is inspect.Parameter.empty:
+            if name == OUTPUT_PATH:
+                # Whatever predict declares, the server confines this path before anything runs.
+                fields.append((name, OutputPathField, None))
+            elif param.default is inspect.Parameter.empty:
                 fields.append((name, annotation))
             elif isinstance(param.default, list | dict | set):
                 default = param.default
@@ -63,20 +67,16 @@ class InputSchema:
                 fields.append((name, annotation, msgspec.field(default_factory=factory)))
             else:
                 fields.append((name, annotation, param.default))
-        if OUTPUT_PATH not in self.predict_params:
+        self.predict_takes_output_path = OUTPUT_PATH in self.predict_params
+        if not self.predict_takes_output_path:
             fields.append((OUTPUT_PATH, OutputPathField, None))
         self.type: type[msgspec.Struct] = msgspec.defstruct(
-            f"{type(predictor).__name__}Input",
+            f"{type(getattr(predict, '__self__', predictor)).__name__}Input",
             fields,
             kw_only=True,
             forbid_unknown_fields=not self.accepts_extra,
         )
         self._decoder = msgspec.json.Decoder(self.type)
-
-    @property
-    def predict_writes_output_path(self) -> bool:
-        """True when ``predict`` itself takes ``output_path`` (the original's contract)."""
-        return OUTPUT_PATH in self.predict_params
 
     def decode_json(self, body: bytes) -> dict[str, Any]:
         """Decode and check a JSON body; raises ``msgspec.ValidationError`` naming the field."""
@@ -102,7 +102,7 @@ class InputSchema:
         """The subset of ``inputs`` that ``predict`` accepts (drops the server's own fields)."""
         if self.accepts_extra:
             kwargs = dict(inputs)
-            if not self.predict_writes_output_path:
+            if not self.predict_takes_output_path:
                 kwargs.pop(OUTPUT_PATH, None)
             return kwargs
         return {k: v for k, v in inputs.items() if k in self.predict_params}

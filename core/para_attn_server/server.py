@@ -1,4 +1,4 @@
-"""``ParaAttentionServer``: wires plugins, worker group, job service and HTTP together.
+"""``ParaAttentionServer``: wires plugins, worker groups, job service and HTTP together.
 
 ``ParaAttentionServer(predictor, host, port, num_devices).run()`` is the original server's
 Python entry and still works; every other setting is a keyword with a safe default.
@@ -14,20 +14,24 @@ import pickle
 import signal
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any
 
+import msgspec
 import uvicorn
 
-from .app import create_app
+from . import settings as settings_tree
 from .errors import ConfigurationError
-from .group import GroupSettings, WorkerGroup
-from .jobs import JobService, ServiceSettings
+from .executor import RankSpec
+from .group import WorkerGroup
+from .http import create_app
+from .jobs import JobService
 from .journal import JobJournal
+from .legacy import as_predictor
 from .outputs import OutputStore
 from .plugins import Plugins
-from .predictor import is_legacy
+from .predictor import Predictor
 from .schema import InputSchema
+from .settings import Settings
 
 log = logging.getLogger("para_attn_server")
 
@@ -38,40 +42,10 @@ def default_num_devices() -> int:
     return torch.cuda.device_count() or 1
 
 
-@dataclass
-class ServerConfig:
-    """Every server setting; the CLI's options map one to one onto these fields."""
-
-    model: str = "tiny"
-    host: str = "127.0.0.1"
-    port: int = 5000
-    num_devices: int | None = None  # None: every CUDA device, or 1 without CUDA
-    executor: str = "multiprocessing"
-    backend: str | None = None
-    output_dir: str = "outputs"
-    max_queue: int = 64
-    job_timeout: float | None = 3600.0  # a hung job restarts the group after an hour; None: never
-    result_ttl: float = 3600.0
-    setup_timeout: float = 1800.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 30.0
-    keepalive_interval: float = 30.0
-    collective_timeout: float = 1800.0
-    cancel_grace: float = 10.0
-    error_grace: float = 3.0
-    drain_timeout: float = 30.0
-    max_output_bytes: int = 1 << 30
-    output_memory_bytes: int = 512 * 1024 * 1024
-    api_key: str | None = None  # also $PARA_ATTN_SERVER_API_KEY
-    max_body_bytes: int = 10 * 1024 * 1024
-    model_path: str | None = None  # also $PARA_ATTN_MODEL_PATH; the predictor's "model_path" option
-    options: dict[str, str] = field(default_factory=dict)
-    plugins: list[str] = field(default_factory=list)
-    executor_options: dict[str, str] = field(default_factory=dict)
-    log_level: str = "INFO"
-
-
 class ParaAttentionServer:
+    """The server. The original's four positional arguments work as before; every other
+    setting (``settings.py``) is a keyword: ``output_dir=...``, ``max_queue=...``."""
+
     def __init__(
         self,
         predictor: object | str = "tiny",
@@ -81,26 +55,25 @@ class ParaAttentionServer:
         log_level: int | str = "INFO",
         **settings: Any,
     ) -> None:
-        known = {f.name for f in fields(ServerConfig)}
-        unknown = set(settings) - known
-        if unknown:
-            raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
-        level = logging.getLevelName(log_level) if isinstance(log_level, int) else log_level.upper()
+        level = logging.getLevelName(log_level) if isinstance(log_level, int) else log_level
+        values = {"host": host, "port": port, "num_devices": num_devices, "log_level": level, **settings}
+        if isinstance(predictor, str):
+            values["model"] = predictor
+        sections = Plugins.load(values.get("plugins", [])).settings_sections()
         self.predictor = predictor
-        self.config = ServerConfig(
-            model=predictor if isinstance(predictor, str) else "",
-            host=host,
-            port=port,
-            num_devices=num_devices,
-            log_level=level,
-            **settings,
-        )
+        self.settings = settings_tree.build(values, sections)
         self.port: int | None = None  # the bound port, once listening
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ParaAttentionServer:
+        server = cls.__new__(cls)
+        server.predictor, server.settings, server.port = settings.model.model, settings, None
+        return server
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (then drain and return). Raises ``SetupError`` when
         the ranks fail their first setup, ``ConfigurationError`` for a bad setting."""
-        logging.basicConfig(level=self.config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.basicConfig(level=self.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         try:
             import uvloop
 
@@ -111,60 +84,38 @@ class ParaAttentionServer:
             runner.run(self.serve())
 
     async def serve(self) -> None:
-        config = self.config
-        plugins = Plugins.load(config.plugins)
-        if isinstance(self.predictor, str):
-            predictor = plugins.resolve_predictor(self.predictor)
-            predictor_pickle = None
-        else:
-            predictor = self.predictor
-            predictor_pickle = pickle.dumps(predictor)
-        schema = InputSchema(predictor)
-        num_devices = config.num_devices or default_num_devices()
-        if num_devices < 1:
-            raise ConfigurationError("--num-devices must be at least 1")
-        options = predictor_options(config)
-        configure = getattr(predictor, "configure", None)
-        if callable(configure) and not is_legacy(predictor):
-            configure(num_devices, options)
-        executor = plugins.executor(config.executor)(num_devices, dict(config.executor_options))
-        group = WorkerGroup(
-            executor,
-            _settings(
-                GroupSettings,
-                config,
-                world_size=num_devices,
-                predictor=config.model or None,
-                predictor_pickle=predictor_pickle,
-                plugins=plugins.module_names(),
-                options=options,
-            ),
-        )
-        store = OutputStore(config.output_dir)
+        settings = self.settings
+        plugins = Plugins.load(settings.model.plugins)
+        settings_tree.check_unique(plugins.settings_sections())
+        predictor, predictor_pickle = self._predictor(plugins)
+        groups = self._groups(plugins, predictor, predictor_pickle)
+        store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
-        service = JobService(group, store, plugins, predictor, schema, _settings(ServiceSettings, config), journal)
+        service = JobService(groups, store, plugins, predictor, InputSchema(predictor), settings.jobs, journal)
         recovered = service.recover()
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
         journal.start()
-        sock = _bind(config.host, config.port)
+        sock = _bind(settings.http.host, settings.http.port)
         self.port = sock.getsockname()[1]
+        app = create_app(
+            service,
+            api_key=settings.http.api_key,
+            max_body_bytes=settings.http.max_body_bytes,
+            extra_routes=plugins.routes(service, settings),
+        )
         http = _HttpServer(
             uvicorn.Config(
-                create_app(
-                    service,
-                    api_key=config.api_key or os.environ.get(API_KEY_ENV) or None,
-                    max_body_bytes=config.max_body_bytes,
-                ),
-                log_level=config.log_level.lower(),
+                app,
+                log_level=settings.log_level.lower(),
                 access_log=False,
-                lifespan="off",
+                lifespan="on",
                 timeout_graceful_shutdown=5,
             )
         )
-        await group.open()
+        await asyncio.gather(*(group.open() for group in groups))
         http_task = asyncio.create_task(http.serve(sockets=[sock]))
-        log.info("para-attn-server listening on http://%s:%d", config.host, self.port)
+        log.info("para-attn-server listening on http://%s:%d", settings.http.host, self.port)
         try:
             start_task = asyncio.create_task(service.start())
             await asyncio.wait({start_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,39 +123,60 @@ class ParaAttentionServer:
                 start_task.cancel()
                 return
             start_task.result()  # raises SetupError
-            log.info("ready: %d rank(s) of %r", num_devices, config.model or type(predictor).__name__)
+            ranks = sum(group.world_size for group in groups)
+            log.info("ready: %d rank(s) of %r%s", ranks, settings.model.model or repr(predictor), _layout(groups))
             http.on_signal = lambda: asyncio.ensure_future(_drain_then_exit(service, http))
             await http_task
         finally:
             http.should_exit = True
             if not http_task.done():
                 await http_task
-            await group.stop()
+            await asyncio.gather(*(group.stop() for group in groups))
             await asyncio.to_thread(store.flush)
             await journal.close()
 
+    def _predictor(self, plugins: Plugins) -> tuple[Predictor, bytes | None]:
+        if isinstance(self.predictor, str):
+            return plugins.resolve_predictor(self.predictor), None
+        predictor = as_predictor(self.predictor)
+        return predictor, pickle.dumps(predictor)
 
-_T = TypeVar("_T")
+    def _groups(self, plugins: Plugins, predictor: Predictor, predictor_pickle: bytes | None) -> list[WorkerGroup]:
+        settings = self.settings
+        num_devices = settings.group.num_devices or default_num_devices()
+        size = settings.group.group_size or num_devices
+        if num_devices % size:
+            raise ConfigurationError(f"--num-devices {num_devices} is not a multiple of --group-size {size}")
+        executor = plugins.executor(settings.group.executor)
+        executor_options = executor.parse_options(settings.group.executor_options)
+        options = settings.model.predictor_options()
+        predictor.configure(size, options)
+        spec = RankSpec(
+            world_size=size,
+            control_host=settings.group.control_host,
+            control_port=0,
+            token="",
+            generation=0,
+            predictor=settings.model.model if predictor_pickle is None else None,
+            predictor_pickle=predictor_pickle,
+            plugins=plugins.module_names(),
+            options=options,
+            settings=settings.rank,
+            log_level=settings.log_level,
+        )
+        return [
+            WorkerGroup(
+                index,
+                executor(size, executor_options),
+                settings.group,
+                msgspec.structs.replace(spec, group=index, device_offset=index * size),
+            )
+            for index in range(num_devices // size)
+        ]
 
 
-def _settings(cls: type[_T], config: ServerConfig, **values: Any) -> _T:
-    """A layer's settings dataclass, taking each field it shares with the config."""
-    shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}  # type: ignore[arg-type]
-    return cls(**{**shared, **values})
-
-
-MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
-API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"
-
-
-def predictor_options(config: ServerConfig) -> dict[str, str]:
-    """``--option`` values, with ``--model-path`` (or its environment variable) as
-    ``model_path``."""
-    options = dict(config.options)
-    model_path = config.model_path or os.environ.get(MODEL_PATH_ENV)
-    if model_path:
-        options.setdefault("model_path", model_path)
-    return options
+def _layout(groups: list[WorkerGroup]) -> str:
+    return "" if len(groups) == 1 else f" in {len(groups)} groups of {groups[0].world_size}"
 
 
 async def _drain_then_exit(service: JobService, http: uvicorn.Server) -> None:

@@ -12,6 +12,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import socket
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 import msgspec
@@ -50,7 +51,7 @@ def _join_all(processes: list[BaseProcess]) -> None:
 
 
 class MultiprocessingExecutor(Executor):
-    def __init__(self, num_ranks: int, options: dict[str, str]) -> None:
+    def __init__(self, num_ranks: int, options: msgspec.Struct) -> None:
         super().__init__(num_ranks, options)
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess] = []
@@ -112,5 +113,5 @@ class MultiprocessingExecutor(Executor):
 
 
 @hookimpl
-def register_executors(register: object) -> None:
-    register("multiprocessing", MultiprocessingExecutor)  # type: ignore[operator]
+def register_executors(register: Callable[[str, type[Executor]], None]) -> None:
+    register("multiprocessing", MultiprocessingExecutor)

@@ -19,23 +19,27 @@ from collections.abc import Callable
 import msgspec
 
 from para_attn_server import hookimpl
-from para_attn_server.executor import Executor, RankSpec
+from para_attn_server.executor import RANK_SPEC_ENV, Executor, RankSpec
 
-SPEC_ENV = "PARA_ATTN_SERVER_RANK_SPEC"
+
+class TorchrunOptions(msgspec.Struct, forbid_unknown_fields=True):
+    rdzv_endpoint: str | None = None  # HOST:PORT of a c10d rendezvous; None: standalone
 
 
 class TorchrunExecutor(Executor):
+    Options = TorchrunOptions
     _process: asyncio.subprocess.Process | None = None
 
     async def launch(self, spec: RankSpec) -> None:
         # torchrun provides the rendezvous; the spec must not override it.
         spec = msgspec.structs.replace(spec, master_addr=None, master_port=None)
-        endpoint = self.options.get("rdzv_endpoint")
+        assert isinstance(self.options, TorchrunOptions)
+        endpoint = self.options.rdzv_endpoint
         rendezvous = ["--standalone"] if not endpoint else ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "torch.distributed.run", *rendezvous,
             f"--nproc-per-node={self.num_ranks}", "--max-restarts=0", "--module", "para_attn_server.rank",
-            env={**os.environ, SPEC_ENV: msgspec.json.encode(spec).decode()},
+            env={**os.environ, RANK_SPEC_ENV: spec.to_env()},
             start_new_session=True,  # one process group: terminate() reaches every rank
         )  # fmt: skip
 

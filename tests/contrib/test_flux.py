@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CLI, Server, server_env
-from tests.contrib.conftest import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
+from para_attn_server.testing import CLI, Server, server_env
+from tests.contrib.support import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
 
 pytestmark = pytest.mark.timeout(240)
 

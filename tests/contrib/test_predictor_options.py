@@ -17,7 +17,7 @@ from para_attn_predictors.flux import FluxPredictor
 from para_attn_predictors.wan import WanPredictor
 from para_attn_server import JobCancelled, RankContext
 from para_attn_server.predictor import JobContext, running
-from tests.contrib.conftest import npy
+from tests.contrib.support import npy
 
 pytestmark = pytest.mark.timeout(120)
 

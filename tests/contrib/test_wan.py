@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import Server
-from tests.contrib.conftest import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
+from para_attn_server.testing import Server
+from tests.contrib.support import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
 
 pytestmark = pytest.mark.timeout(240)
 

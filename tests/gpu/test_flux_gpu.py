@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import Server
-from tests.contrib.conftest import cli_options, npy
+from para_attn_server.testing import Server
+from tests.contrib.support import cli_options, npy
 
 pytestmark = [
     pytest.mark.gpu,

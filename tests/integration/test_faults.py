@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, pid_gone
+from para_attn_server.testing import Server, pid_gone
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, b64decode
+from para_attn_server.testing import Server, b64decode
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -155,7 +155,7 @@ def test_metrics_count_submitted_and_finished_jobs(tiny_server: Server) -> None:
     tiny_server.run(prompt="counted")
     assert metric(tiny_server, "para_attn_jobs_submitted_total") == submitted + 1
     assert metric(tiny_server, 'para_attn_jobs_finished_total{state="succeeded"}') == succeeded + 1
-    assert metric(tiny_server, "para_attn_group_ready") == 1
+    assert metric(tiny_server, 'para_attn_group_ready{group="0"}') == 1
 
 
 def test_server_status_shows_every_rank(tiny_server: Server) -> None:

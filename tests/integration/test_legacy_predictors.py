@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.conftest import Server
+from para_attn_server.testing import Server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import Server
+from para_attn_server.testing import Server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
+from para_attn_server.testing import Server
 
 pytestmark = pytest.mark.timeout(180)
 

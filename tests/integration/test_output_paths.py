@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, b64decode
+from para_attn_server.testing import Server, b64decode
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import Server, server_env
+from para_attn_server.testing import Server, server_env
 
 pytestmark = pytest.mark.timeout(180)
 

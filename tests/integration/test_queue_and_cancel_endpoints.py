@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server
+from para_attn_server.testing import Server
 
 pytestmark = pytest.mark.timeout(180)
 

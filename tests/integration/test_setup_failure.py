@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, Server, server_env
+from para_attn_server.testing import CLI, Server, server_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,56 +1,14 @@
-"""What the reliability suite shares: the report it writes, and times read from the
-server's own log lines (so a recovery is measured by the server's clock, not the test's)."""
+"""Fixtures of the reliability suite: the report every test adds its measurements to,
+written when the session ends (see support.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Server
-
-REPORT_NAME = "reliability-report"
-STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
-
-
-class Report:
-    """Rows per section, written as JSON and as markdown tables when the session ends."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.sections: dict[str, list[dict[str, Any]]] = {}
-
-    def add(self, section: str, **row: Any) -> None:
-        self.sections.setdefault(section, []).append(row)
-
-    def markdown(self) -> str:
-        parts = []
-        for section, rows in self.sections.items():
-            columns = list(dict.fromkeys(key for row in rows for key in row))
-            lines = [f"### {section}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            for row in rows:
-                cells = [str(row.get(column, "")).replace("|", "\\|").replace("\n", " ") for column in columns]
-                lines.append("| " + " | ".join(cells) + " |")
-            parts.append("\n".join(lines))
-        return "\n\n".join(parts) + "\n"
-
-    def write(self) -> list[Path]:
-        targets = [self.directory]
-        if extra := os.environ.get("PARA_ATTN_RELIABILITY_REPORT"):
-            targets.append(Path(extra))
-        written = []
-        for directory in targets:
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / f"{REPORT_NAME}.json").write_text(json.dumps(self.sections, indent=2) + "\n")
-            (directory / f"{REPORT_NAME}.md").write_text(self.markdown())
-            written.append(directory / f"{REPORT_NAME}.md")
-        return written
-
+from tests.reliability.support import Report
 
 _report_key = pytest.StashKey[Report]()
 
@@ -80,30 +38,3 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write(report.markdown())
     for path in config.stash.get(_written_key, []):
         terminalreporter.write_line(f"written to {path} (and .json)")
-
-
-# ---- the server's log -------------------------------------------------------------------
-
-
-def log_time(line: str) -> float:
-    """The epoch time of a log line (its asctime is local time, to the millisecond)."""
-    match = STAMP.search(line)
-    assert match, f"no timestamp in {line!r}"
-    return datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(match[2]) / 1000
-
-
-def generation(server: Server) -> int:
-    """The newest worker group generation the server has started."""
-    started = re.findall(r"worker group generation (\d+) starting", server.log.text)
-    assert started, server.log.tail()
-    return int(started[-1])
-
-
-def generation_span(server: Server, number: int, timeout: float = 120) -> tuple[float, float, str]:
-    """(started, ended, how) of one generation's setup: it ended "ready" or with a "fault"."""
-    pattern = rf"worker group generation {number} (starting|ready|fault)"
-    server.log.wait_for(rf"worker group generation {number} (ready|fault)", timeout)
-    lines = [line for line in server.log.lines if re.search(pattern, line)]
-    started = next(log_time(line) for line in lines if "starting" in line)
-    end = next(line for line in lines if re.search(rf"generation {number} (ready|fault)", line))
-    return started, log_time(end), "ready" if " ready" in end else "fault"

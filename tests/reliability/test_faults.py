@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server, pid_gone
-from tests.reliability.conftest import Report, generation, generation_span
+from para_attn_server.testing import Server, pid_gone
+from tests.reliability.support import Report, generation, generation_span
 
 pytestmark = pytest.mark.timeout(300)
 

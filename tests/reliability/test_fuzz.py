@@ -31,8 +31,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, Server, server_env
-from tests.reliability.conftest import Report
+from para_attn_server.testing import Server, server_env
+from tests import REPO
+from tests.reliability.support import Report
 
 pytestmark = pytest.mark.timeout(300)
 

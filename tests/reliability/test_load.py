@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import Server
-from tests.reliability.conftest import Report
+from para_attn_server.testing import Server
+from tests.reliability.support import Report
 
 pytestmark = pytest.mark.timeout(300)
 

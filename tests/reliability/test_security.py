@@ -20,7 +20,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import REPO, Server, pid_gone
+from para_attn_server.testing import Server, pid_gone
+from tests import REPO
 
 pytestmark = pytest.mark.timeout(180)
 

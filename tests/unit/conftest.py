@@ -3,18 +3,18 @@ entry points, and a job service over a fake worker group (see fakes.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
-from para_attn_server.jobs import JobService, ServiceSettings
+from para_attn_server.jobs import JobService
+from para_attn_server.legacy import as_predictor
 from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins
 from para_attn_server.schema import InputSchema
+from para_attn_server.settings import JobSettings
 
-from .fakes import EchoPredictor, FakeGroup
-
-MakeService = Callable[..., Awaitable[JobService]]
+from .fakes import EchoPredictor, FakeGroup, MakeService
 
 
 @pytest.fixture
@@ -38,21 +38,21 @@ def group() -> FakeGroup:
 
 
 @pytest.fixture
-def settings() -> ServiceSettings:
+def settings() -> JobSettings:
     # restart_backoff=0: a failed restart is retried at once instead of after a second.
-    return ServiceSettings(max_queue=4, restart_backoff=0.0)
+    return JobSettings(max_queue=4, restart_backoff=0.0, job_timeout=None)
 
 
 @pytest.fixture
 async def make_service(
-    group: FakeGroup, store: OutputStore, plugins: Plugins, settings: ServiceSettings
+    group: FakeGroup, store: OutputStore, plugins: Plugins, settings: JobSettings
 ) -> AsyncIterator[MakeService]:
     """``await make_service(predictor=None, start=True)``: a JobService over ``group``."""
     made: list[JobService] = []
 
     async def make(predictor: object | None = None, *, start: bool = True) -> JobService:
-        predictor = predictor if predictor is not None else EchoPredictor()
-        service = JobService(group, store, plugins, predictor, InputSchema(predictor), settings)  # type: ignore[arg-type]
+        predictor = as_predictor(predictor if predictor is not None else EchoPredictor())
+        service = JobService([group], store, plugins, predictor, InputSchema(predictor), settings)
         made.append(service)
         if start:
             await service.start()

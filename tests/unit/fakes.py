@@ -15,7 +15,10 @@ import msgspec
 
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
 from para_attn_server.errors import SetupError
-from para_attn_server.group import GroupSettings, JobOutcome
+from para_attn_server.group import JobOutcome
+from para_attn_server.jobs import JobService
+from para_attn_server.settings import GroupSettings
+from para_attn_server.views import GroupStatus, RankRow
 
 # ---- predictors -------------------------------------------------------------------------
 
@@ -74,6 +77,8 @@ def register_predictors(register: Callable[[str, type[Any]], None]) -> None:
 
 # ---- worker group -----------------------------------------------------------------------
 
+MakeService = Callable[..., Awaitable[JobService]]  # the make_service fixture
+
 T = TypeVar("T")
 # Every wait on the code under test has this deadline, so a regression fails the test with a
 # traceback instead of hanging the run. It bounds a wait; no test asserts on how long one took.
@@ -113,10 +118,13 @@ class FakeGroup:
     - ``start_called`` is set whenever ``start()`` is entered.
     """
 
-    def __init__(self, *, cancel_grace: float = 5.0, stop_on_cancel: bool = True) -> None:
-        self.settings = GroupSettings(world_size=2, cancel_grace=cancel_grace)
+    def __init__(self, *, cancel_grace: float = 5.0, stop_on_cancel: bool = True, index: int = 0) -> None:
+        self.index = index
+        self.world_size = 2
+        self.settings = GroupSettings(cancel_grace=cancel_grace)
         self.stop_on_cancel = stop_on_cancel
         self.ready = False
+        self.restarts = 0
         self.last_fault: str | None = None
         self.starts = 0
         self.stops = 0
@@ -184,6 +192,10 @@ class FakeGroup:
         if self.current is not None and not self.current.outcome.done():
             self.current.finish(JobOutcome("failed", error=reason))
 
-    def rank_status(self) -> list[dict[str, Any]]:
+    def rank_rows(self) -> list[RankRow]:
         state = "ready" if self.ready else "starting"
-        return [{"rank": rank, "state": state} for rank in range(self.settings.world_size)]
+        return [RankRow(rank, self.index, None, None, state, None) for rank in range(self.world_size)]
+
+    def status(self) -> GroupStatus:
+        busy = self.current is not None
+        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows())

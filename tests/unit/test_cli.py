@@ -1,9 +1,10 @@
-"""cli: the ``para-attn-server`` command's options map onto ServerConfig, and ``plugins``
+"""cli: the ``para-attn-server`` command's flags map onto the settings tree, and ``plugins``
 prints what is installed."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,28 +12,31 @@ import pytest
 from para_attn_server import cli
 from para_attn_server.errors import ConfigurationError, SetupError
 from para_attn_server.plugins import AUTOLOAD_ENV, version
-from para_attn_server.server import ParaAttentionServer, ServerConfig
+from para_attn_server.server import ParaAttentionServer
+from para_attn_server.settings import API_KEY_ENV, MODEL_PATH_ENV, Settings
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[ServerConfig]:
-    """The config of every server the CLI runs; nothing is started."""
-    configs: list[ServerConfig] = []
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """The settings of every server the CLI runs; nothing is started."""
+    configs: list[Settings] = []
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    monkeypatch.delenv(MODEL_PATH_ENV, raising=False)
 
     def run(self: ParaAttentionServer) -> None:
-        configs.append(self.config)
+        configs.append(self.settings)
 
     monkeypatch.setattr(ParaAttentionServer, "run", run)
     return configs
 
 
-def test_no_options_give_the_config_defaults(served: list[ServerConfig]) -> None:
+def test_no_options_give_the_config_defaults(served: list[Settings]) -> None:
     assert cli.main([]) == 0
 
-    assert served == [ServerConfig()]
+    assert served == [Settings()]
 
 
-def test_options_map_onto_config_fields(served: list[ServerConfig]) -> None:
+def test_options_map_onto_config_fields(served: list[Settings]) -> None:
     cli.main(
         [
             "--model", "my_package.models:Flux",
@@ -52,30 +56,34 @@ def test_options_map_onto_config_fields(served: list[ServerConfig]) -> None:
     )  # fmt: skip
 
     (config,) = served
-    assert (config.model, config.host, config.port, config.num_devices) == ("my_package.models:Flux", "0.0.0.0", 0, 2)
-    assert (config.executor, config.backend, config.output_dir) == ("torchrun", "gloo", "/srv/out")
-    assert (config.max_queue, config.job_timeout, config.result_ttl) == (3, 90.0, 60.0)
-    assert (config.cancel_grace, config.max_output_bytes, config.log_level) == (2.5, 1000, "DEBUG")
+    model, http, jobs, group, rank = config.model, config.http, config.jobs, config.group, config.rank
+    assert (model.model, http.host, http.port, group.num_devices) == ("my_package.models:Flux", "0.0.0.0", 0, 2)
+    assert (group.executor, rank.backend, jobs.output_dir) == ("torchrun", "gloo", "/srv/out")
+    assert (jobs.max_queue, jobs.job_timeout, jobs.result_ttl) == (3, 90.0, 60.0)
+    assert (group.cancel_grace, rank.max_output_bytes, config.log_level) == (2.5, 1000, "DEBUG")
 
 
-def test_repeated_option_and_plugin_flags_collect_in_order(served: list[ServerConfig]) -> None:
+def test_repeated_option_and_plugin_flags_collect_in_order(
+    served: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugin_modules"))
     cli.main(["--option", "steps=4", "-o", "scheduler=a=b", "--option", "steps=8", "--plugin", "p1", "--plugin", "p2"])
 
     (config,) = served
-    assert config.options == {"steps": "8", "scheduler": "a=b"}
-    assert config.plugins == ["p1", "p2"]
+    assert config.model.options == {"steps": "8", "scheduler": "a=b"}
+    assert config.model.plugins == ["p1", "p2"]
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", None), ("-1", None), ("2.5", 2.5)])
-def test_job_timeout_zero_means_no_limit(served: list[ServerConfig], value: str, expected: float | None) -> None:
+def test_job_timeout_zero_means_no_limit(served: list[Settings], value: str, expected: float | None) -> None:
     cli.main(["--job-timeout", value])
 
-    assert served[0].job_timeout == expected
+    assert served[0].jobs.job_timeout == expected
 
 
 @pytest.mark.parametrize("option", ["novalue", "=value"])
 def test_option_without_key_value_is_a_usage_error(
-    served: list[ServerConfig], capsys: pytest.CaptureFixture[str], option: str
+    served: list[Settings], capsys: pytest.CaptureFixture[str], option: str
 ) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["--option", option])

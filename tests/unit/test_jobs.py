@@ -11,12 +11,13 @@ import pytest
 from para_attn_server import InputError, hookimpl
 from para_attn_server.errors import NotReadyError, QueueFullError, SetupError
 from para_attn_server.group import JobOutcome
-from para_attn_server.jobs import Job, JobService, JobState
+from para_attn_server.jobs import JobService
 from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins
+from para_attn_server.records import JobState
+from para_attn_server.registry import Job
 
-from .conftest import MakeService
-from .fakes import FakeGroup, LegacyPredictor, deadline
+from .fakes import FakeGroup, LegacyPredictor, MakeService, deadline
 
 # The waits in these tests have a deadline (fakes.deadline); the timeout catches a hang
 # anywhere else. Its thread method ends the run with every stack: the signal method would
@@ -245,33 +246,31 @@ async def test_output_path_that_became_a_directory_fails_the_job(
     assert job.error.startswith("could not write the output")
 
 
-async def test_original_style_predictor_gets_the_confined_absolute_path(
+async def test_original_style_predictor_output_goes_to_the_confined_path_through_the_server(
     make_service: MakeService, group: FakeGroup, store: OutputStore
 ) -> None:
     service = await make_service(LegacyPredictor())
     job = submit(service, output_path="legacy/cat.png")
     run = await group.next_run()
 
-    assert run.inputs["output_path"] == str(store.root / "legacy" / "cat.png")
-    assert job.inputs["output_path"] == "legacy/cat.png"
-    assert (store.root / "legacy").is_dir()  # made for it: the predictor only writes the file
-    (store.root / "legacy" / "cat.png").write_bytes(b"written by the predictor")
-    run.finish(JobOutcome("succeeded", written_path=run.inputs["output_path"]))
+    # The ranks get the client's relative path; the predictor writes a private file and its
+    # bytes come back like any output, for the server's own confined write.
+    assert run.inputs["output_path"] == "legacy/cat.png"
+    run.finish(JobOutcome("succeeded", output=b"written by the predictor", file_type="png"))
     await finished(job)
 
     assert job.state is JobState.SUCCEEDED
-    assert job.written_by_predictor
+    assert (store.root / "legacy" / "cat.png").read_bytes() == b"written by the predictor"
+    assert job.record.reply_with_path
     assert job.file_type == "png"
 
 
-async def test_reported_path_outside_the_output_directory_fails_the_job(
-    service: JobService, group: FakeGroup, tmp_path
-) -> None:
+async def test_success_without_an_output_fails_the_job(service: JobService, group: FakeGroup) -> None:
     job = submit(service)
-    (await group.next_run()).finish(JobOutcome("succeeded", written_path=str(tmp_path / "elsewhere.png")))
+    (await group.next_run()).finish(JobOutcome("succeeded"))
 
     assert (await finished(job)).state is JobState.FAILED
-    assert job.error == "the predictor reported an output that does not exist"
+    assert job.error == "the predictor returned no output"
 
 
 @pytest.mark.parametrize(

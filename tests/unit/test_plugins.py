@@ -70,10 +70,10 @@ def job(inputs: dict[str, Any]) -> JobContext:
 # ---- loading ------------------------------------------------------------------------------
 
 
-def test_load_without_autoload_has_only_core_adapter() -> None:
+def test_load_without_autoload_has_only_core_plugin() -> None:
     plugins = Plugins.load(autoload=False)
 
-    assert [name for name, _ in plugins.pm.list_name_plugin()] == ["para_attn_server.adapter"]
+    assert [name for name, _ in plugins.pm.list_name_plugin()] == ["para_attn_server.core_plugin"]
     assert plugins.predictors() == {}
     assert plugins.executors() == {}
 
@@ -212,10 +212,10 @@ def test_unknown_executor_lists_the_installed_ones() -> None:
 def test_describe_lists_each_plugin_with_its_hooks_and_registrations() -> None:
     rows = {row["name"]: row for row in Plugins.load([fakes], autoload=False).describe()}
 
-    assert set(rows) == {"para_attn_server.adapter", fakes.__name__}
-    assert rows["para_attn_server.adapter"] == {
-        "name": "para_attn_server.adapter",
-        "module": "para_attn_server.adapter",
+    assert set(rows) == {"para_attn_server.core_plugin", fakes.__name__}
+    assert rows["para_attn_server.core_plugin"] == {
+        "name": "para_attn_server.core_plugin",
+        "module": "para_attn_server.core_plugin",
         "distribution": "para-attn-server",
         "version": version(),
         "hooks": ["predict", "setup", "validate"],

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankContext, current_job
-from para_attn_server.predictor import is_legacy, running
+from para_attn_server.legacy import OriginalServerPredictor, as_predictor
+from para_attn_server.predictor import running
 
 from .fakes import LegacyPredictor
 
@@ -122,8 +123,9 @@ def test_rank_zero_is_the_leader() -> None:
 
 
 def test_only_predictor_subclasses_are_new_style() -> None:
-    assert not is_legacy(Predictor())
-    assert is_legacy(LegacyPredictor())
+    predictor = Predictor()
+    assert as_predictor(predictor) is predictor
+    assert isinstance(as_predictor(LegacyPredictor()), OriginalServerPredictor)
 
 
 @pytest.mark.parametrize(("file_type", "pil_format"), [("png", "PNG"), ("jpg", "JPEG"), ("JPEG", "JPEG")])

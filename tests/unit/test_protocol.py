@@ -41,7 +41,6 @@ RANK_MESSAGES: list[RankMessage] = [
     Progress("job-1", step=2, total=4),
     Progress("job-1", step=2, total=None),
     JobEnded("job-1", rank=0, status="succeeded", output=b"\x89PNG\x00\xff", file_type="png"),
-    JobEnded("job-1", rank=0, status="succeeded", written_path="/srv/out/a.png"),
     JobEnded("job-1", rank=1, status="failed", error="rank 1: ValueError: boom"),
     JobEnded("job-1", rank=1, status="cancelled"),
 ]

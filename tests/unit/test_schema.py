@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from para_attn_server import Output, Predictor
+from para_attn_server.legacy import as_predictor
 from para_attn_server.schema import OUTPUT_PATH, InputSchema
 
 from .fakes import EchoPredictor, KwargsPredictor, LegacyPredictor
@@ -104,15 +105,15 @@ def test_new_style_predictor_gets_output_path_added_but_never_passed() -> None:
     inputs = schema.decode_json(b'{"prompt": "a", "output_path": "out/a.png"}')
 
     assert inputs[OUTPUT_PATH] == "out/a.png"
-    assert not schema.predict_writes_output_path
+    assert not schema.predict_takes_output_path
     assert schema.predict_kwargs(inputs) == {"prompt": "a", "repeat": 1, "scale": 3.5, "tags": []}
 
 
 def test_original_style_predictor_receives_its_own_output_path() -> None:
-    schema = InputSchema(LegacyPredictor())
+    schema = InputSchema(as_predictor(LegacyPredictor()))
     inputs = schema.decode_json(b'{"prompt": "a", "output_path": "a.png"}')
 
-    assert schema.predict_writes_output_path
+    assert schema.predict_takes_output_path
     assert schema.predict_kwargs(inputs) == {"prompt": "a", "seed": 0, OUTPUT_PATH: "a.png"}
 
 

@@ -1,5 +1,5 @@
-"""adapter: core's built-in plugin, the original server's result forms, and the step hook
-installed into a legacy predictor's pipeline."""
+"""legacy and core_plugin: a predictor's methods as hooks, the original server's result
+forms, and the step hook installed into a legacy predictor's pipeline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankContext
-from para_attn_server.adapter import install_step_callback
+from para_attn_server.legacy import as_predictor, install_step_callback
 from para_attn_server.plugins import Plugins
 from para_attn_server.predictor import running
 
@@ -64,6 +64,13 @@ def job(inputs: dict[str, Any] | None = None, decide: Any = None) -> JobContext:
     return JobContext("job-1", inputs or {}, rank=0, world_size=1, decide=decide or (lambda step, total: False))
 
 
+def predict(plugins: Plugins, predictor: object, context: JobContext | None = None) -> Output | None:
+    """``plugins.predict`` as a rank calls it: inside the job's context."""
+    context = context or job()
+    with running(context):
+        return plugins.predict(as_predictor(predictor), context)
+
+
 class Decisions:
     """A ``decide`` that records its calls and says stop at ``stop_at``."""
 
@@ -82,39 +89,39 @@ class Decisions:
 def test_legacy_base64_result_becomes_output_with_the_decoded_bytes(plugins: Plugins) -> None:
     predictor = Returns((base64.b64encode(PNG).decode(), "png"))
 
-    output = plugins.predict(predictor, job({"prompt": "a"}))
+    output = predict(plugins, predictor, job({"prompt": "a"}))
 
     assert output == Output(PNG, "png")
     assert predictor.calls == [{"prompt": "a"}]
 
 
 def test_legacy_raw_bytes_result_becomes_output(plugins: Plugins) -> None:
-    assert plugins.predict(Returns((PNG, "png")), job()) == Output(PNG, "png")
+    assert predict(plugins, Returns((PNG, "png"))) == Output(PNG, "png")
 
 
 def test_legacy_result_that_is_not_base64_is_a_type_error(plugins: Plugins) -> None:
     with pytest.raises(TypeError, match="predict returned a string that is not base64"):
-        plugins.predict(Returns(("not base64!", "png")), job())
+        predict(plugins, Returns(("not base64!", "png")))
 
 
 def test_output_result_passes_through_unchanged(plugins: Plugins) -> None:
     output = Output(PNG, "png")
 
-    assert plugins.predict(Returns(output), job()) is output
+    assert predict(plugins, Returns(output)) is output
 
 
 def test_none_result_passes_through(plugins: Plugins) -> None:
-    assert plugins.predict(Returns(None), job()) is None
+    assert predict(plugins, Returns(None)) is None
 
 
 @pytest.mark.parametrize("result", ["just a string", (PNG,), [PNG, "png"]], ids=["str", "1-tuple", "list"])
 def test_any_other_result_is_a_type_error_naming_it(plugins: Plugins, result: object) -> None:
     with pytest.raises(TypeError, match=f"not {type(result).__name__}"):
-        plugins.predict(Returns(result), job())
+        predict(plugins, Returns(result))
 
 
 def test_new_style_predictor_gets_the_job_inputs_as_keywords(plugins: Plugins) -> None:
-    assert plugins.predict(EchoPredictor(), job({"prompt": "ab", "repeat": 3})) == Output(b"ababab", "txt")
+    assert predict(plugins, EchoPredictor(), job({"prompt": "ab", "repeat": 3})) == Output(b"ababab", "txt")
 
 
 # ---- setup and validate ------------------------------------------------------------------------
@@ -123,7 +130,7 @@ def test_new_style_predictor_gets_the_job_inputs_as_keywords(plugins: Plugins) -
 def test_legacy_setup_is_called_without_arguments(plugins: Plugins) -> None:
     predictor = Returns(None)
 
-    plugins.setup(predictor, RankContext(0, 1, 0, device=None))  # type: ignore[arg-type]
+    plugins.setup(as_predictor(predictor), RankContext(0, 1, 0, device=None))  # type: ignore[arg-type]
 
     assert predictor.setups == 1
 
@@ -138,7 +145,7 @@ def test_new_style_setup_receives_the_rank_context(plugins: Plugins) -> None:
 
 
 def test_predictor_without_validate_accepts_everything(plugins: Plugins) -> None:
-    plugins.validate(Returns(None), {"anything": 1})
+    plugins.validate(as_predictor(Returns(None)), {"anything": 1})
 
 
 def test_base_predictor_validate_accepts_everything(plugins: Plugins) -> None:

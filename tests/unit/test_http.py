@@ -1,4 +1,4 @@
-"""app.create_app: every route's status codes and bodies, over a real JobService and a fake
+"""http.create_app: every route's status codes and bodies, over a real JobService and a fake
 worker group. Requests go through httpx's ASGI transport on the test's own event loop, so
 the test can play the worker group while a request is in flight."""
 
@@ -15,21 +15,18 @@ import httpx
 import msgspec
 import pytest
 
-from para_attn_server.app import create_app
 from para_attn_server.group import JobOutcome
-from para_attn_server.jobs import Job, JobService, JobState
+from para_attn_server.http import create_app
+from para_attn_server.jobs import JobService
 from para_attn_server.outputs import OutputStore
+from para_attn_server.records import JobState
+from para_attn_server.registry import Job
 
-from .conftest import MakeService
-from .fakes import FakeGroup, FakeRun, KwargsPredictor, LegacyPredictor, deadline
+from .fakes import FakeGroup, FakeRun, KwargsPredictor, LegacyPredictor, MakeService, deadline
 
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.timeout(60, method="thread"),  # see test_jobs.py
-    # Litestar 2.25 deprecates the inferred path-parameter and body styles that app.py uses
-    # (the newer markers do not exist in the oldest Litestar 2 that pyproject allows); they
-    # are warned once per route per app and would bury this suite's output.
-    pytest.mark.filterwarnings("ignore:.*(deprecated inferred style|without a body marker):DeprecationWarning"),
 ]
 
 PNG = b"\x89PNG\r\n\x1a\nnot really an image"
@@ -84,7 +81,7 @@ async def test_generate_queues_the_job_and_answers_202_with_a_uuid4(
     request_id = await generate(client)
 
     assert uuid.UUID(request_id).version == 4
-    assert service.jobs[request_id].inputs["prompt"] == "a cat"
+    assert service.jobs[request_id].record.inputs["prompt"] == "a cat"
 
 
 @pytest.mark.parametrize(
@@ -271,14 +268,15 @@ async def test_get_output_of_an_original_style_predictor_returns_the_path_it_wro
     async with connect(service) as client:
         request_id = await generate(client, output_path="legacy.png")
         run = await group.next_run()
-        (store.root / "legacy.png").write_bytes(PNG)
-        run.finish(JobOutcome("succeeded", written_path=run.inputs["output_path"]))
+        # The predictor wrote a private file; the ranks hand its bytes back like any output.
+        run.finish(JobOutcome("succeeded", output=PNG, file_type="png"))
         await deadline(service.jobs[request_id].done.wait())
 
         response = await client.get(f"/get_output/{request_id}")
 
     assert response.status_code == 200
     assert response.json() == {"output": "legacy.png", "file_type": "png"}
+    assert (store.root / "legacy.png").read_bytes() == PNG
 
 
 async def test_unexpected_error_is_a_plain_500_without_a_trace(
@@ -379,7 +377,7 @@ async def test_server_status_is_200_with_ranks_when_ready(
     assert response.status_code == 200
     body = response.json()
     assert body["ready"] is True
-    assert body["ranks"] == group.rank_status()
+    assert body["ranks"] == msgspec.to_builtins(group.rank_rows())
     assert (body["queue_length"], body["busy"], body["restarts"], body["last_fault"]) == (0, False, 0, None)
 
 
@@ -447,7 +445,7 @@ async def test_metrics_count_jobs_as_prometheus_text(
     assert samples['para_attn_jobs_finished_total{state="succeeded"}'] == "1"
     assert samples['para_attn_jobs_finished_total{state="failed"}'] == "0"
     assert samples["para_attn_queue_length"] == "1"
-    assert samples["para_attn_group_ready"] == "1"
+    assert samples['para_attn_group_ready{group="0"}'] == "1"
 
 
 async def test_openapi_schema_lists_the_predictors_fields_and_limits(client: httpx.AsyncClient) -> None:
@@ -583,13 +581,13 @@ async def test_job_output_downloads_the_bytes_with_their_content_type(
     # Recent outputs are served from memory, older ones from their file: the same answer.
     data = PNG + bytes(100_000)
     if source == "file":
-        service.settings.output_memory_bytes = 0
+        service.outputs.budget = 0
     request_id = await generate(client)
     job = await run_to_end(service, group, request_id, succeeded(data, "png"))
     if source == "file":
         service.store.flush()  # its file is written, so the next output pushes it out of memory
         await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
-    assert (job.output_bytes is not None) == (source == "memory")
+    assert (service.output_bytes(job) is not None) == (source == "memory")
 
     response = await client.get(f"/v1/jobs/{request_id}/output")
 
@@ -726,3 +724,10 @@ async def test_api_key_is_required_everywhere_but_liveness(service: JobService) 
     assert (missing.status_code, wrong.status_code) == (401, 401)
     assert missing.json() == {"error": "missing or invalid API key"}
     assert (bearer.status_code, header.status_code, live.status_code) == (200, 202, 200)
+
+
+async def test_options_of_a_job_lists_every_method_of_its_url(client: httpx.AsyncClient) -> None:
+    response = await client.options(f"/v1/jobs/{uuid.uuid4()}")
+
+    assert response.status_code == 204
+    assert response.headers["allow"] == "GET, OPTIONS, PUT"

@@ -1,0 +1,132 @@
+"""The server's end of the rank control connections: listening, authenticating, framing.
+
+Each worker group listens on a port of its own. A connection must open with a ``Hello``
+frame of at most ``HELLO_LIMIT`` bytes within ``HELLO_TIMEOUT`` seconds that the group
+accepts (its generation's token); until then it can make the server hold nothing more, and
+at most ``MAX_PENDING`` connections may wait in that state. After the hello, frames are
+capped at the largest output a rank may send plus ``FRAME_OVERHEAD``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from .protocol import HEADER, Hello, RankMessage, encode_frame, rank_message_decoder
+
+log = logging.getLogger("para_attn_server.control")
+
+HELLO_LIMIT = 4096
+HELLO_TIMEOUT = 5.0
+MAX_PENDING = 16
+FRAME_OVERHEAD = 64 * 1024
+# A high limit: the reader otherwise pauses the socket every 128 KiB of a large output.
+FLOW_LIMIT = 256 * 1024 * 1024
+
+
+class FrameTooLargeError(Exception):
+    pass
+
+
+@dataclass
+class RankLink:
+    """One rank's authenticated connection."""
+
+    rank: int
+    pid: int
+    hostname: str
+    writer: asyncio.StreamWriter
+    last_seen: float
+    setup_done: bool = False
+
+    def send(self, message: msgspec.Struct) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode_frame(message))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ControlListener:
+    """Accepts rank connections for one group and hands their messages to it.
+
+    ``accept(hello)`` says whether a hello belongs to the current generation;
+    ``on_message(link, message)`` gets the hello and every later message, and returns False
+    when the link is no longer wanted (an earlier generation's); ``on_closed(link)`` runs
+    when an accepted connection ends.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        max_frame: int,
+        accept: Callable[[Hello], bool],
+        on_message: Callable[[RankLink, Any], bool],
+        on_closed: Callable[[RankLink], None],
+    ) -> None:
+        self.host = host
+        self.max_frame = max_frame + FRAME_OVERHEAD
+        self._accept = accept
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._server: asyncio.base_events.Server | None = None
+        self._pending = 0
+        self.port = 0
+
+    async def open(self) -> int:
+        self._server = await asyncio.start_server(self._serve, self.host, 0, limit=FLOW_LIMIT)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = None
+        try:
+            hello = await self._hello(reader)
+            if hello is None:
+                return
+            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic())
+            wanted = self._on_message(link, hello)
+            while wanted:
+                message = await read_frame(reader, self.max_frame)
+                link.last_seen = time.monotonic()
+                wanted = self._on_message(link, message)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, msgspec.DecodeError, FrameTooLargeError):
+            pass
+        finally:
+            writer.close()
+            if link is not None:
+                self._on_closed(link)
+
+    async def _hello(self, reader: asyncio.StreamReader) -> Hello | None:
+        if self._pending >= MAX_PENDING:
+            return None  # refuse rather than hold memory for strangers
+        self._pending += 1
+        try:
+            message = await asyncio.wait_for(read_frame(reader, HELLO_LIMIT), HELLO_TIMEOUT)
+        finally:
+            self._pending -= 1
+        if isinstance(message, Hello) and self._accept(message):
+            return message
+        return None  # a stale rank of an earlier generation, or a stranger
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> RankMessage:
+    (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+    if size > limit:
+        raise FrameTooLargeError(size)
+    message: RankMessage = rank_message_decoder.decode(await reader.readexactly(size))
+    return message

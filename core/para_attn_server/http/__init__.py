@@ -1,0 +1,54 @@
+"""The HTTP layer: Litestar controllers that translate requests into job-service calls and
+the service's answers into responses. Every decision is the service's.
+
+- ``original``: the original server's endpoints, with the codes its clients rely on;
+- ``v1``: the resource API under ``/v1/jobs``;
+- ``health``: probes and metrics;
+- ``errors``: exceptions to answers, keyed by type; ``auth``: the API key;
+- ``openapi``: the document at /schema; ``bodies``: strict request decoding.
+
+The request body type is derived from the predictor's ``predict`` signature and given to
+Litestar through ``signature_namespace``, so Litestar both checks it (400 naming the field)
+and documents it. Plugins add routes (``register_routes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from litestar import Litestar
+
+from ..jobs import JobService
+from . import errors, openapi
+from .auth import api_key_middleware
+from .dependencies import provide
+from .health import HealthController
+from .original import OriginalController
+from .v1 import JobsController
+
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+
+
+def create_app(
+    service: JobService,
+    *,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    extra_routes: Sequence[Any] = (),
+    debug: bool = False,
+) -> Litestar:
+    app = Litestar(
+        [OriginalController, JobsController, HealthController, *extra_routes],
+        dependencies=provide(service),
+        signature_namespace={"InputBody": service.schema.type, "JobService": JobService},
+        middleware=[api_key_middleware(api_key)] if api_key else [],
+        request_max_body_size=max_body_bytes,
+        exception_handlers=errors.HANDLERS,
+        openapi_config=openapi.config(api_key=bool(api_key)),
+        debug=debug,
+    )
+    # The body decoder refuses unknown fields; say so in the document too.
+    closed = None if service.schema.accepts_extra else service.schema.type.__name__
+    openapi.finish(app, api_key=bool(api_key), closed_body=closed)
+    return app

@@ -1,0 +1,77 @@
+"""Exceptions to answers, in one place, keyed by exception type: every error is JSON
+``{"error": ..., "field"?: ...}`` with the status its type means, and never a trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from ..errors import InputError, NotReadyError, QueueFullError
+
+NOT_READY_RETRY_AFTER = "5"
+
+
+class Conflict(HTTPException):
+    status_code = 409
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response[Any]:
+    extra = {key: value for key, value in extra.items() if value is not None}
+    return Response({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for problem in problems:
+        key = problem.get("key") if isinstance(problem, dict) else None
+        message = problem.get("message") if isinstance(problem, dict) else str(problem)
+        if key == "data" and message == "'data'":
+            message = "a JSON object is required as the request body"  # no body at all
+        parts.append(f"{key}: {message}" if key and key != "data" else str(message))
+    return error(400, "; ".join(parts) or str(exc.detail))
+
+
+def _input(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:
+    return error(400, str(exc), field=exc.field)
+
+
+def _queue_full(request: Request[Any, Any, Any], exc: QueueFullError) -> Response[Any]:
+    return error(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+
+def _not_ready(request: Request[Any, Any, Any], exc: NotReadyError) -> Response[Any]:
+    return error(503, str(exc), headers={"Retry-After": NOT_READY_RETRY_AFTER})
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+def _bad_bytes(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # The JSON decoder lets these two through; both are the client's bytes.
+    if isinstance(exc, UnicodeDecodeError):
+        return error(400, "the request body is not valid UTF-8")
+    if isinstance(exc, RecursionError) and "deserializing" in str(exc):
+        return error(400, "the request body is nested too deeply")
+    return _unexpected(request, exc)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    request.logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error(500, "internal server error")
+
+
+HANDLERS: ExceptionHandlersMap = {
+    ValidationException: _validation,
+    InputError: _input,
+    QueueFullError: _queue_full,
+    NotReadyError: _not_ready,
+    HTTPException: _http,
+    UnicodeDecodeError: _bad_bytes,
+    RecursionError: _bad_bytes,
+    Exception: _unexpected,
+}

@@ -1,0 +1,123 @@
+"""The OpenAPI document at /schema: what Litestar builds, plus what its decorators cannot
+say, applied in one pass over the built document.
+
+A handler states its additions in ``opt={"openapi": Doc(...)}`` beside its route; ``finish``
+walks the app's routes once and applies each to its operation: headers of responses
+(Retry-After, Location), a second media type of a response, a request body the handler reads
+itself, and whether the route needs the API key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Reference,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
+from litestar.routes import HTTPRoute
+
+from ..plugins import version
+from .schemas import ErrorBody
+
+RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=1), required=True, description="Seconds to wait before retrying"
+)
+LOCATION = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), required=True, description="The job's URL")
+BINARY = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
+
+ERROR_DESCRIPTIONS = {
+    400: "A field, parameter or body is invalid; the message names it",
+    401: "Missing or wrong API key",
+    404: "Unknown id (ids are forgotten --result-ttl seconds after the job ended)",
+    409: "The job is not in a state that allows this",
+    413: "The request body is larger than --max-body-bytes",
+    429: "The queue is full; retry after Retry-After seconds",
+    500: "The job failed; the message says why",
+    503: "Not ready (first setup still running) or draining; retry after Retry-After seconds",
+}
+
+
+@dataclass(frozen=True)
+class Doc:
+    """Additions to one operation (see the module docstring)."""
+
+    headers: dict[str, dict[str, OpenAPIHeader]] = field(default_factory=dict)
+    content: dict[str, dict[str, Schema]] = field(default_factory=dict)
+    request_body: RequestBody | None = None
+    public: bool = False
+
+
+def spec(container: Any, description: str, media_type: str = "application/json") -> ResponseSpec:
+    return ResponseSpec(container, generate_examples=False, description=description, media_type=media_type)
+
+
+def errors(*codes: int) -> dict[int, ResponseSpec]:
+    return {code: spec(ErrorBody, ERROR_DESCRIPTIONS[code]) for code in codes}
+
+
+def config(api_key: bool) -> OpenAPIConfig:
+    if not api_key:
+        return OpenAPIConfig(title="para-attn-server", version=version())
+    schemes: dict[str, SecurityScheme | Reference] = {
+        "bearer": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer KEY"),
+        "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+    }
+    return OpenAPIConfig(
+        title="para-attn-server",
+        version=version(),
+        components=Components(security_schemes=schemes),
+        security=[{"bearer": []}, {"apiKey": []}],
+    )
+
+
+def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
+    """Apply every handler's ``Doc``, the 401 answer of protected routes, and (``closed_body``:
+    the request body's schema name) that the body takes no fields beyond its own."""
+    document = app.openapi_schema
+    unauthorized = OpenAPIResponse(
+        description=ERROR_DESCRIPTIONS[401],
+        content={"application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ErrorBody"))},
+    )
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or document.paths is None or route.path_format not in document.paths:
+            continue
+        item = document.paths[route.path_format]
+        for handler in route.route_handlers:
+            doc = handler.opt.get("openapi", Doc())
+            for method in handler.http_methods:
+                operation = getattr(item, method.lower(), None)
+                if operation is None:
+                    continue
+                _apply(operation, doc)
+                if api_key and not doc.public and operation.responses is not None:
+                    operation.responses.setdefault("401", unauthorized)
+    schemas = document.components.schemas or {} if document.components else {}
+    if closed_body and closed_body in schemas:
+        schemas[closed_body].additional_properties = False
+
+
+def _apply(operation: Any, doc: Doc) -> None:
+    answers = (operation.responses or {}).items()
+    responses = {code: response for code, response in answers if isinstance(response, OpenAPIResponse)}
+    for code, named in doc.headers.items():
+        if code in responses:
+            responses[code].headers = {**(responses[code].headers or {}), **named}
+    for code, media in doc.content.items():
+        if code in responses:
+            extra = {name: OpenAPIMediaType(schema=schema) for name, schema in media.items()}
+            responses[code].content = {**(responses[code].content or {}), **extra}
+    if doc.request_body is not None:
+        operation.request_body = doc.request_body
+    if doc.public:
+        operation.security = []

@@ -1,0 +1,193 @@
+"""The resource API under ``/v1/jobs``: submit (and idempotent PUT), get, cancel, the output
+bytes, and Server-Sent Events of a job's progress."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post, put, route
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.response import File, ServerSentEvent, ServerSentEventMessage
+
+from ..errors import InputError
+from ..outputs import content_type
+from ..records import JobState
+from ..registry import Job
+from ..views import JobView
+from .bodies import accept
+from .dependencies import Service
+from .errors import Conflict
+from .openapi import BINARY, LOCATION, RETRY_AFTER, Doc, errors, spec
+from .schemas import Event
+
+if TYPE_CHECKING:
+    from .bodies import InputBody
+
+WaitSeconds = Annotated[
+    float, QueryParameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")
+]
+JobUUID = Annotated[str, PathParameter(description="A UUID of your choice", schema_extra={"format": "uuid"})]
+SUBMIT_ERRORS = errors(400, 413, 429, 503)
+SUBMIT_HEADERS = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RETRY_AFTER}}
+FILE_CHUNK = 8 * 1024 * 1024  # each chunk is a thread hop: few, large ones
+
+
+class JobsController(Controller):
+    path = "/v1/jobs"
+    tags = ("jobs",)
+
+    @post(
+        "/",
+        status_code=201,
+        summary="Submit a job",
+        description="With an Accept header naming a type other than JSON (application/octet-stream, image/png) "
+        "and a job that succeeds within `wait`, the answer is the output bytes themselves, with an X-Job-Id header.",
+        responses={201: spec(JobView, "Queued (or ended, with wait)"), **SUBMIT_ERRORS},
+        opt={
+            "openapi": Doc(
+                headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}}
+            )
+        },
+    )
+    async def create_job(
+        self, request: Request[Any, Any, Any], service: Service, data: JSONBody[InputBody], wait: WaitSeconds = 0
+    ) -> Response[Any]:
+        job, _ = await accept(request, service)
+        await service.wait(job, wait)
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if job.state is JobState.SUCCEEDED and wants_output(request):
+            # Synchronous mode: one round trip from inputs to output bytes.
+            return output_response(service, job, status_code=201, headers={**headers, "X-Job-Id": job.id})
+        return Response(service.view(job), status_code=201, headers=headers)
+
+    # Litestar's own OPTIONS answer for a path remembers only the methods of the handler
+    # registered first: answer it ourselves. A controller registers its handlers sorted by
+    # name, so this one's name must sort before get_job and put_job.
+    @route("/{job_id:str}", http_method=["OPTIONS"], status_code=204, include_in_schema=False)
+    async def allowed_methods(self, job_id: FromPath[str]) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, PUT"})
+
+    @put(
+        "/{job_id:str}",
+        status_code=201,
+        summary="Submit a job with a client-chosen id (idempotent)",
+        description="201 created; 200 when a job with this id and the same inputs exists; 409 when it exists with "
+        "other inputs.",
+        responses={200: spec(JobView, "A job with this id and these inputs exists"), **errors(409), **SUBMIT_ERRORS},
+        opt={"openapi": Doc(headers=SUBMIT_HEADERS)},
+    )
+    async def put_job(
+        self,
+        request: Request[Any, Any, Any],
+        service: Service,
+        job_id: JobUUID,
+        data: JSONBody[InputBody],
+        wait: WaitSeconds = 0,
+    ) -> Response[JobView]:
+        try:
+            canonical = str(uuid.UUID(job_id))
+        except ValueError:
+            raise InputError("must be a UUID", "job_id") from None
+        try:
+            job, created = await accept(request, service, canonical)
+        except InputError as exc:
+            if exc.field == "id":
+                raise Conflict(str(exc)) from None
+            raise
+        await service.wait(job, wait)
+        return Response(service.view(job), status_code=201 if created else 200)
+
+    @get("/{job_id:str}", summary="Get a job", responses=errors(400, 404))
+    async def get_job(self, service: Service, job_id: FromPath[str], wait: WaitSeconds = 0) -> JobView:
+        job = find(service, job_id)
+        await service.wait(job, wait)
+        return service.view(job)
+
+    @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a job", responses=errors(400, 404, 409))
+    async def cancel_job(self, service: Service, job_id: FromPath[str]) -> JobView:
+        job = find(service, job_id)
+        if service.cancel(job_id) is None:
+            raise Conflict(f"the job already ended ({job.state.value})")
+        return service.view(job)
+
+    @get(
+        "/{job_id:str}/output",
+        summary="Download a job's output",
+        responses={
+            200: spec(bytes, "The output, with its own content type (image/png, video/mp4, ...)", "*/*"),
+            **errors(400, 404, 409),
+        },
+    )
+    async def job_output(self, service: Service, job_id: FromPath[str], wait: WaitSeconds = 0) -> Response[Any]:
+        job = find(service, job_id)
+        await service.wait(job, wait)
+        if job.state is not JobState.SUCCEEDED or job.record.output_file is None or job.record.file_type is None:
+            detail = f"the job is {job.state.value}"
+            if job.record.error:
+                detail += f": {job.record.error}"
+            raise Conflict(detail)
+        return output_response(service, job)
+
+    @get(
+        "/{job_id:str}/events",
+        summary="Progress and state events (SSE)",
+        responses={200: spec(Event, "Server-Sent Events until the job ends", "text/event-stream"), **errors(400, 404)},
+    )
+    async def job_events(self, service: Service, job_id: FromPath[str]) -> ServerSentEvent:
+        job = find(service, job_id)
+
+        async def stream() -> AsyncGenerator[ServerSentEventMessage, None]:
+            async with service.subscribe(job) as queue:
+                yield ServerSentEventMessage(event="state", data=msgspec.json.encode(service.view(job)).decode())
+                while not job.terminal or not queue.empty():
+                    event, data = await queue.get()
+                    yield ServerSentEventMessage(event=event, data=msgspec.json.encode(data).decode())
+
+        return ServerSentEvent(stream())
+
+
+def find(service: Service, job_id: str) -> Job:
+    job = service.get(job_id)
+    if job is None:
+        raise NotFoundException("unknown request id")
+    return job
+
+
+def wants_output(request: Request[Any, Any, Any]) -> bool:
+    """True when the client asked for the output itself (``Accept`` names a type other
+    than JSON), as in ``Accept: application/octet-stream`` or ``image/png``."""
+    accept_header = request.headers.get("accept", "")
+    return bool(accept_header) and "json" not in accept_header and "*/*" not in accept_header
+
+
+def output_response(
+    service: Service, job: Job, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    record = job.record
+    assert record.output_file is not None
+    assert record.file_type is not None
+    name = f"{job.id}.{record.file_type}"
+    data = service.output_bytes(job)
+    if data is not None:
+        # The same Content-Disposition that File sends for a large output.
+        disposition = {"Content-Disposition": f'inline; filename="{name}"'}
+        return Response(
+            data,
+            media_type=content_type(record.file_type),
+            status_code=status_code,
+            headers={**disposition, **(headers or {})},
+        )
+    return File(
+        Path(record.output_file),
+        media_type=content_type(record.file_type),
+        filename=name,
+        content_disposition_type="inline",
+        status_code=status_code,
+        headers=headers,
+        chunk_size=FILE_CHUNK,
+    )

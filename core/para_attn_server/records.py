@@ -1,0 +1,64 @@
+"""Job records: the immutable facts about one job, as journaled, shown and observed.
+
+A ``JobRecord`` is replaced, never changed: each state change makes a new one
+(``record.evolve(state=...)``). The journal stores records, ``job_state_changed`` hooks
+receive them, and every view of a job is built from one.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import msgspec
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    inputs: dict[str, Any]
+    fingerprint: bytes  # the inputs' canonical encoding: an idempotent resubmit must match it
+    created_at: float
+    state: JobState = JobState.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    group: int | None = None  # the worker group that ran it
+    step: int | None = None
+    total: int | None = None
+    error: str | None = None
+    file_type: str | None = None
+    output_file: str | None = None  # where the output is on disk: the server's copy or the client's file
+    output_path: str | None = None  # the client's own output_path, relative to the output directory
+    reply_with_path: bool = False  # the original API answers with output_path instead of base64
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def evolve(self, **changes: Any) -> JobRecord:
+        return msgspec.structs.replace(self, **changes)
+
+
+# What a rank's error may say about the machines: gloo/c10d prefix messages with their
+# source location ("[/__w/pytorch/.../pair.cc:537] Read error ..."), and OS errors name
+# files ("No such file or directory: '/srv/models/x'"). Clients get the message without them.
+_SOURCE_LOCATION = re.compile(r"\[[^\]\s]*\.(?:c|cc|cpp|cu|h|hpp|py):\d+\]\s*")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+
+
+def public_error(error: str | None) -> str | None:
+    """A job's error as clients see it: without source locations and absolute paths."""
+    if not error:
+        return error
+    return _ABSOLUTE_PATH.sub("<path>", _SOURCE_LOCATION.sub("", error))

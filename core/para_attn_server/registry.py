@@ -1,0 +1,148 @@
+"""The jobs the server remembers: by id, journaled, and forgotten in the order they ended.
+
+A ``Job`` is one job while the server holds it: its current (immutable) record and what
+waits on it. The registry loads the records an earlier run left, keeps the ended jobs in
+the order they ended so expiry looks only at the oldest, and caps how many it keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .records import TERMINAL, JobRecord, JobState
+
+if TYPE_CHECKING:
+    from .journal import JobJournal
+    from .outputs import OutputCache, OutputStore
+    from .settings import JobSettings
+
+Event = tuple[str, dict[str, Any]]
+
+
+class Job:
+    """A job while the server holds it: its latest record, and what waits on it."""
+
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
+        self.done = asyncio.Event()
+        self.cancel_requested = False
+        self.subscribers: list[asyncio.Queue[Event]] = []
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> JobState:
+        return self.record.state
+
+    @property
+    def terminal(self) -> bool:
+        return self.record.state in TERMINAL
+
+    # Read-only shortcuts to the current record's fields.
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.record.inputs
+
+    @property
+    def error(self) -> str | None:
+        return self.record.error
+
+    @property
+    def step(self) -> int | None:
+        return self.record.step
+
+    @property
+    def total(self) -> int | None:
+        return self.record.total
+
+    @property
+    def file_type(self) -> str | None:
+        return self.record.file_type
+
+    @property
+    def created_at(self) -> float:
+        return self.record.created_at
+
+    @property
+    def finished_at(self) -> float | None:
+        return self.record.finished_at
+
+    @property
+    def output_file(self) -> Path | None:
+        return None if self.record.output_file is None else Path(self.record.output_file)
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        for queue in self.subscribers:
+            queue.put_nowait((event, data))
+
+
+class JobRegistry:
+    def __init__(
+        self, store: OutputStore, outputs: OutputCache, settings: JobSettings, journal: JobJournal | None
+    ) -> None:
+        self.store = store
+        self.outputs = outputs
+        self.settings = settings
+        self.journal = journal
+        self.jobs: dict[str, Job] = {}
+        self._ended: deque[Job] = deque()  # terminal jobs in the order they ended
+
+    def add(self, record: JobRecord) -> Job:
+        job = Job(record)
+        self.jobs[job.id] = job
+        return job
+
+    def ended(self, job: Job) -> None:
+        self._ended.append(job)
+        while len(self._ended) > self.settings.max_records:
+            self._forget(self._ended.popleft())
+
+    def recover(self, now: float) -> int:
+        """Load the jobs an earlier run of the server recorded; those it left queued or
+        running failed with it. Returns how many jobs were loaded."""
+        if self.journal is None:
+            return 0
+        for loaded in sorted(self.journal.load(), key=lambda r: r.finished_at or r.created_at):
+            record = loaded
+            if not record.terminal:
+                record = record.evolve(state=JobState.FAILED, error="server restarted", finished_at=now)
+            elif record.state is JobState.SUCCEEDED and not _output_present(record):
+                # Written behind and lost with the server: say so rather than 404 later.
+                record = record.evolve(state=JobState.FAILED, error="server restarted before the output was saved")
+            if record is not loaded:
+                self.journal.record(record)
+            job = self.add(record)
+            job.done.set()
+            self.ended(job)
+        count = len(self.jobs)
+        # Records whose TTL ran out while the server was down go now, with their files.
+        self.expire(now)
+        return count
+
+    def expire(self, now: float) -> None:
+        """Forget the jobs that ended more than ``result_ttl`` seconds before ``now``, and
+        delete the server's own copies of their outputs (never a client's output_path).
+        Jobs end in order, so this looks only at the oldest ones."""
+        cutoff = now - self.settings.result_ttl
+        while self._ended and (self._ended[0].record.finished_at or 0) < cutoff:
+            self._forget(self._ended.popleft())
+
+    def _forget(self, job: Job) -> None:
+        if self.jobs.get(job.id) is not job:
+            return
+        del self.jobs[job.id]
+        self.outputs.forget(job.id)
+        if self.journal is not None:
+            self.journal.forget(job.id)
+        record = job.record
+        if record.output_file is not None and record.output_path is None:
+            self.store.delete_behind(Path(record.output_file))  # queued after its own write-behind
+
+
+def _output_present(record: JobRecord) -> bool:
+    return record.output_file is not None and Path(record.output_file).exists()

@@ -1,0 +1,236 @@
+"""Every setting of the server, declared once: one tree of msgspec Structs.
+
+Each field carries its type, default, limits (``Meta``) and help text; the command line
+(``cli.py``), the Python entry's keywords (``ParaAttentionServer(..., max_queue=8)``), the
+rank processes' spec and ``--help`` are all derived from this tree. Sections by layer:
+
+- ``ModelSettings``: what is served (predictor, its options, extra plugins);
+- ``HttpSettings``: the HTTP listener;
+- ``JobSettings``: the job service (queue, timeouts, outputs, restarts);
+- ``GroupSettings``: how worker groups are started and watched (server side);
+- ``RankSettings``: what every rank process is told (it travels in the ``RankSpec``).
+
+Plugins add sections of their own (``register_settings``); their fields become flags too.
+Field names are unique across the whole tree, so a flag or keyword names one setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from .errors import ConfigurationError
+
+MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
+API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Bytes = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def _help(text: str, **extra: Any) -> msgspec.Meta:
+    """A field's help text; ``extra`` holds command-line details: ``flags`` (instead of
+    ``--field-name``), ``metavar``, ``env`` (an environment variable that sets it)."""
+    return msgspec.Meta(description=text, extra=extra)
+
+
+class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What is served."""
+
+    model: Annotated[str, _help("predictor: entry-point name or module:Class")] = "tiny"
+    model_path: Annotated[
+        str | None, _help("weights directory or hub id, the predictor's model_path option", env=MODEL_PATH_ENV)
+    ] = None
+    options: Annotated[
+        dict[str, str], _help("predictor option, repeatable", flags=["--option", "-o"], metavar="KEY=VALUE")
+    ] = {}
+    plugins: Annotated[
+        list[str], _help("extra plugin module to load, repeatable", flags=["--plugin"], metavar="MODULE")
+    ] = []
+
+    def predictor_options(self) -> dict[str, str]:
+        """``options`` with ``model_path`` added when it is set."""
+        if self.model_path and "model_path" not in self.options:
+            return {**self.options, "model_path": self.model_path}
+        return dict(self.options)
+
+
+class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The HTTP listener."""
+
+    host: Annotated[str, _help("address to listen on")] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535), _help("port to listen on, 0 for any")] = 5000
+    api_key: Annotated[
+        str | None, _help("require this key on every endpoint but /health/live", env=API_KEY_ENV)
+    ] = None
+    max_body_bytes: Annotated[Bytes, _help("largest request body")] = 10 * 1024 * 1024
+
+
+class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The job service: queue, limits, outputs, restarts."""
+
+    output_dir: Annotated[str, _help("where outputs are written")] = "outputs"
+    max_queue: Annotated[int, msgspec.Meta(ge=0), _help("jobs that may wait")] = 64
+    job_timeout: Annotated[
+        float | None, _help("seconds a job may run before its group is restarted; 0: no limit")
+    ] = 3600.0
+    result_ttl: Annotated[Seconds, _help("seconds finished jobs and their outputs are kept")] = 3600.0
+    max_records: Annotated[
+        int, msgspec.Meta(ge=1), _help("finished jobs kept at most (the oldest are forgotten first)")
+    ] = 100_000
+    drain_timeout: Annotated[Seconds, _help("seconds SIGTERM waits for running jobs")] = 30.0
+    output_memory_bytes: Annotated[Bytes, _help("recent outputs kept in memory for fast download, in all")] = (
+        512 * 1024 * 1024
+    )
+    restart_backoff: Annotated[Seconds, _help("seconds before retrying a failed restart; doubles each time")] = 1.0
+    restart_backoff_max: Annotated[Seconds, _help("longest wait between restart attempts")] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.job_timeout is not None and self.job_timeout <= 0:
+            self.job_timeout = None  # 0 (or less) means no limit, as the CLI documents
+
+
+class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How worker groups are started and watched."""
+
+    num_devices: Annotated[
+        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks to start in all (default: CUDA devices, or 1)")
+    ] = None
+    group_size: Annotated[
+        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks per worker group (default: all in one group)")
+    ] = None
+    executor: Annotated[str, _help("how ranks are started: multiprocessing or torchrun")] = "multiprocessing"
+    executor_options: Annotated[
+        dict[str, str], _help("executor option, repeatable", flags=["--executor-option"], metavar="KEY=VALUE")
+    ] = {}
+    control_host: Annotated[str, _help("address the ranks connect back to")] = "127.0.0.1"
+    setup_timeout: Annotated[Seconds, _help("seconds a group's setup may take")] = 1800.0
+    heartbeat_timeout: Annotated[Seconds, _help("seconds of rank silence before a restart")] = 30.0
+    cancel_grace: Annotated[Seconds, _help("seconds a cancelled job may take to stop before a restart")] = 10.0
+    error_grace: Annotated[
+        Seconds, _help("seconds the other ranks get to leave a job that failed on one rank")
+    ] = 3.0
+    stop_grace: Annotated[Seconds, _help("seconds between SIGTERM and SIGKILL when stopping ranks")] = 5.0
+
+
+class RankSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What every rank process is told (part of its ``RankSpec``)."""
+
+    backend: Annotated[str | None, _help("torch.distributed backend (default: nccl on CUDA, else gloo)")] = None
+    heartbeat_interval: Annotated[Seconds, _help("seconds between a rank's heartbeats")] = 1.0
+    keepalive_interval: Annotated[Seconds, _help("seconds between idle keep-alive broadcasts")] = 30.0
+    collective_timeout: Annotated[Seconds, _help("torch.distributed collective timeout in seconds")] = 1800.0
+    max_output_bytes: Annotated[Bytes, _help("largest output a job may return")] = 1 << 30
+
+
+CORE_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "model": ModelSettings,
+    "http": HttpSettings,
+    "jobs": JobSettings,
+    "group": GroupSettings,
+    "rank": RankSettings,
+}
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The whole tree. ``extensions`` holds the sections plugins registered, by name."""
+
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    jobs: JobSettings = msgspec.field(default_factory=JobSettings)
+    group: GroupSettings = msgspec.field(default_factory=GroupSettings)
+    rank: RankSettings = msgspec.field(default_factory=RankSettings)
+    log_level: Annotated[str, _help("log level: " + ", ".join(LOG_LEVELS))] = "INFO"
+    extensions: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        level = logging.getLevelName(self.log_level) if isinstance(self.log_level, int) else self.log_level.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        self.log_level = level
+
+    def section(self, cls: type[_S]) -> _S:
+        """A plugin's own section (its defaults when nothing set it)."""
+        for value in self.extensions.values():
+            if isinstance(value, cls):
+                return value
+        return cls()
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+class Field(msgspec.Struct, frozen=True):
+    """One setting, as the command line and the Python keywords see it."""
+
+    section: str  # "" for the root
+    name: str
+    info: msgspec.inspect.Field
+    help: str
+    extra: dict[str, Any]
+
+    @property
+    def flags(self) -> list[str]:
+        return list(self.extra.get("flags") or ["--" + self.name.replace("_", "-")])
+
+
+def fields(sections: dict[str, type[msgspec.Struct]] | None = None) -> Iterator[Field]:
+    """Every setting of the tree: core's sections, the plugins' ``sections``, the root's."""
+    for section, cls in {**CORE_SECTIONS, **(sections or {}), "": Settings}.items():
+        for info in msgspec.inspect.type_info(cls).fields:  # type: ignore[attr-defined]
+            if section == "" and info.name in (*CORE_SECTIONS, "extensions"):
+                continue
+            meta = info.type if isinstance(info.type, msgspec.inspect.Metadata) else None
+            described = meta.extra_json_schema.get("description", "") if meta and meta.extra_json_schema else ""
+            yield Field(section, info.name, info, described, dict(meta.extra or {}) if meta else {})
+
+
+def build(values: dict[str, Any], sections: dict[str, type[msgspec.Struct]] | None = None) -> Settings:
+    """Settings from flat values (``{"max_queue": 8, "host": ...}``); strings are converted
+    (``"8"`` -> 8). Unknown names and bad values raise ``ConfigurationError`` naming them."""
+    sections = {**CORE_SECTIONS, **(sections or {})}
+    owner = {field.name: field.section for field in fields(sections)}
+    unknown = sorted(set(values) - set(owner))
+    if unknown:
+        raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+    for field in fields(sections):
+        variable = field.extra.get("env")
+        if variable and values.get(field.name) is None and os.environ.get(variable):
+            values = {**values, field.name: os.environ[variable]}
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    root: dict[str, Any] = {}
+    for name, value in values.items():
+        (grouped[owner[name]] if owner[name] else root)[name] = value
+    built: dict[str, Any] = {}
+    for name, cls in sections.items():
+        try:
+            built[name] = msgspec.convert(grouped[name], cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(describe_error(exc)) from None
+    extensions = {name: built.pop(name) for name in list(built) if name not in CORE_SECTIONS}
+    try:
+        return Settings(**built, **root, extensions=extensions)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def describe_error(exc: msgspec.ValidationError) -> str:
+    """msgspec's ``Expected int >= 1 - at `$.max_queue``` as ``max_queue: Expected int >= 1``."""
+    message, _, where = str(exc).partition(" - at `$.")
+    return f"{where.rstrip('`')}: {message}" if where else message
+
+
+def check_unique(sections: dict[str, type[msgspec.Struct]]) -> None:
+    """Refuse a plugin section whose field name or flag is already taken."""
+    seen: dict[str, str] = {}
+    for field in fields(sections):
+        for key in (field.name, *field.flags):
+            if key in seen and seen[key] != field.section:
+                owner = seen[key] or "root"
+                raise ConfigurationError(f"setting {key!r} of section {field.section!r} is defined by {owner!r} too")
+            seen[key] = field.section

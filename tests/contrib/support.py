@@ -1,0 +1,68 @@
+"""Helpers of the flux and wan tests: the 1-rank reference process, generation, and checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from para_attn_server.testing import Server, server_env
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    model: str
+    options: dict[str, str]  # besides model_path
+    requests: dict[str, dict[str, Any]]
+
+
+class Reference:
+    """The running ``reference.py``; ``array(model, name)`` waits for it on first use."""
+
+    def __init__(self, runs: dict[str, dict[str, Any]], out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.log = out_dir / "reference.log"  # a file, so a chatty process never blocks on a pipe
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(HERE / "reference.py"), str(out_dir)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, text=True, env=server_env(),
+            )  # fmt: skip
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(runs))
+        self.process.stdin.close()
+
+    def array(self, model: str, name: str) -> np.ndarray:
+        code = self.process.wait(timeout=180)
+        assert code == 0, self.log.read_text()[-4000:]
+        return np.load(self.out_dir / model / f"{name}.npy")
+
+
+def cli_options(options: dict[str, str]) -> list[str]:
+    return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+
+
+def npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data))
+
+
+def generate(server: Server, **fields: Any) -> bytes:
+    response = server.http.post("/v1/jobs", params={"wait": 60}, json=fields)
+    assert response.status_code == 201, response.text
+    view = response.json()
+    assert view["state"] == "succeeded", view
+    return server.output(view["id"])
+
+
+def assert_rejected(server: Server, fields: dict[str, Any], field: str) -> None:
+    """A request with ``fields`` (beside a prompt) is a 400 whose message names ``field``."""
+    response = server.http.post("/v1/jobs", json={"prompt": "a cat", **fields})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(f"{field}:")

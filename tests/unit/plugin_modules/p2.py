@@ -1,0 +1,1 @@
+"""An empty plugin module: the CLI tests load it by name."""

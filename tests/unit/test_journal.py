@@ -1,0 +1,91 @@
+"""journal.JobJournal: records survive in SQLite, a commit is awaited, old journals convert."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from para_attn_server.journal import SCHEMA, V1_COLUMNS, JobJournal
+from para_attn_server.records import JobRecord, JobState
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30, method="thread")]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def record(job_id: str = "job-1", state: JobState = JobState.QUEUED) -> JobRecord:
+    return JobRecord(id=job_id, inputs={"prompt": "a"}, fingerprint=b"f", created_at=time.time(), state=state)
+
+
+def rows(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT id, state FROM jobs").fetchall())
+
+
+async def test_committed_returns_once_another_connection_sees_the_record(tmp_path: Path) -> None:
+    journal = JobJournal(tmp_path / "jobs.sqlite3")
+    journal.start()
+    try:
+        journal.record(record())
+        await journal.committed()
+
+        assert rows(journal.path) == {"job-1": "queued"}
+    finally:
+        await journal.close()
+
+
+async def test_committed_with_nothing_pending_returns_at_once(tmp_path: Path) -> None:
+    journal = JobJournal(tmp_path / "jobs.sqlite3")
+    journal.start()
+    try:
+        await journal.committed()
+    finally:
+        await journal.close()
+
+
+async def test_records_and_forgets_load_back_in_a_new_journal(tmp_path: Path) -> None:
+    journal = JobJournal(tmp_path / "jobs.sqlite3")
+    journal.start()
+    journal.record(record("kept", JobState.SUCCEEDED))
+    journal.record(record("gone"))
+    await journal.committed()
+    journal.forget("gone")
+    await journal.close()
+
+    loaded = JobJournal(tmp_path / "jobs.sqlite3").load()
+
+    assert [(r.id, r.state) for r in loaded] == [("kept", JobState.SUCCEEDED)]
+
+
+def test_an_unreadable_row_is_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(SCHEMA)
+        db.execute("INSERT INTO jobs VALUES ('broken', 'queued', x'c1')")
+
+    assert JobJournal(path).load() == []
+    assert "broken" in caplog.text
+
+
+def test_a_first_release_journal_is_converted(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE jobs ({', '.join(V1_COLUMNS)}, PRIMARY KEY (id))")
+        db.execute(
+            f"INSERT INTO jobs VALUES ({', '.join('?' * len(V1_COLUMNS))})",
+            ("old", "succeeded", 1.0, 2.0, 3.0, 4, 4, None, "png", "/srv/out/a.png", "a.png", 1, b"f",
+             msgspec.msgpack.encode({"prompt": "a"})),
+        )  # fmt: skip
+
+    (converted,) = JobJournal(path).load()
+
+    assert (converted.id, converted.state, converted.finished_at) == ("old", JobState.SUCCEEDED, 3.0)
+    assert (converted.inputs, converted.output_path, converted.reply_with_path) == ({"prompt": "a"}, "a.png", True)
+    assert rows(path) == {"old": "succeeded"}
