@@ -37,6 +37,9 @@ from litestar.openapi.spec import (
     Schema,
     SecurityScheme,
 )
+from litestar.openapi.spec import (
+    Parameter as OpenAPIParameter,
+)
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from litestar.types import (
@@ -57,6 +60,9 @@ from .plugins import version
 WaitSeconds = Annotated[float, Parameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")]
 JobUUID = Annotated[str, Parameter(description="A UUID of your choice", schema_extra={"format": "uuid"})]
 JSON = dict[str, Any]
+STATES = [state.value for state in JobState]
+PageLimit = Annotated[int, Parameter(ge=1, le=100, description="At most this many jobs")]
+PageCursor = Annotated[str | None, Parameter(description="A page's last_id: the jobs older than that job")]
 
 # ---- response bodies, as the OpenAPI document describes them ---------------------------------
 # The handlers build some of these bodies as dicts or raw bytes (to skip a copy); these types
@@ -65,6 +71,14 @@ JSON = dict[str, Any]
 
 class Submitted(msgspec.Struct):
     request_id: str
+
+
+class JobList(msgspec.Struct):
+    """A page of jobs, newest first; ``last_id`` as ``after`` asks for the next page."""
+
+    data: list[JobView]
+    has_more: bool
+    last_id: str | None
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -187,6 +201,22 @@ def _operation(
                 self.security = []
 
     return Patched
+
+
+@dataclass
+class _ListOperation(Operation):
+    """GET /v1/jobs reads its ``state`` query parameter itself (Litestar reserves the
+    argument name ``state`` for the app's state): document it here."""
+
+    def __post_init__(self) -> None:
+        state = OpenAPIParameter(
+            name="state",
+            param_in="query",
+            required=False,
+            description="Only the jobs in this state",
+            schema=Schema(type=OpenAPIType.STRING, enum=STATES),
+        )
+        self.parameters = [state, *(self.parameters or [])]
 
 
 class Conflict(HTTPException):
@@ -403,6 +433,13 @@ def create_app(
         await service.wait(job, wait)
         return Response(service.view(job), status_code=201 if created else 200)
 
+    async def list_jobs(request: Request[Any, Any, Any], limit: PageLimit = 20, after: PageCursor = None) -> JobList:
+        state = request.query_params.get("state")
+        if state is not None and state not in STATES:
+            raise InputError(f"must be one of {', '.join(STATES)}", "state")
+        jobs, has_more = service.list_jobs(JobState(state) if state else None, limit, after)
+        return JobList([service.view(job) for job in jobs], has_more, jobs[-1].id if jobs else None)
+
     async def get_job(job_id: str, wait: WaitSeconds = 0) -> JobView:
         job = find(job_id)
         await service.wait(job, wait)
@@ -460,6 +497,9 @@ def create_app(
 
     async def job_options(job_id: str) -> Response[None]:
         return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, PUT"})
+
+    async def jobs_options() -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
 
     async def live() -> JSON:
         return {"status": "live"}
@@ -548,6 +588,8 @@ def create_app(
             },
             operation_class=_operation(headers={"503": {"Retry-After": RETRY_AFTER}}),
         )(server_status),
+        # The same OPTIONS answer as /v1/jobs/{job_id} below: both methods of the path.
+        route("/v1/jobs", http_method=["OPTIONS"], status_code=204, include_in_schema=False)(jobs_options),
         post(
             "/v1/jobs",
             status_code=201,
@@ -561,6 +603,14 @@ def create_app(
                 headers={**submit_headers, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}}
             ),
         )(create_job),
+        get(
+            "/v1/jobs",
+            summary="List jobs, newest first",
+            description="Pages of at most `limit` jobs; pass a page's `last_id` as `after` for the next one.",
+            tags=v1,
+            operation_class=_ListOperation,
+            responses={**_errors(400), **auth},
+        )(list_jobs),
         # Litestar's own OPTIONS answer for a path remembers only the first handler's
         # methods (here PUT): answer it ourselves, before either handler is registered.
         route("/v1/jobs/{job_id:str}", http_method=["OPTIONS"], status_code=204, include_in_schema=False)(job_options),

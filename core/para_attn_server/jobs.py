@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .errors import InputError, NotReadyError, QueueFullError, SetupError
+from .joborder import CreationOrder
 from .schema import OUTPUT_PATH
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class JobService:
         self.schema = schema
         self.settings = settings
         self.jobs: dict[str, Job] = {}
+        self.order = CreationOrder()  # the ids of ``jobs``, oldest first, for listing
         self.queue: deque[Job] = deque()
         self.running: Job | None = None
         self.accepting = False  # True once the first setup succeeded, until draining
@@ -185,6 +187,7 @@ class JobService:
                 self.journal.record(job)
             job.done.set()
             self.jobs[job.id] = job
+            self.order.add(job.id)  # the journal loads them oldest first
         loaded = len(self.jobs)
         # Records whose TTL ran out while the server was down go now, with their files.
         self.expire(time.time())
@@ -241,6 +244,7 @@ class JobService:
             job.output_path = inputs[OUTPUT_PATH]
             job.output_file = output_file
         self.jobs[job.id] = job
+        self.order.add(job.id)
         self.queue.append(job)
         self.counters["submitted"] += 1
         self._changed(job)
@@ -249,6 +253,24 @@ class JobService:
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
+
+    def list_jobs(
+        self, state: JobState | None = None, limit: int = 20, after: str | None = None
+    ) -> tuple[list[Job], bool]:
+        """Up to ``limit`` jobs newest first (only those in ``state``, when given), older
+        than the job ``after`` names; and whether more follow."""
+        try:
+            ids = self.order.older_than(after)
+        except KeyError:
+            raise InputError("no such job (ids are forgotten --result-ttl seconds after it ended)", "after") from None
+        page: list[Job] = []
+        for job_id in ids:
+            job = self.jobs[job_id]
+            if state is None or job.state is state:
+                if len(page) == limit:
+                    return page, True
+                page.append(job)
+        return page, False
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job at once, or ask the ranks to stop a running one."""
@@ -446,10 +468,13 @@ class JobService:
         """Forget the jobs that ended more than ``result_ttl`` seconds before ``now``, and
         delete the server's own copies of their outputs (never a client's output_path)."""
         cutoff = now - self.settings.result_ttl
-        for job in [j for j in self.jobs.values() if j.terminal and (j.finished_at or 0) < cutoff]:
+        expired = [j for j in self.jobs.values() if j.terminal and (j.finished_at or 0) < cutoff]
+        for job in expired:
             del self.jobs[job.id]
             self._forget_output(job)
             if self.journal is not None:
                 self.journal.forget(job.id)
             if job.output_file is not None and job.output_file.parent == self.store.jobs_dir:
                 self.store.delete_behind(job.output_file)  # queued after its own write-behind
+        if expired:
+            self.order.keep(self.jobs)
