@@ -2,7 +2,8 @@
 
 ``para-attn-server --model module:Class --host H --port P --num-devices N`` starts the
 server exactly as the original did (the model defaults to the embedded ``tiny`` predictor);
-``para-attn-server plugins`` prints the installed plugins as JSON.
+``para-attn-server plugins`` prints the installed plugins as JSON;
+``para-attn-server generate URL -p KEY=VALUE ...`` runs one job on a server (generate_cli.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="para-attn-server",
         description="Serve a diffusers pipeline split across worker ranks over HTTP. "
-        "Run 'para-attn-server plugins' to list installed predictors and executors.",
+        "Run 'para-attn-server plugins' to list installed predictors and executors, "
+        "'para-attn-server generate URL -p KEY=VALUE' to run a job on a server.",
     )
     p.add_argument(
         "--model", default=d.model, help="predictor: entry-point name or module:Class (default: %(default)s)"
@@ -139,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["plugins"]:
         return plugins_command()
+    if args_list[:1] == ["generate"]:
+        from .generate_cli import main as generate
+
+        return generate(args_list[1:])
     args = serve_parser().parse_args(args_list)
     settings = {f.name: getattr(args, f.name) for f in fields(ServerConfig) if hasattr(args, f.name)}
     settings.pop("model")
