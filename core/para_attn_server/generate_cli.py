@@ -65,6 +65,13 @@ def parse_param(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def _uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UUID, got {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -86,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the job and where its output went as JSON on stdout")
     p.add_argument("--api-key", help=f"the server's API key (default: ${API_KEY_ENV})")
-    p.add_argument("--id", dest="job_id", help="the job's UUID: the same command again never runs it twice")
+    p.add_argument("--id", dest="job_id", type=_uuid, help="the job's UUID: the same command again never runs it twice")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -98,22 +105,24 @@ class ProgressBar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.running = False
-        self._bar: tqdm[Any] | None = None
-
-    @property
-    def bar(self) -> tqdm[Any]:
-        if self._bar is None:
-            self._bar = tqdm(unit=" steps", disable=not self.enabled, file=sys.stderr, dynamic_ncols=True, delay=1e-9)
-        return self._bar
+        self.bar: tqdm[Any] | None = None
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Progress):
-            self._move(event.step, event.total)
+            if self.bar is not None:  # always: the job itself is the first event
+                self._move(event.step, event.total)
             return
-        if event.state == "queued" and event.queue_position is not None:
-            self.bar.set_description_str(f"queued ({event.queue_position} ahead)")
+        state = event.state
+        if state == "queued" and event.queue_position is not None:
+            state = f"queued ({event.queue_position} ahead)"
+        if self.bar is None:
+            self.bar = tqdm(
+                desc=state, total=event.total_steps, unit=" steps", disable=not self.enabled, file=sys.stderr,
+                dynamic_ncols=True,
+            )  # fmt: skip
+            self.running = event.state != "queued"
         else:
-            self.bar.set_description_str(event.state)
+            self.bar.set_description_str(state)
         if event.state == "running" and not self.running:
             self.running = True
             self.bar.reset(total=event.total_steps)  # elapsed and rate count from the start
@@ -121,13 +130,14 @@ class ProgressBar:
             self._move(event.step, event.total_steps)
 
     def _move(self, step: int, total: int | None) -> None:
+        assert self.bar is not None
         if total is not None and self.bar.total != total:
             self.bar.total = total
         self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def main(argv: Sequence[str]) -> int:
@@ -204,7 +214,8 @@ def _failed(exc: ClientError, as_json: bool) -> int:
     if isinstance(exc, Unauthorized):
         return _fail(f"--api-key: {exc.message} (give --api-key or set ${API_KEY_ENV})", 2)
     if isinstance(exc, Conflict):
-        return _fail(f"--id: {exc.message}", 2)  # the id is taken by a job with other inputs
+        # The id is taken by a job with other inputs; the server names the field "id".
+        return _fail(f"--id: {exc.message.removeprefix('id: ')}", 2)
     return _fail(exc.message, 1)
 
 
