@@ -20,6 +20,7 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 MAX_RETRY_WAIT = 30.0  # seconds: a longer Retry-After is capped
 T = TypeVar("T")
 _NAMED = re.compile(r"([A-Za-z_][\w.\[\]]*): ")  # "steps: Expected `int` >= 0"
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")  # "Object contains unknown field `colour`"
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,12 +98,12 @@ class ClientError(Exception):
 
 class InputRejected(ClientError):
     """400 (or 413): the server refused the inputs. ``field`` names the one at fault when
-    the server said (in the answer's ``field``, or as the message's ``name: `` prefix, which
-    is how the server names it); ``reason`` is the message without that name."""
+    the server said (in the answer's ``field``, as the message's ``name: `` prefix, or as
+    an unknown field in backquotes); ``reason`` is the message without a ``name: `` prefix."""
 
     def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
         super().__init__(message, status)
-        named = _NAMED.match(message)
+        named = _NAMED.match(message) or _UNKNOWN.search(message)
         self.field = field or (named[1] if named else None)
         prefix = f"{self.field}: "
         self.reason = message[len(prefix) :] if self.field and message.startswith(prefix) else message

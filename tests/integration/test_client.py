@@ -146,8 +146,9 @@ def test_bad_inputs_raise_input_rejected_naming_the_field(client: Client) -> Non
             client.generate(inputs)
         assert (caught.value.status, caught.value.field) == (400, field)
         assert caught.value.reason.startswith("Expected `int`")
-    with pytest.raises(InputRejected, match="colour"):
+    with pytest.raises(InputRejected, match="colour") as caught:
         client.submit(colour="red")
+    assert caught.value.field == "colour"
     with pytest.raises(InputRejected) as caught:
         client.submit(job_id="not-a-uuid")
     assert caught.value.field == "job_id"

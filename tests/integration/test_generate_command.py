@@ -69,7 +69,7 @@ def one_error_line(result: Ran) -> str:
 
 def last_bar(stderr: str) -> str:
     """The progress bar as the terminal shows it at the end (tqdm redraws it after '\\r')."""
-    return stderr.rstrip("\n").rsplit("\r", 1)[-1]
+    return stderr.rstrip("\n").rsplit("\r", 1)[-1].rstrip()  # a shorter redraw ends in blanks
 
 
 class Watched:
@@ -168,7 +168,7 @@ def test_the_same_id_twice_runs_the_job_once(server: Server, tmp_path: Path) -> 
     [
         (["-p", "steps=-1"], "steps: Expected `int` >= 0"),
         (["-p", "size=large"], "size: Expected `int`, got `str`"),
-        (["-p", "colour=red"], "colour"),
+        (["-p", "colour=red"], "colour: Object contains unknown field `colour`"),
         (["-p", "steps"], "argument -p/--param: expected KEY=VALUE, got 'steps'"),
         (["--id", "job-1"], "argument --id: expected a UUID, got 'job-1'"),
     ],

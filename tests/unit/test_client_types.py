@@ -67,6 +67,12 @@ def test_a_rejected_input_names_the_field_from_the_message_prefix_when_the_answe
     assert (error.field, error.reason) == ("steps", "Expected `int` >= 0")
 
 
+def test_a_rejected_input_names_an_unknown_field_from_the_message() -> None:
+    error = error_from(answer(400, {"error": "Object contains unknown field `colour`"}))
+    assert isinstance(error, InputRejected)
+    assert (error.field, error.reason) == ("colour", "Object contains unknown field `colour`")
+
+
 def test_a_rejected_input_without_a_named_field_keeps_the_whole_message() -> None:
     error = error_from(answer(400, {"error": "the request body is not valid UTF-8"}))
     assert isinstance(error, InputRejected)
