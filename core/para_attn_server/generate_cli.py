@@ -31,6 +31,7 @@ from .client import (
     InputRejected,
     Job,
     JobFailed,
+    NotFound,
     Progress,
     Result,
     Unauthorized,
@@ -227,6 +228,8 @@ def _interrupted(client: Client, job_id: str) -> int:
         state = job.state if job.done else f"{job.state}, cancel requested"
         if job.step is not None:
             state += f" at step {job.step} of {job.total_steps or '?'}"
+    except NotFound:
+        state = "not submitted"  # interrupted before the server took it
     except (ClientError, KeyboardInterrupt):
         pass
     print(f"{PROG}: interrupted: job {job_id} {state}", file=sys.stderr)
