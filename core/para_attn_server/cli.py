@@ -3,7 +3,8 @@
 ``para-attn-server --model module:Class --host H --port P --num-devices N`` starts the
 server exactly as the original did (the model defaults to the embedded ``tiny`` predictor);
 every other flag is generated from the settings tree (``settings.py``), plugin sections
-included. ``para-attn-server plugins`` prints the installed plugins as JSON.
+included. ``para-attn-server plugins`` prints the installed plugins as JSON;
+``para-attn-server generate URL -p KEY=VALUE ...`` runs one job on a server (generate_cli.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .settings import Settings
 PROG = "para-attn-server"
 DESCRIPTION = (
     "Serve a diffusers pipeline split across worker ranks over HTTP. "
-    "Run 'para-attn-server plugins' to list installed predictors and executors."
+    "Run 'para-attn-server plugins' to list installed predictors and executors, "
+    "'para-attn-server generate URL -p KEY=VALUE' to run a job on a server."
 )
 
 
@@ -102,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["plugins"]:
         return plugins_command()
+    if args[:1] == ["generate"]:
+        from .generate_cli import main as generate
+
+        return generate(args[1:])
     try:
         ParaAttentionServer.from_settings(parse(args)).run()
     except ConfigurationError as exc:

@@ -192,6 +192,12 @@ class JobService:
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
+    def list_jobs(
+        self, state: JobState | None = None, limit: int = 20, after: str | None = None
+    ) -> tuple[list[Job], bool]:
+        """A page of jobs newest first and whether more follow (see ``JobRegistry.list``)."""
+        return self.registry.list(state, limit, after)
+
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job at once, or ask the ranks to stop a running one."""
         job = self.jobs.get(job_id)

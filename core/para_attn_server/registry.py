@@ -12,6 +12,8 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import InputError
+from .joborder import CreationOrder
 from .records import TERMINAL, JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -90,12 +92,30 @@ class JobRegistry:
         self.settings = settings
         self.journal = journal
         self.jobs: dict[str, Job] = {}
+        self.order = CreationOrder()  # the ids of ``jobs``, for listing
         self._ended: deque[Job] = deque()  # terminal jobs in the order they ended
 
     def add(self, record: JobRecord) -> Job:
         job = Job(record)
         self.jobs[job.id] = job
+        self.order.add(job.id)
         return job
+
+    def list(self, state: JobState | None, limit: int, after: str | None) -> tuple[list[Job], bool]:
+        """Up to ``limit`` jobs newest first (only those in ``state``, when given), older
+        than the job ``after`` names; and whether more follow."""
+        try:
+            ids = self.order.older_than(after)
+        except KeyError:
+            raise InputError("no such job (ids are forgotten --result-ttl seconds after it ended)", "after") from None
+        page: list[Job] = []
+        for job_id in ids:
+            job = self.jobs[job_id]
+            if state is None or job.state is state:
+                if len(page) == limit:
+                    return page, True
+                page.append(job)
+        return page, False
 
     def ended(self, job: Job) -> None:
         self._ended.append(job)
@@ -107,7 +127,8 @@ class JobRegistry:
         running failed with it. Returns how many jobs were loaded."""
         if self.journal is None:
             return 0
-        for loaded in sorted(self.journal.load(), key=lambda r: r.finished_at or r.created_at):
+        recovered = []
+        for loaded in sorted(self.journal.load(), key=lambda r: r.created_at):
             record = loaded
             if not record.terminal:
                 record = record.evolve(state=JobState.FAILED, error="server restarted", finished_at=now)
@@ -116,8 +137,9 @@ class JobRegistry:
                 record = record.evolve(state=JobState.FAILED, error="server restarted before the output was saved")
             if record is not loaded:
                 self.journal.record(record)
-            job = self.add(record)
-            job.done.set()
+            recovered.append(self.add(record))
+            recovered[-1].done.set()
+        for job in sorted(recovered, key=lambda job: job.record.finished_at or 0.0):
             self.ended(job)
         count = len(self.jobs)
         # Records whose TTL ran out while the server was down go now, with their files.
@@ -136,6 +158,7 @@ class JobRegistry:
         if self.jobs.get(job.id) is not job:
             return
         del self.jobs[job.id]
+        self.order.remove(job.id)
         self.outputs.forget(job.id)
         if self.journal is not None:
             self.journal.forget(job.id)

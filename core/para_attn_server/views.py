@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import msgspec
 
-from .records import JobRecord, JobState
+from .records import TERMINAL, JobRecord, JobState
 
 
-class JobView(msgspec.Struct, omit_defaults=True):
-    """A job as the /v1 API shows it."""
+class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
+    """A job as the /v1 API shows it (and ``para_attn_server.client`` reads it)."""
 
     id: str
     state: str
@@ -27,6 +27,11 @@ class JobView(msgspec.Struct, omit_defaults=True):
     file_type: str | None = None
     output_path: str | None = None
     output_url: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job ended: succeeded, failed or cancelled."""
+        return self.state in TERMINAL
 
     @classmethod
     def of(cls, record: JobRecord, queue_position: int | None = None) -> JobView:
@@ -47,7 +52,7 @@ class JobView(msgspec.Struct, omit_defaults=True):
         )
 
 
-class JobList(msgspec.Struct):
+class JobList(msgspec.Struct, frozen=True):
     """One page of jobs, newest first; pass ``last_id`` as ``after`` for the next page."""
 
     data: list[JobView]

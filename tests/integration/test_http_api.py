@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import io
-import re
 import uuid
 
 import pytest
 from PIL import Image
 
 from para_attn_server.testing import Server, b64decode
+from tests.integration.support import metric, png_size
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    image = Image.open(io.BytesIO(data))
-    assert image.format == "PNG"
-    return image.size
-
-
-def metric(server: Server, name: str) -> float:
-    text = server.http.get("/metrics").text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics:\n{text}"
-    return float(match[1])
 
 
 def test_generate_then_get_output_returns_base64_png(tiny_server: Server) -> None:

@@ -162,7 +162,7 @@ def test_fuzz_noop_server_with_api_key(noop: Server, tmp_path: Path, report: Rep
 def test_fuzz_tiny_pipeline_fields(tiny: Server, tmp_path: Path, report: Report) -> None:
     # The routes that take the pipeline's own fields; the noop run covers every route.
     result = fuzz(tiny, tmp_path, examples=max(1, EXAMPLES * 2 // 3), paths=r"^/(generate|v1/jobs(/\{job_id\})?)$")
-    assert len(result["operations"]) == 4  # POST /generate, POST /v1/jobs, PUT and GET /v1/jobs/{id}
+    assert len(result["operations"]) == 5  # POST /generate, POST and GET /v1/jobs, PUT and GET /v1/jobs/{id}
     check_and_record(result, report, "tiny (real Flux pipeline): submit routes", least=300)
     assert 201 in result["statuses"]  # real jobs ran
     assert tiny.restarts() == 0

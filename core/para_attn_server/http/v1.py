@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..outputs import content_type
 from ..records import JobState
 from ..registry import Job
-from ..views import JobView
+from ..views import JobList, JobView
 from .bodies import accept
 from .dependencies import Service
 from .errors import Conflict
@@ -32,6 +32,14 @@ WaitSeconds = Annotated[
     float, QueryParameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")
 ]
 JobUUID = Annotated[str, PathParameter(description="A UUID of your choice", schema_extra={"format": "uuid"})]
+PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="At most this many jobs")]
+PageCursor = Annotated[str | None, QueryParameter(description="A page's last_id: the jobs older than that job")]
+STATES = [state.value for state in JobState]
+# ``state`` is a name Litestar reserves for the app's state: the argument takes another name,
+# so the handler checks it (Litestar's own message would name the argument, not ``state``).
+StateFilter = Annotated[
+    str | None, QueryParameter(name="state", description="Only the jobs in this state", schema_extra={"enum": STATES})
+]
 SUBMIT_ERRORS = errors(400, 413, 429, 503)
 SUBMIT_HEADERS = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RETRY_AFTER}}
 FILE_CHUNK = 8 * 1024 * 1024  # each chunk is a thread hop: few, large ones
@@ -65,9 +73,27 @@ class JobsController(Controller):
             return output_response(service, job, status_code=201, headers={**headers, "X-Job-Id": job.id})
         return Response(service.view(job), status_code=201, headers=headers)
 
+    @get(
+        "/",
+        summary="List jobs, newest first",
+        description="Pages of at most `limit` jobs; pass a page's `last_id` as `after` for the next one.",
+        responses=errors(400),
+    )
+    async def list_jobs(
+        self, service: Service, job_state: StateFilter = None, limit: PageLimit = 20, after: PageCursor = None
+    ) -> JobList:
+        if job_state is not None and job_state not in STATES:
+            raise InputError(f"must be one of {', '.join(STATES)}", "state")
+        jobs, has_more = service.list_jobs(JobState(job_state) if job_state else None, limit, after)
+        return JobList([service.view(job) for job in jobs], has_more, jobs[-1].id if jobs else None)
+
     # Litestar's own OPTIONS answer for a path remembers only the methods of the handler
     # registered first: answer it ourselves. A controller registers its handlers sorted by
-    # name, so this one's name must sort before get_job and put_job.
+    # name, so these names must sort before the other handlers of their paths.
+    @route("/", http_method=["OPTIONS"], status_code=204, include_in_schema=False)
+    async def allowed_collection_methods(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+
     @route("/{job_id:str}", http_method=["OPTIONS"], status_code=204, include_in_schema=False)
     async def allowed_methods(self, job_id: FromPath[str]) -> Response[None]:
         return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, PUT"})

@@ -1,0 +1,246 @@
+"""``para-attn-server generate URL -p prompt="a cat" -p seed=7 -o cat.png``: run one job on a
+server through ``para_attn_server.client``, show its progress, write its output.
+
+Exit status: 0 the output was written; 1 the job failed or was cancelled elsewhere, or the
+server could not be reached; 2 bad input (the command line, or inputs the server refused,
+named in a one-line error); 130 interrupted by Ctrl-C, after the job was cancelled on the
+server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import msgspec
+from tqdm import tqdm
+
+from .client import (
+    API_KEY_ENV,
+    Client,
+    ClientError,
+    Conflict,
+    Event,
+    InputRejected,
+    Job,
+    JobFailed,
+    NotFound,
+    Progress,
+    Result,
+    Unauthorized,
+)
+
+PROG = "para-attn-server generate"
+CANCEL_WAIT = 3.0  # seconds to wait after Ctrl-C for the server to say the job stopped
+
+
+class UsageError(Exception):
+    """A bad command line: one line on stderr and status 2, not argparse's usage block."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``: the value as JSON when it is JSON (``seed=7``, ``tags=["a"]``), else
+    the text itself (``prompt=a cat``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+
+    def not_a_number(constant: str) -> Any:
+        raise ValueError(constant)  # NaN and Infinity are words here, not floats
+
+    try:
+        return key.strip(), json.loads(value, parse_constant=not_a_number)
+    except ValueError:
+        return key.strip(), value
+
+
+def _uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a UUID, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Run one job on a para-attn-server and write its output.",
+        epilog="Exit status: 0 written, 1 the job failed, 2 bad input, 130 interrupted (the job is cancelled).",
+    )
+    p.add_argument("url", metavar="URL", help="the server, as http://HOST:PORT")
+    p.add_argument(
+        "-p",
+        "--param",
+        type=parse_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a request field, repeatable; VALUE is read as JSON when it is JSON, else as text",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="where to write the output (a directory: named after the job there)"
+    )
+    p.add_argument("--json", action="store_true", help="print the job and where its output went as JSON on stdout")
+    p.add_argument("--api-key", help=f"the server's API key (default: ${API_KEY_ENV})")
+    p.add_argument("--id", dest="job_id", type=_uuid, help="the job's UUID: the same command again never runs it twice")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+class ProgressBar:
+    """The job on stderr: its state, steps done of total, elapsed time and rate (tqdm).
+    It appears with the job's first event: a refused request draws no bar."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.running = False
+        self.bar: tqdm[Any] | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            if self.bar is not None:  # always: the job itself is the first event
+                self._move(event.step, event.total)
+            return
+        state = event.state
+        if state == "queued" and event.queue_position is not None:
+            state = f"queued ({event.queue_position} ahead)"
+        if self.bar is None:
+            self.bar = tqdm(
+                desc=state, total=event.total_steps, unit=" steps", disable=not self.enabled, file=sys.stderr,
+                dynamic_ncols=True,
+            )  # fmt: skip
+            self.running = event.state != "queued"
+        else:
+            self.bar.set_description_str(state)
+        if event.state == "running" and not self.running:
+            self.running = True
+            self.bar.reset(total=event.total_steps)  # elapsed and rate count from the start
+        if event.step is not None:
+            self._move(event.step, event.total_steps)
+
+    def _move(self, step: int, total: int | None) -> None:
+        assert self.bar is not None
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C must reach generate (which cancels the job) even where SIGINT was left
+        # ignored, as a non-interactive shell does for the commands it starts with '&'.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        args = parser().parse_args(argv)
+        inputs = _inputs(args.param)
+        url = _url(args.url)
+        target = _target(args.output)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    job_id = args.job_id or str(uuid.uuid4())
+    progress = ProgressBar(enabled=not args.quiet)
+    with Client(url, api_key=args.api_key) as client:
+        try:
+            result = client.generate(inputs, job_id=job_id, on_event=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            return _interrupted(client, job_id)
+        except ClientError as exc:
+            progress.close()
+            return _failed(exc, args.json)
+        progress.close()
+    return _written(result, target, args.json)
+
+
+def _inputs(params: list[tuple[str, Any]]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for key, value in params:
+        if key in inputs:
+            raise UsageError(f"-p {key}: given twice")
+        inputs[key] = value
+    return inputs
+
+
+def _url(text: str) -> str:
+    url = text if "://" in text else f"http://{text}"
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+        raise UsageError(f"URL: expected http://HOST:PORT, got {text!r}")
+    return url
+
+
+def _target(path: Path | None) -> Path | None:
+    """Refuse an output path that cannot be written before the job runs."""
+    if path is not None and not path.is_dir() and not path.parent.is_dir():
+        raise UsageError(f"-o: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def _written(result: Result, target: Path | None, as_json: bool) -> int:
+    try:
+        path = result.save(target if target is not None else Path.cwd())
+    except OSError as exc:
+        return _fail(f"-o: cannot write {str(target)!r}: {exc.strerror or exc}", 1)
+    if as_json:
+        _print_json(result.job, path, result.content_type, len(result.output))
+    else:
+        job = result.job
+        took = (job.finished_at or job.created_at) - job.created_at
+        print(f"{path} ({result.content_type}, {len(result.output)} bytes): job {job.id} succeeded in {took:.2f} s")
+    return 0
+
+
+def _failed(exc: ClientError, as_json: bool) -> int:
+    if isinstance(exc, JobFailed):
+        if as_json:
+            _print_json(exc.job, None, None, None)
+        return _fail(exc.message, 1)
+    if isinstance(exc, InputRejected):
+        return _fail(f"{exc.field}: {exc.reason}" if exc.field else exc.reason, 2)
+    if isinstance(exc, Unauthorized):
+        return _fail(f"--api-key: {exc.message} (give --api-key or set ${API_KEY_ENV})", 2)
+    if isinstance(exc, Conflict):
+        # The id is taken by a job with other inputs; the server names the field "id".
+        return _fail(f"--id: {exc.message.removeprefix('id: ')}", 2)
+    return _fail(exc.message, 1)
+
+
+def _interrupted(client: Client, job_id: str) -> int:
+    """After Ctrl-C (``generate`` already asked the server to cancel): say how it ended."""
+    state = "cancel requested"
+    try:
+        job = client.get(job_id, wait=CANCEL_WAIT)
+        state = job.state if job.done else f"{job.state}, cancel requested"
+        if job.step is not None:
+            state += f" at step {job.step} of {job.total_steps or '?'}"
+    except NotFound:
+        state = "not submitted"  # interrupted before the server took it
+    except (ClientError, KeyboardInterrupt):
+        pass
+    print(f"{PROG}: interrupted: job {job_id} {state}", file=sys.stderr)
+    return 130
+
+
+def _print_json(job: Job, path: Path | None, content_type: str | None, size: int | None) -> None:
+    output = None if path is None else {"file": str(path), "content_type": content_type, "bytes": size}
+    print(json.dumps({"job": msgspec.to_builtins(job), "output": output}))
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status

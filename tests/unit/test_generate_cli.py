@@ -1,0 +1,86 @@
+"""generate_cli's pure parts: -p values, the URL, the output path, and the one-line errors
+of a bad command line (before anything reaches a server)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from para_attn_server.generate_cli import main, parse_param
+
+PREFIX = "para-attn-server generate: error: "
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("seed=7", ("seed", 7)),
+        ("scale=3.5", ("scale", 3.5)),
+        ("tiled=true", ("tiled", True)),
+        ("negative=null", ("negative", None)),
+        ('tags=["a", "b"]', ("tags", ["a", "b"])),
+        ('size={"w": 1}', ("size", {"w": 1})),
+        ("prompt=a cat in a hat", ("prompt", "a cat in a hat")),
+        ('prompt="7"', ("prompt", "7")),  # JSON text: how to pass digits as a string
+        ("prompt=", ("prompt", "")),
+        ("prompt=a=b", ("prompt", "a=b")),  # only the first = splits
+        ("word=NaN", ("word", "NaN")),  # a word, not float('nan')
+        ("word=Infinity", ("word", "Infinity")),
+        (" seed =7", ("seed", 7)),
+    ],
+)
+def test_param_values_are_json_when_they_parse_else_text(text: str, expected: tuple[str, object]) -> None:
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["seed", "=7", " =7"])
+def test_a_param_without_a_key_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=VALUE"):
+        parse_param(text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["http://127.0.0.1:9", "-p", "seed"], "argument -p/--param: expected KEY=VALUE, got 'seed'"),
+        (["http://127.0.0.1:9", "-p", "seed=1", "-p", "seed=2"], "-p seed: given twice"),
+        (["ftp://127.0.0.1:9"], "URL: expected http://HOST:PORT, got 'ftp://127.0.0.1:9'"),
+        (["http://"], "URL: expected http://HOST:PORT, got 'http://'"),
+        ([], "the following arguments are required: URL"),
+        (["http://127.0.0.1:9", "--colour"], "unrecognized arguments: --colour"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_and_status_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"{PREFIX}{message}\n")
+
+
+def test_an_output_path_in_a_missing_directory_is_refused_before_the_job_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 9 (discard) has no server here: reaching it would be a different error.
+    assert main(["http://127.0.0.1:9", "-o", str(tmp_path / "missing" / "cat.png")]) == 2
+    assert capsys.readouterr().err == f"{PREFIX}-o: directory '{tmp_path / 'missing'}' does not exist\n"
+
+
+def test_a_server_that_does_not_answer_is_status_1_with_the_reason(
+    unused_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([f"127.0.0.1:{unused_port}", "-q"]) == 1  # host:port alone means http://
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PREFIX}no answer from the server (ConnectError")
+    assert err.count("\n") == 1
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
