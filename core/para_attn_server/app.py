@@ -231,14 +231,21 @@ def _exception_handler(service: JobService) -> Callable[[Request[Any, Any, Any],
 
 def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
     """Require ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on every route but
-    ``/health/live`` (so a liveness probe needs no secret). Every key a request presents
-    must be right: a wrong one is refused even beside a right one."""
+    ``/health/live`` (so a liveness probe needs no secret) and handlers whose ``opt`` says
+    ``"public": True`` (a plugin's web page: files that hold no secret, and that a browser
+    must load before it can ask for the key). Every key a request presents must be right:
+    a wrong one is refused even beside a right one."""
     expected = api_key.encode()
     body = msgspec.json.encode({"error": "missing or invalid API key"})
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == ScopeType.HTTP and scope["path"] != "/health/live":
+            # Litestar runs app middleware per route, so the matched handler is in the scope.
+            if (
+                scope["type"] == ScopeType.HTTP
+                and scope["path"] != "/health/live"
+                and scope["route_handler"].opt.get("public") is not True
+            ):
                 supplied = []
                 for name, value in scope["headers"]:
                     if name == b"x-api-key":
@@ -625,6 +632,7 @@ def create_app(
             tags=health,
             responses={200: _spec(str, "Prometheus text format", "text/plain"), **auth},
         )(metrics),
+        *service.plugins.routes(),
     ]
     openapi = OpenAPIConfig(title="para-attn-server", version=version())
     if api_key:

@@ -103,3 +103,18 @@ def job_state_changed(job: Job) -> None:
 
     Runs in the server process, on the event loop: do not block.
     """
+
+
+@hookspec
+def register_routes(register: Callable[[Any], None]) -> None:
+    """Add HTTP routes to the app: call ``register(handler)`` with Litestar route handlers,
+    Controllers or Routers.
+
+    :param register: call ``register(handler)`` once per handler, Controller or Router;
+        they join the app's own routes (a path that clashes with one is a startup error).
+        Like every route, they require the ``--api-key`` when one is set, except handlers
+        whose ``opt`` has ``"public": True`` (for files that are not secret, such as a web
+        page's HTML, scripts and styles).
+
+    Runs once in the server process when the app is built.
+    """

@@ -67,6 +67,12 @@ class Plugins:
             self._executors = self._collect(self.pm.hook.register_executors, "executor")
         return self._executors
 
+    def routes(self) -> list[Any]:
+        """The route handlers, Controllers and Routers that plugins add to the app."""
+        found: list[Any] = []
+        self.pm.hook.register_routes(register=found.append)
+        return found
+
     def _collect(self, hook: Any, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
 

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from litestar import get
 
+from para_attn_server import hookimpl
 from para_attn_server.app import create_app
 from para_attn_server.group import JobOutcome
 from para_attn_server.jobs import Job, JobService, JobState
@@ -726,3 +728,32 @@ async def test_api_key_is_required_everywhere_but_liveness(service: JobService) 
     assert (missing.status_code, wrong.status_code) == (401, 401)
     assert missing.json() == {"error": "missing or invalid API key"}
     assert (bearer.status_code, header.status_code, live.status_code) == (200, 202, 200)
+
+
+class RoutesPlugin:
+    """Adds two routes: one marked public (as a web page's files are), one not."""
+
+    @hookimpl
+    def register_routes(self, register: Any) -> None:
+        @get("/page", opt={"public": True}, include_in_schema=False)
+        async def page() -> str:
+            return "page"
+
+        @get("/private", include_in_schema=False)
+        async def private() -> str:
+            return "private"
+
+        register(page)
+        register(private)
+
+
+async def test_plugin_routes_are_served_and_only_public_ones_skip_the_api_key(service: JobService) -> None:
+    service.plugins.pm.register(RoutesPlugin())
+    async with connect(service, api_key="s3cret") as client:
+        page = await client.get("/page")
+        private = await client.get("/private")
+        private_with_key = await client.get("/private", headers={"authorization": "Bearer s3cret"})
+
+    assert (page.status_code, page.text) == (200, "page")
+    assert private.status_code == 401
+    assert (private_with_key.status_code, private_with_key.text) == (200, "private")
