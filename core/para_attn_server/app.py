@@ -15,6 +15,7 @@ both validates it (400 naming the field) and documents it at ``/schema``.
 import asyncio
 import base64
 import hmac
+import re
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -198,18 +199,28 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **e
     return Response({"error": message, **extra}, status_code=status, headers=headers)
 
 
+# How msgspec names a field of the body that is unknown or missing, in the message itself.
+NAMED_FIELD = re.compile(r"(?:unknown|required) field `([^`]+)`")
+
+
 def _exception_handler(service: JobService) -> Callable[[Request[Any, Any, Any], Exception], Response[JSON]]:
     def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[JSON]:
         if isinstance(exc, ValidationException):
             problems = exc.extra if isinstance(exc.extra, list) else []
-            parts = []
+            parts, keys = [], set()
             for problem in problems:
                 key = problem.get("key") if isinstance(problem, dict) else None
                 message = problem.get("message") if isinstance(problem, dict) else str(problem)
                 if key == "data" and message == "'data'":
                     message = "a JSON object is required as the request body"  # no body at all
                 parts.append(f"{key}: {message}" if key and key != "data" else str(message))
-            return _error(400, "; ".join(parts) or str(exc.detail))
+                if key in (None, "data"):
+                    named = NAMED_FIELD.search(str(message))
+                    key = named[1] if named else None
+                keys.add(key)
+            # "field" when one request field is at fault, as InputError answers say it.
+            field = keys.pop() if len(keys) == 1 else None
+            return _error(400, "; ".join(parts) or str(exc.detail), field=field)
         if isinstance(exc, InputError):
             return _error(400, str(exc), field=exc.field)
         if isinstance(exc, QueueFullError):

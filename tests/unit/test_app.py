@@ -108,6 +108,7 @@ async def test_generate_rejects_a_bad_body_with_400_naming_the_field(
 
     assert response.status_code == 400
     assert_error_body(response, names=names)
+    assert response.json()["field"] == names  # the web page shows the message next to it
     assert service.jobs == {}
 
 
