@@ -108,6 +108,15 @@ def as_text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def input_type(name: str, spec: dict[str, Any]) -> str:
+    """The form control a field should get, as the DOM's ``type`` names it."""
+    if "enum" in spec:
+        return "select-one"
+    if spec.get("type") == "string":
+        return "textarea" if "prompt" in name else "text"
+    return {"integer": "number", "number": "number", "boolean": "checkbox"}.get(spec.get("type", ""), "textarea")
+
+
 def request_schema(server: Server) -> dict[str, Any]:
     document = server.http.get("/schema/openapi.json").json()
     ref = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -136,6 +145,7 @@ def test_form_has_every_field_with_its_default_and_limits_prompt_first(
         field = page.get_by_label(re.compile(rf"^{name}( \(required\))?$"))
         hint = page.locator(f"#hint-{name}")
         default = spec.get("default")
+        assert field.evaluate("input => input.type") == input_type(name, spec)
         if "enum" in spec:
             assert field.evaluate("select => select.selectedOptions[0].text") == default
             assert field.evaluate("select => [...select.options].map(o => o.text)") == spec["enum"]
