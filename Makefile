@@ -10,8 +10,11 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?= --num-devices 2
+# The web page's tests drive this browser (Debian's chromium; never a downloaded one).
+CHROMIUM ?= /usr/bin/chromium
+CHROMIUM_INSTALL := apt-get install -y --no-install-recommends chromium fonts-liberation
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test chromium lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +30,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 serve: $(VENV)/.installed
 	$(BIN)/para-attn-server $(ARGS)
 
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+test: $(VENV)/.installed chromium
+	PARA_ATTN_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+
+# Installs chromium when it is missing and this user can (root); otherwise
+# tests/integration/test_webui.py fails with the command to run.
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive $(CHROMIUM_INSTALL); \
+	  else \
+	    echo "$(CHROMIUM) is missing: the web page tests will fail; install it with: sudo $(CHROMIUM_INSTALL)" >&2; \
+	  fi; \
+	fi
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check core plugins contrib_predictors tests benchmarks

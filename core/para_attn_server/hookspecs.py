@@ -77,12 +77,14 @@ def register_routes(register: Callable[[Any], None], service: JobService, settin
 
     :param register: call ``register(obj)`` with Litestar route handlers, Controllers or
         Routers, or with Litestar plugins (``InitPluginProtocol``); each app gets what this
-        call registers, so per-app state (a metrics registry) lives in those objects.
+        call registers, so per-app state (a metrics registry) lives in those objects. A path
+        that clashes with another route is a startup error.
     :param service: the job service; handlers also receive it as the dependency ``service``.
     :param settings: every setting, plugin sections included.
 
-    Runs once in the server process for each app built. Routes are covered by the API key
-    like every other route.
+    Runs once in the server process for each app built. Like every route, plugin routes
+    require the ``--api-key`` when one is set, except handlers whose ``opt`` has
+    ``"public": True`` (files that are not secret, such as a web page's HTML and scripts).
     """
 
 
@@ -136,3 +138,4 @@ def job_state_changed(job: JobRecord) -> None:
 
     Runs in the server process, on the event loop: do not block.
     """
+

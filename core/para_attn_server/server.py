@@ -99,10 +99,7 @@ class ParaAttentionServer:
         sock = _bind(settings.http.host, settings.http.port)
         self.port = sock.getsockname()[1]
         app = create_app(
-            service,
-            api_key=settings.http.api_key,
-            max_body_bytes=settings.http.max_body_bytes,
-            extra_routes=plugins.routes(service, settings),
+            service, settings, api_key=settings.http.api_key, max_body_bytes=settings.http.max_body_bytes
         )
         http = _HttpServer(
             uvicorn.Config(

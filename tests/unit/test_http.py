@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from litestar import get
 
+from para_attn_server import hookimpl
 from para_attn_server.group import JobOutcome
 from para_attn_server.http import create_app
 from para_attn_server.jobs import JobService
@@ -103,6 +105,7 @@ async def test_generate_rejects_a_bad_body_with_400_naming_the_field(
 
     assert response.status_code == 400
     assert_error_body(response, names=names)
+    assert response.json()["field"] == names  # the web page shows the message next to it
     assert service.jobs == {}
 
 
@@ -731,3 +734,32 @@ async def test_options_of_a_job_lists_every_method_of_its_url(client: httpx.Asyn
 
     assert response.status_code == 204
     assert response.headers["allow"] == "GET, OPTIONS, PUT"
+
+
+class RoutesPlugin:
+    """Adds two routes: one marked public (as a web page's files are), one not."""
+
+    @hookimpl
+    def register_routes(self, register: Any) -> None:
+        @get("/page", opt={"public": True}, include_in_schema=False)
+        async def page() -> str:
+            return "page"
+
+        @get("/private", include_in_schema=False)
+        async def private() -> str:
+            return "private"
+
+        register(page)
+        register(private)
+
+
+async def test_plugin_routes_are_served_and_only_public_ones_skip_the_api_key(service: JobService) -> None:
+    service.plugins.pm.register(RoutesPlugin())
+    async with connect(service, api_key="s3cret") as client:
+        page = await client.get("/page")
+        private = await client.get("/private")
+        private_with_key = await client.get("/private", headers={"authorization": "Bearer s3cret"})
+
+    assert (page.status_code, page.text) == (200, "page")
+    assert private.status_code == 401
+    assert (private_with_key.status_code, private_with_key.text) == (200, "private")

@@ -14,12 +14,11 @@ and documents it. Plugins add routes (``register_routes``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from litestar import Litestar
+from litestar.plugins import InitPluginProtocol
 
 from ..jobs import JobService
+from ..settings import Settings
 from . import errors, openapi
 from .auth import api_key_middleware
 from .dependencies import provide
@@ -32,14 +31,20 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
 def create_app(
     service: JobService,
+    settings: Settings | None = None,
     *,
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
-    extra_routes: Sequence[Any] = (),
     debug: bool = False,
 ) -> Litestar:
+    """The app over ``service``. Plugins add routes and Litestar plugins (``register_routes``),
+    given ``settings`` (their defaults when None)."""
+    added = service.plugins.routes(service, settings or Settings())
+    litestar_plugins = [obj for obj in added if isinstance(obj, InitPluginProtocol)]
+    routes = [obj for obj in added if not isinstance(obj, InitPluginProtocol)]
     app = Litestar(
-        [OriginalController, JobsController, HealthController, *extra_routes],
+        [OriginalController, JobsController, HealthController, *routes],
+        plugins=litestar_plugins,
         dependencies=provide(service),
         signature_namespace={"InputBody": service.schema.type, "JobService": JobService},
         middleware=[api_key_middleware(api_key)] if api_key else [],

@@ -1,19 +1,19 @@
 """The API key: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on every route but the
-public ones (``/health/live``, so a liveness probe needs no secret)."""
+public ones: handlers whose ``opt`` says ``"public": True`` (``/health/live``, so a liveness
+probe needs no secret; a web page's files, which hold none and which a browser must load
+before it can ask for the key)."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-PUBLIC_PATHS = frozenset({"/health/live"})
 
-
-def api_key_middleware(api_key: str, public: Collection[str] = PUBLIC_PATHS) -> Callable[[ASGIApp], ASGIApp]:
+def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
     """Every key a request presents must be right: a wrong one is refused even beside a
     right one."""
     expected = api_key.encode()
@@ -21,7 +21,8 @@ def api_key_middleware(api_key: str, public: Collection[str] = PUBLIC_PATHS) -> 
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == ScopeType.HTTP and scope["path"] not in public:
+            # Litestar runs app middleware per route, so the matched handler is in the scope.
+            if scope["type"] == ScopeType.HTTP and scope["route_handler"].opt.get("public") is not True:
                 supplied = []
                 for name, value in scope["headers"]:
                     if name == b"x-api-key":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from litestar import Request, Response
@@ -12,6 +13,8 @@ from litestar.types import ExceptionHandlersMap
 from ..errors import InputError, NotReadyError, QueueFullError
 
 NOT_READY_RETRY_AFTER = "5"
+# How msgspec names a field of the body that is unknown or missing, in the message itself.
+NAMED_FIELD = re.compile(r"(?:unknown|required) field `([^`]+)`")
 
 
 class Conflict(HTTPException):
@@ -25,14 +28,19 @@ def error(status: int, message: str, headers: dict[str, str] | None = None, **ex
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     problems = exc.extra if isinstance(exc.extra, list) else []
-    parts = []
+    parts, keys = [], set()
     for problem in problems:
         key = problem.get("key") if isinstance(problem, dict) else None
         message = problem.get("message") if isinstance(problem, dict) else str(problem)
         if key == "data" and message == "'data'":
             message = "a JSON object is required as the request body"  # no body at all
         parts.append(f"{key}: {message}" if key and key != "data" else str(message))
-    return error(400, "; ".join(parts) or str(exc.detail))
+        if key in (None, "data"):
+            named = NAMED_FIELD.search(str(message))
+            key = named[1] if named else None
+        keys.add(key)
+    # "field" when one request field is at fault, as InputError answers say it.
+    return error(400, "; ".join(parts) or str(exc.detail), field=keys.pop() if len(keys) == 1 else None)
 
 
 def _input(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:

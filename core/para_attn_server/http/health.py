@@ -14,7 +14,7 @@ from .schemas import Health
 class HealthController(Controller):
     tags = ("health",)
 
-    @get("/health/live", summary="Liveness", opt={"openapi": Doc(public=True)})
+    @get("/health/live", summary="Liveness", opt={"public": True})
     async def live(self) -> Health:
         return Health("live")
 

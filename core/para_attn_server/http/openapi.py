@@ -4,7 +4,7 @@ say, applied in one pass over the built document.
 A handler states its additions in ``opt={"openapi": Doc(...)}`` beside its route; ``finish``
 walks the app's routes once and applies each to its operation: headers of responses
 (Retry-After, Location), a second media type of a response, a request body the handler reads
-itself, and whether the route needs the API key.
+itself, and (from ``opt["public"]``) that the route needs no API key.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ class Doc:
     headers: dict[str, dict[str, OpenAPIHeader]] = field(default_factory=dict)
     content: dict[str, dict[str, Schema]] = field(default_factory=dict)
     request_body: RequestBody | None = None
-    public: bool = False
 
 
 def spec(container: Any, description: str, media_type: str = "application/json") -> ResponseSpec:
@@ -94,13 +93,15 @@ def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
             continue
         item = document.paths[route.path_format]
         for handler in route.route_handlers:
-            doc = handler.opt.get("openapi", Doc())
+            doc, public = handler.opt.get("openapi", Doc()), handler.opt.get("public") is True
             for method in handler.http_methods:
                 operation = getattr(item, method.lower(), None)
                 if operation is None:
                     continue
                 _apply(operation, doc)
-                if api_key and not doc.public and operation.responses is not None:
+                if public:
+                    operation.security = []
+                elif api_key and operation.responses is not None:
                     operation.responses.setdefault("401", unauthorized)
     schemas = document.components.schemas or {} if document.components else {}
     if closed_body and closed_body in schemas:
@@ -119,5 +120,3 @@ def _apply(operation: Any, doc: Doc) -> None:
             responses[code].content = {**(responses[code].content or {}), **extra}
     if doc.request_body is not None:
         operation.request_body = doc.request_body
-    if doc.public:
-        operation.security = []

@@ -1,0 +1,251 @@
+"""The web page (the ``webui`` plugin) in a real browser: Debian's chromium, headless,
+driven by Playwright, against real servers (tiny Flux on 2 ranks; noop for long jobs).
+
+Every wait is on a DOM state (Playwright's ``expect``), never a sleep. Screenshots go to
+pytest's tmp path; with ``PARA_ATTN_WEBUI_SCREENSHOTS=DIR`` they are copied there too (that
+is how docs/webui-*.png are made).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import Server
+
+CHROMIUM = Path(os.environ.get("PARA_ATTN_CHROMIUM", "/usr/bin/chromium"))
+INSTALL = "apt-get install -y --no-install-recommends chromium fonts-liberation"
+# No sandbox: CI runs as root, where chromium refuses its sandbox. The rest keep a browser
+# on a machine without network from reaching out to Google's services on its own.
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+KEY = "webui-test-key"
+TIMEOUT_MS = 60_000  # two busy cores: the server, two ranks and a browser share them
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the web page tests drive Debian's chromium, and {CHROMIUM} is missing: install it with "
+            f"`sudo {INSTALL}` (`make test` does this itself when run as root)",
+            pytrace=False,
+        )
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """``open_page(server)``: a fresh browser context (empty session storage) on the page.
+    Uncaught script errors fail the test."""
+    contexts = []
+    errors: list[str] = []
+
+    def open_(server: Server) -> Page:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, f"uncaught errors in the page's script: {errors}"
+
+
+@pytest.fixture(scope="module")
+def noop_server(launch: Callable[..., Server]) -> Server:
+    """noop on 2 ranks behind an API key: long jobs to cancel, and the key's flow."""
+    server = launch("--model", "noop", "--num-devices", "2", "--api-key", KEY)
+    server.http.headers["Authorization"] = f"Bearer {KEY}"
+    return server
+
+
+def enter_key(page: Page, key: str = KEY) -> None:
+    page.get_by_label("This server needs an API key").fill(key)
+    page.get_by_role("button", name="Use key").click()
+
+
+def generate(page: Page, **fields: object) -> str:
+    """Fill in the fields, press Generate, and return the id of the job the page shows."""
+    for name, value in fields.items():
+        page.locator(f"#field-{name}").fill(str(value))
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#job-id")).to_have_text(re.compile(r"^[0-9a-f-]{36}$"))
+    return page.locator("#job-id").inner_text()
+
+
+def save_screenshot(page: Page, path: Path) -> None:
+    page.screenshot(path=path, full_page=True)
+    if copy_to := os.environ.get("PARA_ATTN_WEBUI_SCREENSHOTS"):
+        shutil.copy(path, Path(copy_to) / path.name)
+
+
+def as_text(value: object) -> str:
+    """A JSON value as JavaScript's String() writes it (16.0 -> "16")."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def input_type(name: str, spec: dict[str, Any]) -> str:
+    """The form control a field should get, as the DOM's ``type`` names it."""
+    if "enum" in spec:
+        return "select-one"
+    if spec.get("type") == "string":
+        return "textarea" if "prompt" in name else "text"
+    return {"integer": "number", "number": "number", "boolean": "checkbox"}.get(spec.get("type", ""), "textarea")
+
+
+def request_schema(server: Server) -> dict[str, Any]:
+    document = server.http.get("/schema/openapi.json").json()
+    ref = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return schema
+
+
+@pytest.mark.parametrize("which", ["tiny_server", "noop_server"])
+def test_form_has_every_field_with_its_default_and_limits_prompt_first(
+    request: pytest.FixtureRequest, open_page: Callable[..., Page], which: str
+) -> None:
+    server: Server = request.getfixturevalue(which)
+    page = open_page(server)
+    if which == "noop_server":
+        enter_key(page)
+    schema = request_schema(server)
+    names = [name for name in schema["properties"] if name != "output_path"]
+    expect(page.locator("#fields .field")).to_have_count(len(names))
+
+    shown = page.locator("#fields :is(input, select, textarea)").evaluate_all("els => els.map(e => e.name)")
+    assert sorted(shown) == sorted(names)
+    if "prompt" in names:
+        assert shown[0] == "prompt"
+    for name in names:
+        spec = schema["properties"][name]
+        field = page.get_by_label(re.compile(rf"^{name}( \(required\))?$"))
+        hint = page.locator(f"#hint-{name}")
+        default = spec.get("default")
+        assert field.evaluate("input => input.type") == input_type(name, spec)
+        if "enum" in spec:
+            assert field.evaluate("select => select.selectedOptions[0].text") == default
+            assert field.evaluate("select => [...select.options].map(o => o.text)") == spec["enum"]
+            expect(hint).to_contain_text(", ".join(spec["enum"]))
+        elif spec.get("type") == "boolean":
+            assert field.is_checked() is default
+        elif default is not None:
+            expect(field).to_have_value(as_text(default))
+        if default is not None:
+            expect(hint).to_contain_text("default")
+        for key in ("minimum", "maximum", "multipleOf", "maxLength"):
+            if key in spec and spec[key] < 1e15:  # larger bounds are shown rounded
+                expect(hint).to_contain_text(as_text(spec[key]))
+
+
+def test_a_job_runs_to_its_image_with_progress_to_n_of_n(
+    tiny_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = open_page(tiny_server)
+    job_id = generate(page, prompt="a red square", width=48, num_inference_steps=3)
+
+    output = page.locator("#result img#output")
+    expect(output).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#output').complete")
+    assert output.evaluate("img => img.naturalWidth") == 48
+    assert output.evaluate("img => img.naturalHeight") == 32  # the default height
+    expect(page.locator("#progress-text")).to_have_text("3 of 3")
+    expect(page.locator("#job-state")).to_have_text("succeeded")
+    expect(page.locator(f'#jobs-list tr[data-job-id="{job_id}"]')).to_contain_text("succeeded")
+    assert tiny_server.http.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    save_screenshot(page, tmp_path / "webui-finished.png")
+
+
+def test_a_400_shows_the_servers_message_next_to_the_field(
+    tiny_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = open_page(tiny_server)
+    expected = tiny_server.http.post("/v1/jobs", json={"prompt": "x", "width": 50})
+    assert expected.status_code == 400
+    assert expected.json()["field"] == "width"
+
+    page.locator("#field-prompt").fill("x")
+    page.locator("#field-width").fill("50")
+    page.get_by_role("button", name="Generate").click()
+
+    expect(page.locator("#error-width")).to_have_text(expected.json()["error"])
+    expect(page.locator("#field-width")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#job-detail")).to_be_hidden()  # no job was made
+    save_screenshot(page, tmp_path / "webui-field-error.png")
+
+    page.locator("#field-width").fill("64")  # a good value clears the message
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#job-state")).to_have_text("succeeded")
+    expect(page.locator("#error-width")).to_be_empty()
+
+
+def test_cancel_stops_a_running_job(noop_server: Server, open_page: Callable[..., Page]) -> None:
+    page = open_page(noop_server)
+    enter_key(page)
+    job_id = generate(page, steps=100_000, step_seconds=0.05)
+    expect(page.locator("#progress-text")).to_have_text(re.compile(r"^[1-9]\d* of 100000$"))
+
+    page.get_by_role("button", name="Cancel").click()
+
+    expect(page.locator("#job-state")).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    view = noop_server.http.get(f"/v1/jobs/{job_id}").json()
+    assert view["state"] == "cancelled"
+    assert view["step"] < 100_000
+
+
+def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(
+    noop_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = open_page(noop_server)
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+
+    enter_key(page, "not-the-key")
+    expect(page.locator("#key-error")).to_have_text("The server refused that key.")
+    enter_key(page)
+    expect(page.locator("#field-steps")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('para-attn-server.api-key')") == KEY
+
+    page.reload()  # kept for the tab: no second question
+    expect(page.locator("#field-steps")).to_be_visible()
+    expect(page.locator("#key-panel")).to_be_hidden()
+    job_id = generate(page, steps=3, size=100)
+
+    expect(page.locator("#job-state")).to_have_text("succeeded")
+    expect(page.locator("#progress-text")).to_have_text("3 of 3")
+    expect(page.locator("#result-caption")).to_contain_text("100 bytes")  # the output, fetched with the key
+    assert noop_server.http.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    assert any(url.endswith(f"/v1/jobs/{job_id}/events") for url in urls)
+    assert not [url for url in urls if KEY in url or "not-the-key" in url]
+
+
+def test_the_page_files_load_without_the_key_and_the_api_does_not(noop_server: Server) -> None:
+    for path in ("/", "/ui/app.js", "/ui/style.css"):
+        assert httpx.get(noop_server.url + path).status_code == 200, path
+    assert httpx.get(noop_server.url + "/ui/missing.js").status_code == 404
+    for path in ("/schema/openapi.json", "/v1/jobs/x", "/server_status"):
+        assert httpx.get(noop_server.url + path).status_code == 401, path
