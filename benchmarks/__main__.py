@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only SUITE,...] [--json PATH]``
+"""``python -m benchmarks [--quick] [--only SUITE,...] [--json PATH] [--original-git DIR]``
 
 Starts and stops its own servers (nothing is left running), prints each figure as it is
 measured, then a Markdown table, and writes every sample's statistics as JSON.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+from .compare import compare
 from .harness import Report
 from .suites import SUITES
 
@@ -22,6 +24,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     parser.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites: {', '.join(SUITES)}")
     parser.add_argument("--json", default="benchmarks/results/latest.json", help="where to write the results")
+    parser.add_argument(
+        "--original-git",
+        default=os.environ.get("PARA_ATTN_BENCH_ORIGINAL_GIT"),
+        help="a git copy of github.com/chengzeyi/ParaAttention: the compare suite runs the original server from it",
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SUITES)
@@ -31,13 +38,19 @@ def main() -> int:
     started = time.time()
     for name in chosen:
         print(f"[{name}]", flush=True)
-        SUITES[name](report, args.quick)
+        if name == "compare":
+            compare(report, args.quick, original_git=args.original_git)
+        else:
+            SUITES[name](report, args.quick)
     print()
     print(report.table())
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.platform(), "python": sys.version.split()[0], "cpus": __import__("os").cpu_count(),
-            "quick": args.quick, "seconds": round(time.time() - started, 1)}  # fmt: skip
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)), "machine": platform.platform(),
+            "python": sys.version.split()[0], "cpus": os.cpu_count(), "quick": args.quick,
+            "seconds": round(time.time() - started, 1)}  # fmt: skip
+    print(f"\n{meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, Python {meta['python']}"
+          + (" (--quick)" if args.quick else ""))  # fmt: skip
     out.write_text(json.dumps({"meta": meta, "rows": report.rows}, indent=2))
     print(f"\nwrote {out} ({meta['seconds']} s)")
     return 0

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .harness import free_port
+from para_attn_server.testing import free_port
 
 
 def _rank(

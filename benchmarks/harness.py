@@ -11,73 +11,31 @@ import asyncio
 import contextlib
 import http.client
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from para_attn_server.testing import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen[str]
-    output_dir: Path
-    log: list[str] = field(default_factory=list)
-
-    def client(self) -> Client:
-        return Client(self.port)
-
-
 @contextlib.contextmanager
-def server(model: str = "noop", num_devices: int = 2, *args: str, ready_timeout: float = 120) -> Iterator[Server]:
-    """Start ``para-attn-server`` as a subprocess; yield once it logged ``ready:``."""
-    port = free_port()
+def server(model: str = "noop", num_devices: int = 2, *args: str) -> Iterator[Server]:
+    """A ``para-attn-server`` subprocess (``para_attn_server.testing.Server``, as the tests
+    use) with its outputs in a temporary directory; yielded once it logged ``ready:``."""
     with tempfile.TemporaryDirectory(prefix="para-attn-bench-") as tmp:
-        cmd = [
-            sys.executable, "-m", "para_attn_server.cli", "--model", model, "--num-devices", str(num_devices),
-            "--port", str(port), "--output-dir", tmp, "--log-level", "INFO", *args,
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-        srv = Server(port, proc, Path(tmp))
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                srv.log.append(line)
-                if "ready:" in line:
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        try:
-            if not ready.wait(ready_timeout) or proc.poll() is not None:
-                raise RuntimeError("server did not start:\n" + "".join(srv.log[-30:]))
+        cli = ["--model", model, "--num-devices", str(num_devices), "--log-level", "INFO", *args]
+        with Server(cli, Path(tmp)) as srv:
             yield srv
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+
+
+def client(srv: Server) -> Client:
+    return Client(srv.port)
 
 
 class Client:

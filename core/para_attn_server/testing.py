@@ -122,7 +122,8 @@ class Server:
         self._terminated = False
         try:
             match = self.log.wait_for(r"listening on http://(\S+):(\d+)")
-            self.url = f"http://{match[1]}:{match[2]}"
+            self.port = int(match[2])
+            self.url = f"http://{match[1]}:{self.port}"
             self.http = httpx.Client(base_url=self.url, timeout=60)
             if wait_ready:
                 self.wait_ready()
