@@ -108,7 +108,8 @@ class WorkerGroup:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._control.open()
+        port = await self._control.open()
+        log.info("worker group %d: ranks connect to %s:%d", self.index, self.settings.control_host, port)
 
     @property
     def fault(self) -> asyncio.Future[str]:

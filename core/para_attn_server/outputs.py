@@ -17,17 +17,21 @@ import mimetypes
 import os
 import secrets
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
-from .errors import InputError
+from .errors import InputError, OutputGoneError
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 FIELD = "output_path"
 OUTSIDE = "leads outside the server's output directory"
 SYMLINKED = "must not go through a symlink (the server never writes through one)"
+FAILURE_MEMORY = 30.0  # seconds a failed write keeps readiness down (then the probe decides)
+PROBE_BYTES = 64 * 1024
+READ_CHUNK = 3 * 1024 * 1024  # a multiple of 3: chunks encode to base64 without padding between them
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -51,6 +55,8 @@ class OutputStore:
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(exist_ok=True)
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        self._verified: dict[str, tuple[int, str]] = {}  # path -> (size, checksum) known to be on disk
+        self._failure: tuple[float, str] | None = None  # (when, why) the last own write failed
 
     # ---- client paths -------------------------------------------------------------------
 
@@ -75,31 +81,44 @@ class OutputStore:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def write(self, target: Path, data: bytes) -> None:
+    def write(self, target: Path, data: bytes) -> str:
         """Atomically and durably write ``data`` to ``target`` (inside the root), creating its
-        directories; InputError if the way there or the target is a symlink or a directory."""
+        directories; returns the data's checksum. InputError if the way there or the target
+        is a symlink or a directory."""
+        digest = checksum(data)
         parts = self.relative(target)
         with self._directory(parts[:-1], create=True, field=FIELD) as fd:
             assert fd is not None
             _check_target(fd, parts[-1], FIELD, OUTSIDE)
             _replace(fd, parts[-1], data)
+        self._verified[str(target)] = (len(data), digest)
+        return digest
 
     def write_behind(
-        self, target: Path, data: bytes, on_error: Callable[[OSError | InputError], None]
+        self, target: Path, data: bytes, done: Callable[[str | None, Exception | None], None]
     ) -> concurrent.futures.Future[None]:
         """Write one of the server's own copies in the background, in submission order;
-        ``on_error`` runs in the writer thread if the write fails."""
+        ``done(checksum, None)`` or ``done(None, error)`` runs in the writer thread after."""
 
         def write() -> None:
             try:
-                self.write(target, data)
+                digest = self.write(target, data)
             except (OSError, InputError) as exc:
-                on_error(exc)
+                if isinstance(exc, OSError):
+                    self._failure = (time.monotonic(), exc.strerror or type(exc).__name__)
+                done(None, exc)
+            else:
+                done(digest, None)
 
         return self._writer.submit(write)
 
     def delete_behind(self, target: Path) -> None:
+        self.forget(target)
         self._writer.submit(self._unlink, target)
+
+    def forget(self, target: Path) -> None:
+        """Stop remembering that ``target`` was verified (its job is forgotten)."""
+        self._verified.pop(str(target), None)
 
     def flush(self) -> None:
         """Wait until every write-behind is on disk (on shutdown)."""
@@ -123,13 +142,46 @@ class OutputStore:
         with os.fdopen(self.open(target), "rb") as f:
             return f.read()
 
+    def open_checked(self, target: Path, size: int | None, digest: str | None) -> int:
+        """A descriptor of ``target`` at its start, once it is known to hold what was written
+        (its size always; its checksum once per process), else OutputGoneError saying what
+        is wrong. Blocking."""
+        if size is None or digest is None:
+            raise OutputGoneError("the server stopped before it was saved")
+        try:
+            fd = self.open(target)
+        except (OSError, InputError):
+            raise OutputGoneError("its file is missing") from None
+        try:
+            if os.fstat(fd).st_size != size:
+                raise OutputGoneError("its file changed on disk since it was written")
+            if self._verified.get(str(target)) != (size, digest):
+                hasher = hashlib.sha256()
+                while chunk := os.read(fd, READ_CHUNK):
+                    hasher.update(chunk)
+                if hasher.hexdigest() != digest:
+                    raise OutputGoneError("its file changed on disk since it was written")
+                self._verified[str(target)] = (size, digest)
+                os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def writable(self) -> str | None:
-        """None when a file can be created in the jobs directory now, else the reason."""
+        """None when outputs can be written now, else why not: a write failed in the last
+        ``FAILURE_MEMORY`` seconds (a full disk), or a small probe file cannot be written."""
+        failed = self._failure
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
+            return f"a write failed {time.monotonic() - failed[0]:.0f} s ago ({failed[1]})"
         probe = self.jobs_dir / f".probe-{secrets.token_hex(4)}"
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            probe.unlink()
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+            finally:
+                os.close(fd)
+                probe.unlink()
         except OSError as exc:
             return exc.strerror or type(exc).__name__
         return None

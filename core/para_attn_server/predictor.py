@@ -39,10 +39,15 @@ if TYPE_CHECKING:
 
 
 class Output(msgspec.Struct, frozen=True):
-    """A finished job's payload: raw bytes and a file type such as ``png`` or ``mp4``."""
+    """A finished job's payload: raw bytes and a file type such as ``png`` or ``mp4``
+    (letters and digits only: it names files and goes into HTTP headers)."""
 
     data: bytes
     file_type: str
+
+    def __post_init__(self) -> None:
+        if not self.file_type.isascii() or not self.file_type.isalnum():
+            raise ValueError(f"an output's file type must be letters and digits, not {self.file_type!r}")
 
     @classmethod
     def from_image(cls, image: Image, file_type: str = "png", **save_options: Any) -> Output:

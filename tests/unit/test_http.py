@@ -763,3 +763,44 @@ async def test_plugin_routes_are_served_and_only_public_ones_skip_the_api_key(se
     assert (page.status_code, page.text) == (200, "page")
     assert private.status_code == 401
     assert (private_with_key.status_code, private_with_key.text) == (200, "private")
+
+
+@pytest.mark.parametrize("source", ["memory", "file"])
+async def test_a_large_output_is_streamed_whole_through_both_faces(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup, source: str
+) -> None:
+    data = bytes(range(256)) * (16 * 1024 + 7)  # over 4 MiB, not a multiple of 3
+    if source == "file":
+        service.outputs.budget = 0
+    request_id = await generate(client)
+    job = await run_to_end(service, group, request_id, succeeded(data, "png"))
+    if source == "file":
+        service.store.flush()
+        await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
+    assert (service.output_bytes(job) is not None) == (source == "memory")
+
+    original = await client.get(f"/get_output/{request_id}")
+    binary = await client.get(f"/v1/jobs/{request_id}/output")
+
+    assert base64.b64decode(original.json()["output"], validate=True) == data
+    assert int(original.headers["content-length"]) == len(original.content)
+    assert binary.content == data
+    assert int(binary.headers["content-length"]) == len(data)
+
+
+async def test_an_output_whose_file_changed_answers_410_without_paths(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup
+) -> None:
+    service.outputs.budget = 0
+    request_id = await generate(client)
+    job = await run_to_end(service, group, request_id, succeeded(PNG, "png"))
+    service.store.flush()
+    assert job.output_file is not None
+    job.output_file.write_bytes(PNG[::-1])  # same size, other bytes
+    service.store.forget(job.output_file)  # as a restarted server would: not checked yet
+    service.outputs.forget(job.id)  # and not in memory
+
+    for path in (f"/v1/jobs/{request_id}/output", f"/get_output/{request_id}"):
+        response = await client.get(path)
+        assert response.status_code == 410
+        assert response.json() == {"error": "the output is gone: its file changed on disk since it was written"}
