@@ -791,10 +791,13 @@ async def test_a_large_output_is_streamed_whole_through_both_faces(
 async def test_an_output_whose_file_changed_answers_410_without_paths(
     client: httpx.AsyncClient, service: JobService, group: FakeGroup
 ) -> None:
-    service.outputs.budget = 0
     request_id = await generate(client)
-    job = await run_to_end(service, group, request_id, succeeded(PNG, "png"))
-    service.store.flush()
+    run = await group.next_run()
+    job = service.jobs[request_id]
+    async with service.subscribe(job) as events:
+        run.finish(succeeded(PNG, "png"))
+        states = [await deadline(events.get()) for _ in range(2)]  # it succeeded; its copy is on disk
+    assert [event for event, _ in states] == ["state", "state"]
     assert job.output_file is not None
     job.output_file.write_bytes(PNG[::-1])  # same size, other bytes
     service.store.forget(job.output_file)  # as a restarted server would: not checked yet
