@@ -368,9 +368,12 @@ class JobService:
         job.done.set()
 
     def _settled(self, job: Job) -> None:
-        """A job's written-behind output is on disk (or lost): now its success is journaled."""
+        """A job's written-behind output is on disk (or lost): now its success is journaled.
+        Its state did not change, so ``job_state_changed`` does not run again."""
         if self.jobs.get(job.id) is job:
-            self._changed(job)
+            if self.journal is not None:
+                self.journal.record(job.record)
+            job.publish("state", msgspec.to_builtins(self.view(job)))
 
     def _changed(self, job: Job, *, journal: bool = True) -> None:
         if self.journal is not None and journal:
