@@ -22,7 +22,7 @@ import msgspec
 
 from .dispatch import Dispatcher
 from .errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
-from .outputs import OutputCache
+from .outputs import Held, OutputCache
 from .plugins import version
 from .records import TERMINAL, JobRecord, JobState, public_error
 from .registry import FILE_TYPE, Job, JobRegistry
@@ -268,8 +268,8 @@ class JobService:
                 position = self.queue.index(job)
         return JobView.of(job.record, position)
 
-    def output_bytes(self, job: Job) -> bytes | None:
-        """The job's output if it is still held in memory."""
+    def held_output(self, job: Job) -> Held | None:
+        """The job's output if it is still held in memory (bytes, or base64 text)."""
         return self.outputs.get(job.id)
 
     def retry_after(self) -> int:
@@ -352,7 +352,7 @@ class JobService:
         elif not FILE_TYPE.fullmatch(outcome.file_type or "bin"):
             self._finish(job, JobState.FAILED, "the predictor returned a file type that is not [A-Za-z0-9]+")
         else:
-            error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin")
+            error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
             self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
 
     def _finish(self, job: Job, state: JobState, error: str | None = None, *, journal: bool = True) -> None:

@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from .errors import InputError, OutputGoneError
 
@@ -95,20 +96,25 @@ class OutputStore:
         return digest
 
     def write_behind(
-        self, target: Path, data: bytes, done: Callable[[str | None, Exception | None], None]
+        self,
+        target: Path,
+        data: Callable[[], bytes],
+        done: Callable[[int | None, str | None, Exception | None], None],
     ) -> concurrent.futures.Future[None]:
-        """Write one of the server's own copies in the background, in submission order;
-        ``done(checksum, None)`` or ``done(None, error)`` runs in the writer thread after."""
+        """Write one of the server's own copies in the background, in submission order.
+        ``data()`` gives the bytes, in the writer thread (it may decode them there);
+        ``done(size, checksum, None)`` or ``done(None, None, error)`` runs there after."""
 
         def write() -> None:
             try:
-                digest = self.write(target, data)
-            except (OSError, InputError) as exc:
+                raw = data()
+                digest = self.write(target, raw)
+            except (OSError, InputError, ValueError) as exc:
                 if isinstance(exc, OSError):
                     self._failure = (time.monotonic(), exc.strerror or type(exc).__name__)
-                done(None, exc)
+                done(None, None, exc)
             else:
-                done(digest, None)
+                done(len(raw), digest, None)
 
         return self._writer.submit(write)
 
@@ -294,6 +300,14 @@ def _replace(fd: int, name: str, data: bytes) -> None:
     os.fsync(fd)
 
 
+class Held(NamedTuple):
+    """An output held in memory: its bytes, or its base64 text when ``base64``."""
+
+    data: bytes
+    base64: bool
+    written: concurrent.futures.Future[None] | None  # its copy being written behind, if any
+
+
 class OutputCache:
     """Recent outputs served from memory, within a budget of bytes in all.
 
@@ -304,26 +318,25 @@ class OutputCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.size = 0
-        self._entries: OrderedDict[str, tuple[bytes, concurrent.futures.Future[None] | None]] = OrderedDict()
+        self._entries: OrderedDict[str, Held] = OrderedDict()
 
-    def put(self, job_id: str, data: bytes, written: concurrent.futures.Future[None] | None) -> None:
+    def put(self, job_id: str, held: Held) -> None:
         self.forget(job_id)
-        self._entries[job_id] = (data, written)
-        self.size += len(data)
+        self._entries[job_id] = held
+        self.size += len(held.data)
         while self.size > self.budget and self._entries:
-            oldest, (_, pending) = next(iter(self._entries.items()))
-            if pending is not None and not pending.done():
+            oldest, entry = next(iter(self._entries.items()))
+            if entry.written is not None and not entry.written.done():
                 break
             self.forget(oldest)
 
-    def get(self, job_id: str) -> bytes | None:
-        entry = self._entries.get(job_id)
-        return entry[0] if entry is not None else None
+    def get(self, job_id: str) -> Held | None:
+        return self._entries.get(job_id)
 
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
         if entry is not None:
-            self.size -= len(entry[0])
+            self.size -= len(entry.data)
 
 
 def content_type(file_type: str) -> str:

@@ -297,7 +297,7 @@ class RankWorker:
         if len(output.data) > limit:
             error = f"output too large: {len(output.data)} bytes exceeds the limit of {limit} bytes"
             return JobEnded(job_id, 0, "failed", error=error)
-        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type)
+        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type, base64=output.base64)
 
     def _decider(self, job_id: str) -> Any:
         link, rank, world_size = self.link, self.rank, self.world_size

@@ -590,7 +590,7 @@ async def test_job_output_downloads_the_bytes_with_their_content_type(
     if source == "file":
         service.store.flush()  # its file is written, so the next output pushes it out of memory
         await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
-    assert (service.output_bytes(job) is not None) == (source == "memory")
+    assert (service.held_output(job) is not None) == (source == "memory")
 
     response = await client.get(f"/v1/jobs/{request_id}/output")
 
@@ -777,7 +777,7 @@ async def test_a_large_output_is_streamed_whole_through_both_faces(
     if source == "file":
         service.store.flush()
         await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
-    assert (service.output_bytes(job) is not None) == (source == "memory")
+    assert (service.held_output(job) is not None) == (source == "memory")
 
     original = await client.get(f"/get_output/{request_id}")
     binary = await client.get(f"/v1/jobs/{request_id}/output")
@@ -807,3 +807,23 @@ async def test_an_output_whose_file_changed_answers_410_without_paths(
         response = await client.get(path)
         assert response.status_code == 410
         assert response.json() == {"error": "the output is gone: its file changed on disk since it was written"}
+
+
+@pytest.mark.parametrize("size", [1000, 5 * 1024 * 1024], ids=["small", "streamed"])
+async def test_a_predictors_base64_is_answered_as_it_came_and_decoded_for_bytes(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256)
+    text = base64.b64encode(data)
+    request_id = await generate(client)
+    await run_to_end(service, group, request_id, JobOutcome("succeeded", output=text, file_type="png", base64=True))
+
+    original = await client.get(f"/get_output/{request_id}")
+    binary = await client.get(f"/v1/jobs/{request_id}/output")
+    service.store.flush()
+
+    assert original.json()["output"].encode() == text
+    assert binary.content == data
+    job = service.jobs[request_id]
+    assert job.output_file is not None
+    assert job.output_file.read_bytes() == data  # the server's copy holds the bytes

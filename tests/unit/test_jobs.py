@@ -556,7 +556,7 @@ async def test_a_copy_that_cannot_be_written_is_lost_and_never_served(
     assert job.error is not None
     assert job.error.startswith("the output was lost")
     assert job.output_file is None
-    assert service.output_bytes(job) is None
+    assert service.held_output(job) is None
     assert store.writable() is not None  # readiness says so too
 
 

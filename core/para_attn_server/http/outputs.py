@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..registry import GONE, Job
 from .dependencies import Service
 
 FILE_CHUNK = 8 * 1024 * 1024  # each chunk of a file is a thread hop: few, large ones
+ENCODED_CHUNK = 4 * READ_CHUNK // 3  # base64 text sent as it is held, in chunks of this size
 
 
 async def file_of(service: Service, job: Job) -> BinaryIO:
@@ -45,8 +47,10 @@ async def output_response(
     assert record.file_type is not None
     media = content_type(record.file_type)
     headers = {"Content-Disposition": f'inline; filename="{job.id}.{record.file_type}"', **(headers or {})}
-    data = service.output_bytes(job)
-    if data is not None:
+    held = service.held_output(job)
+    if held is not None:
+        # Base64 text is decoded here, once, for a client that wants the bytes.
+        data = await asyncio.to_thread(binascii.a2b_base64, held.data) if held.base64 else held.data
         return Response(data, media_type=media, status_code=status_code, headers=headers)
     file = await file_of(service, job)
     headers["Content-Length"] = str(record.output_size)
@@ -59,29 +63,36 @@ async def base64_response(service: Service, job: Job) -> Response[Any]:
     record = job.record
     extra = b"" if record.output_path is None else b',"output_path":' + msgspec.json.encode(record.output_path)
     head, tail = b'{"output":"', b'","file_type":' + msgspec.json.encode(record.file_type) + extra + b"}"
-    data = service.output_bytes(job)
-    if data is not None and len(data) <= READ_CHUNK:
-        return Response(head + base64.b64encode(data) + tail, media_type="application/json")
-    if data is None:
-        file = await file_of(service, job)
-        size, chunks = record.output_size or 0, _file_chunks(file, READ_CHUNK)
+    held = service.held_output(job)
+    if held is not None and len(held.data) <= READ_CHUNK:
+        text = held.data if held.base64 else base64.b64encode(held.data)
+        return Response(head + text + tail, media_type="application/json")
+    if held is not None and held.base64:  # the predictor's own base64: sent as it came
+        length = len(head) + len(held.data) + len(tail)
+        body = _framed(head, _memory_chunks(held.data, ENCODED_CHUNK), tail, encode=False)
     else:
-        size, chunks = len(data), _memory_chunks(data)
-    length = len(head) + 4 * -(-size // 3) + len(tail)
-    return Stream(_framed(head, chunks, tail), media_type="application/json", headers={"Content-Length": str(length)})
+        if held is None:
+            file = await file_of(service, job)
+            size, chunks = record.output_size or 0, _file_chunks(file, READ_CHUNK)
+        else:
+            size, chunks = len(held.data), _memory_chunks(held.data, READ_CHUNK)
+        length = len(head) + 4 * -(-size // 3) + len(tail)
+        body = _framed(head, chunks, tail, encode=True)
+    return Stream(body, media_type="application/json", headers={"Content-Length": str(length)})
 
 
-async def _framed(head: bytes, chunks: AsyncIterator[bytes], tail: bytes) -> AsyncIterator[bytes]:
+async def _framed(head: bytes, chunks: AsyncIterator[bytes], tail: bytes, *, encode: bool) -> AsyncIterator[bytes]:
     yield head
     async for chunk in chunks:
-        yield base64.b64encode(chunk)  # READ_CHUNK is a multiple of 3: no padding in between
+        # READ_CHUNK is a multiple of 3: the chunks encode with no padding between them.
+        yield base64.b64encode(chunk) if encode else chunk
     yield tail
 
 
-async def _memory_chunks(data: bytes) -> AsyncIterator[bytes]:
+async def _memory_chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
     view = memoryview(data)
-    for start in range(0, len(view), READ_CHUNK):
-        yield view[start : start + READ_CHUNK].tobytes()
+    for start in range(0, len(view), size):
+        yield view[start : start + size].tobytes()
 
 
 async def _file_chunks(file: BinaryIO, size: int) -> AsyncIterator[bytes]:
