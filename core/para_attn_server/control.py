@@ -47,8 +47,11 @@ class RankLink:
     setup_done: bool = False
 
     def send(self, message: msgspec.Struct) -> None:
+        self.send_frame(encode_frame(message))
+
+    def send_frame(self, frame: bytes | bytearray) -> None:
         if not self.writer.is_closing():
-            self.writer.write(encode_frame(message))
+            self.writer.write(frame)
 
     def close(self) -> None:
         self.writer.close()

@@ -2,8 +2,8 @@
 
 One ``WorkerGroup`` owns one set of rank processes at a time (one *generation*). It
 launches them through an executor, accepts each rank's control connection, waits for every
-rank's setup, runs one job at a time through rank 0, and turns every kind of fault into a
-``fault`` with a reason a person can act on:
+rank's setup, runs one job at a time (sent to every rank), and turns every kind of fault
+into a ``fault`` with a reason a person can act on:
 
 - a rank process exits (the executor reports it);
 - a rank stops sending heartbeats for ``heartbeat_timeout`` seconds;
@@ -23,8 +23,6 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -32,6 +30,7 @@ import msgspec
 from .control import ControlListener, RankLink
 from .errors import SetupError
 from .executor import Executor, RankSpec
+from .outcome import JobOutcome, ProgressCallback, RunningJob, decide_outcome
 from .protocol import (
     CancelJob,
     Heartbeat,
@@ -42,6 +41,7 @@ from .protocol import (
     SetupDone,
     SetupFailed,
     Shutdown,
+    encode_frame,
 )
 from .settings import GroupSettings
 from .views import GroupStatus, RankRow
@@ -51,7 +51,6 @@ log = logging.getLogger("para_attn_server.group")
 # (killed by SIGKILL, an exit code): that is the better reason. torchrun's agent reports
 # only once it has stopped the other ranks, which takes seconds on a loaded machine.
 EXIT_REPORT_WAIT = 5.0
-ProgressCallback = Callable[[int, int | None], None]
 
 
 class GroupState(enum.StrEnum):
@@ -60,26 +59,6 @@ class GroupState(enum.StrEnum):
     READY = "ready"
     BUSY = "busy"
     FAULTED = "faulted"  # waiting for a restart
-
-
-@dataclass
-class JobOutcome:
-    status: str  # "succeeded" | "failed" | "cancelled"
-    error: str | None = None
-    output: bytes | None = None
-    file_type: str | None = None
-    base64: bool = False  # ``output`` is base64 text
-
-
-class _RunningJob:
-    def __init__(self, job_id: str, on_progress: ProgressCallback) -> None:
-        self.job_id = job_id
-        self.on_progress = on_progress
-        self.ended: dict[int, JobEnded] = {}
-        self.decided = asyncio.get_running_loop().create_future()
-        self.all_ended = asyncio.get_running_loop().create_future()
-        self.cancel_requested_at: float | None = None
-        self.poke = asyncio.get_running_loop().create_future()  # wakes run() on cancel
 
 
 class WorkerGroup:
@@ -104,7 +83,7 @@ class WorkerGroup:
         self._fault: asyncio.Future[str] | None = None
         self._setup: asyncio.Future[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
-        self._running: _RunningJob | None = None
+        self._running: RunningJob | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -168,11 +147,10 @@ class WorkerGroup:
         """Ask the ranks to exit cleanly, then make sure they are gone."""
         if self.state is GroupState.STOPPED:
             return
-        leader = self.links.get(0)
         was_ready = self.ready
         self.state = GroupState.STOPPED  # exits from here on are expected, not faults
-        if leader is not None and was_ready:
-            leader.send(Shutdown())
+        if self.links and was_ready:
+            self._send_all(Shutdown())
             await self.executor.wait_stopped(self.settings.stop_grace)
         await self._teardown()
         self._control.close()
@@ -209,10 +187,10 @@ class WorkerGroup:
         assert self.state is GroupState.READY, self.state
         loop = asyncio.get_running_loop()
         fault = self.fault
-        running = self._running = _RunningJob(job_id, on_progress)
+        running = self._running = RunningJob(job_id, on_progress)
         self.state = GroupState.BUSY
         try:
-            self.links[0].send(RunJob(job_id, inputs))
+            self._send_all(RunJob(job_id, inputs))  # the same frame, in the same order, to every rank
             deadline = None if timeout is None else loop.time() + timeout
             while not running.decided.done():
                 waits = [] if deadline is None else [deadline - loop.time()]
@@ -244,39 +222,11 @@ class WorkerGroup:
             if self.state is GroupState.BUSY:
                 self.state = GroupState.READY
 
-    async def _outcome(self, running: _RunningJob, fault: asyncio.Future[str]) -> JobOutcome:
-        leader = running.ended.get(0)
-        if leader is not None and leader.status == "succeeded" and not self._failures(running):
-            if running.cancel_requested_at is not None:
-                # A cancel that arrived before the job ended wins (a pipeline stopped
-                # through its own interrupt flag just returns early).
-                return JobOutcome("cancelled")
-            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type, base64=leader.base64)
-        # Something failed or was cancelled: the group is only reusable if every rank left
-        # the job; one that did not is stuck in a collective its peers abandoned.
-        if not running.all_ended.done():
-            await asyncio.wait(
-                {running.all_ended, fault}, timeout=self.settings.error_grace, return_when=asyncio.FIRST_COMPLETED
-            )
-        failures = self._failures(running)
-        error = failures[0].error if failures else None
-        if fault.done() and error:
-            # The group faulted meanwhile (a rank died, say): that is the cause, and the
-            # other ranks' errors (a collective's peer gone) only echo it.
-            error = f"{fault.result()}; the worker group was restarted (then {error})"
-        elif not running.all_ended.done():
-            missing = sorted(set(range(self.world_size)) - set(running.ended))
-            detail = f"{error}; " if error else ""
-            self._set_fault(f"{detail}rank(s) {missing} did not leave the job (stuck in a collective)")
-            if error:
-                error = f"{error} (rank(s) {missing} were left waiting in a collective; the worker group was restarted)"
-        if failures:
-            return JobOutcome("failed", error=error)
-        return JobOutcome("cancelled")
-
-    @staticmethod
-    def _failures(running: _RunningJob) -> list[JobEnded]:
-        return sorted((e for e in running.ended.values() if e.status == "failed"), key=lambda e: e.rank)
+    async def _outcome(self, running: RunningJob, fault: asyncio.Future[str]) -> JobOutcome:
+        outcome, stuck = await decide_outcome(running, fault, self.world_size, self.settings.error_grace)
+        if stuck is not None:
+            self._set_fault(stuck)
+        return outcome
 
     def cancel(self, job_id: str) -> bool:
         """Ask every rank to stop the running job at its next step boundary."""
@@ -318,6 +268,11 @@ class WorkerGroup:
         return rows
 
     # ---- control connections ----------------------------------------------------------
+
+    def _send_all(self, message: msgspec.Struct) -> None:
+        frame = encode_frame(message)
+        for link in self.links.values():
+            link.send_frame(frame)
 
     def _accept(self, hello: Hello) -> bool:
         # bytes: compare_digest refuses a str with non-ASCII characters (a stranger's token)

@@ -33,8 +33,8 @@ from .supervisor import supervise
 from .views import GroupStatus, JobView, MetricsSnapshot, RankRow, ServerStatus
 
 if TYPE_CHECKING:
-    from .group import JobOutcome, ProgressCallback
     from .journal import JobJournal
+    from .outcome import JobOutcome, ProgressCallback
     from .outputs import OutputStore
     from .plugins import Plugins
     from .predictor import Predictor
@@ -373,12 +373,14 @@ class JobService:
         if self.jobs.get(job.id) is job:
             if self.journal is not None:
                 self.journal.record(job.record)
-            job.publish("state", msgspec.to_builtins(self.view(job)))
+            if job.subscribers:
+                job.publish("state", msgspec.to_builtins(self.view(job)))
 
     def _changed(self, job: Job, *, journal: bool = True) -> None:
         if self.journal is not None and journal:
             self.journal.record(job.record)
-        job.publish("state", msgspec.to_builtins(self.view(job)))
+        if job.subscribers:  # a view costs something to build: only for who listens
+            job.publish("state", msgspec.to_builtins(self.view(job)))
         try:
             self.plugins.job_state_changed(job.record)
         except Exception:  # an observer's bug must not break the job

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from .errors import InputError, OutputGoneError
+from .writer import BatchWriter
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
@@ -55,7 +56,7 @@ class OutputStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(exist_ok=True)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        self._writer = BatchWriter(self)
         self._verified: dict[str, tuple[int, str]] = {}  # path -> (size, checksum) known to be on disk
         self._failure: tuple[float, str] | None = None  # (when, why) the last own write failed
 
@@ -86,14 +87,29 @@ class OutputStore:
         """Atomically and durably write ``data`` to ``target`` (inside the root), creating its
         directories; returns the data's checksum. InputError if the way there or the target
         is a symlink or a directory."""
-        digest = checksum(data)
+        staged = self.stage(target, data)
+        try:
+            staged.sync()
+            staged.commit()
+            os.fsync(staged.directory)
+        finally:
+            staged.close()
+        return staged.digest
+
+    def stage(self, target: Path, data: bytes) -> Staged:
+        """``data`` in a temporary file beside ``target``, not yet synced nor in place: the
+        first half of a write, so that a batch of writes can share their syncs."""
         parts = self.relative(target)
         with self._directory(parts[:-1], create=True, field=FIELD) as fd:
             assert fd is not None
             _check_target(fd, parts[-1], FIELD, OUTSIDE)
-            _replace(fd, parts[-1], data)
-        self._verified[str(target)] = (len(data), digest)
-        return digest
+            directory = os.dup(fd)
+        try:
+            tmp, fd = _write_temporary(directory, data)
+        except BaseException:
+            os.close(directory)
+            raise
+        return Staged(self, target, directory, tmp, fd, parts[-1], len(data), checksum(data))
 
     def write_behind(
         self,
@@ -104,32 +120,26 @@ class OutputStore:
         """Write one of the server's own copies in the background, in submission order.
         ``data()`` gives the bytes, in the writer thread (it may decode them there);
         ``done(size, checksum, None)`` or ``done(None, None, error)`` runs there after."""
-
-        def write() -> None:
-            try:
-                raw = data()
-                digest = self.write(target, raw)
-            except (OSError, InputError, ValueError) as exc:
-                if isinstance(exc, OSError):
-                    self._failure = (time.monotonic(), exc.strerror or type(exc).__name__)
-                done(None, None, exc)
-            else:
-                done(len(raw), digest, None)
-
-        return self._writer.submit(write)
+        return self._writer.write(target, data, done)
 
     def delete_behind(self, target: Path) -> None:
         self.forget(target)
-        self._writer.submit(self._unlink, target)
+        self._writer.delete(target)
 
     def forget(self, target: Path) -> None:
         """Stop remembering that ``target`` was verified (its job is forgotten)."""
         self._verified.pop(str(target), None)
 
+    def remember(self, target: Path, size: int, digest: str) -> None:
+        self._verified[str(target)] = (size, digest)
+
+    def failed(self, error: OSError) -> None:
+        """A write of the server's own failed (readiness reports it for a while)."""
+        self._failure = (time.monotonic(), error.strerror or type(error).__name__)
+
     def flush(self) -> None:
         """Wait until every write-behind is on disk (on shutdown)."""
-        self._writer.shutdown(wait=True)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        self._writer.flush()
 
     def job_file(self, job_id: str, file_type: str) -> Path:
         return self.jobs_dir / f"{job_id}.{file_type}"
@@ -221,10 +231,6 @@ class OutputStore:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _unlink(target: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
 
 
 def _parts(user_path: str, field: str) -> tuple[str, ...]:
@@ -277,27 +283,55 @@ def _check_target(fd: int, name: str, field: str, refusal: str) -> None:
         raise InputError("names a directory", field)
 
 
-def _replace(fd: int, name: str, data: bytes) -> None:
+def _write_temporary(directory: int, data: bytes) -> tuple[str, int]:
+    """``data`` in a new temporary file of ``directory``, with the usual mode: its name and
+    its descriptor (open, to sync it later)."""
     tmp = f".tmp-{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    out = os.open(tmp, flags, 0o600, dir_fd=fd)
+    out = os.open(tmp, flags, 0o600, dir_fd=directory)
     try:
-        try:
-            os.fchmod(out, FILE_MODE)  # exactly the usual mode, whatever the umask is now
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(out, view[written:])
-            os.fsync(out)
-        finally:
-            os.close(out)
-        # rename replaces a symlink planted at the target itself; it never writes through one.
-        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fchmod(out, FILE_MODE)  # exactly the usual mode, whatever the umask is now
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(out, view[written:])
     except BaseException:
+        os.close(out)
         with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=fd)
+            os.unlink(tmp, dir_fd=directory)
         raise
-    os.fsync(fd)
+    return tmp, out
+
+
+class Staged:
+    """A written but not yet durable output: ``sync`` its data, ``commit`` it into place
+    (rename: it replaces a symlink planted at the target itself, never writing through
+    one), then sync ``directory`` (once for a batch in one directory), then ``close``."""
+
+    def __init__(
+        self, store: OutputStore, target: Path, directory: int, tmp: str, fd: int, name: str, size: int, digest: str
+    ) -> None:
+        self.store, self.target, self.directory, self.fd = store, target, directory, fd
+        self.tmp, self.name, self.size, self.digest = tmp, name, size, digest
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def commit(self) -> None:
+        try:
+            os.rename(self.tmp, self.name, src_dir_fd=self.directory, dst_dir_fd=self.directory)
+        except BaseException:
+            self.discard()
+            raise
+        self.store.remember(self.target, self.size, self.digest)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp, dir_fd=self.directory)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.directory)
 
 
 class Held(NamedTuple):

@@ -147,7 +147,6 @@ class RankSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
 
     backend: Annotated[str | None, _help("torch.distributed backend (default: nccl on CUDA, else gloo)")] = None
     heartbeat_interval: Annotated[Seconds, _help("seconds between a rank's heartbeats")] = 1.0
-    keepalive_interval: Annotated[Seconds, _help("seconds between idle keep-alive broadcasts")] = 30.0
     collective_timeout: Annotated[Seconds, _help("torch.distributed collective timeout in seconds")] = 1800.0
     max_output_bytes: Annotated[Bytes, _help("largest output a job may return")] = 1 << 30
 

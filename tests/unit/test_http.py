@@ -17,9 +17,9 @@ import pytest
 from litestar import get
 
 from para_attn_server import hookimpl
-from para_attn_server.group import JobOutcome
 from para_attn_server.http import create_app
 from para_attn_server.jobs import JobService
+from para_attn_server.outcome import JobOutcome
 from para_attn_server.outputs import OutputStore
 from para_attn_server.records import JobState
 from para_attn_server.registry import Job

@@ -10,8 +10,8 @@ import pytest
 
 from para_attn_server import InputError, hookimpl
 from para_attn_server.errors import JournalError, LimitError, NotReadyError, QueueFullError, SetupError
-from para_attn_server.group import JobOutcome
 from para_attn_server.jobs import JobService
+from para_attn_server.outcome import JobOutcome
 from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins
 from para_attn_server.records import JobState
