@@ -15,13 +15,14 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from .dispatch import Dispatcher
 from .errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
+from .listeners import Listener, Listeners
 from .outputs import Held, OutputCache
 from .plugins import version
 from .records import TERMINAL, JobRecord, JobState, public_error
@@ -98,6 +99,11 @@ class JobService:
         self._tasks: list[asyncio.Task[None]] = []
         self._streams = 0  # event streams open
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
+        self.listeners = Listeners(plugins)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(kind, record)`` at every job's events (``listeners.Listener``); returns its remover."""
+        return self.listeners.add(listener)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -332,9 +338,11 @@ class JobService:
         def on_progress(step: int, total: int | None) -> None:
             job.record = job.record.evolve(step=step, total=total)
             job.publish("progress", {"step": step, "total": total})
+            self.listeners.notify("progress", job.record)
 
         try:
-            outcome = await group.run(job.id, job.record.inputs, self.settings.job_timeout, on_progress)
+            inputs = self.schema.rank_inputs(job.record.inputs)
+            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress)
             await self._complete(job, outcome)
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("job %s: internal error", job.id)
@@ -379,10 +387,7 @@ class JobService:
         if self.journal is not None and journal:
             self.journal.record(job.record)
         job.publish("state", msgspec.to_builtins(self.view(job)))
-        try:
-            self.plugins.job_state_changed(job.record)
-        except Exception:  # an observer's bug must not break the job
-            log.exception("job_state_changed hook failed")
+        self.listeners.notify("state", job.record)
 
     # ---- expiry -----------------------------------------------------------------------
 
