@@ -85,6 +85,18 @@ class Receiver:
             assert not self.refused, self.refused
             return list(self.deliveries[:count])
 
+    def of_job(self, job_id: str, timeout: float = 60) -> list[Delivery]:
+        """One job's deliveries, once its ``completed`` one came."""
+
+        def done() -> bool:
+            return bool(self.refused) or any(d.job["id"] == job_id and d.event == "completed" for d in self.deliveries)
+
+        with self._changed:
+            if not self._changed.wait_for(done, timeout):
+                raise AssertionError(f"no completed delivery of job {job_id} came: {self.deliveries}")
+            assert not self.refused, self.refused
+            return [d for d in self.deliveries if d.job["id"] == job_id]
+
     def accepted(self, job_id: str) -> list[Delivery]:
         """The deliveries of one job that the receiver answered 2xx."""
         with self._changed:

@@ -67,6 +67,7 @@ class MetricsPlugin(InitPluginProtocol):
             "/metrics",
             summary="Prometheus metrics",
             description="Prometheus text format: jobs by state, queue, worker groups, job and HTTP timings.",
+            response_description="The metrics, in Prometheus text format",
             media_type=CONTENT_TYPE_LATEST,
             tags=["health"],
         )
