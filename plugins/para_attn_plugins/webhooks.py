@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 import msgspec
 from litestar import Litestar
 from litestar.config.app import AppConfig
@@ -45,6 +44,8 @@ from para_attn_server.records import JobRecord, JobState
 from para_attn_server.settings import Settings
 from para_attn_server.views import JobView
 
+# httpx is imported where it is used (100 ms): rank processes load this plugin too, and
+# never send anything.
 log = logging.getLogger("para_attn_plugins.webhooks")
 
 SECRET_ENV = "PARA_ATTN_WEBHOOK_SECRET"
@@ -145,6 +146,8 @@ class AllowedHosts:
     def check(self, url: str | None) -> None:
         if url is None:
             return
+        import httpx
+
         # httpx parses it here as it will when it sends: one parser decides both.
         try:
             parsed = httpx.URL(url)
@@ -216,6 +219,8 @@ class Sender:
     """Signs and sends deliveries; one ``JobDeliveries`` per job with events in flight."""
 
     def __init__(self, settings: WebhookSettings, secret: str) -> None:
+        import httpx
+
         self.settings = settings
         self.signer = Webhook(secret)
         self.client = httpx.AsyncClient(
@@ -252,6 +257,8 @@ class Sender:
 
     async def deliver(self, url: str, message_id: str, record: JobRecord) -> None:
         """POST the job's view; retried on a connection error or 5xx. Never raises."""
+        import httpx
+
         body = msgspec.json.encode(JobView.of(record)).decode()
         where = httpx.URL(url).host
         problem, attempt = "", 0
@@ -339,7 +346,10 @@ class JobDeliveries:
                 if name == "progress":
                     self.progress_after = loop.time() + PROGRESS_INTERVAL
                 self.sent += 1
-                await self.sender.deliver(self.url, f"job_{self.job_id}_{self.sent}", record)
+                try:
+                    await self.sender.deliver(self.url, f"job_{self.job_id}_{self.sent}", record)
+                except Exception:  # a bug here must not lose the job's later deliveries
+                    log.exception("job %s: webhook delivery failed", self.job_id)
         finally:
             if self.sender.jobs.get(self.job_id) is self:
                 del self.sender.jobs[self.job_id]
