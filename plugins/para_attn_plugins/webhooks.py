@@ -11,8 +11,9 @@ on a connection error or a 5xx (``--webhook-tries``, 3); a 4xx or a redirect is 
 
 The server sends to no host the operator did not list: ``--webhook-allow-host HOST`` or
 ``HOST:PORT`` (repeatable; ``HOST`` alone allows any port of it). With none listed, every
-``webhook`` is refused (400 naming the field). Listing one needs ``--webhook-secret``
-(``$PARA_ATTN_WEBHOOK_SECRET``, so the secret need not be on a command line).
+``webhook`` is refused (400 naming the field). Listing one needs the signing secret:
+``--webhook-secret-file FILE`` or ``$PARA_ATTN_WEBHOOK_SECRET`` (``--webhook-secret`` too,
+though ``ps`` shows a command line to every user).
 
 Deliveries never hold up a job: each job's events go out in order from a task of their own,
 and a webhook that fails is logged, never the job's failure.
@@ -83,8 +84,15 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_secret: Annotated[
         str | None,
         msgspec.Meta(
-            description="Standard Webhooks signing secret: whsec_ and the base64 of 24 to 64 random bytes",
+            description="Standard Webhooks signing secret: whsec_ and the base64 of 24 to 64 random bytes "
+            "(ps shows it: prefer the file or the variable)",
             extra={"env": SECRET_ENV, "metavar": "SECRET"},
+        ),
+    ] = None
+    webhook_secret_file: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="read the webhook signing secret from this file (its first line)", extra={"metavar": "FILE"}
         ),
     ] = None
     webhook_allow_hosts: Annotated[
@@ -106,10 +114,27 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         for entry in self.webhook_allow_hosts:
             parse_host(entry)
+        if self.webhook_secret_file is not None:
+            if self.webhook_secret is not None:
+                raise ValueError(
+                    "webhook_secret_file: give the secret once: this file, or --webhook-secret (or its variable)"
+                )
+            self.webhook_secret = read_first_line(self.webhook_secret_file)
         if self.webhook_secret is not None:
             check_secret(self.webhook_secret)
         elif self.webhook_allow_hosts:
             raise ValueError(f"webhook_secret: is needed to sign webhooks (or set ${SECRET_ENV})")
+
+
+def read_first_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().strip()
+    except OSError as exc:
+        raise ValueError(f"webhook_secret_file: cannot read it: {exc.strerror}") from None
+    if not line:
+        raise ValueError("webhook_secret_file: its first line is empty")
+    return line
 
 
 def check_secret(secret: str) -> None:

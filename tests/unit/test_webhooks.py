@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -391,6 +392,22 @@ def test_allowed_hosts_match_exactly(url: str, allowed: bool) -> None:
 def test_bad_webhook_settings_are_refused_at_startup(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         build(**values)
+
+
+def test_the_secret_comes_from_a_file_once(tmp_path: Path) -> None:
+    secret_file, empty = tmp_path / "secret", tmp_path / "empty"
+    secret_file.write_text(SECRET + "\n")
+    empty.write_text("\n")
+
+    settings = build(webhook_secret_file=str(secret_file), webhook_allow_hosts=["a.example"])
+
+    assert settings.section(WebhookSettings).webhook_secret == SECRET
+    with pytest.raises(ConfigurationError, match="webhook_secret_file: give the secret once"):
+        build(webhook_secret_file=str(secret_file), webhook_secret=SECRET)
+    with pytest.raises(ConfigurationError, match="webhook_secret_file: its first line is empty"):
+        build(webhook_secret_file=str(empty))
+    with pytest.raises(ConfigurationError, match="webhook_secret_file: cannot read it: No such file or directory"):
+        build(webhook_secret_file=str(tmp_path / "missing"))
 
 
 def test_the_secret_comes_from_the_environment_and_hosts_repeat_on_the_command_line(
