@@ -135,6 +135,13 @@ class SetupRaises(Predictor):
         return None
 
 
+class TakesWebhook(Predictor):
+    """Its ``predict`` has a parameter named like the webhooks plugin's request field."""
+
+    def predict(self, webhook: str = "") -> Output | None:
+        return None
+
+
 class Greeter(Predictor):
     """Carries state from ``__init__``, to show the server runs the instance it was handed."""
 

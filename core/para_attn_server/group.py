@@ -23,7 +23,7 @@ import enum
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -351,3 +351,23 @@ class WorkerGroup:
                     )
                     return
 
+
+class Group(Protocol):
+    """What the service needs of a worker group (``group.WorkerGroup``; tests use a fake)."""
+
+    index: int
+    restarts: int
+    settings: GroupSettings
+    last_fault: str | None
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def fault(self) -> asyncio.Future[str]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def run(
+        self, job_id: str, inputs: dict[str, Any], timeout: float | None, on_progress: ProgressCallback
+    ) -> JobOutcome: ...
+    def cancel(self, job_id: str) -> bool: ...
+    def status(self) -> GroupStatus: ...

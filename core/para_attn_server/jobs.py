@@ -15,26 +15,28 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .dispatch import Dispatcher
 from .errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
+from .listeners import Listener, Listeners
 from .outputs import Held, OutputCache
 from .plugins import version
 from .records import TERMINAL, JobRecord, JobState, public_error
 from .registry import FILE_TYPE, Job, JobRegistry
 from .saver import OutputSaver
 from .schema import OUTPUT_PATH
-from .settings import GroupSettings, JobSettings
+from .settings import JobSettings
 from .supervisor import supervise
-from .views import GroupStatus, JobView, MetricsSnapshot, RankRow, ServerStatus
+from .views import JobView, MetricsSnapshot, RankRow, ServerStatus
 
 if TYPE_CHECKING:
+    from .group import Group
     from .journal import JobJournal
-    from .outcome import JobOutcome, ProgressCallback
+    from .outcome import JobOutcome
     from .outputs import OutputStore
     from .plugins import Plugins
     from .predictor import Predictor
@@ -43,27 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("para_attn_server.jobs")
 
 Event = tuple[str, dict[str, Any]]
-
-
-class Group(Protocol):
-    """What the service needs of a worker group (``group.WorkerGroup``; tests use a fake)."""
-
-    index: int
-    restarts: int
-    settings: GroupSettings
-    last_fault: str | None
-
-    @property
-    def ready(self) -> bool: ...
-    @property
-    def fault(self) -> asyncio.Future[str]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def run(
-        self, job_id: str, inputs: dict[str, Any], timeout: float | None, on_progress: ProgressCallback
-    ) -> JobOutcome: ...
-    def cancel(self, job_id: str) -> bool: ...
-    def status(self) -> GroupStatus: ...
 
 
 class JobService:
@@ -98,6 +79,12 @@ class JobService:
         self._tasks: list[asyncio.Task[None]] = []
         self._streams = 0  # event streams open
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
+        self.listeners = Listeners(plugins)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(kind, record)`` at every job event (``listeners.Listener``);
+        returns what removes it."""
+        return self.listeners.add(listener)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -332,9 +319,11 @@ class JobService:
         def on_progress(step: int, total: int | None) -> None:
             job.record = job.record.evolve(step=step, total=total)
             job.publish("progress", {"step": step, "total": total})
+            self.listeners.notify("progress", job.record)
 
         try:
-            outcome = await group.run(job.id, job.record.inputs, self.settings.job_timeout, on_progress)
+            inputs = self.schema.rank_inputs(job.record.inputs)
+            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress)
             await self._complete(job, outcome)
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("job %s: internal error", job.id)
@@ -381,10 +370,7 @@ class JobService:
             self.journal.record(job.record)
         if job.subscribers:  # a view costs something to build: only for who listens
             job.publish("state", msgspec.to_builtins(self.view(job)))
-        try:
-            self.plugins.job_state_changed(job.record)
-        except Exception:  # an observer's bug must not break the job
-            log.exception("job_state_changed hook failed")
+        self.listeners.notify("state", job.record)
 
     # ---- expiry -----------------------------------------------------------------------
 

@@ -86,9 +86,10 @@ class ParaAttentionServer:
         settings_tree.check_unique(plugins.settings_sections())
         predictor, predictor_pickle = self._predictor(plugins)
         groups = self._groups(plugins, predictor, predictor_pickle)
+        schema = InputSchema(predictor, plugins.request_fields(settings))  # refuses a field predict has
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
-        service = JobService(groups, store, plugins, predictor, InputSchema(predictor), settings.jobs, journal)
+        service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal)
         recovered = service.recover()
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)

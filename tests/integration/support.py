@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import re
 
 from PIL import Image
 
 from para_attn_server.testing import Server
+from tests.prometheus import Scrape
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -16,8 +16,13 @@ def png_size(data: bytes) -> tuple[int, int]:
     return image.size
 
 
-def metric(server: Server, name: str) -> float:
-    text = server.http.get("/metrics").text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not in /metrics:\n{text}"
-    return float(match[1])
+def scrape(server: Server) -> Scrape:
+    response = server.http.get("/metrics")
+    assert response.status_code == 200, response.text
+    return Scrape(response.text)
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """One sample of ``/metrics``, parsed with prometheus_client's parser: ``metric(server,
+    "para_attn_jobs_finished_total", state="succeeded")``."""
+    return scrape(server).value(name, **labels)

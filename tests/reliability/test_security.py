@@ -22,6 +22,7 @@ import pytest
 
 from para_attn_server.testing import Server, pid_gone
 from tests import REPO
+from tests.integration.support import metric
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -138,9 +139,7 @@ def body_of(size: int) -> bytes:
 
 
 def submitted(server: Server) -> float:
-    match = re.search(r"^para_attn_jobs_submitted_total (\S+)$", server.http.get("/metrics").text, re.M)
-    assert match
-    return float(match[1])
+    return metric(server, "para_attn_jobs_submitted_total")
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/generate"), ("POST", "/v1/jobs"), ("PUT", "/v1/jobs/{}")])

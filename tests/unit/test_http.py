@@ -430,27 +430,6 @@ async def test_health_ready_follows_the_group(make_service: MakeService, group: 
     assert after.status_code == 200
 
 
-async def test_metrics_count_jobs_as_prometheus_text(
-    client: httpx.AsyncClient, service: JobService, group: FakeGroup
-) -> None:
-    done = await generate(client)
-    await run_to_end(service, group, done, succeeded())
-    await generate(client)
-    await group.next_run()
-    await generate(client)
-
-    response = await client.get("/metrics")
-
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = dict(line.rsplit(" ", 1) for line in response.text.splitlines() if not line.startswith("#"))
-    assert samples["para_attn_jobs_submitted_total"] == "3"
-    assert samples['para_attn_jobs_finished_total{state="succeeded"}'] == "1"
-    assert samples['para_attn_jobs_finished_total{state="failed"}'] == "0"
-    assert samples["para_attn_queue_length"] == "1"
-    assert samples['para_attn_group_ready{group="0"}'] == "1"
-
-
 async def test_openapi_schema_lists_the_predictors_fields_and_limits(client: httpx.AsyncClient) -> None:
     response = await client.get("/schema/openapi.json")
 

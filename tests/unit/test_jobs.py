@@ -16,6 +16,7 @@ from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins
 from para_attn_server.records import JobState
 from para_attn_server.registry import Job
+from para_attn_server.schema import InputSchema, RequestField
 
 from .fakes import FakeGroup, LegacyPredictor, MakeService, deadline
 
@@ -352,6 +353,62 @@ async def test_a_failing_observer_does_not_break_the_job(
     (await group.next_run()).succeed()
 
     assert (await finished(job)).state is JobState.SUCCEEDED
+
+
+async def test_listeners_get_every_state_change_and_progress_step_until_removed(
+    service: JobService, group: FakeGroup
+) -> None:
+    seen: list[tuple[str, str, int | None]] = []
+    remove = service.add_listener(lambda kind, record: seen.append((kind, record.state.value, record.step)))
+    job = submit(service)
+    run = await group.next_run()
+    run.on_progress(1, 2)
+    run.on_progress(2, 2)
+    run.succeed()
+    await finished(job)
+    remove()
+    submit(service)
+
+    assert seen == [
+        ("state", "queued", None),
+        ("state", "running", None),
+        ("progress", "running", 1),
+        ("progress", "running", 2),
+        ("state", "succeeded", 2),
+    ]
+
+
+async def test_a_failing_listener_is_logged_and_the_others_and_the_job_go_on(
+    service: JobService, group: FakeGroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(kind: str, record: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    seen: list[str] = []
+    service.add_listener(broken)
+    service.add_listener(lambda kind, record: seen.append(kind))
+    job = submit(service)
+    run = await group.next_run()
+    run.on_progress(1, 1)
+    run.succeed()
+
+    assert (await finished(job)).state is JobState.SUCCEEDED
+    assert seen == ["state", "state", "progress", "state"]
+    failures = [r for r in caplog.records if r.exc_info and str(r.exc_info[1]) == "listener bug"]
+    assert len(failures) == 4
+
+
+async def test_the_ranks_get_the_inputs_without_the_fields_plugins_added(
+    make_service: MakeService, group: FakeGroup
+) -> None:
+    service = await make_service()
+    service.schema = InputSchema(service.predictor, [RequestField("hook", str | None, None, "hooks")])
+    job = submit(service, "a cat", hook="http://receiver/")
+
+    run = await group.next_run()
+
+    assert job.inputs["hook"] == "http://receiver/"
+    assert run.inputs == {"prompt": "a cat"}
 
 
 # ---- faults and restarts ----------------------------------------------------------------------

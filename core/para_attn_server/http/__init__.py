@@ -3,7 +3,7 @@ the service's answers into responses. Every decision is the service's.
 
 - ``original``: the original server's endpoints, with the codes its clients rely on;
 - ``v1``: the resource API under ``/v1/jobs``;
-- ``health``: probes and metrics;
+- ``health``: liveness and readiness probes;
 - ``errors``: exceptions to answers, keyed by type; ``auth``: the API key;
 - ``openapi``: the document at /schema; ``bodies``: strict request decoding.
 
