@@ -10,6 +10,7 @@ from typing import Any
 from .compare import compare
 from .direct import direct_call_times
 from .harness import Client, Report, Stat, client, post_head, raw_request, server, timed
+from .scale import scale
 
 OCTET = {"accept": "application/octet-stream"}
 # Targets of the rows that state one (issue 11). Comparisons with the original server come
@@ -262,4 +263,5 @@ SUITES = {
     "progress": progress,
     "gpu": gpu,
     "compare": compare,
+    "scale": scale,
 }
