@@ -194,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Stop:
         log.info("stopping: the agent and its ranks leave the group")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second signal stops at once
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         node.stop_agent()
     return 0

@@ -47,7 +47,10 @@ class ClusterHost:
 
     def open(self) -> None:
         """Listen at the rendezvous endpoint; a ``ConfigurationError`` if it cannot."""
-        host, port = split_endpoint(self.endpoint)
+        try:
+            host, port = split_endpoint(self.endpoint)
+        except ValueError as exc:
+            raise ConfigurationError(f"--rdzv-endpoint: {exc}") from None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -4,6 +4,8 @@ join route's long poll, and the layouts the server refuses at start."""
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +130,10 @@ def test_only_the_join_token_is_authorized() -> None:
             "--group-size 2: with --nnodes 2 one group spans the hosts, so it must be all 4 ranks",
         ),
         ({"num_devices": 2, "nnodes": 2, "executor": "torchrun", "group_size": 3}, "--num-devices 2 x --nnodes 2 is"),
+        (
+            {"num_devices": 1, "nnodes": 2, "executor": "torchrun", "rdzv_endpoint": "head:port"},
+            "--rdzv-endpoint: 'head:port' is not HOST:PORT",
+        ),
     ],
 )
 def test_the_server_refuses_layouts_it_cannot_run(
@@ -136,5 +142,22 @@ def test_the_server_refuses_layouts_it_cannot_run(
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
     server = ParaAttentionServer("noop", output_dir=str(tmp_path), **settings)
 
-    with pytest.raises(ConfigurationError, match=message.replace("+", r"\+")):
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
         asyncio.run(server.serve())
+
+
+def test_the_server_says_when_it_cannot_listen_at_the_rendezvous_endpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = f"127.0.0.1:{taken.getsockname()[1]}"
+        server = ParaAttentionServer(
+            "noop", output_dir=str(tmp_path), num_devices=1, nnodes=2, executor="torchrun", rdzv_endpoint=endpoint
+        )
+
+        message = f"--rdzv-endpoint {endpoint}: cannot listen: Address already in use"
+        with pytest.raises(ConfigurationError, match=message):
+            asyncio.run(server.serve())
