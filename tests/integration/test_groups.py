@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from para_attn_server.testing import Server, pid_gone
+from tests.integration.support import Join
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -112,6 +113,14 @@ def test_cancel_reaches_the_group_that_runs_the_job(server: Server, tmp_path: Pa
     assert server.http.get(f"/v1/jobs/{first}").json()["state"] == "running"
     hold.touch()
     assert server.wait(first)["state"] == "succeeded"
+
+
+def test_join_refuses_a_server_without_nnodes(server: Server) -> None:
+    join = Join(server.url, "any token", "--num-devices", "1")
+
+    assert join.wait(120) == 2
+    assert "takes no joining hosts (is it running with --nnodes > 1?)" in join.log.text
+    assert server.http.get("/v1/cluster/join").status_code == 404
 
 
 def test_sigterm_drains_every_group(launch, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from para_attn_server import cli
 from para_attn_server.cluster import PluginDist, agent_command, plugin_differences, reachable, split_endpoint
 from para_attn_server.errors import ConfigurationError
 from para_attn_server.executor import RankSpec, Rendezvous
@@ -19,6 +20,7 @@ from para_attn_server.group import GroupState
 from para_attn_server.plugins import AUTOLOAD_ENV
 from para_attn_server.rendezvous import ClusterHost
 from para_attn_server.server import ParaAttentionServer
+from para_attn_server.settings import JOIN_TOKEN_ENV
 
 SERVER = [PluginDist("tiny", "para-attn-server", "0.1.0"), PluginDist("extra", "extra-dist", "2.0")]
 
@@ -161,3 +163,17 @@ def test_the_server_says_when_it_cannot_listen_at_the_rendezvous_endpoint(
         message = f"--rdzv-endpoint {endpoint}: cannot listen: Address already in use"
         with pytest.raises(ConfigurationError, match=message):
             asyncio.run(server.serve())
+
+
+def test_join_without_a_token_is_a_usage_error_that_says_where_to_find_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(JOIN_TOKEN_ENV, raising=False)
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["join", "http://head:5000", "--num-devices", "1"])
+
+    assert info.value.code == 2
+    expected = "--token (or $PARA_ATTN_SERVER_JOIN_TOKEN) is required: the server logs it at start"
+    assert expected in capsys.readouterr().err
+
