@@ -43,6 +43,11 @@ from .plugins import Plugins
 from .settings import JOIN_TOKEN_ENV, LOG_LEVELS
 
 PROG = "para-attn-server join"
+DESCRIPTION = (
+    "Run this host's node of a server's worker group that spans hosts (the server runs with --nnodes > 1 and "
+    "--executor torchrun): fetch its spec, check this host's plugins against the server's, and keep torchrun's "
+    "elastic agent for this node running, one per generation of the group, until stopped."
+)
 log = logging.getLogger("para_attn_server.join")
 POLL_SECONDS = 2.0  # the longest a generation change or the agent's exit goes unnoticed
 BACKOFF_MAX = 30.0
@@ -58,7 +63,7 @@ class _Stop(BaseException):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     p.add_argument("url", metavar="URL", help="the server, as this host reaches it (http://HOST:PORT)")
     p.add_argument("--token", default=os.environ.get(JOIN_TOKEN_ENV), help=f"the join token (or ${JOIN_TOKEN_ENV})")
     p.add_argument("--num-devices", type=int, default=None, help="ranks to start here (default: CUDA devices, or 1)")
