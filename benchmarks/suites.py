@@ -10,6 +10,7 @@ from typing import Any
 from .compare import compare
 from .direct import DirectRanks, direct_call_times
 from .harness import Client, Report, Stat, client, post_head, raw_request, server, timed
+from .scale import scale
 
 OCTET = {"accept": "application/octet-stream"}
 # Targets of the rows that state one (issue 11). Comparisons with the original server come
@@ -266,4 +267,5 @@ SUITES = {
     "progress": progress,
     "gpu": gpu,
     "compare": compare,
+    "scale": scale,
 }

@@ -44,6 +44,7 @@ class RankLink:
     hostname: str
     writer: asyncio.StreamWriter
     last_seen: float
+    node: str = ""  # the joined host it runs on ("" on the server's own)
     setup_done: bool = False
 
     def send(self, message: msgspec.Struct) -> None:
@@ -101,7 +102,7 @@ class ControlListener:
             hello = await self._hello(reader)
             if hello is None:
                 return
-            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic())
+            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic(), hello.node)
             wanted = self._on_message(link, hello)
             while wanted:
                 message = await read_frame(reader, self.max_frame)

@@ -23,6 +23,7 @@ import enum
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -84,6 +85,8 @@ class WorkerGroup:
         self._setup: asyncio.Future[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._running: RunningJob | None = None
+        self.on_launch: Callable[[RankSpec], None] | None = None
+        self._local_loss: asyncio.Future[str] | None = None  # the generation in which a rank here went
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -123,6 +126,8 @@ class WorkerGroup:
         # view of a restart; the reliability tests measure recovery from both).
         log.info("worker group %sgeneration %d starting (%d ranks)", self._name, self.generation, self.world_size)
         await self.executor.launch(spec)
+        if self.on_launch is not None:
+            self.on_launch(spec)  # joined hosts start their part of this generation from it
         self._watchers = [
             asyncio.create_task(self._watch_exits(self._fault)),
             asyncio.create_task(self._watch_heartbeats(self._fault)),
@@ -277,14 +282,22 @@ class WorkerGroup:
     def _accept(self, hello: Hello) -> bool:
         # bytes: compare_digest refuses a str with non-ASCII characters (a stranger's token)
         right = secrets.compare_digest(hello.token.encode(), self._token.encode())
+        if self.spec.join_token:  # a group that spans hosts: its ranks hold the join token too
+            right &= secrets.compare_digest(hello.join_token.encode(), self.spec.join_token.encode())
         return right and hello.generation == self.generation and 0 <= hello.rank < self.world_size
 
     def _link_closed(self, link: RankLink) -> None:
         if self.links.get(link.rank) is not link or self.state is GroupState.STOPPED:
             return
+        fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
+        if link.node and self._local_loss is not fault:
+            # A joined host's rank, and no rank here went first (its peers leave after it):
+            # no executor here will say how it ended.
+            self._set_fault(f"node {link.node} left: {reason}")
+            return
+        self._local_loss = fault
         # A rank that dies closes its connection as it goes; give the executor's report of
         # how it died (killed by SIGKILL, exit code) a moment to be the reason.
-        fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
 
         def late_fault() -> None:
             if self._fault is fault:

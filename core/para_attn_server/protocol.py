@@ -24,6 +24,8 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     generation: int
     pid: int
     hostname: str
+    node: str = ""  # RankSpec.node: the joined host's name, "" on the server's own host
+    join_token: str = ""  # RankSpec.join_token
 
 
 class SetupDone(msgspec.Struct, tag="setup_done", frozen=True):

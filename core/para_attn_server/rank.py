@@ -17,6 +17,7 @@ import os
 import pickle
 import queue
 import select
+import signal
 import socket
 import sys
 import threading
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import JobCancelled
-from .executor import RANK_SPEC_ENV, RankSpec
+from .executor import RANK_SPEC_ENV, RankSpec, die_with_parent
 from .legacy import as_predictor
 from .plugins import Plugins
 from .predictor import JobContext, Output, RankContext, running
@@ -80,7 +81,8 @@ class ControlLink:
         self.sock = socket.create_connection((spec.control_host, spec.control_port), timeout=60)
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.send(Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname()))
+        hello = Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname())
+        self.send(msgspec.structs.replace(hello, node=spec.node, join_token=spec.join_token))
         beat = threading.Thread(target=self._beat, args=(spec.settings.heartbeat_interval,), daemon=True)
         beat.start()
 
@@ -302,6 +304,10 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
 def torchrun_main() -> None:
     """``python -m para_attn_server.rank`` under torchrun: the spec comes in the environment."""
     spec = RankSpec.from_env(os.environ[RANK_SPEC_ENV])
+    # torchrun starts ranks in sessions of their own: an agent killed by SIGKILL (or a
+    # ``join`` that took its agent along) would otherwise leave them serving a group
+    # whose host is gone.
+    die_with_parent(signal.SIGKILL)
     main(spec, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
 
 

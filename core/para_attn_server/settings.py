@@ -27,6 +27,7 @@ from .errors import ConfigurationError
 
 MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
 API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"
+JOIN_TOKEN_ENV = "PARA_ATTN_SERVER_JOIN_TOKEN"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -76,6 +77,10 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Seconds, _help("seconds a client may take to send a request's head (from its connection or first byte)")
     ] = 10.0
     keepalive_timeout: Annotated[int, msgspec.Meta(ge=1), _help("seconds an idle kept-alive connection stays open")] = 5
+    join_token: Annotated[
+        str | None,
+        _help("token that 'para-attn-server join' must present (--nnodes > 1; default: generated)", env=JOIN_TOKEN_ENV),
+    ] = None
 
     def key(self) -> str | None:
         """The API key: ``api_key``, or the first line of ``api_key_file``."""
@@ -123,16 +128,24 @@ class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How worker groups are started and watched."""
 
     num_devices: Annotated[
-        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks to start in all (default: CUDA devices, or 1)")
+        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks to start on this host (default: CUDA devices, or 1)")
     ] = None
     group_size: Annotated[
-        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks per worker group (default: all in one group)")
+        Annotated[int, msgspec.Meta(ge=1)] | None,
+        _help("ranks per worker group, of --nnodes x --num-devices in all (default: all in one group)"),
     ] = None
+    nnodes: Annotated[
+        int, msgspec.Meta(ge=1, le=1024), _help("hosts the ranks span: this one and --nnodes - 1 that join (torchrun)")
+    ] = 1
     executor: Annotated[str, _help("how ranks are started: multiprocessing or torchrun")] = "multiprocessing"
     executor_options: Annotated[
         dict[str, str], _help("executor option, repeatable", flags=["--executor-option"], metavar="KEY=VALUE")
     ] = {}
     control_host: Annotated[str, _help("address the ranks connect back to")] = "127.0.0.1"
+    rdzv_endpoint: Annotated[
+        str | None,
+        _help("HOST:PORT of the c10d rendezvous this server hosts for --nnodes > 1 (default: --control-host:29400)"),
+    ] = None
     setup_timeout: Annotated[Seconds, _help("seconds a group's setup may take")] = 1800.0
     heartbeat_timeout: Annotated[Seconds, _help("seconds of rank silence before a restart")] = 30.0
     cancel_grace: Annotated[Seconds, _help("seconds a cancelled job may take to stop before a restart")] = 10.0
