@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from para_attn_server.testing import Server, pid_gone
-from tests.integration.support import Join
+from tests.integration.support import Join, metric
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,9 +42,8 @@ def test_status_metrics_and_jobs_name_the_groups(server: Server) -> None:
         (0, True, False, 1),
         (1, True, False, 1),
     ]
-    metrics = server.http.get("/metrics").text
-    assert re.search(r'^para_attn_group_ready\{group="1"\} 1$', metrics, re.MULTILINE)
-    assert re.search(r'^para_attn_group_restarts_total\{group="0"\} 0$', metrics, re.MULTILINE)
+    assert metric(server, "para_attn_group_ready", group="1") == 1
+    assert metric(server, "para_attn_group_restarts_total", group="0") == 0
     assert server.run(tag="one")["group"] in (0, 1)
 
 
