@@ -41,7 +41,7 @@ def register_routes(register: Callable[[Any], None], service: JobService, settin
     from litestar import Router
 
     from .context import OpenAIContext, provide
-    from .errors import HANDLERS, UNAUTHORIZED
+    from .errors import HANDLERS, UNAUTHORIZED, UNAUTHORIZED_RESPONSE
     from .images import ImagesController
     from .models import ModelsController
     from .videos import VideosController
@@ -56,6 +56,6 @@ def register_routes(register: Callable[[Any], None], service: JobService, settin
             dependencies=provide(context),
             exception_handlers=HANDLERS,
             # The API-key middleware's 401 in OpenAI's shape on these routes (http/auth.py).
-            opt={"unauthorized_body": UNAUTHORIZED},
+            opt={"unauthorized_body": UNAUTHORIZED, "unauthorized_response": UNAUTHORIZED_RESPONSE},
         )
     )

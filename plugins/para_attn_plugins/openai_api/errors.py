@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference
 from litestar.types import ExceptionHandler, ExceptionHandlersMap
 
 from para_attn_server.http import errors as core_errors
@@ -35,6 +36,13 @@ KINDS: dict[int, tuple[str, str | None]] = {
 # The API-key middleware's refusal on these routes (handler ``opt``, see http/auth.py).
 UNAUTHORIZED = msgspec.json.encode(
     OpenAIErrorBody(OpenAIErrorDetail("missing or invalid API key", "invalid_request_error", None, "invalid_api_key"))
+)
+# ... and its entry in the OpenAPI document (http/openapi.py).
+UNAUTHORIZED_RESPONSE = OpenAPIResponse(
+    description=ERROR_DESCRIPTIONS[401],
+    content={
+        "application/json": OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{OpenAIErrorBody.__name__}"))
+    },
 )
 
 
