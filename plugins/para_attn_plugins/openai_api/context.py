@@ -18,7 +18,6 @@ from para_attn_server.http.bodies import decode
 from para_attn_server.jobs import JobService
 from para_attn_server.registry import Job
 
-from .errors import OpenAIError
 from .mapping import ModelFields, converted
 from .settings import OpenAISettings
 
@@ -50,12 +49,6 @@ class OpenAIContext:
             if exc.field in ("width", "height") and size not in (None, "auto"):
                 raise InputError(f"{exc} (from size {size!r})", "size") from None
             raise
-
-    def find(self, job_id: str) -> Job:
-        job = self.service.get(job_id)
-        if job is None:
-            raise OpenAIError(404, "no such video (ids are forgotten --result-ttl seconds after the job ended)")
-        return job
 
     async def output(self, job: Job) -> bytes:
         """A succeeded job's output: from memory while it is held there, else its file."""

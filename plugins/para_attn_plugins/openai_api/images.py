@@ -48,6 +48,8 @@ class ImagesController(Controller):
     async def generate_images(
         self, request: Request[Any, Any, Any], service: Service, api: Api, data: JSONBody[ImageRequest]
     ) -> ImagesResponse:
+        # ``data``: Litestar checks and documents OpenAI's fields; the body is read again
+        # whole, with the predictor's fields beside them.
         if not api.fields.makes_images:
             why = "makes videos: use /v1/videos" if api.fields.makes_videos else "takes no prompt"
             raise OpenAIError(404, f"the served model ({api.served}) {why}")
@@ -60,16 +62,15 @@ class ImagesController(Controller):
                 jobs.append((await service.accept(each))[0])
             log.info("POST /v1/images/generations: %d job(s): %s", len(jobs), " ".join(job.id for job in jobs))
             await wait_all(jobs, request)
-            outputs = [await api.output(job) for job in jobs]
         finally:
             for job in jobs:  # the rest, when one failed or the client went away; no-op for ended jobs
                 service.cancel(job.id)
         if request_fields.response_format == "url":
             base = str(request.base_url).rstrip("/")
-            data_items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in jobs]
+            items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in jobs]
         else:
-            data_items = [ImageData(b64_json=base64.b64encode(output).decode()) for output in outputs]
-        return ImagesResponse(int(time.time()), data_items, jobs[0].record.file_type, size_of(jobs[0].record.inputs))
+            items = [ImageData(b64_json=base64.b64encode(await api.output(job)).decode()) for job in jobs]
+        return ImagesResponse(int(time.time()), items, jobs[0].record.file_type, size_of(jobs[0].record.inputs))
 
 
 async def wait_all(jobs: list[Job], request: Request[Any, Any, Any]) -> None:

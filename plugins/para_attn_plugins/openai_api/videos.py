@@ -94,22 +94,23 @@ class VideosController(Controller):
         self, service: Service, api: Api, after: PageCursor = None, limit: PageLimit = 20, order: Order = "desc"
     ) -> VideoList:
         _require_videos(api)
-        if order == "desc":
-            jobs, has_more = service.list_jobs(None, limit, after)
-        else:  # the registry lists newest first: walk it once, oldest first
-            ids = [job.id for job in reversed(service.list_jobs(None, max(1, len(service.jobs)), None)[0])]
-            if after is not None and after not in ids:
-                raise InputError("no such video (ids are forgotten --result-ttl seconds after the job ended)", "after")
-            start = 0 if after is None else ids.index(after) + 1
-            jobs = [service.jobs[job_id] for job_id in ids[start : start + limit]]
-            has_more = start + limit < len(ids)
+        # The registry lists newest first; a page of videos is cut from one walk of it (the
+        # jobs another model left in the journal are no videos).
+        videos = [job for job in service.list_jobs(None, max(1, len(service.jobs)), None)[0] if is_video(job)]
+        if order == "asc":
+            videos.reverse()
+        ids = [job.id for job in videos]
+        if after is not None and after not in ids:
+            raise InputError("no such video (ids are forgotten --result-ttl seconds after the job ended)", "after")
+        start = 0 if after is None else ids.index(after) + 1
+        jobs, has_more = videos[start : start + limit], start + limit < len(videos)
         data = [video_object(job.record, api.served, api.result_ttl) for job in jobs]
         return VideoList(data, data[0].id if data else None, data[-1].id if data else None, has_more)
 
     @get("/{video_id:str}", summary="Get a video (OpenAI's videos API)", responses=responses(404))
     async def get_video(self, api: Api, video_id: FromPath[str]) -> Response[Video]:
         _require_videos(api)
-        return _answer(api, api.find(video_id))
+        return _answer(api, find_video(api, video_id))
 
     @get(
         "/{video_id:str}/content",
@@ -118,7 +119,7 @@ class VideosController(Controller):
     )
     async def video_content(self, api: Api, video_id: FromPath[str], variant: Variant = "video") -> Response[bytes]:
         _require_videos(api)
-        job = api.find(video_id)
+        job = find_video(api, video_id)
         if variant == "spritesheet":
             raise InputError("spritesheets are not offered: use video or thumbnail", "variant")
         if job.state is not JobState.SUCCEEDED or job.record.file_type != "mp4":
@@ -139,7 +140,7 @@ class VideosController(Controller):
     )
     async def delete_video(self, service: Service, api: Api, video_id: FromPath[str]) -> VideoDeleted:
         _require_videos(api)
-        job = api.find(video_id)
+        job = find_video(api, video_id)
         await service.cancel_and_wait(job.id)
         if not job.terminal:  # past --cancel-grace the group restarts, which ends it
             raise OpenAIError(409, "the video is still stopping: delete it again in a moment", code="conflict")
@@ -151,6 +152,17 @@ def _require_videos(api: OpenAIContext) -> None:
     if not api.fields.makes_videos:
         why = "makes images: use /v1/images/generations" if api.fields.makes_images else "takes no prompt"
         raise OpenAIError(404, f"the served model ({api.served}) makes no videos; it {why}")
+
+
+def is_video(job: Job) -> bool:
+    return "num_frames" in job.inputs
+
+
+def find_video(api: OpenAIContext, video_id: str) -> Job:
+    job = api.service.get(video_id)
+    if job is None or not is_video(job):
+        raise OpenAIError(404, "no such video (ids are forgotten --result-ttl seconds after the job ended)")
+    return job
 
 
 def _answer(api: OpenAIContext, job: Job) -> Response[Video]:
