@@ -82,6 +82,12 @@ def parse(argv: Sequence[str]) -> Settings:
     sections = Plugins.load(modules).settings_sections()
     parser = serve_parser(sections)
     values = vars(parser.parse_args(argv))
+    if "api_key" in values:
+        print(
+            f"{PROG}: warning: --api-key shows the key to every user of this machine (ps, /proc/PID/cmdline); "
+            f"use --api-key-file or ${settings_tree.API_KEY_ENV}",
+            file=sys.stderr,
+        )
     for field in settings_tree.fields(sections):
         if field.name in values and isinstance(_kind(field), msgspec.inspect.DictType):
             values[field.name] = dict(values[field.name])  # repeated KEY=VALUE: the last one wins

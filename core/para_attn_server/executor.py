@@ -37,6 +37,7 @@ class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
     options: dict[str, str] = {}  # the predictor's --option values
     master_addr: str | None = None  # None: taken from the environment (torchrun)
     master_port: int | None = None
+    external_store: bool = False  # the executor hosts the rendezvous store: every rank is its client
     settings: RankSettings = msgspec.field(default_factory=RankSettings)
     log_level: str = "INFO"
 

@@ -68,6 +68,7 @@ class JobOutcome:
     error: str | None = None
     output: bytes | None = None
     file_type: str | None = None
+    base64: bool = False  # ``output`` is base64 text
 
 
 class _RunningJob:
@@ -108,7 +109,8 @@ class WorkerGroup:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._control.open()
+        port = await self._control.open()
+        log.info("worker group %d: ranks connect to %s:%d", self.index, self.settings.control_host, port)
 
     @property
     def fault(self) -> asyncio.Future[str]:
@@ -249,7 +251,7 @@ class WorkerGroup:
                 # A cancel that arrived before the job ended wins (a pipeline stopped
                 # through its own interrupt flag just returns early).
                 return JobOutcome("cancelled")
-            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type)
+            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type, base64=leader.base64)
         # Something failed or was cancelled: the group is only reusable if every rank left
         # the job; one that did not is stuck in a collective its peers abandoned.
         if not running.all_ended.done():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 
+from .errors import JournalError
 from .records import JobRecord
 
 log = logging.getLogger("para_attn_server.journal")
@@ -32,6 +33,7 @@ V1_COLUMNS = (
     "file_type", "output_file", "output_path", "written_by_predictor", "fingerprint", "inputs",
 )  # fmt: skip
 
+KEEP_FAILURES = 1000  # failed transactions remembered for their waiters
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(JobRecord)
 
@@ -48,6 +50,7 @@ class JobJournal:
         self._batch = 0  # number of the next transaction
         self._done = 0  # transactions finished
         self._finished = asyncio.Condition()
+        self._failed: dict[int, str] = {}  # recent failed transactions: number -> why
         self._task: asyncio.Task[None] | None = None
 
     def _open(self) -> sqlite3.Connection:
@@ -89,47 +92,70 @@ class JobJournal:
         self._wake.set()
 
     async def committed(self) -> None:
-        """Return once everything recorded before this call is in a finished transaction."""
+        """Return once everything recorded before this call is in a finished transaction;
+        JournalError if that transaction failed (a full disk, say)."""
         # What waits to be taken goes in the next transaction; what was taken is in the last.
         target = self._batch + 1 if self._dirty or self._deleted else self._batch
         async with self._finished:
             await self._finished.wait_for(lambda: self._done >= target)
+        if target in self._failed:
+            raise JournalError(f"could not record the job: {self._failed[target]}")
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            rows, deleted = self._take()
+            records, deleted = self._take()
             self._batch += 1
-            await loop.run_in_executor(self._thread, self._write, rows, deleted)
+            error = await loop.run_in_executor(self._thread, self._write, _rows(records), deleted)
+            if error is not None:
+                self._failed[self._batch] = error
+                self._retry_later(records, deleted)
+            for old in [batch for batch in self._failed if batch < self._batch - KEEP_FAILURES]:
+                del self._failed[old]
             async with self._finished:
                 self._done = self._batch
                 self._finished.notify_all()
 
-    def _take(self) -> tuple[list[tuple[str, str, bytes]], list[str]]:
-        rows = [(record.id, record.state.value, _encoder.encode(record)) for record in self._dirty.values()]
+    def _take(self) -> tuple[list[JobRecord], list[str]]:
+        records = list(self._dirty.values())
         deleted = list(self._deleted)
         self._dirty.clear()
         self._deleted.clear()
-        return rows, deleted
+        return records, deleted
 
-    def _write(self, rows: list[tuple[str, str, bytes]], deleted: list[str]) -> None:
+    def _retry_later(self, records: list[JobRecord], deleted: list[str]) -> None:
+        """Put a failed transaction's changes back, behind anything newer, for the next one
+        (which starts at the next change: no retry loop on a disk that stays full)."""
+        for record in records:
+            if record.id not in self._dirty and record.id not in self._deleted:
+                self._dirty[record.id] = record
+        self._deleted.update(job_id for job_id in deleted if job_id not in self._dirty)
+
+    def _write(self, rows: list[tuple[str, str, bytes]], deleted: list[str]) -> str | None:
         try:
             with self._db:
                 self._db.executemany(UPSERT, rows)
                 self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in deleted])
-        except sqlite3.Error:
-            log.exception("could not write job records to %s", self.path)
+        except sqlite3.Error as exc:
+            log.error("could not write job records to %s: %s", self.path, exc)
+            return str(exc)
+        return None
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._write, *self._take())
+        records, deleted = self._take()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._write, _rows(records), deleted)
         self._thread.submit(self._db.close).result()
         self._thread.shutdown()
+
+
+def _rows(records: list[JobRecord]) -> list[tuple[str, str, bytes]]:
+    return [(record.id, record.state.value, _encoder.encode(record)) for record in records]
 
 
 def _convert_v1(db: sqlite3.Connection) -> None:

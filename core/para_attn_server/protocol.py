@@ -55,6 +55,7 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     error: str | None = None
     output: bytes | None = None  # only rank 0 carries the output
     file_type: str | None = None
+    base64: bool = False  # ``output`` is base64 text (see predictor.Output)
 
 
 RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | JobEnded

@@ -53,6 +53,7 @@ from .schema import InputSchema
 log = logging.getLogger("para_attn_server.rank")
 
 PING, JOB, SHUTDOWN = 0, 1, 2
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FRAME_BYTES = 4096  # one broadcast carries a job whose inputs encode to < 4 KiB
 _job_encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(RunJob)
@@ -197,6 +198,12 @@ class RankWorker:
         if self.spec.master_addr is not None:
             os.environ["MASTER_ADDR"] = self.spec.master_addr
             os.environ["MASTER_PORT"] = str(self.spec.master_port)
+        if self.spec.external_store:
+            # torch's own switch for "the agent hosts the store": rank 0 then hosts none
+            # (it would listen on every interface), whoever calls init_process_group.
+            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+            if self.spec.master_addr in LOOPBACK:
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         if not self.predictor.initializes_process_group:
             self._init_process_group(device)
         context = RankContext(self.rank, self.world_size, self.local_rank, device, dict(self.spec.options))
@@ -290,7 +297,7 @@ class RankWorker:
         if len(output.data) > limit:
             error = f"output too large: {len(output.data)} bytes exceeds the limit of {limit} bytes"
             return JobEnded(job_id, 0, "failed", error=error)
-        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type)
+        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type, base64=output.base64)
 
     def _decider(self, job_id: str) -> Any:
         link, rank, world_size = self.link, self.rank, self.world_size

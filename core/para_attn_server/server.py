@@ -7,13 +7,8 @@ Python entry and still works; every other setting is a keyword with a safe defau
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import pickle
-import signal
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -27,6 +22,8 @@ from .http import create_app
 from .jobs import JobService
 from .journal import JobJournal
 from .legacy import as_predictor
+from .listener import HttpServer, bind
+from .listener import config as listener_config
 from .outputs import OutputStore
 from .plugins import Plugins
 from .predictor import Predictor
@@ -96,20 +93,10 @@ class ParaAttentionServer:
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
         journal.start()
-        sock = _bind(settings.http.host, settings.http.port)
+        sock = bind(settings.http.host, settings.http.port)
         self.port = sock.getsockname()[1]
-        app = create_app(
-            service, settings, api_key=settings.http.api_key, max_body_bytes=settings.http.max_body_bytes
-        )
-        http = _HttpServer(
-            uvicorn.Config(
-                app,
-                log_level=settings.log_level.lower(),
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=5,
-            )
-        )
+        app = create_app(service, settings, api_key=settings.http.key(), max_body_bytes=settings.http.max_body_bytes)
+        http = HttpServer(listener_config(app, settings.http, settings.log_level))
         await asyncio.gather(*(group.open() for group in groups))
         http_task = asyncio.create_task(http.serve(sockets=[sock]))
         log.info("para-attn-server listening on http://%s:%d", settings.http.host, self.port)
@@ -180,44 +167,3 @@ async def _drain_then_exit(service: JobService, http: uvicorn.Server) -> None:
     log.info("draining: no new jobs; finishing the running one")
     await service.drain()
     http.should_exit = True
-
-
-class _HttpServer(uvicorn.Server):
-    """uvicorn, with SIGTERM/SIGINT routed to our drain instead of an immediate stop, and
-    without uvicorn's re-raising of the signal afterwards (we exit 0 after draining)."""
-
-    on_signal: Any = None
-    _draining = False
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signalled)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    def _signalled(self) -> None:
-        if self.on_signal is None or self._draining:
-            self.should_exit = True  # not ready yet, or a second signal: stop now
-            return
-        self._draining = True
-        self.on_signal()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(False)
-    os.set_blocking(sock.fileno(), False)
-    return sock

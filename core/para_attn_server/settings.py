@@ -66,9 +66,31 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: Annotated[str, _help("address to listen on")] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535), _help("port to listen on, 0 for any")] = 5000
     api_key: Annotated[
-        str | None, _help("require this key on every endpoint but /health/live", env=API_KEY_ENV)
+        str | None,
+        _help("require this key on every route but /health/live (ps shows it: prefer the file)", env=API_KEY_ENV),
     ] = None
+    api_key_file: Annotated[str | None, _help("read the API key from this file (its first line)")] = None
     max_body_bytes: Annotated[Bytes, _help("largest request body")] = 10 * 1024 * 1024
+    max_connections: Annotated[int, msgspec.Meta(ge=1), _help("connections at once; more get a 503")] = 1024
+    header_timeout: Annotated[
+        Seconds, _help("seconds a client may take to send a request's head (from its connection or first byte)")
+    ] = 10.0
+    keepalive_timeout: Annotated[int, msgspec.Meta(ge=1), _help("seconds an idle kept-alive connection stays open")] = 5
+
+    def key(self) -> str | None:
+        """The API key: ``api_key``, or the first line of ``api_key_file``."""
+        if self.api_key_file is None:
+            return self.api_key or None
+        if self.api_key:
+            raise ConfigurationError("give the API key once: --api-key (or its variable) or --api-key-file")
+        try:
+            with open(self.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"--api-key-file: cannot read it: {exc.strerror}") from None
+        if not key:
+            raise ConfigurationError("--api-key-file: its first line is empty")
+        return key
 
 
 class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +109,8 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     output_memory_bytes: Annotated[Bytes, _help("recent outputs kept in memory for fast download, in all")] = (
         512 * 1024 * 1024
     )
+    max_event_streams: Annotated[int, msgspec.Meta(ge=1), _help("event streams (SSE) open at once, in all")] = 256
+    max_event_streams_per_job: Annotated[int, msgspec.Meta(ge=1), _help("event streams open at once per job")] = 16
     restart_backoff: Annotated[Seconds, _help("seconds before retrying a failed restart; doubles each time")] = 1.0
     restart_backoff_max: Annotated[Seconds, _help("longest wait between restart attempts")] = 30.0
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from para_attn_server import InputError, hookimpl
-from para_attn_server.errors import NotReadyError, QueueFullError, SetupError
+from para_attn_server.errors import JournalError, LimitError, NotReadyError, QueueFullError, SetupError
 from para_attn_server.group import JobOutcome
 from para_attn_server.jobs import JobService
 from para_attn_server.outputs import OutputStore
@@ -516,3 +516,77 @@ async def test_wait_returns_whether_the_job_ended(service: JobService, group: Fa
     run.succeed()
 
     assert await deadline(waiter)
+
+
+# ---- integrity ------------------------------------------------------------------------------
+
+
+async def test_only_max_records_ended_jobs_are_kept(service: JobService, group: FakeGroup) -> None:
+    service.settings.max_records = 2
+    jobs = [submit(service, prompt) for prompt in "abc"]
+    for job in jobs:
+        (await group.next_run()).succeed()
+        await finished(job)
+
+    assert [service.get(job.id) for job in jobs] == [None, jobs[1], jobs[2]]
+
+
+async def test_a_file_type_that_could_name_a_path_fails_the_job(service: JobService, group: FakeGroup) -> None:
+    job = submit(service)
+    (await group.next_run()).finish(JobOutcome("succeeded", output=b"x", file_type="png/../../x"))
+
+    assert (await finished(job)).state is JobState.FAILED
+    assert job.error is not None
+    assert "file type" in job.error
+
+
+async def test_a_copy_that_cannot_be_written_is_lost_and_never_served(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
+    store.jobs_dir.rmdir()
+    store.jobs_dir.write_text("a file where the server's directory was")
+    job = submit(service)
+    async with service.subscribe(job) as events:
+        (await group.next_run()).succeed(b"data", "png")
+        await finished(job)
+        while (await deadline(events.get()))[1].get("error") is None:  # the copy's write failed
+            pass
+
+    assert job.state is JobState.SUCCEEDED
+    assert job.error is not None
+    assert job.error.startswith("the output was lost")
+    assert job.output_file is None
+    assert service.held_output(job) is None
+    assert store.writable() is not None  # readiness says so too
+
+
+async def test_a_submit_the_journal_could_not_record_is_refused_and_cancelled(
+    make_service: MakeService, group: FakeGroup, store: OutputStore
+) -> None:
+    service = await make_service()
+    service.journal = FailingJournal()
+
+    with pytest.raises(NotReadyError, match="could not record the job"):
+        await service.accept({"prompt": "a"})
+
+    (job,) = service.jobs.values()
+    assert job.state is JobState.CANCELLED
+
+
+class FailingJournal:
+    """A journal whose transactions fail, as on a full disk."""
+
+    def record(self, record: Any) -> None:
+        pass
+
+    async def committed(self) -> None:
+        raise JournalError("could not record the job: database or disk is full")
+
+
+async def test_too_many_event_streams_are_refused(service: JobService) -> None:
+    service.settings.max_event_streams_per_job = 1
+    job = submit(service)
+
+    async with service.subscribe(job):
+        with pytest.raises(LimitError, match="for this job"):
+            service.subscribe(job)

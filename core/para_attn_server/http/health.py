@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Controller, Response, get
 
 from ..views import MetricsSnapshot
@@ -20,14 +22,15 @@ class HealthController(Controller):
 
     @get(
         "/health/ready",
-        summary="Readiness: at least one worker group can take jobs",
+        summary="Readiness: a worker group can take jobs and the output directory can be written",
         responses={503: spec(Health, "Not ready")},
         opt={"openapi": Doc(headers={"503": {"Retry-After": RETRY_AFTER}})},
     )
     async def ready(self, service: Service) -> Response[Health]:
-        if service.ready:
+        reason = await asyncio.to_thread(service.not_ready_reason)  # it probes the disk
+        if reason is None:
             return Response(Health("ready"))
-        return Response(Health("not ready"), status_code=503, headers={"Retry-After": NOT_READY_RETRY_AFTER})
+        return Response(Health("not ready", reason), status_code=503, headers={"Retry-After": NOT_READY_RETRY_AFTER})
 
     @get(
         "/metrics",

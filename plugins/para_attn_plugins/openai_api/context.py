@@ -4,10 +4,11 @@ service, the plugin's settings, the served model's name and what its fields map 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import msgspec
@@ -15,6 +16,7 @@ from litestar.di import NamedDependency, Provide
 
 from para_attn_server.errors import InputError
 from para_attn_server.http.bodies import decode
+from para_attn_server.http.outputs import file_of
 from para_attn_server.jobs import JobService
 from para_attn_server.registry import Job
 
@@ -51,12 +53,20 @@ class OpenAIContext:
             raise
 
     async def output(self, job: Job) -> bytes:
-        """A succeeded job's output: from memory while it is held there, else its file."""
-        data = self.service.output_bytes(job)
-        if data is not None:
-            return data
-        assert job.record.output_file is not None
-        return await asyncio.to_thread(Path(job.record.output_file).read_bytes)
+        """A succeeded job's output: from memory while it is held there, else its file,
+        checked as every route checks it (OutputGoneError, a 410, when it is lost)."""
+        held = self.service.held_output(job)
+        if held is not None:
+            return await asyncio.to_thread(binascii.a2b_base64, held.data) if held.base64 else held.data
+        with await file_of(self.service, job) as file:
+            return await asyncio.to_thread(file.read)
+
+    async def output_base64(self, job: Job) -> str:
+        """The output as base64 text; a predictor's own base64 passes through as it came."""
+        held = self.service.held_output(job)
+        if held is not None and held.base64:
+            return held.data.decode("ascii")
+        return base64.b64encode(await self.output(job)).decode("ascii")
 
 
 Api: TypeAlias = NamedDependency[OpenAIContext]

@@ -29,6 +29,7 @@ KINDS: dict[int, tuple[str, str | None]] = {
     401: ("invalid_request_error", "invalid_api_key"),
     404: ("invalid_request_error", "not_found"),
     409: ("invalid_request_error", "conflict"),
+    410: ("invalid_request_error", "output_gone"),
     413: ("invalid_request_error", "request_too_large"),
     429: ("rate_limit_error", "queue_full"),
     503: ("server_error", "not_ready"),

@@ -9,7 +9,6 @@ not run a failing generation three times. A client that goes away cancels its jo
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from typing import Any
@@ -43,7 +42,7 @@ class ImagesController(Controller):
         summary="Generate images (OpenAI's images API)",
         description="n jobs (seeds seed, seed+1, ...), answered once all succeeded. Fields of POST /v1/jobs "
         "(seed, num_inference_steps, ...) are accepted beside OpenAI's.",
-        responses={200: spec(ImagesResponse, "The images"), **responses(400, 404, 413, 429, 500, 503)},
+        responses={200: spec(ImagesResponse, "The images"), **responses(400, 404, 410, 413, 429, 500, 503)},
     )
     async def generate_images(
         self, request: Request[Any, Any, Any], service: Service, api: Api, data: JSONBody[ImageRequest]
@@ -69,7 +68,7 @@ class ImagesController(Controller):
             base = str(request.base_url).rstrip("/")
             items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in jobs]
         else:
-            items = [ImageData(b64_json=base64.b64encode(await api.output(job)).decode()) for job in jobs]
+            items = [ImageData(b64_json=await api.output_base64(job)) for job in jobs]
         return ImagesResponse(int(time.time()), items, jobs[0].record.file_type, size_of(jobs[0].record.inputs))
 
 

@@ -115,7 +115,10 @@ class VideosController(Controller):
     @get(
         "/{video_id:str}/content",
         summary="Download a video or its thumbnail (OpenAI's videos API)",
-        responses={200: spec(bytes, "video/mp4, or image/webp for the thumbnail", "*/*"), **responses(400, 404, 409)},
+        responses={
+            200: spec(bytes, "video/mp4, or image/webp for the thumbnail", "*/*"),
+            **responses(400, 404, 409, 410),
+        },
     )
     async def video_content(self, api: Api, video_id: FromPath[str], variant: Variant = "video") -> Response[bytes]:
         _require_videos(api)
