@@ -80,6 +80,22 @@ async def test_n_images_are_n_jobs_answered_once_all_succeeded(
     assert [item.revised_prompt for item in answer.data] == [None, None]
 
 
+async def test_a_predictors_own_base64_passes_through_and_url_links_to_the_output(
+    client: openai.AsyncOpenAI, service: JobService, group: FakeGroup
+) -> None:
+    text = base64.b64encode(PNG)
+    request = asyncio.create_task(client.images.generate(prompt="a cat"))
+    (await group.next_run()).finish(JobOutcome("succeeded", output=text, file_type="png", base64=True))
+    assert (await deadline(request)).data[0].b64_json == text.decode()
+
+    request = asyncio.create_task(client.images.generate(prompt="a cat", response_format="url"))
+    run = await group.next_run()
+    run.finish(succeeded())
+    answer = await deadline(request)
+    assert answer.data[0].url == f"http://testserver/v1/jobs/{run.job_id}/output"
+    assert answer.data[0].b64_json is None
+
+
 async def test_a_failed_job_is_a_500_that_the_sdk_does_not_retry_and_the_others_are_cancelled(
     service: JobService, group: FakeGroup
 ) -> None:

@@ -22,6 +22,7 @@ from litestar.params import FromPath, QueryParameter
 from para_attn_server.errors import InputError
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.openapi import Doc, spec
+from para_attn_server.http.outputs import output_response
 from para_attn_server.records import JobState
 from para_attn_server.registry import Job
 
@@ -120,7 +121,9 @@ class VideosController(Controller):
             **responses(400, 404, 409, 410),
         },
     )
-    async def video_content(self, api: Api, video_id: FromPath[str], variant: Variant = "video") -> Response[bytes]:
+    async def video_content(
+        self, service: Service, api: Api, video_id: FromPath[str], variant: Variant = "video"
+    ) -> Response[Any]:
         _require_videos(api)
         job = find_video(api, video_id)
         if variant == "spritesheet":
@@ -130,10 +133,9 @@ class VideosController(Controller):
             raise OpenAIError(
                 409, f"the video is {status}", code="video_not_ready", headers={"x-should-retry": "false"}
             )
-        data = await api.output(job)
         if variant == "thumbnail":
-            return Response(await asyncio.to_thread(first_frame, data), media_type="image/webp")
-        return Response(data, media_type="video/mp4")
+            return Response(await asyncio.to_thread(first_frame, await api.output(job)), media_type="image/webp")
+        return await output_response(service, job)  # from memory, or streamed from its checked file
 
     @delete(
         "/{video_id:str}",
