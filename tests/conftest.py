@@ -7,11 +7,13 @@ every process the tests start.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from para_attn_predictors import make_tiny
 from para_attn_server.testing import Server
 from tests import REPO
 
@@ -42,3 +44,21 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(["--model", "tiny", "--num-devices", "2"], tmp_path_factory.mktemp("tiny"))
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``tiny_pipeline("flux" | "wan")``: the directory of a tiny pipeline saved by the helper
+    users run (``python -m para_attn_predictors.make_tiny KIND DIR``), made once per session
+    on first use, for ``--model KIND --model-path DIR``."""
+    root = tmp_path_factory.mktemp("tiny-pipelines")
+    made: dict[str, Path] = {}
+
+    def path(kind: str) -> Path:
+        if kind not in made:
+            assert make_tiny.main([kind, str(root / kind)]) == 0
+            assert (root / kind / "model_index.json").is_file()
+            made[kind] = root / kind
+        return made[kind]
+
+    return path

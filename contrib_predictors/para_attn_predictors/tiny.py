@@ -44,7 +44,7 @@ class TinyFluxPredictor(Predictor):
         num_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4,
         guidance_scale: Annotated[float, msgspec.Meta(ge=0, le=20)] = 3.5,
         seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0,
-        output_format: Literal["png", "jpeg", "npy"] = "png",
+        output_format: Literal["png", "jpeg", "webp", "npy"] = "png",
     ) -> Output | None:
         import numpy as np
         import torch

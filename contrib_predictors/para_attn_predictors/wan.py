@@ -15,7 +15,8 @@ from para_attn_server import InputError, Output, hookimpl
 from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps
 from .media import encode_video
 
-Frames = Annotated[int, msgspec.Meta(ge=1, le=241, description="Frames, 4k+1 (the VAE packs 4 per latent)")]
+MAX_FRAMES = 241
+Frames = Annotated[int, msgspec.Meta(ge=1, le=MAX_FRAMES, description="Frames, 4k+1 (the VAE packs 4 per latent)")]
 
 
 class WanPredictor(DiffusersPredictor):
@@ -33,6 +34,13 @@ class WanPredictor(DiffusersPredictor):
         temporal, per_row, per_column = self._factors()
         latent_frames = (inputs["num_frames"] - 1) // temporal + 1
         return int(latent_frames * (inputs["height"] // per_row) * (inputs["width"] // per_column))
+
+    def nearest_num_frames(self, count: int) -> int:
+        """The frame count the VAE accepts (temporal*k + 1, within the field's limits) nearest
+        ``count``, the larger on a tie (what a client asking for a length in seconds gets)."""
+        temporal = self._factors()[0]
+        nearest = (max(count, 1) - 1 + temporal // 2) // temporal * temporal + 1
+        return min(nearest, MAX_FRAMES - (MAX_FRAMES - 1) % temporal)
 
     def validate(self, inputs: dict[str, Any]) -> None:
         temporal = self._factors()[0]

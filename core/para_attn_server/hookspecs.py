@@ -85,6 +85,8 @@ def register_routes(register: Callable[[Any], None], service: JobService, settin
     Runs once in the server process for each app built. Like every route, plugin routes
     require the ``--api-key`` when one is set, except handlers whose ``opt`` has
     ``"public": True`` (files that are not secret, such as a web page's HTML and scripts).
+    Routes that speak another API's error shape name their 401 in ``opt``:
+    ``"unauthorized_body"`` (JSON bytes) and ``"unauthorized_response"`` (its OpenAPI entry).
     """
 
 

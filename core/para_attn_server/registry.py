@@ -127,7 +127,7 @@ class JobRegistry:
     def ended(self, job: Job) -> None:
         self._ended.append(job)
         while len(self._ended) > self.settings.max_records:
-            self._forget(self._ended.popleft())
+            self.forget(self._ended.popleft())
 
     def recover(self, now: float) -> int:
         """Load the jobs an earlier run of the server recorded; those it left queued or
@@ -186,9 +186,10 @@ class JobRegistry:
         Jobs end in order, so this looks only at the oldest ones."""
         cutoff = now - self.settings.result_ttl
         while self._ended and (self._ended[0].record.finished_at or 0) < cutoff:
-            self._forget(self._ended.popleft())
+            self.forget(self._ended.popleft())
 
-    def _forget(self, job: Job) -> None:
+    def forget(self, job: Job) -> None:
+        """Forget an ended job now, as expiry does (a client deleting it)."""
         if self.jobs.get(job.id) is not job:
             return
         del self.jobs[job.id]

@@ -10,24 +10,19 @@ works while the servers' ranks load.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from para_attn_predictors import make_tiny
 from tests.contrib.support import Reference, ReferenceRun
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiny_dirs(tiny_pipeline: Callable[[str], Path]) -> dict[str, Path]:
     """``{"flux": DIR, "wan": DIR}``: tiny pipelines saved with ``save_pretrained``."""
-    root = tmp_path_factory.mktemp("tiny-pipelines")
-    dirs = {kind: root / kind for kind in ("flux", "wan")}
-    for kind, path in dirs.items():
-        assert make_tiny.main([kind, str(path)]) == 0
-        assert (path / "model_index.json").is_file()
-    return dirs
+    return {kind: tiny_pipeline(kind) for kind in ("flux", "wan")}
 
 
 @pytest.fixture(scope="session")

@@ -166,7 +166,7 @@ def test_openapi_schema_lists_the_predictors_fields_and_limits(tiny_server: Serv
     assert (fields["width"]["minimum"], fields["width"]["maximum"], fields["width"]["multipleOf"]) == (16, 256, 16)
     assert fields["height"]["default"] == 32
     assert (fields["num_inference_steps"]["minimum"], fields["num_inference_steps"]["maximum"]) == (1, 50)
-    assert fields["output_format"]["enum"] == ["png", "jpeg", "npy"]
+    assert fields["output_format"]["enum"] == ["png", "jpeg", "webp", "npy"]
     assert "output_path" in fields
     generate = schema["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert generate["$ref"].endswith("/TinyFluxPredictorInput")

@@ -29,6 +29,14 @@ pytestmark = pytest.mark.timeout(180)
 KEY = "s3cret-" + uuid.uuid4().hex
 MAX_BODY = 4096
 UNAUTHORIZED = {"error": "missing or invalid API key"}
+# The openai plugin's routes refuse in OpenAI's error shape, which its clients read.
+OPENAI_ROUTES = re.compile(r"^/v1/(images|videos|models)(/|$)")
+OPENAI_UNAUTHORIZED = {
+    "error": {
+        "message": "missing or invalid API key", "type": "invalid_request_error", "param": None,
+        "code": "invalid_api_key",
+    }
+}  # fmt: skip
 LOOPBACK = {"127.0.0.1", "::1"}
 
 
@@ -97,7 +105,7 @@ def test_every_endpoint_but_liveness_refuses_a_missing_or_wrong_key(secured: Ser
         ):
             response = anonymous.request(method, path, headers=headers, json={})
             assert response.status_code == 401, (method, path, headers, response.text)
-            assert response.json() == UNAUTHORIZED
+            assert response.json() == (OPENAI_UNAUTHORIZED if OPENAI_ROUTES.match(path) else UNAUTHORIZED)
             assert response.headers["www-authenticate"] == "Bearer"
     assert anonymous.get("/health/live").json() == {"status": "live"}
 

@@ -1,7 +1,8 @@
 """The API key: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` on every route but the
 public ones: handlers whose ``opt`` says ``"public": True`` (``/health/live``, so a liveness
 probe needs no secret; a web page's files, which hold none and which a browser must load
-before it can ask for the key)."""
+before it can ask for the key). A handler whose ``opt`` has ``"unauthorized_body"`` (JSON
+bytes) is refused with that body, for clients that expect another API's error shape."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
                 # compare_digest on every key: the time taken does not tell which was wrong.
                 right = [hmac.compare_digest(key, expected) for key in supplied]
                 if not right or not all(right):
-                    await _refuse(send, body)
+                    await _refuse(send, scope["route_handler"].opt.get("unauthorized_body", body))
                     return
             await app(scope, receive, send)
 

@@ -4,7 +4,9 @@ say, applied in one pass over the built document.
 A handler states its additions in ``opt={"openapi": Doc(...)}`` beside its route; ``finish``
 walks the app's routes once and applies each to its operation: headers of responses
 (Retry-After, Location), a second media type of a response, a request body the handler reads
-itself, and (from ``opt["public"]``) that the route needs no API key.
+itself, and (from ``opt["public"]``) that the route needs no API key; a route whose refusal
+has another shape (``opt["unauthorized_body"]``, see auth.py) names its 401 answer in
+``opt["unauthorized_response"]``.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
                 if public:
                     operation.security = []
                 elif api_key and operation.responses is not None:
-                    operation.responses.setdefault("401", unauthorized)
+                    operation.responses.setdefault("401", handler.opt.get("unauthorized_response", unauthorized))
     schemas = document.components.schemas or {} if document.components else {}
     if closed_body and closed_body in schemas:
         schemas[closed_body].additional_properties = False

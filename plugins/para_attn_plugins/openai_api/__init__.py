@@ -1,0 +1,61 @@
+"""The ``openai`` plugin: OpenAI's images, videos and models APIs over the served predictor,
+so the official ``openai`` SDK (and tools that speak it) generate with this server.
+
+- ``POST /v1/images/generations`` for predictors whose ``predict`` takes a ``prompt``:
+  ``n`` jobs (``--max-n``), ``size`` -> width/height, ``response_format`` b64_json or url;
+- ``/v1/videos`` for video predictors (``prompt``, ``num_frames`` and ``fps``: ``wan``);
+- ``GET /v1/models``: the served model under its ``--model`` name.
+
+Jobs go through the job service as every route's do (same checks, same queue), and any
+field of the predictor's ``predict`` is accepted beside OpenAI's (the SDK's
+``extra_body``). Errors are in OpenAI's shape (``errors``). Modules by role: ``mapping``
+(fields, no HTTP), ``schemas`` (bodies), ``images``, ``videos``, ``models`` (controllers),
+``errors``, ``context`` (what handlers share), ``settings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from para_attn_server import Settings, hookimpl
+
+from .settings import OpenAISettings
+
+if TYPE_CHECKING:
+    from para_attn_server.jobs import JobService
+
+SECTION = "openai"
+
+
+@hookimpl
+def register_settings(register: Callable[[str, type[msgspec.Struct]], None]) -> None:
+    register(SECTION, OpenAISettings)
+
+
+@hookimpl
+def register_routes(register: Callable[[Any], None], service: JobService, settings: Settings) -> None:
+    # Imported here: rank processes load this plugin too, and never serve HTTP.
+    from litestar import Router
+
+    from .context import OpenAIContext, provide
+    from .errors import HANDLERS, UNAUTHORIZED, UNAUTHORIZED_RESPONSE
+    from .images import ImagesController
+    from .models import ModelsController
+    from .videos import VideosController
+
+    context = OpenAIContext.of(
+        service, settings.section(OpenAISettings), settings.model.model, settings.jobs.result_ttl
+    )
+    register(
+        Router(
+            "/v1",
+            route_handlers=[ImagesController, VideosController, ModelsController],
+            dependencies=provide(context),
+            exception_handlers=HANDLERS,
+            # The API-key middleware's 401 in OpenAI's shape on these routes (http/auth.py).
+            opt={"unauthorized_body": UNAUTHORIZED, "unauthorized_response": UNAUTHORIZED_RESPONSE},
+        )
+    )

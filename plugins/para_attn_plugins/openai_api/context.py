@@ -1,0 +1,81 @@
+"""What every handler of the OpenAI routes is given (the dependency ``api``): the job
+service, the plugin's settings, the served model's name and what its fields map to."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import msgspec
+from litestar.di import NamedDependency, Provide
+
+from para_attn_server.errors import InputError
+from para_attn_server.http.bodies import decode
+from para_attn_server.http.outputs import file_of
+from para_attn_server.jobs import JobService
+from para_attn_server.registry import Job
+
+from .mapping import ModelFields, converted
+from .settings import OpenAISettings
+
+
+@dataclass
+class OpenAIContext:
+    service: JobService
+    settings: OpenAISettings
+    served: str  # the --model name: what GET /v1/models lists and ``model`` must equal
+    result_ttl: float
+    fields: ModelFields
+    started: int = field(default_factory=lambda: int(time.time()))
+    rng: random.Random = field(default_factory=random.Random)
+
+    @classmethod
+    def of(cls, service: JobService, settings: OpenAISettings, served: str, result_ttl: float) -> OpenAIContext:
+        return cls(service, settings, served, result_ttl, ModelFields.of(service.schema))
+
+    def checked(self, inputs: dict[str, Any], size: str | None, *, form: bool = False) -> dict[str, Any]:
+        """``inputs`` checked against the predictor's schema as every route checks them
+        (``form``: text values of a multipart form, converted to the fields' types). A width
+        or height that came from ``size`` is reported as ``size``."""
+        schema = self.service.schema
+        try:
+            if form:
+                return schema.with_extras(schema.to_inputs(converted(inputs, schema.type, strict=False)), inputs)
+            return decode(self.service, msgspec.json.encode(inputs))
+        except InputError as exc:
+            if exc.field in ("width", "height") and size not in (None, "auto"):
+                raise InputError(f"{exc} (from size {size!r})", "size") from None
+            raise
+
+    async def output(self, job: Job) -> bytes:
+        """A succeeded job's output: from memory while it is held there, else its file,
+        checked as every route checks it (OutputGoneError, a 410, when it is lost)."""
+        held = self.service.held_output(job)
+        if held is not None:
+            return await asyncio.to_thread(binascii.a2b_base64, held.data) if held.base64 else held.data
+        with await file_of(self.service, job) as file:
+            return await asyncio.to_thread(file.read)
+
+    async def output_base64(self, job: Job) -> str:
+        """The output as base64 text; a predictor's own base64 passes through as it came."""
+        held = self.service.held_output(job)
+        if held is not None and held.base64:
+            return held.data.decode("ascii")
+        return base64.b64encode(await self.output(job)).decode("ascii")
+
+
+Api: TypeAlias = NamedDependency[OpenAIContext]
+
+
+def provide(context: OpenAIContext) -> dict[str, Provide]:
+    """The routes' dependencies: handlers declare ``api: Api``."""
+
+    def provide_context() -> OpenAIContext:
+        return context
+
+    return {"api": Provide(provide_context, sync_to_thread=False)}

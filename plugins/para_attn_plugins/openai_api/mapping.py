@@ -1,0 +1,251 @@
+"""OpenAI's request fields mapped onto the served predictor's own fields, and a job back
+onto OpenAI's answer fields. No HTTP here: plain functions over the predictor's request
+schema, so the unit tests call them directly.
+
+- ``size`` "WxH" -> ``width``/``height``; "auto" leaves the predictor's defaults;
+- ``n`` -> n inputs whose seeds are seed, seed+1, ... (a random start when the
+  predictor's seed is optional and none is given);
+- ``seconds`` -> ``num_frames`` through the request's (or the predictor's default) ``fps``,
+  to the nearest frame count the predictor accepts;
+- ``output_format`` -> the predictor's ``output_format`` where it offers that format.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from para_attn_server.errors import InputError
+from para_attn_server.records import JobRecord, JobState
+from para_attn_server.schema import InputSchema
+
+from .schemas import ImageRequest, Video, VideoError, VideoRequest
+
+MISSING: Any = msgspec.NODEFAULT
+SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
+MAX_SECONDS = 3600.0
+# OpenAI's fields that these routes accept and ignore.
+IGNORED = frozenset({"quality", "style", "background", "moderation", "output_compression", "user", "safety_identifier"})
+RANDOM_SEEDS = 2**31  # a random first seed leaves room for seed + n - 1 in any seed field
+VIDEO_STATUS = {
+    JobState.QUEUED: "queued",
+    JobState.RUNNING: "in_progress",
+    JobState.SUCCEEDED: "completed",
+    JobState.FAILED: "failed",
+    JobState.CANCELLED: "failed",
+}
+
+
+@dataclass(frozen=True)
+class ModelFields:
+    """What the served predictor's request fields let these routes map."""
+
+    defaults: dict[str, Any]  # every field -> its default (MISSING when required)
+    literals: dict[str, tuple[Any, ...]]  # fields whose type is a Literal -> its values
+    limits: dict[str, tuple[float | None, float | None]]  # numeric fields -> (ge, le)
+
+    @classmethod
+    def of(cls, schema: InputSchema) -> ModelFields:
+        defaults, literals, limits = {}, {}, {}
+        for field in msgspec.inspect.type_info(schema.type).fields:  # type: ignore[attr-defined]
+            defaults[field.name] = field.default if field.default_factory is MISSING else field.default_factory()
+            kind = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
+            if isinstance(kind, msgspec.inspect.LiteralType):
+                literals[field.name] = tuple(kind.values)
+            elif isinstance(kind, msgspec.inspect.IntType | msgspec.inspect.FloatType):
+                limits[field.name] = (kind.ge, kind.le)
+        return cls(defaults, literals, limits)
+
+    def takes(self, *names: str) -> bool:
+        return all(name in self.defaults for name in names)
+
+    @property
+    def makes_videos(self) -> bool:
+        return self.takes("prompt", "num_frames", "fps")
+
+    @property
+    def makes_images(self) -> bool:
+        return self.takes("prompt") and not self.makes_videos
+
+
+# ---- requests -------------------------------------------------------------------------
+
+
+def split(body: dict[str, Any], request_type: type[msgspec.Struct], fields: ModelFields) -> tuple[Any, dict[str, Any]]:
+    """OpenAI's fields of ``body`` (checked, as ``request_type``) and the predictor's. A
+    field OpenAI's API accepts and ignores goes to a predictor that has a field of that name."""
+    own = set(request_type.__struct_fields__)
+    openai = {key: value for key, value in body.items() if key in own}
+    extras = {key: value for key, value in body.items() if key not in own or (key in IGNORED and fields.takes(key))}
+    return converted(openai, request_type), extras
+
+
+def converted(values: dict[str, Any], kind: type[Any], *, strict: bool = True) -> Any:
+    """``msgspec.convert``, its error as an ``InputError`` naming the field."""
+    try:
+        return msgspec.convert(values, kind, strict=strict)
+    except msgspec.ValidationError as exc:
+        raise input_error(exc) from None
+
+
+def input_error(exc: msgspec.ValidationError) -> InputError:
+    message, _, where = str(exc).partition(" - at `$.")
+    named = re.search(r"(?:unknown|required) field `([^`]+)`", message)
+    field = where.rstrip("`").split(".")[0].split("[")[0] or (named[1] if named else None)
+    return InputError(message, field)
+
+
+def check_model(model: str | None, served: str) -> None:
+    if model is not None and model != served:
+        raise InputError(f"this server serves {served!r} only (GET /v1/models)", "model")
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """``"1024x768"`` -> (1024, 768); ``"auto"`` or None -> None."""
+    if size is None or size == "auto":
+        return None
+    match = SIZE.fullmatch(size)
+    if match is None:
+        raise InputError('must be "WIDTHxHEIGHT" (such as "1024x1024") or "auto"', "size")
+    return int(match[1]), int(match[2])
+
+
+def sides(size: str | None, extras: dict[str, Any], fields: ModelFields) -> dict[str, int]:
+    """``width`` and ``height`` from ``size``; nothing for "auto" (the predictor's defaults)."""
+    parsed = parse_size(size)
+    if parsed is None:
+        return {}
+    if not fields.takes("width", "height"):
+        raise InputError("this model takes no size (it has no width and height fields)", "size")
+    if "width" in extras or "height" in extras:
+        raise InputError("give size or width and height, not both", "size")
+    return {"width": parsed[0], "height": parsed[1]}
+
+
+def seeds(extras: dict[str, Any], fields: ModelFields, n: int, rng: random.Random) -> list[int] | None:
+    """Consecutive seeds for ``n`` images, or None to leave ``seed`` as the request has it
+    (no seed field, or a value the predictor's own check should refuse)."""
+    if not fields.takes("seed"):
+        return None
+    first = extras.get("seed", fields.defaults["seed"])
+    if first is None:  # the predictor would pick one at random: pick it here, so the n differ
+        first = rng.randrange(RANDOM_SEEDS)
+    if not isinstance(first, int) or isinstance(first, bool):
+        return None
+    return [first + index for index in range(n)]
+
+
+def image_inputs(
+    request: ImageRequest, extras: dict[str, Any], fields: ModelFields, served: str, max_n: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """The inputs of each of the ``n`` jobs of one images request (as JSON values, to be
+    checked against the predictor's schema)."""
+    check_model(request.model, served)
+    n = 1 if request.n is None else request.n
+    if not 1 <= n <= max_n:
+        raise InputError(f"must be between 1 and {max_n} (--max-n)", "n")
+    if request.stream:
+        raise InputError("streaming is not offered: leave it out or false", "stream")
+    base = {**extras, "prompt": request.prompt, **sides(request.size, extras, fields)}
+    if request.output_format is not None:
+        offered = [value for value in fields.literals.get("output_format", ()) if value in ("png", "jpeg", "webp")]
+        if request.output_format not in offered:
+            made = ", ".join(offered) if offered else "one format it does not choose"
+            raise InputError(f"this model makes {made}, not {request.output_format}", "output_format")
+        base["output_format"] = request.output_format
+    chosen = seeds(extras, fields, n, rng)
+    if chosen is None:
+        return [dict(base) for _ in range(n)]
+    return [{**base, "seed": seed} for seed in chosen]
+
+
+def parse_seconds(seconds: str | float) -> float:
+    try:
+        value = float(seconds)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_SECONDS:  # NaN fails this too
+        raise InputError(f'must be a number of seconds above 0, at most {MAX_SECONDS:g} (such as "4")', "seconds")
+    return value
+
+
+def frame_count(seconds: float, fps: int, fields: ModelFields, predictor: object) -> int:
+    """The frame count nearest ``seconds`` at ``fps`` that the predictor accepts: its own
+    ``nearest_num_frames`` where it has one, else within the field's limits."""
+    wanted = max(1, round(seconds * fps))
+    nearest = getattr(predictor, "nearest_num_frames", None)
+    if callable(nearest):
+        return int(nearest(wanted))
+    low, high = fields.limits.get("num_frames", (None, None))
+    return int(min(max(wanted, low or 1), high if high is not None else wanted))
+
+
+def video_inputs(
+    request: VideoRequest, extras: dict[str, Any], fields: ModelFields, served: str, predictor: object
+) -> dict[str, Any]:
+    """The inputs of the job of one videos request (as JSON values, to be checked against
+    the predictor's schema)."""
+    check_model(request.model, served)
+    if request.input_reference is not None:
+        raise InputError("this model generates from text only: it takes no input_reference", "input_reference")
+    if extras.get("output_format", "mp4") != "mp4":
+        raise InputError("the videos API serves MP4 only", "output_format")
+    inputs = {**extras, "prompt": request.prompt, **sides(request.size, extras, fields)}
+    if request.seconds is not None:
+        if "num_frames" in extras:
+            raise InputError("give seconds or num_frames, not both", "seconds")
+        seconds = parse_seconds(request.seconds)
+        fps = extras.get("fps", fields.defaults["fps"])
+        if isinstance(fps, str) and fps.isdigit():  # a multipart form's text
+            fps = int(fps)
+        if isinstance(fps, int) and not isinstance(fps, bool) and fps > 0:  # else the schema's check names fps
+            inputs["num_frames"] = frame_count(seconds, fps, fields, predictor)
+    return inputs
+
+
+# ---- answers --------------------------------------------------------------------------
+
+
+def size_of(inputs: dict[str, Any]) -> str | None:
+    width, height = inputs.get("width"), inputs.get("height")
+    return f"{width}x{height}" if isinstance(width, int) and isinstance(height, int) else None
+
+
+def progress(record: JobRecord) -> int:
+    if record.state is JobState.SUCCEEDED:
+        return 100
+    if record.step is None or not record.total:
+        return 0
+    return min(100, record.step * 100 // record.total)
+
+
+def video_object(record: JobRecord, served: str, result_ttl: float) -> Video:
+    """The job as OpenAI's ``Video``: queued, in_progress (``progress`` from the step
+    hook), completed, or failed (a cancelled job too, with code ``cancelled``)."""
+    inputs = record.inputs
+    frames, fps = inputs.get("num_frames"), inputs.get("fps")
+    seconds = f"{frames / fps:.4g}" if isinstance(frames, int) and isinstance(fps, int) and fps else ""
+    error = None
+    if record.state is JobState.FAILED:
+        error = VideoError("job_failed", record.error or "failed")
+    elif record.state is JobState.CANCELLED:
+        error = VideoError("cancelled", record.error or "cancelled")
+    finished = record.finished_at
+    return Video(
+        id=record.id,
+        model=served,
+        status=VIDEO_STATUS[record.state],  # type: ignore[arg-type]
+        progress=progress(record),
+        created_at=int(record.created_at),
+        completed_at=None if finished is None else int(finished),
+        expires_at=None if finished is None else int(finished + result_ttl),
+        prompt=inputs.get("prompt") if isinstance(inputs.get("prompt"), str) else None,
+        seconds=seconds,
+        size=size_of(inputs) or "",
+        error=error,
+    )
