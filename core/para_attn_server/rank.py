@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
@@ -55,6 +56,7 @@ from .schema import InputSchema
 log = logging.getLogger("para_attn_server.rank")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PROGRESS_INTERVAL = 0.005  # seconds between progress reports (200 a second at most)
 
 
 def describe(exc: BaseException) -> str:
@@ -231,11 +233,11 @@ class RankWorker:
         ended: JobEnded
         try:
             inputs = self.schema.convert(message.inputs)
-            job = JobContext(
-                job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, self._decider(job_id)
-            )
+            decider = StepDecider(job_id, self.rank, self.world_size, self.link, self.control)
+            job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider)
             with running(job):
                 output = self.plugins.predict(self.predictor, job)
+            decider.report_last()
             ended = self._ended(job_id, output)
         except JobCancelled:
             ended = JobEnded(job_id, self.rank, "cancelled")
@@ -259,23 +261,46 @@ class RankWorker:
             return JobEnded(job_id, 0, "failed", error=error)
         return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type, base64=output.base64)
 
-    def _decider(self, job_id: str) -> Any:
-        link, rank, world_size = self.link, self.rank, self.world_size
 
-        flag = torch.zeros(1, dtype=torch.int32)  # one tensor for every step of the job
+class StepDecider:
+    """The step hook of one job on one rank: ``decide(step, total)`` says whether to stop.
 
-        def decide(step: int, total: int | None) -> bool:
-            if rank == 0:
-                # Decide before publishing the step: a client that saw step k and then
-                # cancelled is stopped at step k + 1 at the latest, never retroactively.
-                link.poll_cancels()
-                flag[0] = int(job_id in link.cancelled)
-                link.send(Progress(job_id, step, total))
-            if world_size > 1:
-                dist.broadcast(flag, src=0, group=self.control)
-            return bool(flag[0])
+    Rank 0 decides (a cancel that has arrived) and broadcasts the decision over the control
+    group, so every rank stops at the same step. It reports progress at most once every
+    ``PROGRESS_INTERVAL`` seconds (always the last step): a person watching needs no more,
+    and each report wakes the server, which shares the cores with the ranks.
+    """
 
-        return decide
+    def __init__(self, job_id: str, rank: int, world_size: int, link: ControlLink, control: Any) -> None:
+        self.job_id, self.rank, self.world_size = job_id, rank, world_size
+        self.link, self.control = link, control
+        self.flag = torch.zeros(1, dtype=torch.int32)  # one tensor for every step of the job
+        self.reported: tuple[int, int | None] = (0, None)  # (step, total) last sent
+        self.last: tuple[int, int | None] = (0, None)  # (step, total) last seen
+        self.sent_at = -PROGRESS_INTERVAL
+
+    def __call__(self, step: int, total: int | None) -> bool:
+        if self.rank == 0:
+            # Decide before reporting the step: a client that saw step k and then
+            # cancelled is stopped at step k + 1 at the latest, never retroactively.
+            self.link.poll_cancels()
+            self.flag[0] = int(self.job_id in self.link.cancelled)
+            self.last = (step, total)
+            now = time.monotonic()
+            if step == total or now - self.sent_at >= PROGRESS_INTERVAL:
+                self._report(step, total, now)
+        if self.world_size > 1:
+            dist.broadcast(self.flag, src=0, group=self.control)
+        return bool(self.flag.item())
+
+    def report_last(self) -> None:
+        """Report the last step seen if a throttled report left it out (rank 0)."""
+        if self.rank == 0 and self.last[0] and self.last != self.reported:
+            self._report(*self.last, time.monotonic())
+
+    def _report(self, step: int, total: int | None, now: float) -> None:
+        self.link.send(Progress(self.job_id, step, total))
+        self.reported, self.sent_at = (step, total), now
 
 
 def main(spec: RankSpec, rank: int, local_rank: int) -> None:
