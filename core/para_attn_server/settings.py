@@ -107,6 +107,10 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         float | None, _help("seconds a job may run before its group is restarted; 0: no limit")
     ] = 3600.0
     result_ttl: Annotated[Seconds, _help("seconds finished jobs and their outputs are kept")] = 3600.0
+    result_poll_wait: Annotated[
+        Annotated[float, msgspec.Meta(ge=0, le=30)],
+        _help("seconds /get_output holds a poll of an unfinished job for it to end, before answering 202"),
+    ] = 0.1
     max_records: Annotated[
         int, msgspec.Meta(ge=1), _help("finished jobs kept at most (the oldest are forgotten first)")
     ] = 100_000

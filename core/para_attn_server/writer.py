@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("para_attn_server.outputs")
 MAX_BATCH = 64
+WRITER_NICENESS = 10
 Done = Callable[[int | None, str | None, Exception | None], None]
 
 
@@ -61,6 +62,9 @@ class BatchWriter:
         self._queue.join()
 
     def _run(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread has a nice value of its own
+            # Behind the answers: on a busy host the copies wait, not the clients.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
         while True:
             batch = [self._queue.get()]
             with contextlib.suppress(queue.Empty):

@@ -133,6 +133,9 @@ async def result(service: Service, request_id: str) -> Response[Any]:
     job = service.get(request_id)
     if job is None:
         return error(404, "unknown request id")
+    # A poll of an unfinished job is held briefly for it to end: a client polling every
+    # millisecond gets its answer in one round trip, not hundreds that each wake the server.
+    await service.wait(job, service.settings.result_poll_wait)
     record = job.record
     if record.state in (JobState.QUEUED, JobState.RUNNING):
         progress = None if record.step is None else ProgressBody(record.step, record.total)
