@@ -9,6 +9,7 @@ file, fsync, rename and a directory fsync: a file is either whole or absent.
 
 from __future__ import annotations
 
+import binascii
 import concurrent.futures
 import contextlib
 import errno
@@ -17,11 +18,11 @@ import mimetypes
 import os
 import secrets
 import stat
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
 from .errors import InputError, OutputGoneError
 from .writer import BatchWriter
@@ -334,12 +335,31 @@ class Staged:
         os.close(self.directory)
 
 
-class Held(NamedTuple):
-    """An output held in memory: its bytes, or its base64 text when ``base64``."""
+class Held:
+    """An output held in memory: its bytes, or its base64 text when ``base64``.
 
-    data: bytes
-    base64: bool
-    written: concurrent.futures.Future[None] | None  # its copy being written behind, if any
+    ``raw()`` decodes base64 text once for whoever asks first (the copy's writer, a binary
+    download) and keeps the bytes until ``drop_raw()`` (the copy is on disk)."""
+
+    __slots__ = ("_lock", "_raw", "base64", "data", "written")
+
+    def __init__(self, data: bytes, base64: bool = False) -> None:
+        self.data = data
+        self.base64 = base64
+        self.written: concurrent.futures.Future[None] | None = None  # its copy, while written behind
+        self._raw: bytes | None = None
+        self._lock = threading.Lock()
+
+    def raw(self) -> bytes:
+        if not self.base64:
+            return self.data
+        with self._lock:
+            if self._raw is None:
+                self._raw = binascii.a2b_base64(self.data)
+            return self._raw
+
+    def drop_raw(self) -> None:
+        self._raw = None
 
 
 class OutputCache:

@@ -47,31 +47,33 @@ class OutputSaver:
         already durable); when it is not, ``settled(job)`` follows once it is (or is lost)."""
         record = job.record
         changes: dict[str, object] = {"file_type": file_type}
+        held = Held(data, base64)
         if record.output_path is not None and record.output_file is not None:
-            error = await self._write_now(job, Path(record.output_file), data, base64, changes)
+            error = await self._write_now(job, Path(record.output_file), held, changes)
             if error is not None:
                 return error, True
-            written = None
         else:
-            target = self.store.job_file(job.id, file_type)
-            loop = asyncio.get_running_loop()
-
-            def done(size: int | None, digest: str | None, error: Exception | None) -> None:
-                loop.call_soon_threadsafe(self._written, job, size, digest, error)
-
-            written = self.store.write_behind(target, lambda: binascii.a2b_base64(data) if base64 else data, done)
-            changes["output_file"] = str(target)
-        self.cache.put(job.id, Held(data, base64, written))
+            self._write_behind(job, self.store.job_file(job.id, file_type), held)
+            changes["output_file"] = str(self.store.job_file(job.id, file_type))
+        self.cache.put(job.id, held)
         changes["reply_with_path"] = self.replies_with_output_path and record.output_path is not None
         job.record = record.evolve(**changes)
-        return None, written is None
+        return None, held.written is None
 
-    async def _write_now(
-        self, job: Job, target: Path, data: bytes, base64: bool, changes: dict[str, object]
-    ) -> str | None:
+    def _write_behind(self, job: Job, target: Path, held: Held) -> None:
+        loop = asyncio.get_running_loop()
+
+        def done(size: int | None, digest: str | None, error: Exception | None) -> None:
+            held.drop_raw()  # on disk now (or never): the text stays held, the bytes go
+            loop.call_soon_threadsafe(self._written, job, size, digest, error)
+
+        # The writer decodes base64 once, in its thread; a binary download meanwhile shares it.
+        held.written = self.store.write_behind(target, held.raw, done)
+
+    async def _write_now(self, job: Job, target: Path, held: Held, changes: dict[str, object]) -> str | None:
         path = job.record.output_path
         try:
-            raw = await asyncio.to_thread(binascii.a2b_base64, data) if base64 else data
+            raw = await asyncio.to_thread(held.raw) if held.base64 else held.data
             digest = await asyncio.to_thread(self.store.write, target, raw)
         except binascii.Error as exc:
             return f"could not write the output to {path}: the predictor's base64 does not decode ({exc})"
@@ -81,6 +83,7 @@ class OutputSaver:
             # The OS names the server's absolute path: log it, tell the client less.
             log.error("job %s: could not write %s: %s", job.id, target, exc)
             return f"could not write the output to {path}: {_reason(exc)}"
+        held.drop_raw()
         changes.update(output_file=str(target), output_size=len(raw), output_sha256=digest)
         return None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,7 +49,7 @@ async def output_response(
     held = service.held_output(job)
     if held is not None:
         # Base64 text is decoded here, once, for a client that wants the bytes.
-        data = await asyncio.to_thread(binascii.a2b_base64, held.data) if held.base64 else held.data
+        data = await asyncio.to_thread(held.raw) if held.base64 else held.data
         return Response(data, media_type=media, status_code=status_code, headers=headers)
     file = await file_of(service, job)
     headers["Content-Length"] = str(record.output_size)

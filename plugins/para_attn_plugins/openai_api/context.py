@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import random
 import time
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ class OpenAIContext:
         checked as every route checks it (OutputGoneError, a 410, when it is lost)."""
         held = self.service.held_output(job)
         if held is not None:
-            return await asyncio.to_thread(binascii.a2b_base64, held.data) if held.base64 else held.data
+            return await asyncio.to_thread(held.raw) if held.base64 else held.data
         with await file_of(self.service, job) as file:
             return await asyncio.to_thread(file.read)
 
