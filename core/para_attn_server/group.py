@@ -32,17 +32,7 @@ import msgspec
 from .control import ControlListener, RankLink
 from .errors import SetupError
 from .executor import Executor, RankSpec
-from .protocol import (
-    CancelJob,
-    Heartbeat,
-    Hello,
-    JobEnded,
-    Progress,
-    RunJob,
-    SetupDone,
-    SetupFailed,
-    Shutdown,
-)
+from .protocol import CancelJob, Heartbeat, Hello, JobEnded, Preview, Progress, RunJob, SetupDone, SetupFailed, Shutdown
 from .settings import GroupSettings
 from .views import GroupStatus, RankRow
 
@@ -52,6 +42,7 @@ log = logging.getLogger("para_attn_server.group")
 # only once it has stopped the other ranks, which takes seconds on a loaded machine.
 EXIT_REPORT_WAIT = 5.0
 ProgressCallback = Callable[[int, int | None], None]
+PreviewCallback = Callable[[int, bytes], None]  # (step, jpeg)
 
 
 class GroupState(enum.StrEnum):
@@ -71,9 +62,10 @@ class JobOutcome:
 
 
 class _RunningJob:
-    def __init__(self, job_id: str, on_progress: ProgressCallback) -> None:
+    def __init__(self, job_id: str, on_progress: ProgressCallback, on_preview: PreviewCallback | None) -> None:
         self.job_id = job_id
         self.on_progress = on_progress
+        self.on_preview = on_preview
         self.ended: dict[int, JobEnded] = {}
         self.decided = asyncio.get_running_loop().create_future()
         self.all_ended = asyncio.get_running_loop().create_future()
@@ -201,13 +193,14 @@ class WorkerGroup:
         inputs: dict[str, Any],
         timeout: float | None,
         on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
     ) -> JobOutcome:
         """Run one job on every rank and return how it ended. Never raises for job faults:
         a fault fails the job with its reason and leaves the group FAULTED."""
         assert self.state is GroupState.READY, self.state
         loop = asyncio.get_running_loop()
         fault = self.fault
-        running = self._running = _RunningJob(job_id, on_progress)
+        running = self._running = _RunningJob(job_id, on_progress, on_preview)
         self.state = GroupState.BUSY
         try:
             self.links[0].send(RunJob(job_id, inputs))
@@ -347,6 +340,10 @@ class WorkerGroup:
                 running = self._running
                 if running is not None and running.job_id == job_id:
                     running.on_progress(step, total)
+            case Preview(job_id=job_id, step=step, jpeg=jpeg):
+                running = self._running
+                if running is not None and running.job_id == job_id and running.on_preview is not None:
+                    running.on_preview(step, jpeg)
             case JobEnded(job_id=job_id):
                 running = self._running
                 if running is None or running.job_id != job_id:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from .supervisor import supervise
 from .views import GroupStatus, JobView, MetricsSnapshot, RankRow, ServerStatus
 
 if TYPE_CHECKING:
-    from .group import JobOutcome, ProgressCallback
+    from .group import JobOutcome, PreviewCallback, ProgressCallback
     from .journal import JobJournal
     from .outputs import OutputStore
     from .plugins import Plugins
@@ -60,7 +61,12 @@ class Group(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def run(
-        self, job_id: str, inputs: dict[str, Any], timeout: float | None, on_progress: ProgressCallback
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
     ) -> JobOutcome: ...
     def cancel(self, job_id: str) -> bool: ...
     def status(self) -> GroupStatus: ...
@@ -87,6 +93,7 @@ class JobService:
         self.outputs = OutputCache(settings.output_memory_bytes)
         self.registry = JobRegistry(store, self.outputs, settings, journal)
         self.jobs = self.registry.jobs
+        self.previews = self.registry.previews  # each job's latest (step, jpeg)
         self.queue: deque[Job] = deque()
         self.accepting = False  # True once the first setup succeeded, until draining
         self.started = False
@@ -308,7 +315,8 @@ class JobService:
             job.publish("progress", {"step": step, "total": total})
 
         try:
-            outcome = await group.run(job.id, job.record.inputs, self.settings.job_timeout, on_progress)
+            on_preview = functools.partial(self.registry.preview, job)
+            outcome = await group.run(job.id, job.record.inputs, self.settings.job_timeout, on_progress, on_preview)
             await self._complete(job, outcome)
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("job %s: internal error", job.id)

@@ -45,6 +45,14 @@ class Progress(msgspec.Struct, tag="progress", frozen=True):
     total: int | None
 
 
+class Preview(msgspec.Struct, tag="preview", frozen=True):
+    """Rank 0's picture of a job after ``step`` (see ``previews``)."""
+
+    job_id: str
+    step: int
+    jpeg: bytes
+
+
 JobStatus = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -57,7 +65,7 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     file_type: str | None = None
 
 
-RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | JobEnded
+RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview | JobEnded
 
 # ---- server -> rank -------------------------------------------------------------------
 

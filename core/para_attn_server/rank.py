@@ -10,6 +10,7 @@ collective timeout (a known way for other multi-GPU servers to die after ~10 idl
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import pickle
@@ -33,6 +34,7 @@ from .executor import RANK_SPEC_ENV, RankSpec
 from .legacy import as_predictor
 from .plugins import Plugins
 from .predictor import JobContext, Output, RankContext, running
+from .previews import PreviewSender
 from .protocol import (
     CancelJob,
     Heartbeat,
@@ -179,6 +181,7 @@ class RankWorker:
         self.schema = InputSchema(self.predictor)
         self.predictor.configure(spec.world_size, dict(spec.options))
         self.control: Any = None
+        self.previews = PreviewSender(link.send)  # used on rank 0 only
 
     # ---- setup ------------------------------------------------------------------------
 
@@ -267,7 +270,12 @@ class RankWorker:
         try:
             inputs = self.schema.convert(message.inputs)
             job = JobContext(
-                job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, self._decider(job_id)
+                job_id,
+                self.schema.predict_kwargs(inputs),
+                self.rank,
+                self.world_size,
+                self._decider(job_id),
+                functools.partial(self.previews.submit, job_id) if self.rank == 0 else None,
             )
             with running(job):
                 output = self.plugins.predict(self.predictor, job)
@@ -279,6 +287,8 @@ class RankWorker:
             ended = JobEnded(job_id, self.rank, "failed", error=f"rank {self.rank}: {describe(exc)}")
         finally:
             self.link.cancelled.discard(job_id)
+        if self.rank == 0:
+            self.previews.flush()  # the job's last preview reaches the server before its end
         self.link.send(ended)
 
     def _ended(self, job_id: str, output: Output | None) -> JobEnded:

@@ -87,6 +87,7 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     output_memory_bytes: Annotated[Bytes, _help("recent outputs kept in memory for fast download, in all")] = (
         512 * 1024 * 1024
     )
+    preview_memory_bytes: Annotated[Bytes, _help("jobs' latest previews kept in memory, in all")] = 64 * 1024 * 1024
     restart_backoff: Annotated[Seconds, _help("seconds before retrying a failed restart; doubles each time")] = 1.0
     restart_backoff_max: Annotated[Seconds, _help("longest wait between restart attempts")] = 30.0
 
