@@ -14,6 +14,7 @@ import torch
 from para_attn_predictors.diffusers_base import DiffusersPredictor
 from para_attn_predictors.flux import FluxPredictor
 from para_attn_predictors.previews import LinearPreview, latent_image
+from para_attn_predictors.tiny import TinyFluxPredictor
 from para_attn_predictors.wan import WanPredictor
 from para_attn_server import RankContext
 from para_attn_server.predictor import JobContext, running
@@ -175,6 +176,22 @@ def save_tiny_autoencoder(path: Path, latent_channels: int) -> Path:
         latent_channels=latent_channels,
     ).save_pretrained(path)
     return path
+
+
+def test_tiny_takes_the_preview_vae_option_too(tmp_path: Path) -> None:
+    vae_dir = save_tiny_autoencoder(tmp_path / "taesd", latent_channels=1)
+    predictor = TinyFluxPredictor()
+    predictor.setup(RankContext(0, 1, 0, torch.device("cpu"), {"preview_vae": str(vae_dir)}))
+    fields = {"prompt": "a cat", "width": 48, "height": 32, "num_inference_steps": 2, "preview_every": 1}
+    previews: list[tuple[int, tuple[int, ...]]] = []
+
+    def publish(step: int, image: torch.Tensor) -> None:
+        previews.append((step, tuple(image.shape)))
+
+    with running(JobContext("job", fields, 0, 1, lambda step, total: False, publish)):
+        assert predictor.predict(**fields) is not None
+
+    assert previews == [(1, (64, 96, 3)), (2, (64, 96, 3))]  # the small VAE doubles; the projection would not
 
 
 def test_a_preview_vae_decodes_the_steps_latents_instead(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
