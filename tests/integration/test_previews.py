@@ -23,7 +23,7 @@ JOB = {"prompt": "a red square", "width": 64, "height": 48, "num_inference_steps
 
 def watch(server: Server, **fields: Any) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     """Submit a job and return its id and every event it published, from "queued" on."""
-    blocker = server.submit(prompt="hold the group", width=256, height=256, num_inference_steps=50)
+    blocker = server.submit(prompt="hold the group", width=128, height=128, num_inference_steps=50)
     server.wait_running(blocker)
     job_id = server.submit(**fields)
     stream = server.events(job_id)
