@@ -171,12 +171,17 @@ def latent_image(pipe: Any, latents: torch.Tensor, height: int, width: int) -> t
 
 def preview_callback(callback: StepCallback, every: int, render: Callable[[torch.Tensor], Any]) -> StepCallback:
     """``callback`` (the job's step callback), then every ``every`` steps ``render`` of the
-    step's latents sent as the job's preview. Use it on rank 0 only: the others send none."""
+    step's latents sent as the job's preview. Use it on rank 0 only: the others send none.
+
+    ``render`` runs on the preview sender's thread, not in the loop: the pipelines make new
+    latents at each step (none changes them in place), so the step's stay as they were.
+    """
 
     def step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         tensors = callback(pipe, index, timestep, tensors)  # raises on cancel: no preview then
         if (index + 1) % every == 0:
-            current_job().preview(render(tensors["latents"]))
+            latents = tensors["latents"]
+            current_job().preview(lambda: render(latents))
         return tensors
 
     return step

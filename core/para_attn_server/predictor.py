@@ -110,13 +110,15 @@ class JobContext:
         return callback_kwargs
 
     def preview(self, image: Any) -> None:
-        """Publish a picture of the job's state after the last step: a PIL image, or an
-        HxWx3 array or tensor (uint8, or floats in [0, 1]).
+        """Publish a picture of the job's state after the last step: a PIL image, an HxWx3
+        array or tensor (uint8, or floats in [0, 1]), or a function of no arguments that
+        returns one (so that making the picture, too, happens off the denoising loop).
 
         Rank 0 sends it to the server as a JPEG of at most 256 pixels on its long side
-        (clients see it at ``/v1/jobs/{id}/preview`` and as a ``preview`` event), encoded on
-        a thread of its own: do not change the image afterwards. On the other ranks it does
-        nothing. Not a collective: call it on rank 0 alone if you like.
+        (clients see it at ``/v1/jobs/{id}/preview`` and as a ``preview`` event), made and
+        encoded on a thread of its own: do not change what you hand over afterwards. When
+        that thread falls behind, a preview that a newer one replaced is dropped. On the
+        other ranks it does nothing. Not a collective: call it on rank 0 alone if you like.
         """
         if self._publish_preview is not None:
             self._publish_preview(self.steps_done, image)

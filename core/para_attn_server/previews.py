@@ -1,9 +1,10 @@
 """Live previews of running jobs: small JPEGs of the state at a step.
 
-Rank 0 hands the picture a predictor gives ``current_job().preview(image)`` to its
-``PreviewSender``: one thread of its own turns it into a JPEG of at most ``MAX_SIDE`` pixels
-on its long side (``to_jpeg``) and sends it over the control connection, so the denoising
-loop never waits for an encoder, and no other rank is involved (no collective). The server
+Rank 0 hands the picture a predictor gives ``current_job().preview(image)`` (or a function
+that makes it) to its ``PreviewSender``: one thread of its own makes the picture, turns it
+into a JPEG of at most ``MAX_SIDE`` pixels on its long side (``to_jpeg``) and sends it over
+the control connection, so the denoising loop never waits for either, and no other rank is
+involved (no collective). The server
 keeps the latest preview of each job in memory (``PreviewStore``), within a budget of bytes
 in all, until the job is forgotten.
 """
@@ -79,9 +80,12 @@ class PreviewSender:
         self._thread: threading.Thread | None = None
 
     def submit(self, job_id: str, step: int, image: Any) -> None:
-        """Send ``image`` as the job's preview after ``step``. The image is encoded later,
-        on the sender's thread: the caller must not change it afterwards."""
-        check_image(image)
+        """Send ``image`` as the job's preview after ``step``: a picture, or a function of no
+        arguments that returns one. Either is used later, on the sender's thread (and a
+        function not at all when a newer preview replaces it): the caller must not change
+        what it hands over afterwards."""
+        if not callable(image):
+            check_image(image)
         with self._changed:
             self._pending = (job_id, step, image)
             if self._thread is None:
@@ -102,6 +106,9 @@ class PreviewSender:
                 (job_id, step, image), self._pending = self._pending, None
                 self._busy = True
             try:
+                if callable(image):
+                    image = image()
+                    check_image(image)
                 self._send(Preview(job_id, step, to_jpeg(image)))
             except Exception:  # a bad picture costs its preview, never the job
                 log.exception("preview of job %s at step %d could not be sent", job_id, step)

@@ -4,6 +4,7 @@ tests/integration/test_previews.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ def run(predictor: DiffusersPredictor, fields: dict[str, Any]) -> tuple[np.ndarr
     """The job's output array and its previews, ``(step, HxWx3 uint8)``, in order."""
     previews: list[tuple[int, np.ndarray]] = []
 
-    def publish(step: int, image: torch.Tensor) -> None:
-        previews.append((step, image.numpy().copy()))
+    def publish(step: int, image: Callable[[], torch.Tensor]) -> None:
+        previews.append((step, image().numpy().copy()))  # made off the loop, as the sender would
 
     with running(JobContext("job", fields, 0, 1, lambda step, total: False, publish)):
         output = predictor.predict(**fields)
@@ -185,8 +186,8 @@ def test_tiny_takes_the_preview_vae_option_too(tmp_path: Path) -> None:
     fields = {"prompt": "a cat", "width": 48, "height": 32, "num_inference_steps": 2, "preview_every": 1}
     previews: list[tuple[int, tuple[int, ...]]] = []
 
-    def publish(step: int, image: torch.Tensor) -> None:
-        previews.append((step, tuple(image.shape)))
+    def publish(step: int, image: Callable[[], torch.Tensor]) -> None:
+        previews.append((step, tuple(image().shape)))
 
     with running(JobContext("job", fields, 0, 1, lambda step, total: False, publish)):
         assert predictor.predict(**fields) is not None

@@ -123,6 +123,36 @@ def test_the_sender_keeps_only_the_newest_waiting_preview_and_flush_waits_for_it
     assert decoded(link.sent[-1].jpeg).size == (8, 8)
 
 
+def test_a_function_is_called_on_the_senders_thread_and_never_when_it_was_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = BlockingLink()
+    sender = PreviewSender(link.send)
+    calls: list[tuple[int, str]] = []
+
+    def picture(step: int) -> Any:
+        def make() -> np.ndarray:
+            calls.append((step, threading.current_thread().name))
+            return np.full((4, 6, 3), 7, dtype=np.uint8) if step != 5 else np.zeros((4, 6))
+        return make
+
+    sender.submit("job", 1, picture(1))
+    assert link.entered.acquire(timeout=10)
+    sender.submit("job", 2, picture(2))  # replaced before the thread is free: never made
+    sender.submit("job", 3, picture(3))
+    link.release.release()
+    assert link.entered.acquire(timeout=10)
+    link.release.release()
+    sender.flush()
+    sender.submit("job", 5, picture(5))  # makes a bad picture: logged and dropped
+    sender.flush()
+
+    assert calls == [(1, "previews"), (3, "previews"), (5, "previews")]
+    assert [m.step for m in link.sent] == [1, 3]
+    assert decoded(link.sent[0].jpeg).size == (6, 4)
+    assert "preview of job job at step 5 could not be sent" in caplog.text
+
+
 def test_a_picture_that_is_not_an_image_is_refused_in_the_callers_thread() -> None:
     sender = PreviewSender(lambda message: None)
 
