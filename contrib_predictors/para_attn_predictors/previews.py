@@ -118,7 +118,9 @@ class LinearPreview:
     def __call__(self, latent: torch.Tensor) -> torch.Tensor:
         import torch
 
-        weight, bias = (tensor.to(latent.device) for tensor in self._scaled)
+        weight, bias = self._scaled
+        if weight.device != latent.device:
+            weight, bias = weight.to(latent.device), bias.to(latent.device)
         pixels = torch.addmm(bias, latent.flatten(1).T.float(), weight)  # [H * W, 3]
         return pixels.clamp_(0, 255).to(torch.uint8).view(*latent.shape[1:], 3)
 

@@ -32,7 +32,9 @@ def to_jpeg(image: Any) -> bytes:
     from PIL import Image
 
     if not isinstance(image, Image.Image):
-        image = Image.fromarray(_uint8_pixels(image))
+        pixels = _uint8_pixels(image)
+        height, width, _ = pixels.shape
+        image = Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)
     if image.mode != "RGB":
         image = image.convert("RGB")
     if max(image.size) > MAX_SIDE:
@@ -58,9 +60,9 @@ def _uint8_pixels(array: Any) -> Any:
     if hasattr(array, "detach"):  # a torch tensor, possibly on a GPU: copied here, off the loop
         array = array.detach().cpu().numpy()
     pixels = np.asarray(array)
-    if pixels.dtype == np.uint8:
-        return pixels
-    return (pixels.astype(np.float32) * 255).round().clip(0, 255).astype(np.uint8)
+    if pixels.dtype != np.uint8:
+        pixels = (pixels.astype(np.float32) * 255).round().clip(0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels)
 
 
 class PreviewSender:
