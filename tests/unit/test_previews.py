@@ -275,6 +275,7 @@ async def test_the_preview_route_is_in_the_openapi_document(client: httpx.AsyncC
     operation = document["paths"]["/v1/jobs/{job_id}/preview"]["get"]
 
     assert set(operation["responses"]["200"]["content"]) == {"image/jpeg"}
+    assert operation["responses"]["200"]["headers"]["X-Preview-Step"]["schema"]["type"] == "integer"
     assert "404" in operation["responses"]
     event = document["components"]["schemas"]["Event"]["properties"]["event"]
     assert "preview" in str(event)

@@ -22,7 +22,7 @@ from ..views import JobList, JobView
 from .bodies import accept
 from .dependencies import Service
 from .errors import Conflict
-from .openapi import BINARY, LOCATION, RETRY_AFTER, Doc, errors, spec
+from .openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
 from .schemas import Event
 
 if TYPE_CHECKING:
@@ -164,8 +164,9 @@ class JobsController(Controller):
         summary="The job's latest preview (JPEG)",
         description="A picture of the job's state at its latest preview step, at most 256 px on its long side, "
         "for a job whose predictor sends previews (for the diffusers predictors: `preview_every` > 0). Each new one "
-        "is announced by a `preview` event. 404 until the first arrives. The step is in the X-Preview-Step header.",
+        "is announced by a `preview` event. 404 until the first arrives.",
         responses={200: spec(bytes, "The latest preview", "image/jpeg"), **errors(400, 404)},
+        opt={"openapi": Doc(headers={"200": {"X-Preview-Step": PREVIEW_STEP}})},
     )
     async def job_preview(self, service: Service, job_id: FromPath[str]) -> Response[bytes]:
         job = find(service, job_id)
