@@ -45,10 +45,10 @@ import msgspec
 
 from para_attn_server import ConfigurationError, InputError, Predictor, RankContext, current_job
 
+from .previews import Previewer, StepCallback, latent_image, make_previewer, preview_callback
+
 if TYPE_CHECKING:
     import torch
-
-    from .previews import Previewer, StepCallback
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,6 @@ class DiffusersPredictor(Predictor):
 
     def setup(self, context: RankContext) -> None:
         from .parallel import enable_first_block_cache, parallelize_pipeline
-        from .previews import make_previewer
 
         settings = self.settings
         self.rank, self.device = context.rank, context.device
@@ -224,8 +223,6 @@ class DiffusersPredictor(Predictor):
     # ---- internals ------------------------------------------------------------------------
 
     def _with_previews(self, callback: StepCallback, every: int, call: dict[str, Any]) -> StepCallback:
-        from .previews import latent_image, preview_callback
-
         previewer, pipe = self.previewer, self.pipe
         assert previewer is not None
         height, width = call.get("height", 0), call.get("width", 0)  # Flux unpacks its tokens with them

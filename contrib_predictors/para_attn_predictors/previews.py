@@ -1,6 +1,7 @@
 """Previews while denoising: a pipeline's latents at a step as a small RGB picture, cheaply.
 
-Two ways to see latents, both run on rank 0 only, in the step callback:
+Two ways to see latents, both run on rank 0 only, on its preview thread (the step callback
+only hands the step's latents over; see ``para_attn_server.previews``):
 
 - ``LinearPreview``: a linear map from the latent channels to RGB, plus a bias, applied to
   every latent pixel. Its factors are fitted at setup, by least squares, to what the
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from para_attn_server import current_job
+from para_attn_server.previews import MAX_SIDE
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +39,6 @@ PreviewEvery = Annotated[
 ]
 FIT_LATENTS = 4  # random latents decoded at setup
 FIT_SIDE = 32  # their height and width in latent pixels: small, so setup stays fast
-MAX_SIDE = 256  # the server's previews are at most this large; larger decodes shrink first
 
 Previewer = Callable[["torch.Tensor"], "torch.Tensor"]  # latent image [C, H, W] -> [H, W, 3] uint8
 StepCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
@@ -142,7 +143,7 @@ class VaePreview:
 
         image = decode(self.vae, latent[None])
         height, width = image.shape[-2:]
-        if max(height, width) > MAX_SIDE:  # on the device: a small copy to the host
+        if max(height, width) > MAX_SIDE:  # shrunk on the device: a small copy to the host
             scale = MAX_SIDE / max(height, width)
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)

@@ -20,7 +20,7 @@ import msgspec
 
 from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
 
-from .previews import Previewer, PreviewEvery, StepCallback
+from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_previewer, preview_callback
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
 # up to 64; the model's two attention heads cap Ulysses at two ranks anyway.
@@ -40,8 +40,6 @@ class TinyFluxPredictor(Predictor):
         self.pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # diffusers is untyped here
         self.previewer: Previewer | None = None
         if context.rank == 0:  # before parallelizing: the fit decodes on this rank alone
-            from .previews import make_previewer
-
             self.previewer = make_previewer(self.pipe, context.device, context.options.get("preview_vae"))
         # No parallel VAE: it tiles, which changes the image, and tiny images need none.
         parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False)
@@ -63,8 +61,6 @@ class TinyFluxPredictor(Predictor):
 
         callback: StepCallback = current_job().diffusers_callback
         if preview_every and self.previewer is not None:
-            from .previews import latent_image, preview_callback
-
             previewer, pipe = self.previewer, self.pipe
             callback = preview_callback(
                 callback, preview_every, lambda latents: previewer(latent_image(pipe, latents, height, width))

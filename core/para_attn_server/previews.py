@@ -3,10 +3,9 @@
 Rank 0 hands the picture a predictor gives ``current_job().preview(image)`` (or a function
 that makes it) to its ``PreviewSender``: one thread of its own makes the picture, turns it
 into a JPEG of at most ``MAX_SIDE`` pixels on its long side (``to_jpeg``) and sends it over
-the control connection, so the denoising loop never waits for either, and no other rank is
-involved (no collective). The server
-keeps the latest preview of each job in memory (``PreviewStore``), within a budget of bytes
-in all, until the job is forgotten.
+the control connection, so the denoising loop waits for neither, and no other rank is
+involved (no collective). The server keeps the latest preview of each job in memory
+(``PreviewStore``), within a budget of bytes in all, until the job is forgotten.
 """
 
 from __future__ import annotations
@@ -123,8 +122,8 @@ class PreviewSender:
 class PreviewStore:
     """The latest preview of each job, ``(step, jpeg)``, within ``budget`` bytes in all.
 
-    Past the budget the previews updated longest ago go first (a finished job's before a
-    running one's, which is replaced at its next preview anyway).
+    Past the budget the previews updated longest ago go first: those of jobs that ended,
+    before those of running jobs.
     """
 
     def __init__(self, budget: int) -> None:
