@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from .compare import compare
-from .direct import direct_call_times
+from .direct import DirectRanks, direct_call_times
 from .harness import Client, Report, Stat, client, post_head, raw_request, server, timed
+from .scale import scale
 
 OCTET = {"accept": "application/octet-stream"}
 # Targets of the rows that state one (issue 11). Comparisons with the original server come
@@ -76,37 +77,41 @@ def latency(report: Report, quick: bool) -> None:
 
 
 def overhead(report: Report, quick: bool) -> None:
+    """Direct calls and calls through the server, in interleaved rounds on ranks that
+    stay up for both (the machine's speed drifts: only interleaved rounds compare)."""
     cases: list[tuple[str, dict[str, Any], int]] = [
-        ("noop", {"size": 1024}, 300 if quick else 1000),
-        ("tiny", {"prompt": "a cat"}, 10 if quick else 30),
+        ("noop", {"size": 1024}, 100 if quick else 300),
+        ("tiny", {"prompt": "a cat"}, 4 if quick else 10),
     ]
+    rounds = 3
     for world in (1, 2):
         for model, inputs, n in cases:
-            direct = Stat.of(direct_call_times(model, world, inputs, n))
-            with server(model, world) as srv:
+            body = json.dumps(inputs).encode()
+            direct_times: list[float] = []
+            served_times: list[float] = []
+            with DirectRanks(model, world, inputs) as direct, server(model, world) as srv:
                 c = client(srv)
-                body = json.dumps(inputs).encode()
-                served = Stat.of(timed(lambda: sync_job(c, body), n, warmup=3))  # noqa: B023
-            added = served.median - direct.median
-            ratio = served.median / direct.median
-            report.add(
-                "overhead", f"{model}, {world} rank(s): direct call", direct.median, "s", direct.ms(), stat=vars(direct)
-            )
-            detail = f"{served.ms()}  x{ratio:.3f} the direct call, +{added * 1e3:.3f} ms"
-            extra: dict[str, object] = {}
-            if model == "tiny":  # a no-op's ratio only restates the added milliseconds
-                extra = {"target": TINY_SERVED_MAX_RATIO, "passed": ratio <= TINY_SERVED_MAX_RATIO}
-                detail += f"; target <= x{TINY_SERVED_MAX_RATIO}: {verdict(ratio <= TINY_SERVED_MAX_RATIO)}"
-            report.add(
-                "overhead",
-                f"{model}, {world} rank(s): through the server",
-                served.median,
-                "s",
-                detail,
-                stat=vars(served),
-                ratio=ratio,
-                **extra,
-            )
+                direct.run(3)
+                timed(lambda: sync_job(c, body), 0, warmup=3)  # noqa: B023
+                for _ in range(rounds):
+                    direct_times += direct.run(n)
+                    served_times += timed(lambda: sync_job(c, body), n, warmup=0)  # noqa: B023
+            _overhead_rows(report, model, world, Stat.of(direct_times), Stat.of(served_times), rounds)
+
+
+def _overhead_rows(report: Report, model: str, world: int, direct: Stat, served: Stat, rounds: int) -> None:
+    added = served.median - direct.median
+    ratio = served.median / direct.median
+    name = f"{model}, {world} rank(s)"
+    report.add("overhead", f"{name}: direct call", direct.median, "s", f"{direct.ms()}  {rounds} interleaved rounds",
+               stat=vars(direct))  # fmt: skip
+    detail = f"{served.ms()}  x{ratio:.3f} the direct call, +{added * 1e3:.3f} ms"
+    extra: dict[str, object] = {}
+    if model == "tiny":  # a no-op's ratio only restates the added milliseconds
+        extra = {"target": TINY_SERVED_MAX_RATIO, "passed": ratio <= TINY_SERVED_MAX_RATIO}
+        detail += f"; target <= x{TINY_SERVED_MAX_RATIO}: {verdict(ratio <= TINY_SERVED_MAX_RATIO)}"
+    report.add("overhead", f"{name}: through the server", served.median, "s", detail, stat=vars(served), ratio=ratio,
+               **extra)  # fmt: skip
 
 
 # ---- 2: throughput ----------------------------------------------------------------------
@@ -303,4 +308,5 @@ SUITES = {
     "progress": progress,
     "gpu": gpu,
     "compare": compare,
+    "scale": scale,
 }

@@ -135,6 +135,13 @@ class SetupRaises(Predictor):
         return None
 
 
+class TakesWebhook(Predictor):
+    """Its ``predict`` has a parameter named like the webhooks plugin's request field."""
+
+    def predict(self, webhook: str = "") -> Output | None:
+        return None
+
+
 class Greeter(Predictor):
     """Carries state from ``__init__``, to show the server runs the instance it was handed."""
 
@@ -334,3 +341,27 @@ class LegacySetupRaises:
 
     def predict(self, prompt):
         return None
+
+
+class LegacyWriter:
+    """An original-server predictor that writes ``output_path`` itself the way many did:
+    ``mkdir(parents=True)`` (which follows a symlink), then the file. ``hold`` waits for a
+    file first, so a test can change the output directory in between. Its ``predict`` has
+    no type hints, so nothing but the server says what ``output_path`` may be."""
+
+    def setup(self):
+        import torch.distributed as dist
+
+        dist.init_process_group()
+        self.rank = dist.get_rank()
+        self.pipe = None
+
+    def predict(self, text="written", output_path=None, hold=None):
+        if hold:
+            wait_for_file(hold)
+        if self.rank != 0 or not output_path:
+            return
+        path = Path(output_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return

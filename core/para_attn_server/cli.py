@@ -27,7 +27,8 @@ PROG = "para-attn-server"
 DESCRIPTION = (
     "Serve a diffusers pipeline split across worker ranks over HTTP. "
     "Run 'para-attn-server plugins' to list installed predictors and executors, "
-    "'para-attn-server generate URL -p KEY=VALUE' to run a job on a server."
+    "'para-attn-server generate URL -p KEY=VALUE' to run a job on a server, "
+    "'para-attn-server join URL --token T' to run this host's node of a server's group (--nnodes)."
 )
 
 
@@ -82,6 +83,12 @@ def parse(argv: Sequence[str]) -> Settings:
     sections = Plugins.load(modules).settings_sections()
     parser = serve_parser(sections)
     values = vars(parser.parse_args(argv))
+    if "api_key" in values:
+        print(
+            f"{PROG}: warning: --api-key shows the key to every user of this machine (ps, /proc/PID/cmdline); "
+            f"use --api-key-file or ${settings_tree.API_KEY_ENV}",
+            file=sys.stderr,
+        )
     for field in settings_tree.fields(sections):
         if field.name in values and isinstance(_kind(field), msgspec.inspect.DictType):
             values[field.name] = dict(values[field.name])  # repeated KEY=VALUE: the last one wins
@@ -104,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["plugins"]:
         return plugins_command()
+    if args[:1] == ["join"]:
+        from .join import main as join
+
+        return join(args[1:])
     if args[:1] == ["generate"]:
         from .generate_cli import main as generate
 

@@ -228,6 +228,8 @@ class Client(_Settings):
 
     def _follow(self, job: Job, on_event: OnEvent | None) -> Job:
         """Follow the job's events until it ends, reconnecting when the stream breaks."""
+        if job.done and on_event is not None:
+            on_event(job)  # it ended before its answer came: there is no stream to follow
         attempt = 0
         while not job.done:
             try:
@@ -354,6 +356,8 @@ class AsyncClient(_Settings):
             raise
 
     async def _follow(self, job: Job, on_event: OnEvent | None) -> Job:
+        if job.done and on_event is not None:
+            on_event(job)  # it ended before its answer came: there is no stream to follow
         attempt = 0
         while not job.done:
             try:

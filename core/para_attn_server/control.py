@@ -44,11 +44,15 @@ class RankLink:
     hostname: str
     writer: asyncio.StreamWriter
     last_seen: float
+    node: str = ""  # the joined host it runs on ("" on the server's own)
     setup_done: bool = False
 
     def send(self, message: msgspec.Struct) -> None:
+        self.send_frame(encode_frame(message))
+
+    def send_frame(self, frame: bytes | bytearray) -> None:
         if not self.writer.is_closing():
-            self.writer.write(encode_frame(message))
+            self.writer.write(frame)
 
     def close(self) -> None:
         self.writer.close()
@@ -98,7 +102,7 @@ class ControlListener:
             hello = await self._hello(reader)
             if hello is None:
                 return
-            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic())
+            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic(), hello.node)
             wanted = self._on_message(link, hello)
             while wanted:
                 message = await read_frame(reader, self.max_frame)

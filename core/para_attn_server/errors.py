@@ -36,16 +36,29 @@ class SetupError(ParaAttnServerError):
     """A rank failed while starting (``setup`` raised, or the process died)."""
 
 
-class QueueFullError(ParaAttnServerError):
-    """The bounded job queue is full; the client should retry after ``retry_after`` seconds."""
+class LimitError(ParaAttnServerError):
+    """A bound was reached (the queue, event streams); retry after ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
+class QueueFullError(LimitError):
+    """The bounded job queue is full."""
+
+
 class NotReadyError(ParaAttnServerError):
     """The worker group has not finished its first setup, or the server is draining."""
+
+
+class JournalError(ParaAttnServerError):
+    """A job's record could not be written to the journal: the job is not acknowledged."""
+
+
+class OutputGoneError(ParaAttnServerError):
+    """A finished job's output can no longer be served (lost with a full disk, deleted, or
+    changed on disk); the message says why without naming server paths."""
 
 
 class JobCancelled(BaseException):

@@ -8,6 +8,8 @@ executor. Executors are plugins (``register_executors``); the first-party ones a
 
 from __future__ import annotations
 
+import signal
+import sys
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -19,6 +21,15 @@ from .settings import RankSettings, describe_error
 #: The environment variable that carries a rank's spec (JSON) to processes that an executor
 #: does not start itself (torchrun's agent, ``python -m para_attn_server.rank``).
 RANK_SPEC_ENV = "PARA_ATTN_SERVER_RANK_SPEC"
+
+
+class Rendezvous(msgspec.Struct, kw_only=True, frozen=True):
+    """torch.distributed elastic's c10d rendezvous of a group that spans ``nnodes`` hosts."""
+
+    endpoint: str  # HOST:PORT of the store the server hosts
+    run_id: str  # this server's; each generation rendezvous as ``{run_id}-{group}-{generation}``
+    nnodes: int
+    join_timeout: int = 600  # seconds an agent waits for the other nodes
 
 
 class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -37,6 +48,10 @@ class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
     options: dict[str, str] = {}  # the predictor's --option values
     master_addr: str | None = None  # None: taken from the environment (torchrun)
     master_port: int | None = None
+    external_store: bool = False  # the executor hosts the rendezvous store: every rank is its client
+    rendezvous: Rendezvous | None = None  # set when the group spans several hosts (torchrun)
+    node: str = ""  # the name of the joined host these ranks run on; "" on the server's own host
+    join_token: str = ""  # required in the hello of every rank of a group that spans hosts
     settings: RankSettings = msgspec.field(default_factory=RankSettings)
     log_level: str = "INFO"
 
@@ -46,6 +61,16 @@ class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
     @classmethod
     def from_env(cls, text: str) -> RankSpec:
         return msgspec.json.decode(text, type=cls)
+
+
+def die_with_parent(sig: signal.Signals) -> None:
+    """Have the kernel send ``sig`` to this process when its parent exits (Linux only; a
+    no-op elsewhere). Safe as a ``preexec_fn``."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
 
 
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,6 +85,8 @@ class Executor(ABC):
     """
 
     Options: ClassVar[type[msgspec.Struct]] = NoOptions
+    #: Whether it can start this host's part of a group that spans hosts (``--nnodes`` > 1).
+    multi_node: ClassVar[bool] = False
 
     def __init__(self, num_ranks: int, options: msgspec.Struct) -> None:
         self.num_ranks = num_ranks

@@ -2,8 +2,8 @@
 
 One ``WorkerGroup`` owns one set of rank processes at a time (one *generation*). It
 launches them through an executor, accepts each rank's control connection, waits for every
-rank's setup, runs one job at a time through rank 0, and turns every kind of fault into a
-``fault`` with a reason a person can act on:
+rank's setup, runs one job at a time (sent to every rank), and turns every kind of fault
+into a ``fault`` with a reason a person can act on:
 
 - a rank process exits (the executor reports it);
 - a rank stops sending heartbeats for ``heartbeat_timeout`` seconds;
@@ -24,15 +24,27 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from .control import ControlListener, RankLink
 from .errors import SetupError
 from .executor import Executor, RankSpec
-from .protocol import CancelJob, Heartbeat, Hello, JobEnded, Preview, Progress, RunJob, SetupDone, SetupFailed, Shutdown
+from .outcome import JobOutcome, PreviewCallback, ProgressCallback, RunningJob, decide_outcome
+from .protocol import (
+    CancelJob,
+    Heartbeat,
+    Hello,
+    JobEnded,
+    Preview,
+    Progress,
+    RunJob,
+    SetupDone,
+    SetupFailed,
+    Shutdown,
+    encode_frame,
+)
 from .settings import GroupSettings
 from .views import GroupStatus, RankRow
 
@@ -41,8 +53,6 @@ log = logging.getLogger("para_attn_server.group")
 # (killed by SIGKILL, an exit code): that is the better reason. torchrun's agent reports
 # only once it has stopped the other ranks, which takes seconds on a loaded machine.
 EXIT_REPORT_WAIT = 5.0
-ProgressCallback = Callable[[int, int | None], None]
-PreviewCallback = Callable[[int, bytes], None]  # (step, jpeg)
 
 
 class GroupState(enum.StrEnum):
@@ -51,26 +61,6 @@ class GroupState(enum.StrEnum):
     READY = "ready"
     BUSY = "busy"
     FAULTED = "faulted"  # waiting for a restart
-
-
-@dataclass
-class JobOutcome:
-    status: str  # "succeeded" | "failed" | "cancelled"
-    error: str | None = None
-    output: bytes | None = None
-    file_type: str | None = None
-
-
-class _RunningJob:
-    def __init__(self, job_id: str, on_progress: ProgressCallback, on_preview: PreviewCallback | None) -> None:
-        self.job_id = job_id
-        self.on_progress = on_progress
-        self.on_preview = on_preview
-        self.ended: dict[int, JobEnded] = {}
-        self.decided = asyncio.get_running_loop().create_future()
-        self.all_ended = asyncio.get_running_loop().create_future()
-        self.cancel_requested_at: float | None = None
-        self.poke = asyncio.get_running_loop().create_future()  # wakes run() on cancel
 
 
 class WorkerGroup:
@@ -95,12 +85,15 @@ class WorkerGroup:
         self._fault: asyncio.Future[str] | None = None
         self._setup: asyncio.Future[None] | None = None
         self._watchers: list[asyncio.Task[None]] = []
-        self._running: _RunningJob | None = None
+        self._running: RunningJob | None = None
+        self.on_launch: Callable[[RankSpec], None] | None = None
+        self._local_loss: asyncio.Future[str] | None = None  # the generation in which a rank here went
 
     # ---- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._control.open()
+        port = await self._control.open()
+        log.info("worker group %d: ranks connect to %s:%d", self.index, self.settings.control_host, port)
 
     @property
     def fault(self) -> asyncio.Future[str]:
@@ -134,6 +127,8 @@ class WorkerGroup:
         # view of a restart; the reliability tests measure recovery from both).
         log.info("worker group %sgeneration %d starting (%d ranks)", self._name, self.generation, self.world_size)
         await self.executor.launch(spec)
+        if self.on_launch is not None:
+            self.on_launch(spec)  # joined hosts start their part of this generation from it
         self._watchers = [
             asyncio.create_task(self._watch_exits(self._fault)),
             asyncio.create_task(self._watch_heartbeats(self._fault)),
@@ -158,11 +153,10 @@ class WorkerGroup:
         """Ask the ranks to exit cleanly, then make sure they are gone."""
         if self.state is GroupState.STOPPED:
             return
-        leader = self.links.get(0)
         was_ready = self.ready
         self.state = GroupState.STOPPED  # exits from here on are expected, not faults
-        if leader is not None and was_ready:
-            leader.send(Shutdown())
+        if self.links and was_ready:
+            self._send_all(Shutdown())
             await self.executor.wait_stopped(self.settings.stop_grace)
         await self._teardown()
         self._control.close()
@@ -200,10 +194,10 @@ class WorkerGroup:
         assert self.state is GroupState.READY, self.state
         loop = asyncio.get_running_loop()
         fault = self.fault
-        running = self._running = _RunningJob(job_id, on_progress, on_preview)
+        running = self._running = RunningJob(job_id, on_progress, on_preview)
         self.state = GroupState.BUSY
         try:
-            self.links[0].send(RunJob(job_id, inputs))
+            self._send_all(RunJob(job_id, inputs))  # the same frame, in the same order, to every rank
             deadline = None if timeout is None else loop.time() + timeout
             while not running.decided.done():
                 waits = [] if deadline is None else [deadline - loop.time()]
@@ -235,39 +229,11 @@ class WorkerGroup:
             if self.state is GroupState.BUSY:
                 self.state = GroupState.READY
 
-    async def _outcome(self, running: _RunningJob, fault: asyncio.Future[str]) -> JobOutcome:
-        leader = running.ended.get(0)
-        if leader is not None and leader.status == "succeeded" and not self._failures(running):
-            if running.cancel_requested_at is not None:
-                # A cancel that arrived before the job ended wins (a pipeline stopped
-                # through its own interrupt flag just returns early).
-                return JobOutcome("cancelled")
-            return JobOutcome("succeeded", output=leader.output, file_type=leader.file_type)
-        # Something failed or was cancelled: the group is only reusable if every rank left
-        # the job; one that did not is stuck in a collective its peers abandoned.
-        if not running.all_ended.done():
-            await asyncio.wait(
-                {running.all_ended, fault}, timeout=self.settings.error_grace, return_when=asyncio.FIRST_COMPLETED
-            )
-        failures = self._failures(running)
-        error = failures[0].error if failures else None
-        if fault.done() and error:
-            # The group faulted meanwhile (a rank died, say): that is the cause, and the
-            # other ranks' errors (a collective's peer gone) only echo it.
-            error = f"{fault.result()}; the worker group was restarted (then {error})"
-        elif not running.all_ended.done():
-            missing = sorted(set(range(self.world_size)) - set(running.ended))
-            detail = f"{error}; " if error else ""
-            self._set_fault(f"{detail}rank(s) {missing} did not leave the job (stuck in a collective)")
-            if error:
-                error = f"{error} (rank(s) {missing} were left waiting in a collective; the worker group was restarted)"
-        if failures:
-            return JobOutcome("failed", error=error)
-        return JobOutcome("cancelled")
-
-    @staticmethod
-    def _failures(running: _RunningJob) -> list[JobEnded]:
-        return sorted((e for e in running.ended.values() if e.status == "failed"), key=lambda e: e.rank)
+    async def _outcome(self, running: RunningJob, fault: asyncio.Future[str]) -> JobOutcome:
+        outcome, stuck = await decide_outcome(running, fault, self.world_size, self.settings.error_grace)
+        if stuck is not None:
+            self._set_fault(stuck)
+        return outcome
 
     def cancel(self, job_id: str) -> bool:
         """Ask every rank to stop the running job at its next step boundary."""
@@ -310,17 +276,30 @@ class WorkerGroup:
 
     # ---- control connections ----------------------------------------------------------
 
+    def _send_all(self, message: msgspec.Struct) -> None:
+        frame = encode_frame(message)
+        for link in self.links.values():
+            link.send_frame(frame)
+
     def _accept(self, hello: Hello) -> bool:
         # bytes: compare_digest refuses a str with non-ASCII characters (a stranger's token)
         right = secrets.compare_digest(hello.token.encode(), self._token.encode())
+        if self.spec.join_token:  # a group that spans hosts: its ranks hold the join token too
+            right &= secrets.compare_digest(hello.join_token.encode(), self.spec.join_token.encode())
         return right and hello.generation == self.generation and 0 <= hello.rank < self.world_size
 
     def _link_closed(self, link: RankLink) -> None:
         if self.links.get(link.rank) is not link or self.state is GroupState.STOPPED:
             return
+        fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
+        if link.node and self._local_loss is not fault:
+            # A joined host's rank, and no rank here went first (its peers leave after it):
+            # no executor here will say how it ended.
+            self._set_fault(f"node {link.node} left: {reason}")
+            return
+        self._local_loss = fault
         # A rank that dies closes its connection as it goes; give the executor's report of
         # how it died (killed by SIGKILL, exit code) a moment to be the reason.
-        fault, reason = self._fault, f"rank {link.rank} (pid {link.pid}) closed its control connection"
 
         def late_fault() -> None:
             if self._fault is fault:
@@ -391,3 +370,28 @@ class WorkerGroup:
                     )
                     return
 
+
+class Group(Protocol):
+    """What the service needs of a worker group (``group.WorkerGroup``; tests use a fake)."""
+
+    index: int
+    restarts: int
+    settings: GroupSettings
+    last_fault: str | None
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def fault(self) -> asyncio.Future[str]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def run(
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> JobOutcome: ...
+    def cancel(self, job_id: str) -> bool: ...
+    def status(self) -> GroupStatus: ...

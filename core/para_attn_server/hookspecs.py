@@ -89,6 +89,25 @@ def register_routes(register: Callable[[Any], None], service: JobService, settin
 
 
 @hookspec
+def register_request_fields(register: Callable[..., None], settings: Settings) -> None:
+    """Add fields of the server's own to every request schema (as ``webhook``).
+
+    :param register: call ``register(name, annotation, default, check=None)``. ``annotation``
+        is a type as ``predict``'s parameters have (``Annotated[str, msgspec.Meta(...)]``;
+        its ``description`` is what /schema shows); ``default`` is the value of a request
+        that leaves the field out; ``check(value)``, if given, runs on every request after
+        decoding and raises ``ValueError(reason)`` to refuse it with a 400 naming the field.
+        The field is in the job's inputs (``JobRecord.inputs``) for the server's plugins,
+        and is removed before the inputs go to the ranks: ``predict`` never gets it. A name
+        that ``predict`` already has as a parameter, or that another plugin registered, is a
+        startup error naming the field and the plugin.
+    :param settings: every setting, plugin sections included (a check may need them).
+
+    Runs once in the server process, when the request schema is built at startup.
+    """
+
+
+@hookspec
 def validate(predictor: Any, inputs: dict[str, Any]) -> None:
     """Check a request's inputs before the job is queued. All implementations run.
 

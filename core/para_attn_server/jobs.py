@@ -16,26 +16,28 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .dispatch import Dispatcher
-from .errors import InputError, NotReadyError, QueueFullError
-from .outputs import OutputCache
+from .errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
+from .listeners import Listener, Listeners
+from .outputs import Held, OutputCache
 from .plugins import version
 from .records import TERMINAL, JobRecord, JobState, public_error
-from .registry import Job, JobRegistry
+from .registry import FILE_TYPE, Job, JobRegistry
+from .saver import OutputSaver
 from .schema import OUTPUT_PATH
-from .settings import GroupSettings, JobSettings
+from .settings import JobSettings
 from .supervisor import supervise
-from .views import GroupStatus, JobView, MetricsSnapshot, RankRow, ServerStatus
+from .views import JobView, MetricsSnapshot, RankRow, ServerStatus
 
 if TYPE_CHECKING:
-    from .group import JobOutcome, PreviewCallback, ProgressCallback
+    from .group import Group
     from .journal import JobJournal
+    from .outcome import JobOutcome
     from .outputs import OutputStore
     from .plugins import Plugins
     from .predictor import Predictor
@@ -44,32 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("para_attn_server.jobs")
 
 Event = tuple[str, dict[str, Any]]
-
-
-class Group(Protocol):
-    """What the service needs of a worker group (``group.WorkerGroup``; tests use a fake)."""
-
-    index: int
-    restarts: int
-    settings: GroupSettings
-    last_fault: str | None
-
-    @property
-    def ready(self) -> bool: ...
-    @property
-    def fault(self) -> asyncio.Future[str]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def run(
-        self,
-        job_id: str,
-        inputs: dict[str, Any],
-        timeout: float | None,
-        on_progress: ProgressCallback,
-        on_preview: PreviewCallback | None = None,
-    ) -> JobOutcome: ...
-    def cancel(self, job_id: str) -> bool: ...
-    def status(self) -> GroupStatus: ...
 
 
 class JobService:
@@ -92,6 +68,7 @@ class JobService:
         self.settings = settings
         self.outputs = OutputCache(settings.output_memory_bytes)
         self.registry = JobRegistry(store, self.outputs, settings, journal)
+        self.saver = OutputSaver(store, self.outputs, predictor.replies_with_output_path, self._settled)
         self.jobs = self.registry.jobs
         self.previews = self.registry.previews  # each job's latest (step, jpeg)
         self.queue: deque[Job] = deque()
@@ -102,7 +79,14 @@ class JobService:
         self.run_seconds_ewma: float | None = None
         self.dispatcher: Dispatcher[Job, Group] = Dispatcher(self.groups, self.queue, self._execute)
         self._tasks: list[asyncio.Task[None]] = []
+        self._streams = 0  # event streams open
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
+        self.listeners = Listeners(plugins)
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(kind, record)`` at every job event (``listeners.Listener``);
+        returns what removes it."""
+        return self.listeners.add(listener)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -193,7 +177,12 @@ class JobService:
         job a client was told about survives a crash right after the answer."""
         job, created = self.submit(inputs, job_id)
         if self.journal is not None:
-            await self.journal.committed()
+            try:
+                await self.journal.committed()
+            except JournalError as exc:
+                if created:  # not on record, so not acknowledged: it must not run unknown either
+                    self.cancel(job.id)
+                raise NotReadyError(str(exc)) from None
         return job, created
 
     def get(self, job_id: str) -> Job | None:
@@ -241,13 +230,24 @@ class JobService:
                 await asyncio.wait_for(job.done.wait(), timeout)
         return job.terminal
 
+    def subscribe(self, job: Job) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[Event]]:
+        """A queue of the job's events while the context lasts; LimitError when too many
+        streams are open (in all, or for this job)."""
+        if self._streams >= self.settings.max_event_streams:
+            raise LimitError(f"too many event streams open ({self._streams})", self.retry_after())
+        if len(job.subscribers) >= self.settings.max_event_streams_per_job:
+            raise LimitError(f"too many event streams open for this job ({len(job.subscribers)})", 1)
+        return self._subscription(job)
+
     @contextlib.asynccontextmanager
-    async def subscribe(self, job: Job) -> AsyncIterator[asyncio.Queue[Event]]:
+    async def _subscription(self, job: Job) -> AsyncIterator[asyncio.Queue[Event]]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         job.subscribers.append(queue)
+        self._streams += 1
         try:
             yield queue
         finally:
+            self._streams -= 1
             job.subscribers.remove(queue)
 
     def view(self, job: Job) -> JobView:
@@ -257,8 +257,8 @@ class JobService:
                 position = self.queue.index(job)
         return JobView.of(job.record, position)
 
-    def output_bytes(self, job: Job) -> bytes | None:
-        """The job's output if it is still held in memory."""
+    def held_output(self, job: Job) -> Held | None:
+        """The job's output if it is still held in memory (bytes, or base64 text)."""
         return self.outputs.get(job.id)
 
     def retry_after(self) -> int:
@@ -271,6 +271,14 @@ class JobService:
     @property
     def ready(self) -> bool:
         return any(group.ready for group in self.groups)
+
+    def not_ready_reason(self) -> str | None:
+        """Why the server cannot take and keep jobs now, or None: no group is ready, or its
+        output directory refuses new files (deleted, read-only, full)."""
+        if not self.ready:
+            return "no worker group is ready"
+        unwritable = self.store.writable()
+        return None if unwritable is None else f"the output directory cannot be written: {unwritable}"
 
     def status(self) -> ServerStatus:
         groups = [group.status() for group in self.groups]
@@ -313,10 +321,12 @@ class JobService:
         def on_progress(step: int, total: int | None) -> None:
             job.record = job.record.evolve(step=step, total=total)
             job.publish("progress", {"step": step, "total": total})
+            self.listeners.notify("progress", job.record)
 
         try:
+            inputs = self.schema.rank_inputs(job.record.inputs)
             on_preview = functools.partial(self.registry.preview, job)
-            outcome = await group.run(job.id, job.record.inputs, self.settings.job_timeout, on_progress, on_preview)
+            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress, on_preview)
             await self._complete(job, outcome)
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("job %s: internal error", job.id)
@@ -331,43 +341,13 @@ class JobService:
             self._finish(job, JobState.FAILED, public_error(outcome.error) or "failed")
         elif outcome.output is None:
             self._finish(job, JobState.FAILED, "the predictor returned no output")
+        elif not FILE_TYPE.fullmatch(outcome.file_type or "bin"):
+            self._finish(job, JobState.FAILED, "the predictor returned a file type that is not [A-Za-z0-9]+")
         else:
-            error = await self._store_output(job, outcome.output, outcome.file_type or "bin")
-            self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error)
+            error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
+            self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
 
-    async def _store_output(self, job: Job, data: bytes, file_type: str) -> str | None:
-        """Write the output where it belongs; the reason it could not be, or None."""
-        record = job.record
-        if record.output_file is not None and record.output_path is not None:
-            target = Path(record.output_file)
-        else:
-            target = self.store.job_file(job.id, file_type)
-        try:
-            if record.output_path is None:
-                # The server's own copy is written behind, off the request path (a file
-                # create can stall behind the disk's journal); until then, and while memory
-                # allows, the output is served from memory.
-                written = self.store.write_behind(target, data, lambda exc: self._lost(job.id, exc))
-            else:
-                # The client named this file: it exists before the job says succeeded.
-                await asyncio.to_thread(self.store.write, target, data)
-                written = None
-        except InputError as exc:
-            return f"could not write the output: {exc}"
-        except OSError as exc:
-            # The OS names the server's absolute path: log it, tell the client less.
-            log.error("job %s: could not write %s: %s", job.id, target, exc)
-            where = f" to {record.output_path}" if record.output_path else ""
-            return f"could not write the output{where}: {exc.strerror or type(exc).__name__}"
-        self.outputs.put(job.id, data, written)
-        reply_with_path = self.predictor.replies_with_output_path and record.output_path is not None
-        job.record = record.evolve(file_type=file_type, output_file=str(target), reply_with_path=reply_with_path)
-        return None
-
-    def _lost(self, job_id: str, exc: OSError | InputError) -> None:
-        log.error("job %s: the server's copy of its output could not be written: %s", job_id, exc)
-
-    def _finish(self, job: Job, state: JobState, error: str | None = None) -> None:
+    def _finish(self, job: Job, state: JobState, error: str | None = None, *, journal: bool = True) -> None:
         now = time.time()
         job.record = job.record.evolve(state=state, error=error, finished_at=now)
         started = job.record.started_at
@@ -376,17 +356,24 @@ class JobService:
             self.run_seconds_ewma = took if self.run_seconds_ewma is None else 0.8 * self.run_seconds_ewma + 0.2 * took
         self.finished_by_state[state.value] += 1
         self.registry.ended(job)
-        self._changed(job)
+        self._changed(job, journal=journal)
         job.done.set()
 
-    def _changed(self, job: Job) -> None:
-        if self.journal is not None:
+    def _settled(self, job: Job) -> None:
+        """A job's written-behind output is on disk (or lost): now its success is journaled.
+        Its state did not change, so ``job_state_changed`` does not run again."""
+        if self.jobs.get(job.id) is job:
+            if self.journal is not None:
+                self.journal.record(job.record)
+            if job.subscribers:
+                job.publish("state", msgspec.to_builtins(self.view(job)))
+
+    def _changed(self, job: Job, *, journal: bool = True) -> None:
+        if self.journal is not None and journal:
             self.journal.record(job.record)
-        job.publish("state", msgspec.to_builtins(self.view(job)))
-        try:
-            self.plugins.job_state_changed(job.record)
-        except Exception:  # an observer's bug must not break the job
-            log.exception("job_state_changed hook failed")
+        if job.subscribers:  # a view costs something to build: only for who listens
+            job.publish("state", msgspec.to_builtins(self.view(job)))
+        self.listeners.notify("state", job.record)
 
     # ---- expiry -----------------------------------------------------------------------
 

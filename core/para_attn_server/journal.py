@@ -2,10 +2,10 @@
 knows its jobs: finished outputs stay downloadable until their TTL, and jobs that were
 queued or running when the server stopped report failed with 'server restarted'.
 
-Writes are group commits: records marked since the last transaction go in the next one,
-which starts as soon as the previous one ends (no timer), so an idle server commits at once
-and a busy one batches. ``committed()`` waits for the transaction that holds everything
-recorded so far: the HTTP layer answers a submit only after it.
+Writes are group commits: everything recorded during one turn of the event loop goes in
+one transaction at the next turn (no timer), so an idle server commits at once and a busy
+one batches. ``committed()`` waits for the transaction that holds everything recorded so
+far: the HTTP layer answers a submit only after it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 
+from .errors import JournalError
 from .records import JobRecord
 
 log = logging.getLogger("para_attn_server.journal")
@@ -32,22 +33,27 @@ V1_COLUMNS = (
     "file_type", "output_file", "output_path", "written_by_predictor", "fingerprint", "inputs",
 )  # fmt: skip
 
+KEEP_FAILURES = 1000  # failed transactions remembered for their waiters
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(JobRecord)
 
 
 class JobJournal:
-    def __init__(self, path: Path) -> None:
+    """The journal. Its connection lives on the event loop's thread: a commit in WAL mode
+    with synchronous=NORMAL writes to the log without an fsync, which costs less than a
+    hop to a thread and back; the checkpoints that do sync the database file run in a
+    thread of their own, on a connection of their own, every ``checkpoint_interval`` s."""
+
+    def __init__(self, path: Path, checkpoint_interval: float = 10.0) -> None:
         self.path = path
-        # One thread owns the connection: sqlite3 objects must stay on their thread.
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
-        self._db = self._thread.submit(self._open).result()
+        self.checkpoint_interval = checkpoint_interval
+        self._db = self._open()
         self._dirty: dict[str, JobRecord] = {}
         self._deleted: set[str] = set()
-        self._wake = asyncio.Event()
-        self._batch = 0  # number of the next transaction
-        self._done = 0  # transactions finished
-        self._finished = asyncio.Condition()
+        self._scheduled = False
+        self._batch = 0  # transactions started
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}  # transaction -> who awaits it
+        self._failed: dict[int, str] = {}  # recent failed transactions: number -> why
         self._task: asyncio.Task[None] | None = None
 
     def _open(self) -> sqlite3.Connection:
@@ -56,6 +62,7 @@ class JobJournal:
         # In WAL mode a commit is in the log before it returns: it survives the process
         # being killed (not a power cut, which would need FULL and an fsync per commit).
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the event loop
         columns = tuple(row[1] for row in db.execute("PRAGMA table_info(jobs)"))
         with db:
             if columns == V1_COLUMNS:
@@ -64,72 +71,119 @@ class JobJournal:
         return db
 
     def load(self) -> list[JobRecord]:
-        def read() -> list[JobRecord]:
-            records = []
-            for job_id, blob in self._db.execute("SELECT id, record FROM jobs"):
-                try:
-                    records.append(_decoder.decode(blob))
-                except msgspec.DecodeError as exc:
-                    log.warning("dropped the unreadable record of job %s: %s", job_id, exc)
-            return records
-
-        return self._thread.submit(read).result()
+        records = []
+        for job_id, blob in self._db.execute("SELECT id, record FROM jobs"):
+            try:
+                records.append(_decoder.decode(blob))
+            except msgspec.DecodeError as exc:
+                log.warning("dropped the unreadable record of job %s: %s", job_id, exc)
+        return records
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._flush_loop())
+        self._task = asyncio.create_task(self._checkpoints())
 
     def record(self, record: JobRecord) -> None:
         self._dirty[record.id] = record
         self._deleted.discard(record.id)
-        self._wake.set()
+        self._schedule()
 
     def forget(self, job_id: str) -> None:
         self._dirty.pop(job_id, None)
         self._deleted.add(job_id)
-        self._wake.set()
+        self._schedule()
 
     async def committed(self) -> None:
-        """Return once everything recorded before this call is in a finished transaction."""
-        # What waits to be taken goes in the next transaction; what was taken is in the last.
-        target = self._batch + 1 if self._dirty or self._deleted else self._batch
-        async with self._finished:
-            await self._finished.wait_for(lambda: self._done >= target)
+        """Return once everything recorded before this call is in a finished transaction;
+        JournalError if that transaction failed (a full disk, say)."""
+        if not self._scheduled:
+            target = self._batch  # nothing waits: the last transaction holds it all
+        else:
+            target = self._batch + 1  # the transaction that runs at the loop's next turn
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(target, []).append(future)
+            await future
+        if target in self._failed:
+            raise JournalError(f"could not record the job: {self._failed[target]}")
 
-    async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            rows, deleted = self._take()
-            self._batch += 1
-            await loop.run_in_executor(self._thread, self._write, rows, deleted)
-            async with self._finished:
-                self._done = self._batch
-                self._finished.notify_all()
+    def _schedule(self) -> None:
+        # One transaction per turn of the event loop: what is recorded meanwhile joins it.
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _take(self) -> tuple[list[tuple[str, str, bytes]], list[str]]:
-        rows = [(record.id, record.state.value, _encoder.encode(record)) for record in self._dirty.values()]
+    def _flush(self) -> None:
+        self._scheduled = False
+        records, deleted = self._take()
+        self._batch += 1
+        error = self._write(_rows(records), deleted)
+        if error is not None:
+            self._failed[self._batch] = error
+            self._retry_later(records, deleted)
+        for old in [batch for batch in self._failed if batch < self._batch - KEEP_FAILURES]:
+            del self._failed[old]
+        for future in self._waiters.pop(self._batch, []):
+            if not future.done():
+                future.set_result(None)
+
+    def _take(self) -> tuple[list[JobRecord], list[str]]:
+        records = list(self._dirty.values())
         deleted = list(self._deleted)
         self._dirty.clear()
         self._deleted.clear()
-        return rows, deleted
+        return records, deleted
 
-    def _write(self, rows: list[tuple[str, str, bytes]], deleted: list[str]) -> None:
+    def _retry_later(self, records: list[JobRecord], deleted: list[str]) -> None:
+        """Put a failed transaction's changes back, behind anything newer, for the next one
+        (which starts at the next change: no retry loop on a disk that stays full)."""
+        for record in records:
+            if record.id not in self._dirty and record.id not in self._deleted:
+                self._dirty[record.id] = record
+        self._deleted.update(job_id for job_id in deleted if job_id not in self._dirty)
+
+    def _write(self, rows: list[tuple[str, str, bytes]], deleted: list[str]) -> str | None:
         try:
             with self._db:
                 self._db.executemany(UPSERT, rows)
                 self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in deleted])
-        except sqlite3.Error:
-            log.exception("could not write job records to %s", self.path)
+        except sqlite3.Error as exc:
+            log.error("could not write job records to %s: %s", self.path, exc)
+            return str(exc)
+        return None
+
+    async def _checkpoints(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal") as thread:
+            checkpointer = await asyncio.get_running_loop().run_in_executor(thread, self._checkpoint_connection)
+            try:
+                while True:
+                    await asyncio.sleep(self.checkpoint_interval)
+                    await asyncio.get_running_loop().run_in_executor(thread, _checkpoint, checkpointer)
+            finally:
+                checkpointer.close()
+
+    def _checkpoint_connection(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, check_same_thread=False)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._write, *self._take())
-        self._thread.submit(self._db.close).result()
-        self._thread.shutdown()
+        if self._scheduled or self._dirty or self._deleted:
+            self._flush()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+
+def _checkpoint(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as exc:
+        log.error("could not checkpoint the job journal: %s", exc)
+
+
+def _rows(records: list[JobRecord]) -> list[tuple[str, str, bytes]]:
+    return [(record.id, record.state.value, _encoder.encode(record)) for record in records]
 
 
 def _convert_v1(db: sqlite3.Connection) -> None:

@@ -17,8 +17,6 @@ nothing else in the server knows these rules:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import inspect
 import shutil
 import tempfile
@@ -86,15 +84,16 @@ class OriginalServerPredictor(Predictor):
 
 
 def to_output(result: object) -> Output | None:
-    """The original's result forms: ``(base64 or bytes, file_type)``, or None."""
+    """The original's result forms: ``(base64 or bytes, file_type)``, or None. Base64 stays
+    base64 (``Output.base64``): the original API answers it as it came."""
     if result is None or isinstance(result, Output):
         return result
     if isinstance(result, tuple) and len(result) == 2:
         data, file_type = result
         if isinstance(data, str):
             try:
-                data = base64.b64decode(data, validate=True)
-            except binascii.Error as exc:
+                return Output.from_base64(data, str(file_type))
+            except (ValueError, UnicodeEncodeError) as exc:
                 raise TypeError(f"predict returned a string that is not base64: {exc}") from None
         return Output(bytes(data), str(file_type))
     raise TypeError(f"predict must return Output, (data, file_type) or None, not {type(result).__name__}")

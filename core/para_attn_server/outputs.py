@@ -17,17 +17,23 @@ import mimetypes
 import os
 import secrets
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
-from .errors import InputError
+from .errors import InputError, OutputGoneError
+from .writer import BatchWriter
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 FIELD = "output_path"
 OUTSIDE = "leads outside the server's output directory"
 SYMLINKED = "must not go through a symlink (the server never writes through one)"
+FAILURE_MEMORY = 30.0  # seconds a failed write keeps readiness down (then the probe decides)
+PROBE_BYTES = 64 * 1024
+READ_CHUNK = 3 * 1024 * 1024  # a multiple of 3: chunks encode to base64 without padding between them
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -50,7 +56,9 @@ class OutputStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.jobs_dir = self.root / JOBS_DIR
         self.jobs_dir.mkdir(exist_ok=True)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        self._writer = BatchWriter(self)
+        self._verified: dict[str, tuple[int, str]] = {}  # path -> (size, checksum) known to be on disk
+        self._failure: tuple[float, str] | None = None  # (when, why) the last own write failed
 
     # ---- client paths -------------------------------------------------------------------
 
@@ -75,36 +83,63 @@ class OutputStore:
 
     # ---- writing ------------------------------------------------------------------------
 
-    def write(self, target: Path, data: bytes) -> None:
+    def write(self, target: Path, data: bytes) -> str:
         """Atomically and durably write ``data`` to ``target`` (inside the root), creating its
-        directories; InputError if the way there or the target is a symlink or a directory."""
+        directories; returns the data's checksum. InputError if the way there or the target
+        is a symlink or a directory."""
+        staged = self.stage(target, data)
+        try:
+            staged.sync()
+            staged.commit()
+            os.fsync(staged.directory)
+        finally:
+            staged.close()
+        return staged.digest
+
+    def stage(self, target: Path, data: bytes) -> Staged:
+        """``data`` in a temporary file beside ``target``, not yet synced nor in place: the
+        first half of a write, so that a batch of writes can share their syncs."""
         parts = self.relative(target)
         with self._directory(parts[:-1], create=True, field=FIELD) as fd:
             assert fd is not None
             _check_target(fd, parts[-1], FIELD, OUTSIDE)
-            _replace(fd, parts[-1], data)
+            directory = os.dup(fd)
+        try:
+            tmp, fd = _write_temporary(directory, data)
+        except BaseException:
+            os.close(directory)
+            raise
+        return Staged(self, target, directory, tmp, fd, parts[-1], len(data), checksum(data))
 
     def write_behind(
-        self, target: Path, data: bytes, on_error: Callable[[OSError | InputError], None]
+        self,
+        target: Path,
+        data: Callable[[], bytes],
+        done: Callable[[int | None, str | None, Exception | None], None],
     ) -> concurrent.futures.Future[None]:
-        """Write one of the server's own copies in the background, in submission order;
-        ``on_error`` runs in the writer thread if the write fails."""
-
-        def write() -> None:
-            try:
-                self.write(target, data)
-            except (OSError, InputError) as exc:
-                on_error(exc)
-
-        return self._writer.submit(write)
+        """Write one of the server's own copies in the background, in submission order.
+        ``data()`` gives the bytes, in the writer thread (it may decode them there);
+        ``done(size, checksum, None)`` or ``done(None, None, error)`` runs there after."""
+        return self._writer.write(target, data, done)
 
     def delete_behind(self, target: Path) -> None:
-        self._writer.submit(self._unlink, target)
+        self.forget(target)
+        self._writer.delete(target)
+
+    def forget(self, target: Path) -> None:
+        """Stop remembering that ``target`` was verified (its job is forgotten)."""
+        self._verified.pop(str(target), None)
+
+    def remember(self, target: Path, size: int, digest: str) -> None:
+        self._verified[str(target)] = (size, digest)
+
+    def failed(self, error: OSError) -> None:
+        """A write of the server's own failed (readiness reports it for a while)."""
+        self._failure = (time.monotonic(), error.strerror or type(error).__name__)
 
     def flush(self) -> None:
         """Wait until every write-behind is on disk (on shutdown)."""
-        self._writer.shutdown(wait=True)
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        self._writer.flush()
 
     def job_file(self, job_id: str, file_type: str) -> Path:
         return self.jobs_dir / f"{job_id}.{file_type}"
@@ -123,13 +158,46 @@ class OutputStore:
         with os.fdopen(self.open(target), "rb") as f:
             return f.read()
 
+    def open_checked(self, target: Path, size: int | None, digest: str | None) -> int:
+        """A descriptor of ``target`` at its start, once it is known to hold what was written
+        (its size always; its checksum once per process), else OutputGoneError saying what
+        is wrong. Blocking."""
+        if size is None or digest is None:
+            raise OutputGoneError("the server stopped before it was saved")
+        try:
+            fd = self.open(target)
+        except (OSError, InputError):
+            raise OutputGoneError("its file is missing") from None
+        try:
+            if os.fstat(fd).st_size != size:
+                raise OutputGoneError("its file changed on disk since it was written")
+            if self._verified.get(str(target)) != (size, digest):
+                hasher = hashlib.sha256()
+                while chunk := os.read(fd, READ_CHUNK):
+                    hasher.update(chunk)
+                if hasher.hexdigest() != digest:
+                    raise OutputGoneError("its file changed on disk since it was written")
+                self._verified[str(target)] = (size, digest)
+                os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def writable(self) -> str | None:
-        """None when a file can be created in the jobs directory now, else the reason."""
+        """None when outputs can be written now, else why not: a write failed in the last
+        ``FAILURE_MEMORY`` seconds (a full disk), or a small probe file cannot be written."""
+        failed = self._failure
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
+            return f"a write failed {time.monotonic() - failed[0]:.0f} s ago ({failed[1]})"
         probe = self.jobs_dir / f".probe-{secrets.token_hex(4)}"
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            probe.unlink()
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+            finally:
+                os.close(fd)
+                probe.unlink()
         except OSError as exc:
             return exc.strerror or type(exc).__name__
         return None
@@ -163,10 +231,6 @@ class OutputStore:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _unlink(target: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
 
 
 def _parts(user_path: str, field: str) -> tuple[str, ...]:
@@ -219,27 +283,63 @@ def _check_target(fd: int, name: str, field: str, refusal: str) -> None:
         raise InputError("names a directory", field)
 
 
-def _replace(fd: int, name: str, data: bytes) -> None:
+def _write_temporary(directory: int, data: bytes) -> tuple[str, int]:
+    """``data`` in a new temporary file of ``directory``, with the usual mode: its name and
+    its descriptor (open, to sync it later)."""
     tmp = f".tmp-{secrets.token_hex(8)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    out = os.open(tmp, flags, 0o600, dir_fd=fd)
+    out = os.open(tmp, flags, 0o600, dir_fd=directory)
     try:
-        try:
-            os.fchmod(out, FILE_MODE)  # exactly the usual mode, whatever the umask is now
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(out, view[written:])
-            os.fsync(out)
-        finally:
-            os.close(out)
-        # rename replaces a symlink planted at the target itself; it never writes through one.
-        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fchmod(out, FILE_MODE)  # exactly the usual mode, whatever the umask is now
+        with memoryview(data) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(out, view[written:])
     except BaseException:
+        os.close(out)
         with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=fd)
+            os.unlink(tmp, dir_fd=directory)
         raise
-    os.fsync(fd)
+    return tmp, out
+
+
+class Staged:
+    """A written but not yet durable output: ``sync`` its data, ``commit`` it into place
+    (rename: it replaces a symlink planted at the target itself, never writing through
+    one), then sync ``directory`` (once for a batch in one directory), then ``close``."""
+
+    def __init__(
+        self, store: OutputStore, target: Path, directory: int, tmp: str, fd: int, name: str, size: int, digest: str
+    ) -> None:
+        self.store, self.target, self.directory, self.fd = store, target, directory, fd
+        self.tmp, self.name, self.size, self.digest = tmp, name, size, digest
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def commit(self) -> None:
+        try:
+            os.rename(self.tmp, self.name, src_dir_fd=self.directory, dst_dir_fd=self.directory)
+        except BaseException:
+            self.discard()
+            raise
+        self.store.remember(self.target, self.size, self.digest)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp, dir_fd=self.directory)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.directory)
+
+
+class Held(NamedTuple):
+    """An output held in memory: its bytes, or its base64 text when ``base64``."""
+
+    data: bytes
+    base64: bool
+    written: concurrent.futures.Future[None] | None  # its copy being written behind, if any
 
 
 class OutputCache:
@@ -252,26 +352,25 @@ class OutputCache:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.size = 0
-        self._entries: OrderedDict[str, tuple[bytes, concurrent.futures.Future[None] | None]] = OrderedDict()
+        self._entries: OrderedDict[str, Held] = OrderedDict()
 
-    def put(self, job_id: str, data: bytes, written: concurrent.futures.Future[None] | None) -> None:
+    def put(self, job_id: str, held: Held) -> None:
         self.forget(job_id)
-        self._entries[job_id] = (data, written)
-        self.size += len(data)
+        self._entries[job_id] = held
+        self.size += len(held.data)
         while self.size > self.budget and self._entries:
-            oldest, (_, pending) = next(iter(self._entries.items()))
-            if pending is not None and not pending.done():
+            oldest, entry = next(iter(self._entries.items()))
+            if entry.written is not None and not entry.written.done():
                 break
             self.forget(oldest)
 
-    def get(self, job_id: str) -> bytes | None:
-        entry = self._entries.get(job_id)
-        return entry[0] if entry is not None else None
+    def get(self, job_id: str) -> Held | None:
+        return self._entries.get(job_id)
 
     def forget(self, job_id: str) -> None:
         entry = self._entries.pop(job_id, None)
         if entry is not None:
-            self.size -= len(entry[0])
+            self.size -= len(entry.data)
 
 
 def content_type(file_type: str) -> str:

@@ -23,6 +23,7 @@ from .errors import ConfigurationError
 from .hookspecs import PROJECT
 from .legacy import as_predictor
 from .predictor import Predictor
+from .schema import RequestField
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -81,6 +82,26 @@ class Plugins:
         found: list[Any] = []
         self.pm.hook.register_routes(register=found.append, service=service, settings=settings)
         return found
+
+    def request_fields(self, settings: Settings) -> list[RequestField]:
+        """The request fields plugins add (``register_request_fields``), each with the name
+        of the plugin that added it; a name registered twice is a ``ConfigurationError``."""
+        found: dict[str, RequestField] = {}
+        # Each implementation is called on its own, so every field knows its plugin.
+        for impl in self.pm.hook.register_request_fields.get_hookimpls():
+
+            def register(
+                name: str, annotation: Any, default: Any = None, check: Any = None, plugin: str = impl.plugin_name
+            ) -> None:
+                if name in found:
+                    raise ConfigurationError(
+                        f"request field {name!r} is registered by plugins {found[name].plugin!r} and {plugin!r}"
+                    )
+                found[name] = RequestField(name, annotation, default, plugin, check)
+
+            arguments = {"register": register, "settings": settings}
+            impl.function(*(arguments[name] for name in impl.argnames))
+        return list(found.values())
 
     def _collect(self, hook: Any, kind: str) -> dict[str, Any]:
         found: dict[str, Any] = {}

@@ -23,6 +23,7 @@ rest of the server only ever sees this contract.
 
 from __future__ import annotations
 
+import binascii
 import contextvars
 import io
 from collections.abc import Callable, Iterator
@@ -39,11 +40,38 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
+B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
 class Output(msgspec.Struct, frozen=True):
-    """A finished job's payload: raw bytes and a file type such as ``png`` or ``mp4``."""
+    """A finished job's payload: its bytes and a file type such as ``png`` or ``mp4``
+    (letters and digits only: it names files and goes into HTTP headers).
+
+    With ``base64`` True, ``data`` is the output's base64 text (ASCII): the original API
+    answers it as it is, and the server decodes it only where it needs the bytes (its own
+    copy, a binary download), so a predictor that already has base64 pays nothing twice.
+    """
 
     data: bytes
     file_type: str
+    base64: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.file_type.isascii() or not self.file_type.isalnum():
+            raise ValueError(f"an output's file type must be letters and digits, not {self.file_type!r}")
+
+    @classmethod
+    def from_base64(cls, text: str | bytes, file_type: str) -> Output:
+        """An output given as base64 text; checked for its alphabet and length (cheaply:
+        it is decoded only where bytes are needed)."""
+        data = text.encode("ascii") if isinstance(text, str) else bytes(text)
+        if len(data) % 4 or data.translate(None, B64_ALPHABET):
+            raise ValueError("not base64: characters outside its alphabet, or a length that is not a multiple of 4")
+        return cls(data, file_type, base64=True)
+
+    def raw(self) -> bytes:
+        """The output's bytes (decoding base64 text)."""
+        return binascii.a2b_base64(self.data) if self.base64 else self.data
 
     @classmethod
     def from_image(cls, image: Image, file_type: str = "png", **save_options: Any) -> Output:

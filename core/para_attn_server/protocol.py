@@ -24,6 +24,8 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
     generation: int
     pid: int
     hostname: str
+    node: str = ""  # RankSpec.node: the joined host's name, "" on the server's own host
+    join_token: str = ""  # RankSpec.join_token
 
 
 class SetupDone(msgspec.Struct, tag="setup_done", frozen=True):
@@ -63,6 +65,7 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     error: str | None = None
     output: bytes | None = None  # only rank 0 carries the output
     file_type: str | None = None
+    base64: bool = False  # ``output`` is base64 text (see predictor.Output)
 
 
 RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview | JobEnded

@@ -1,10 +1,12 @@
 """The rank process: set up the predictor, then run jobs in lockstep with the other ranks.
 
-Rank 0 is the leader: it alone receives jobs from the server and broadcasts each one to the
-other ranks over a dedicated gloo "control" process group (so the same path works when the
-model's own group is NCCL). While idle, rank 0 broadcasts a keep-alive every
-``keepalive_interval`` seconds so the other ranks, blocked in that broadcast, never hit the
-collective timeout (a known way for other multi-GPU servers to die after ~10 idle minutes).
+Every rank receives each job from the server over its own control connection, in the same
+order; no collective carries it (one collective less per job), and an idle rank waits on
+its socket, never inside a collective, so it cannot die of a collective timeout however
+long it idles (a known way for other multi-GPU servers to die after ~10 idle minutes).
+Rank 0 is the leader of each job: at every step boundary it decides continue/stop and
+broadcasts that over a dedicated gloo "control" group (so the same path works when the
+model's own group is NCCL), and it alone reports progress and the output.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import os
 import pickle
 import queue
 import select
+import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import JobCancelled
-from .executor import RANK_SPEC_ENV, RankSpec
+from .executor import RANK_SPEC_ENV, RankSpec, die_with_parent
 from .legacy import as_predictor
 from .plugins import Plugins
 from .predictor import JobContext, Output, RankContext, running
@@ -54,10 +56,7 @@ from .schema import InputSchema
 
 log = logging.getLogger("para_attn_server.rank")
 
-PING, JOB, SHUTDOWN = 0, 1, 2
-FRAME_BYTES = 4096  # one broadcast carries a job whose inputs encode to < 4 KiB
-_job_encoder = msgspec.msgpack.Encoder()
-_job_decoder = msgspec.msgpack.Decoder(RunJob)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def describe(exc: BaseException) -> str:
@@ -67,11 +66,11 @@ def describe(exc: BaseException) -> str:
 class ControlLink:
     """This rank's connection to the server: sends reports, receives jobs and cancels.
 
-    Rank 0 reads the connection on its main thread: while idle it waits on the socket
-    itself, and at each step boundary it polls for a cancel without blocking, so a job
-    reaches it without a thread hand-off. Only a predictor that is cancelled by interrupt
-    (``Predictor.cancel_by_interrupt``) needs the background reader, which applies a
-    cancel the moment it arrives, on every rank.
+    A rank reads its connection on its main thread: while idle it waits on the socket
+    itself, and rank 0 polls for a cancel at each step boundary without blocking, so a job
+    reaches a rank without a thread hand-off. Only a predictor that is cancelled by
+    interrupt (``Predictor.cancel_by_interrupt``) needs the background reader, which
+    applies a cancel the moment it arrives, on every rank.
     """
 
     def __init__(self, spec: RankSpec, rank: int) -> None:
@@ -84,7 +83,8 @@ class ControlLink:
         self.sock = socket.create_connection((spec.control_host, spec.control_port), timeout=60)
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.send(Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname()))
+        hello = Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname())
+        self.send(msgspec.structs.replace(hello, node=spec.node, join_token=spec.join_token))
         beat = threading.Thread(target=self._beat, args=(spec.settings.heartbeat_interval,), daemon=True)
         beat.start()
 
@@ -112,18 +112,11 @@ class ControlLink:
 
         threading.Thread(target=read, name="control-reader", daemon=True).start()
 
-    def receive(self, timeout: float) -> RunJob | Shutdown | None:
-        """The next job or shutdown, or None after ``timeout`` seconds of silence."""
+    def receive(self) -> RunJob | Shutdown:
+        """The next job or shutdown (cancels that arrive first are taken on the way)."""
         if self._inbox is not None:
-            try:
-                return self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                return None
-        deadline = time.monotonic() + timeout
+            return self._inbox.get()
         while not self._pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
-                return None
             self._take(self._recv())
         return self._pending.popleft()
 
@@ -200,6 +193,12 @@ class RankWorker:
         if self.spec.master_addr is not None:
             os.environ["MASTER_ADDR"] = self.spec.master_addr
             os.environ["MASTER_PORT"] = str(self.spec.master_port)
+        if self.spec.external_store:
+            # torch's own switch for "the agent hosts the store": rank 0 then hosts none
+            # (it would listen on every interface), whoever calls init_process_group.
+            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+            if self.spec.master_addr in LOOPBACK:
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         if not self.predictor.initializes_process_group:
             self._init_process_group(device)
         context = RankContext(self.rank, self.world_size, self.local_rank, device, dict(self.spec.options))
@@ -220,49 +219,15 @@ class RankWorker:
     # ---- job loop ---------------------------------------------------------------------
 
     def serve(self) -> None:
+        """Run the jobs the server sends, in order, until it says stop. Every rank reads its
+        own connection (the server sends each job to every rank, in the same order): no
+        collective carries the job, and an idle rank waits in no collective, so it cannot
+        run into a collective timeout however long it idles."""
         while True:
-            if self.rank == 0:
-                message = self.link.receive(self.spec.settings.keepalive_interval)
-                if message is None:
-                    self._broadcast(PING)
-                    continue
-                if isinstance(message, Shutdown):
-                    self._broadcast(SHUTDOWN)
-                    return
-                self._broadcast(JOB, _job_encoder.encode(message))
-                self.run(message)
-            else:
-                kind, payload = self._broadcast(PING)
-                if kind == SHUTDOWN:
-                    return
-                if kind == JOB:
-                    self.run(_job_decoder.decode(payload))
-
-    def _broadcast(self, kind: int, payload: bytes = b"") -> tuple[int, bytes]:
-        """Rank 0 sends (kind, payload) to every rank; the others receive it.
-
-        One collective for the common case: a fixed-size frame carries the kind, the
-        length and a payload that fits; only a larger payload takes a second broadcast.
-        """
-        if self.world_size == 1:
-            return kind, payload
-        frame = torch.zeros(FRAME_BYTES, dtype=torch.uint8)
-        if self.rank == 0:
-            inline = payload[: FRAME_BYTES - 16]
-            frame[:16].view(torch.int64).copy_(torch.tensor([kind, len(payload)]))
-            if inline:
-                frame[16 : 16 + len(inline)] = torch.frombuffer(bytearray(inline), dtype=torch.uint8)
-        dist.broadcast(frame, src=0, group=self.control)
-        kind, size = (int(v) for v in frame[:16].view(torch.int64))
-        if size <= FRAME_BYTES - 16:
-            return kind, payload if self.rank == 0 else frame[16 : 16 + size].numpy().tobytes()
-        rest = size - (FRAME_BYTES - 16)
-        if self.rank == 0:
-            dist.broadcast(torch.frombuffer(bytearray(payload[FRAME_BYTES - 16 :]), dtype=torch.uint8), 0, self.control)
-            return kind, payload
-        tail = torch.empty(rest, dtype=torch.uint8)
-        dist.broadcast(tail, src=0, group=self.control)
-        return kind, frame[16:].numpy().tobytes() + tail.numpy().tobytes()
+            message = self.link.receive()
+            if isinstance(message, Shutdown):
+                return
+            self.run(message)
 
     def run(self, message: RunJob) -> None:
         job_id = message.job_id
@@ -286,7 +251,9 @@ class RankWorker:
             log.error("rank %d: job %s failed:\n%s", self.rank, job_id, traceback.format_exc())
             ended = JobEnded(job_id, self.rank, "failed", error=f"rank {self.rank}: {describe(exc)}")
         finally:
-            self.link.cancelled.discard(job_id)
+            # A cancel is only ever sent for the running job, before the next job: none
+            # left now can concern a later one.
+            self.link.cancelled.clear()
         if self.rank == 0:
             self.previews.flush()  # the job's last preview reaches the server before its end
         self.link.send(ended)
@@ -300,24 +267,23 @@ class RankWorker:
         if len(output.data) > limit:
             error = f"output too large: {len(output.data)} bytes exceeds the limit of {limit} bytes"
             return JobEnded(job_id, 0, "failed", error=error)
-        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type)
+        return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type, base64=output.base64)
 
     def _decider(self, job_id: str) -> Any:
         link, rank, world_size = self.link, self.rank, self.world_size
 
+        flag = torch.zeros(1, dtype=torch.int32)  # one tensor for every step of the job
+
         def decide(step: int, total: int | None) -> bool:
-            stop = 0
             if rank == 0:
                 # Decide before publishing the step: a client that saw step k and then
                 # cancelled is stopped at step k + 1 at the latest, never retroactively.
                 link.poll_cancels()
-                stop = int(job_id in link.cancelled)
+                flag[0] = int(job_id in link.cancelled)
                 link.send(Progress(job_id, step, total))
             if world_size > 1:
-                flag = torch.tensor([stop], dtype=torch.int32)
                 dist.broadcast(flag, src=0, group=self.control)
-                stop = int(flag[0])
-            return bool(stop)
+            return bool(flag[0])
 
         return decide
 
@@ -348,6 +314,10 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
 def torchrun_main() -> None:
     """``python -m para_attn_server.rank`` under torchrun: the spec comes in the environment."""
     spec = RankSpec.from_env(os.environ[RANK_SPEC_ENV])
+    # torchrun starts ranks in sessions of their own: an agent killed by SIGKILL (or a
+    # ``join`` that took its agent along) would otherwise leave them serving a group
+    # whose host is gone.
+    die_with_parent(signal.SIGKILL)
     main(spec, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -40,6 +40,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     file_type: str | None = None
     output_file: str | None = None  # where the output is on disk: the server's copy or the client's file
     output_path: str | None = None  # the client's own output_path, relative to the output directory
+    output_size: int | None = None  # bytes, and the checksum, of the output as written to disk
+    output_sha256: str | None = None
     reply_with_path: bool = False  # the original API answers with output_path instead of base64
 
     @property

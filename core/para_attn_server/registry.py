@@ -9,6 +9,10 @@ holds each job's latest preview too, and drops it with the job.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
+import stat
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +27,10 @@ if TYPE_CHECKING:
     from .outputs import OutputCache, OutputStore
     from .settings import JobSettings
 
+log = logging.getLogger("para_attn_server.jobs")
 Event = tuple[str, dict[str, Any]]
+FILE_TYPE = re.compile(r"[A-Za-z0-9]+")  # it becomes a file name's suffix and a header value
+GONE = "the output is gone"
 
 
 class Job:
@@ -140,9 +147,8 @@ class JobRegistry:
             record = loaded
             if not record.terminal:
                 record = record.evolve(state=JobState.FAILED, error="server restarted", finished_at=now)
-            elif record.state is JobState.SUCCEEDED and not _output_present(record):
-                # Written behind and lost with the server: say so rather than 404 later.
-                record = record.evolve(state=JobState.FAILED, error="server restarted before the output was saved")
+            elif record.state is JobState.SUCCEEDED and record.output_file is not None:
+                record = self._checked(record)
             if record is not loaded:
                 self.journal.record(record)
             recovered.append(self.add(record))
@@ -153,6 +159,34 @@ class JobRegistry:
         # Records whose TTL ran out while the server was down go now, with their files.
         self.expire(now)
         return count
+
+    def _checked(self, record: JobRecord) -> JobRecord:
+        """A loaded succeeded record, its output kept only if it names the file this server
+        would have written for it and that file is there, whole (its checksum is checked
+        when it is first served)."""
+        if record.output_sha256 is None or record.output_size is None:
+            return record.evolve(state=JobState.FAILED, error="server restarted before the output was saved")
+        expected = self._own_file(record)
+        if expected is None or str(expected) != record.output_file:
+            log.warning("job %s: its record names a file this server does not write; its output is dropped", record.id)
+            return record.evolve(output_file=None, error=f"{GONE}: its record was changed")
+        try:
+            info = os.stat(expected, follow_symlinks=False)
+        except OSError:
+            return record.evolve(output_file=None, error=f"{GONE}: its file is missing")
+        if not stat.S_ISREG(info.st_mode) or info.st_size != record.output_size:
+            return record.evolve(output_file=None, error=f"{GONE}: its file changed on disk")
+        return record
+
+    def _own_file(self, record: JobRecord) -> Path | None:
+        if record.output_path is None:
+            if record.file_type is None or not FILE_TYPE.fullmatch(record.file_type):
+                return None
+            return self.store.job_file(record.id, record.file_type)
+        try:
+            return self.store.confine(record.output_path)
+        except InputError:
+            return None
 
     def expire(self, now: float) -> None:
         """Forget the jobs that ended more than ``result_ttl`` seconds before ``now``, and
@@ -174,7 +208,5 @@ class JobRegistry:
         record = job.record
         if record.output_file is not None and record.output_path is None:
             self.store.delete_behind(Path(record.output_file))  # queued after its own write-behind
-
-
-def _output_present(record: JobRecord) -> bool:
-    return record.output_file is not None and Path(record.output_file).exists()
+        elif record.output_file is not None:
+            self.store.forget(Path(record.output_file))

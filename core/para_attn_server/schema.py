@@ -3,6 +3,10 @@
 The server decodes every request body into this msgspec Struct, so unknown fields,
 missing fields, wrong types and ``Meta`` limits fail with msgspec's message, which names
 the field; Litestar renders the same type into the OpenAPI document.
+
+Besides ``predict``'s parameters every schema has the server's own fields: ``output_path``
+and the fields plugins add (``register_request_fields``, such as ``webhook``). Those are
+the server's: they are checked when a request is decoded and never reach ``predict``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,13 @@ import copy
 import functools
 import inspect
 import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+
+from .errors import ConfigurationError, InputError
 
 OUTPUT_PATH = "output_path"
 # Added to every schema: the server writes the output there, confined to --output-dir.
@@ -32,10 +40,24 @@ OutputPathField = (
 )
 
 
+@dataclass(frozen=True)
+class RequestField:
+    """A request field a plugin adds for the server's own use (``register_request_fields``).
+
+    ``check(value)`` runs on every decoded request; a ``ValueError`` it raises is a 400
+    naming the field, with the error's message as the reason."""
+
+    name: str
+    annotation: Any
+    default: Any
+    plugin: str
+    check: Callable[[Any], None] | None = None
+
+
 class InputSchema:
     """The request type of one predictor and how its fields map onto ``predict``."""
 
-    def __init__(self, predictor: object) -> None:
+    def __init__(self, predictor: object, request_fields: Sequence[RequestField] = ()) -> None:
         source = getattr(predictor, "request_function", None)
         predict = source() if callable(source) else getattr(predictor, "predict", None)
         if not callable(predict):
@@ -61,15 +83,20 @@ class InputSchema:
                 fields.append((name, OutputPathField, None))
             elif param.default is inspect.Parameter.empty:
                 fields.append((name, annotation))
-            elif isinstance(param.default, list | dict | set):
-                default = param.default
-                factory = functools.partial(copy.deepcopy, default)  # a fresh copy per request
-                fields.append((name, annotation, msgspec.field(default_factory=factory)))
             else:
-                fields.append((name, annotation, param.default))
+                fields.append((name, annotation, _default(param.default)))
         self.predict_takes_output_path = OUTPUT_PATH in self.predict_params
         if not self.predict_takes_output_path:
             fields.append((OUTPUT_PATH, OutputPathField, None))
+        self.server_fields = {field.name: field for field in request_fields}
+        for field in request_fields:
+            if field.name in self.predict_params or field.name == OUTPUT_PATH:
+                owner = f"{type(getattr(predict, '__self__', predictor)).__qualname__}.predict"
+                raise ConfigurationError(
+                    f"request field {field.name!r} of plugin {field.plugin!r} clashes with a parameter of {owner}: "
+                    "rename the parameter or leave that plugin out"
+                )
+            fields.append((field.name, field.annotation, _default(field.default)))
         self.type: type[msgspec.Struct] = msgspec.defstruct(
             f"{type(getattr(predict, '__self__', predictor)).__name__}Input",
             fields,
@@ -79,9 +106,22 @@ class InputSchema:
         self._decoder = msgspec.json.Decoder(self.type)
 
     def decode_json(self, body: bytes) -> dict[str, Any]:
-        """Decode and check a JSON body; raises ``msgspec.ValidationError`` naming the field."""
+        """Decode and check a JSON body; raises ``msgspec.ValidationError`` naming the field,
+        or ``InputError`` when a plugin's field check refuses its value."""
         inputs = self.to_inputs(self._decoder.decode(body))
+        for field in self.server_fields.values():
+            if field.check is not None:
+                try:
+                    field.check(inputs[field.name])
+                except ValueError as exc:
+                    raise InputError(str(exc), field.name) from None
         return self.with_extras(inputs, msgspec.json.decode(body)) if self.accepts_extra else inputs
+
+    def rank_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs the ranks get: without the fields plugins added for the server."""
+        if not self.server_fields:
+            return inputs
+        return {k: v for k, v in inputs.items() if k not in self.server_fields}
 
     def convert(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Rebuild typed inputs from their msgpack form (used on the ranks)."""
@@ -106,3 +146,10 @@ class InputSchema:
                 kwargs.pop(OUTPUT_PATH, None)
             return kwargs
         return {k: v for k, v in inputs.items() if k in self.predict_params}
+
+
+def _default(value: Any) -> Any:
+    """A field's default; a mutable one is copied afresh for every request."""
+    if isinstance(value, list | dict | set):
+        return msgspec.field(default_factory=functools.partial(copy.deepcopy, value))
+    return value

@@ -7,29 +7,30 @@ Python entry and still works; every other setting is a keyword with a safe defau
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import pickle
-import signal
+import secrets
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import uvicorn
 
 from . import settings as settings_tree
+from .cluster import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins
 from .errors import ConfigurationError
-from .executor import RankSpec
+from .executor import RankSpec, Rendezvous
 from .group import WorkerGroup
 from .http import create_app
 from .jobs import JobService
 from .journal import JobJournal
 from .legacy import as_predictor
+from .listener import HttpServer, bind
+from .listener import config as listener_config
 from .outputs import OutputStore
 from .plugins import Plugins
 from .predictor import Predictor
+from .rendezvous import ClusterHost
 from .schema import InputSchema
 from .settings import Settings
 
@@ -88,31 +89,31 @@ class ParaAttentionServer:
         plugins = Plugins.load(settings.model.plugins)
         settings_tree.check_unique(plugins.settings_sections())
         predictor, predictor_pickle = self._predictor(plugins)
-        groups = self._groups(plugins, predictor, predictor_pickle)
+        cluster = self._cluster(plugins)
+        groups = self._groups(plugins, predictor, predictor_pickle, cluster)
+        if cluster is not None:
+            cluster.open()
+            cluster.attach(groups[0])
+        schema = InputSchema(predictor, plugins.request_fields(settings))  # refuses a field predict has
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
-        service = JobService(groups, store, plugins, predictor, InputSchema(predictor), settings.jobs, journal)
+        service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal)
         recovered = service.recover()
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
         journal.start()
-        sock = _bind(settings.http.host, settings.http.port)
+        sock = bind(settings.http.host, settings.http.port)
         self.port = sock.getsockname()[1]
         app = create_app(
-            service, settings, api_key=settings.http.api_key, max_body_bytes=settings.http.max_body_bytes
+            service, settings, api_key=settings.http.key(), max_body_bytes=settings.http.max_body_bytes, cluster=cluster
         )
-        http = _HttpServer(
-            uvicorn.Config(
-                app,
-                log_level=settings.log_level.lower(),
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=5,
-            )
-        )
+        http = HttpServer(listener_config(app, settings.http, settings.log_level))
         await asyncio.gather(*(group.open() for group in groups))
         http_task = asyncio.create_task(http.serve(sockets=[sock]))
         log.info("para-attn-server listening on http://%s:%d", settings.http.host, self.port)
+        if cluster is not None:
+            hosts = settings.group.nnodes - 1
+            log.info("waiting for %d more host(s); on each run: %s", hosts, self._join_command(cluster))
         try:
             start_task = asyncio.create_task(service.start())
             await asyncio.wait({start_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,6 +132,8 @@ class ParaAttentionServer:
             await asyncio.gather(*(group.stop() for group in groups))
             await asyncio.to_thread(store.flush)
             await journal.close()
+            if cluster is not None:
+                cluster.close()
 
     def _predictor(self, plugins: Plugins) -> tuple[Predictor, bytes | None]:
         if isinstance(self.predictor, str):
@@ -138,13 +141,54 @@ class ParaAttentionServer:
         predictor = as_predictor(self.predictor)
         return predictor, pickle.dumps(predictor)
 
-    def _groups(self, plugins: Plugins, predictor: Predictor, predictor_pickle: bytes | None) -> list[WorkerGroup]:
+    def _cluster(self, plugins: Plugins) -> ClusterHost | None:
+        """With ``--nnodes`` > 1: the rendezvous and join route for the other hosts."""
+        group = self.settings.group
+        if group.nnodes == 1:
+            return None
+        host = f"[{group.control_host}]" if ":" in group.control_host else group.control_host
+        endpoint = group.rdzv_endpoint or f"{host}:{DEFAULT_RDZV_PORT}"
+        token = self.settings.http.join_token or secrets.token_urlsafe(24)
+        per_host = group.num_devices or default_num_devices()
+        return ClusterHost(endpoint, token, installed_plugins(plugins), per_host)
+
+    def _join_command(self, cluster: ClusterHost) -> str:
         settings = self.settings
-        num_devices = settings.group.num_devices or default_num_devices()
+        host = socket.gethostname() if settings.http.host in WILDCARDS else settings.http.host
+        # A token the operator chose is theirs to hand out; one generated here is only known from this line.
+        token = '"$PARA_ATTN_SERVER_JOIN_TOKEN"' if settings.http.join_token else cluster.join_token
+        return f"para-attn-server join http://{host}:{self.port} --token {token} --num-devices {cluster.nproc_per_node}"
+
+    def _spans_hosts(self, cluster: ClusterHost) -> dict[str, Any]:
+        """The RankSpec fields of a group across hosts."""
+        timeout = max(1, int(self.settings.group.setup_timeout))
+        rendezvous = Rendezvous(
+            endpoint=cluster.endpoint, run_id=cluster.run_id, nnodes=self.settings.group.nnodes, join_timeout=timeout
+        )
+        return {"rendezvous": rendezvous, "join_token": cluster.join_token}
+
+    def _groups(
+        self, plugins: Plugins, predictor: Predictor, predictor_pickle: bytes | None, cluster: ClusterHost | None
+    ) -> list[WorkerGroup]:
+        settings = self.settings
+        nnodes = settings.group.nnodes
+        per_host = settings.group.num_devices or default_num_devices()
+        num_devices = per_host * nnodes
         size = settings.group.group_size or num_devices
+        across = f" x --nnodes {nnodes}" if nnodes > 1 else ""
         if num_devices % size:
-            raise ConfigurationError(f"--num-devices {num_devices} is not a multiple of --group-size {size}")
+            raise ConfigurationError(f"--num-devices {per_host}{across} is not a multiple of --group-size {size}")
         executor = plugins.executor(settings.group.executor)
+        if nnodes > 1 and not executor.multi_node:
+            raise ConfigurationError(
+                f"--executor {settings.group.executor} starts ranks on this host only: --nnodes {nnodes} needs "
+                "--executor torchrun"
+            )
+        if nnodes > 1 and size != num_devices:
+            raise ConfigurationError(
+                f"--group-size {size}: with --nnodes {nnodes} one group spans the hosts, so it must be all "
+                f"{num_devices} ranks (--num-devices {per_host}{across})"
+            )
         executor_options = executor.parse_options(settings.group.executor_options)
         options = settings.model.predictor_options()
         predictor.configure(size, options)
@@ -160,11 +204,12 @@ class ParaAttentionServer:
             options=options,
             settings=settings.rank,
             log_level=settings.log_level,
+            **(self._spans_hosts(cluster) if cluster else {}),
         )
         return [
             WorkerGroup(
                 index,
-                executor(size, executor_options),
+                executor(size // nnodes, executor_options),
                 settings.group,
                 msgspec.structs.replace(spec, group=index, device_offset=index * size),
             )
@@ -180,44 +225,3 @@ async def _drain_then_exit(service: JobService, http: uvicorn.Server) -> None:
     log.info("draining: no new jobs; finishing the running one")
     await service.drain()
     http.should_exit = True
-
-
-class _HttpServer(uvicorn.Server):
-    """uvicorn, with SIGTERM/SIGINT routed to our drain instead of an immediate stop, and
-    without uvicorn's re-raising of the signal afterwards (we exit 0 after draining)."""
-
-    on_signal: Any = None
-    _draining = False
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._signalled)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    def _signalled(self) -> None:
-        if self.on_signal is None or self._draining:
-            self.should_exit = True  # not ready yet, or a second signal: stop now
-            return
-        self._draining = True
-        self.on_signal()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(False)
-    os.set_blocking(sock.fileno(), False)
-    return sock

@@ -27,6 +27,7 @@ from .errors import ConfigurationError
 
 MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
 API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"
+JOIN_TOKEN_ENV = "PARA_ATTN_SERVER_JOIN_TOKEN"
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -66,9 +67,35 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: Annotated[str, _help("address to listen on")] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535), _help("port to listen on, 0 for any")] = 5000
     api_key: Annotated[
-        str | None, _help("require this key on every endpoint but /health/live", env=API_KEY_ENV)
+        str | None,
+        _help("require this key on every route but /health/live (ps shows it: prefer the file)", env=API_KEY_ENV),
     ] = None
+    api_key_file: Annotated[str | None, _help("read the API key from this file (its first line)")] = None
     max_body_bytes: Annotated[Bytes, _help("largest request body")] = 10 * 1024 * 1024
+    max_connections: Annotated[int, msgspec.Meta(ge=1), _help("connections at once; more get a 503")] = 1024
+    header_timeout: Annotated[
+        Seconds, _help("seconds a client may take to send a request's head (from its connection or first byte)")
+    ] = 10.0
+    keepalive_timeout: Annotated[int, msgspec.Meta(ge=1), _help("seconds an idle kept-alive connection stays open")] = 5
+    join_token: Annotated[
+        str | None,
+        _help("token that 'para-attn-server join' must present (--nnodes > 1; default: generated)", env=JOIN_TOKEN_ENV),
+    ] = None
+
+    def key(self) -> str | None:
+        """The API key: ``api_key``, or the first line of ``api_key_file``."""
+        if self.api_key_file is None:
+            return self.api_key or None
+        if self.api_key:
+            raise ConfigurationError("give the API key once: --api-key (or its variable) or --api-key-file")
+        try:
+            with open(self.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"--api-key-file: cannot read it: {exc.strerror}") from None
+        if not key:
+            raise ConfigurationError("--api-key-file: its first line is empty")
+        return key
 
 
 class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +114,8 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     output_memory_bytes: Annotated[Bytes, _help("recent outputs kept in memory for fast download, in all")] = (
         512 * 1024 * 1024
     )
+    max_event_streams: Annotated[int, msgspec.Meta(ge=1), _help("event streams (SSE) open at once, in all")] = 256
+    max_event_streams_per_job: Annotated[int, msgspec.Meta(ge=1), _help("event streams open at once per job")] = 16
     preview_memory_bytes: Annotated[Bytes, _help("jobs' latest previews kept in memory, in all")] = 64 * 1024 * 1024
     restart_backoff: Annotated[Seconds, _help("seconds before retrying a failed restart; doubles each time")] = 1.0
     restart_backoff_max: Annotated[Seconds, _help("longest wait between restart attempts")] = 30.0
@@ -100,16 +129,24 @@ class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How worker groups are started and watched."""
 
     num_devices: Annotated[
-        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks to start in all (default: CUDA devices, or 1)")
+        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks to start on this host (default: CUDA devices, or 1)")
     ] = None
     group_size: Annotated[
-        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks per worker group (default: all in one group)")
+        Annotated[int, msgspec.Meta(ge=1)] | None,
+        _help("ranks per worker group, of --nnodes x --num-devices in all (default: all in one group)"),
     ] = None
+    nnodes: Annotated[
+        int, msgspec.Meta(ge=1, le=1024), _help("hosts the ranks span: this one and --nnodes - 1 that join (torchrun)")
+    ] = 1
     executor: Annotated[str, _help("how ranks are started: multiprocessing or torchrun")] = "multiprocessing"
     executor_options: Annotated[
         dict[str, str], _help("executor option, repeatable", flags=["--executor-option"], metavar="KEY=VALUE")
     ] = {}
     control_host: Annotated[str, _help("address the ranks connect back to")] = "127.0.0.1"
+    rdzv_endpoint: Annotated[
+        str | None,
+        _help("HOST:PORT of the c10d rendezvous this server hosts for --nnodes > 1 (default: --control-host:29400)"),
+    ] = None
     setup_timeout: Annotated[Seconds, _help("seconds a group's setup may take")] = 1800.0
     heartbeat_timeout: Annotated[Seconds, _help("seconds of rank silence before a restart")] = 30.0
     cancel_grace: Annotated[Seconds, _help("seconds a cancelled job may take to stop before a restart")] = 10.0
@@ -124,7 +161,6 @@ class RankSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
 
     backend: Annotated[str | None, _help("torch.distributed backend (default: nccl on CUDA, else gloo)")] = None
     heartbeat_interval: Annotated[Seconds, _help("seconds between a rank's heartbeats")] = 1.0
-    keepalive_interval: Annotated[Seconds, _help("seconds between idle keep-alive broadcasts")] = 30.0
     collective_timeout: Annotated[Seconds, _help("torch.distributed collective timeout in seconds")] = 1800.0
     max_output_bytes: Annotated[Bytes, _help("largest output a job may return")] = 1 << 30
 

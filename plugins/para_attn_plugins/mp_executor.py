@@ -1,8 +1,11 @@
 """The ``multiprocessing`` executor: every rank a spawned process on this host.
 
-Each launch picks a free TCP port for torch.distributed's rendezvous (so a restart never
-waits for the previous group's port), and watches the processes' sentinels so a rank that
-dies is noticed at once, not at the next heartbeat.
+Each launch hosts torch.distributed's rendezvous store itself, in the server process, on a
+fresh loopback port (a restart never waits for the previous group's port): torch's own
+store, hosted by rank 0, would listen on every interface with no authentication. The ranks
+connect to it as clients (``RankSpec.external_store``), and gloo is kept on the loopback
+interface. The processes' sentinels are watched so a rank that dies is noticed at once, not
+at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -16,16 +19,25 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 import msgspec
+from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported at run time only
 
 from para_attn_server import hookimpl
 from para_attn_server.executor import Executor, RankSpec
 from para_attn_server.rank import main as rank_main
 
+STORE_HOST = "127.0.0.1"
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+
+def loopback_store() -> tuple[socket.socket, TCPStore]:
+    """A TCPStore server listening on a fresh loopback port only (its socket is bound here
+    and handed over: torch binds its own listener to every interface)."""
+    sock = socket.socket()
+    sock.bind((STORE_HOST, 0))
+    sock.listen(128)
+    store = TCPStore(
+        STORE_HOST, sock.getsockname()[1], None, True, master_listen_fd=sock.fileno(), wait_for_workers=False
+    )
+    return sock, store
 
 
 def describe_exit(rank: int, process: BaseProcess) -> str:
@@ -55,9 +67,12 @@ class MultiprocessingExecutor(Executor):
         super().__init__(num_ranks, options)
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess] = []
+        self._store: tuple[socket.socket, TCPStore] | None = None
 
     async def launch(self, spec: RankSpec) -> None:
-        spec = msgspec.structs.replace(spec, master_addr="127.0.0.1", master_port=free_port())
+        self._store = loopback_store()
+        port = self._store[0].getsockname()[1]
+        spec = msgspec.structs.replace(spec, master_addr=STORE_HOST, master_port=port, external_store=True)
         self._processes = [
             self._context.Process(target=rank_main, args=(spec, rank, rank), name=f"para-attn-rank-{rank}")
             for rank in range(self.num_ranks)
@@ -107,6 +122,10 @@ class MultiprocessingExecutor(Executor):
         for p in self._processes:
             p.close()
         self._processes = []
+        if self._store is not None:
+            sock, _ = self._store
+            self._store = None  # the store's server stops with the object
+            sock.close()
 
     def pids(self) -> dict[int, int]:
         return {rank: p.pid for rank, p in enumerate(self._processes) if p.pid is not None}

@@ -5,6 +5,10 @@ rendezvous, and (with ``--max-restarts=0``) stops every rank as soon as one fail
 exits; the worker group sees that exit as the fault and starts a new generation. Ranks
 get their ``RankSpec`` through the environment. Executor options
 (``--executor-option KEY=VALUE``): ``rdzv_endpoint`` (default: standalone on this host).
+
+With ``--nnodes`` > 1 it starts the server host's node of a group that spans hosts: the
+agent meets the joined hosts' agents (``para-attn-server join``) at the c10d rendezvous the
+server hosts (``RankSpec.rendezvous``), with the same command they run (``cluster.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Callable
 
 import msgspec
 
 from para_attn_server import hookimpl
+from para_attn_server.cluster import agent_command
 from para_attn_server.executor import RANK_SPEC_ENV, Executor, RankSpec
 
 
@@ -28,6 +32,7 @@ class TorchrunOptions(msgspec.Struct, forbid_unknown_fields=True):
 
 class TorchrunExecutor(Executor):
     Options = TorchrunOptions
+    multi_node = True
     _process: asyncio.subprocess.Process | None = None
 
     async def launch(self, spec: RankSpec) -> None:
@@ -35,13 +40,14 @@ class TorchrunExecutor(Executor):
         spec = msgspec.structs.replace(spec, master_addr=None, master_port=None)
         assert isinstance(self.options, TorchrunOptions)
         endpoint = self.options.rdzv_endpoint
-        rendezvous = ["--standalone"] if not endpoint else ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+        rendezvous = None  # the group's own, across hosts
+        if spec.rendezvous is None:
+            rendezvous = ["--standalone"] if not endpoint else ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "torch.distributed.run", *rendezvous,
-            f"--nproc-per-node={self.num_ranks}", "--max-restarts=0", "--module", "para_attn_server.rank",
+            *agent_command(spec, self.num_ranks, rendezvous),
             env={**os.environ, RANK_SPEC_ENV: spec.to_env()},
             start_new_session=True,  # one process group: terminate() reaches every rank
-        )  # fmt: skip
+        )
 
     async def wait_exit(self) -> str:
         assert self._process is not None

@@ -138,11 +138,11 @@ def test_health_probes(tiny_server: Server) -> None:
 
 def test_metrics_count_submitted_and_finished_jobs(tiny_server: Server) -> None:
     submitted = metric(tiny_server, "para_attn_jobs_submitted_total")
-    succeeded = metric(tiny_server, 'para_attn_jobs_finished_total{state="succeeded"}')
+    succeeded = metric(tiny_server, "para_attn_jobs_finished_total", state="succeeded")
     tiny_server.run(prompt="counted")
     assert metric(tiny_server, "para_attn_jobs_submitted_total") == submitted + 1
-    assert metric(tiny_server, 'para_attn_jobs_finished_total{state="succeeded"}') == succeeded + 1
-    assert metric(tiny_server, 'para_attn_group_ready{group="0"}') == 1
+    assert metric(tiny_server, "para_attn_jobs_finished_total", state="succeeded") == succeeded + 1
+    assert metric(tiny_server, "para_attn_group_ready", group="0") == 1
 
 
 def test_server_status_shows_every_rank(tiny_server: Server) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,11 @@ def generation_span(server: Server, number: int, timeout: float = 120) -> tuple[
     started = next(log_time(line) for line in lines if "starting" in line)
     end = next(line for line in lines if re.search(rf"generation {number} (ready|fault)", line))
     return started, log_time(end), "ready" if " ready" in end else "fault"
+
+
+def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Re-check ``condition`` (a state another process changes) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)

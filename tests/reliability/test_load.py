@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from para_attn_server.testing import Server
+from tests.integration.support import metric
 from tests.reliability.support import Report
 
 pytestmark = pytest.mark.timeout(300)
@@ -161,12 +161,6 @@ async def drive(url: str, jobs: int, seed: int) -> Tally:
     return tally
 
 
-def metric(server: Server, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", server.http.get("/metrics").text, re.MULTILINE)
-    assert match, name
-    return float(match[1])
-
-
 @pytest.fixture(scope="module")
 def server(launch: Callable[..., Server]) -> Server:
     return launch("--model", "noop", "--num-devices", "2", "--max-queue", str(MAX_QUEUE))
@@ -191,8 +185,8 @@ def test_ten_thousand_jobs_from_32_clients(server: Server, report: Report) -> No
     # The server agrees: every job it accepted succeeded; every refusal it counted was seen.
     total = JOBS + WARMUP_JOBS
     assert metric(server, "para_attn_jobs_submitted_total") == total
-    assert metric(server, 'para_attn_jobs_finished_total{state="succeeded"}') == total
-    assert metric(server, 'para_attn_jobs_finished_total{state="failed"}') == 0
+    assert metric(server, "para_attn_jobs_finished_total", state="succeeded") == total
+    assert metric(server, "para_attn_jobs_finished_total", state="failed") == 0
     assert metric(server, "para_attn_jobs_rejected_total") == tally.statuses[429] + warm.statuses[429]
     status = server.status()
     assert (status["queue_length"], status["busy"], status["restarts"]) == (0, False, 0)

@@ -18,12 +18,13 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from para_attn_server.testing import Server, pid_gone
+from tests.reliability.support import until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,14 +36,6 @@ def journal_states(server: Server) -> dict[str, str]:
     path = server.output_dir / ".jobs" / "jobs.sqlite3"
     with sqlite3.connect(path, timeout=10) as db:
         return dict(db.execute("SELECT id, state FROM jobs").fetchall())
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Re-check ``condition`` (a state another process changes) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import msgspec
 
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
 from para_attn_server.errors import SetupError
-from para_attn_server.group import JobOutcome
 from para_attn_server.jobs import JobService
+from para_attn_server.outcome import JobOutcome
 from para_attn_server.settings import GroupSettings
 from para_attn_server.views import GroupStatus, RankRow
 

@@ -13,7 +13,7 @@ from para_attn_server import cli
 from para_attn_server.errors import ConfigurationError, SetupError
 from para_attn_server.plugins import AUTOLOAD_ENV, version
 from para_attn_server.server import ParaAttentionServer
-from para_attn_server.settings import API_KEY_ENV, MODEL_PATH_ENV, Settings
+from para_attn_server.settings import API_KEY_ENV, MODEL_PATH_ENV, HttpSettings, Settings
 
 
 @pytest.fixture
@@ -30,7 +30,8 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     return configs
 
 
-def test_no_options_give_the_config_defaults(served: list[Settings]) -> None:
+def test_no_options_give_the_config_defaults(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")  # installed plugins would add sections of their own
     assert cli.main([]) == 0
 
     assert served == [Settings()]
@@ -131,3 +132,43 @@ def test_plugins_command_prints_the_installed_plugins_as_json(
         assert row["version"] == version()
     assert "register_predictors" in predictors["tiny"]["hooks"]
     assert "register_executors" in executors["multiprocessing"]["hooks"]
+
+
+def test_an_unknown_log_level_is_a_usage_error_naming_the_flag(
+    served: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--log-level", "TRACE"])
+
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--log-level" in err
+    assert "Traceback" not in err
+    assert served == []
+
+
+def test_an_api_key_on_the_command_line_is_warned_about(
+    served: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli.main(["--api-key", "s3cret"])
+
+    assert "--api-key-file" in capsys.readouterr().err
+    assert served[0].http.key() == "s3cret"
+
+
+def test_the_api_key_file_gives_its_first_line(served: list[Settings], tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("s3cret\nrest\n")
+
+    cli.main(["--api-key-file", str(tmp_path / "key")])
+
+    assert served[0].http.key() == "s3cret"
+
+
+@pytest.mark.parametrize(("content", "says"), [(None, "cannot read it"), ("\n", "empty")])
+def test_an_unusable_api_key_file_is_an_error(tmp_path: Path, content: str | None, says: str) -> None:
+    if content is not None:
+        (tmp_path / "key").write_text(content)
+    settings = HttpSettings(api_key_file=str(tmp_path / "key"))
+
+    with pytest.raises(ConfigurationError, match=says):
+        settings.key()

@@ -17,9 +17,9 @@ import pytest
 from litestar import get
 
 from para_attn_server import hookimpl
-from para_attn_server.group import JobOutcome
 from para_attn_server.http import create_app
 from para_attn_server.jobs import JobService
+from para_attn_server.outcome import JobOutcome
 from para_attn_server.outputs import OutputStore
 from para_attn_server.records import JobState
 from para_attn_server.registry import Job
@@ -430,27 +430,6 @@ async def test_health_ready_follows_the_group(make_service: MakeService, group: 
     assert after.status_code == 200
 
 
-async def test_metrics_count_jobs_as_prometheus_text(
-    client: httpx.AsyncClient, service: JobService, group: FakeGroup
-) -> None:
-    done = await generate(client)
-    await run_to_end(service, group, done, succeeded())
-    await generate(client)
-    await group.next_run()
-    await generate(client)
-
-    response = await client.get("/metrics")
-
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = dict(line.rsplit(" ", 1) for line in response.text.splitlines() if not line.startswith("#"))
-    assert samples["para_attn_jobs_submitted_total"] == "3"
-    assert samples['para_attn_jobs_finished_total{state="succeeded"}'] == "1"
-    assert samples['para_attn_jobs_finished_total{state="failed"}'] == "0"
-    assert samples["para_attn_queue_length"] == "1"
-    assert samples['para_attn_group_ready{group="0"}'] == "1"
-
-
 async def test_openapi_schema_lists_the_predictors_fields_and_limits(client: httpx.AsyncClient) -> None:
     response = await client.get("/schema/openapi.json")
 
@@ -590,7 +569,7 @@ async def test_job_output_downloads_the_bytes_with_their_content_type(
     if source == "file":
         service.store.flush()  # its file is written, so the next output pushes it out of memory
         await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
-    assert (service.output_bytes(job) is not None) == (source == "memory")
+    assert (service.held_output(job) is not None) == (source == "memory")
 
     response = await client.get(f"/v1/jobs/{request_id}/output")
 
@@ -763,3 +742,67 @@ async def test_plugin_routes_are_served_and_only_public_ones_skip_the_api_key(se
     assert (page.status_code, page.text) == (200, "page")
     assert private.status_code == 401
     assert (private_with_key.status_code, private_with_key.text) == (200, "private")
+
+
+@pytest.mark.parametrize("source", ["memory", "file"])
+async def test_a_large_output_is_streamed_whole_through_both_faces(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup, source: str
+) -> None:
+    data = bytes(range(256)) * (16 * 1024 + 7)  # over 4 MiB, not a multiple of 3
+    if source == "file":
+        service.outputs.budget = 0
+    request_id = await generate(client)
+    job = await run_to_end(service, group, request_id, succeeded(data, "png"))
+    if source == "file":
+        service.store.flush()
+        await run_to_end(service, group, await generate(client), succeeded(PNG, "png"))
+    assert (service.held_output(job) is not None) == (source == "memory")
+
+    original = await client.get(f"/get_output/{request_id}")
+    binary = await client.get(f"/v1/jobs/{request_id}/output")
+
+    assert base64.b64decode(original.json()["output"], validate=True) == data
+    assert int(original.headers["content-length"]) == len(original.content)
+    assert binary.content == data
+    assert int(binary.headers["content-length"]) == len(data)
+
+
+async def test_an_output_whose_file_changed_answers_410_without_paths(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup
+) -> None:
+    request_id = await generate(client)
+    run = await group.next_run()
+    job = service.jobs[request_id]
+    async with service.subscribe(job) as events:
+        run.finish(succeeded(PNG, "png"))
+        states = [await deadline(events.get()) for _ in range(2)]  # it succeeded; its copy is on disk
+    assert [event for event, _ in states] == ["state", "state"]
+    assert job.output_file is not None
+    job.output_file.write_bytes(PNG[::-1])  # same size, other bytes
+    service.store.forget(job.output_file)  # as a restarted server would: not checked yet
+    service.outputs.forget(job.id)  # and not in memory
+
+    for path in (f"/v1/jobs/{request_id}/output", f"/get_output/{request_id}"):
+        response = await client.get(path)
+        assert response.status_code == 410
+        assert response.json() == {"error": "the output is gone: its file changed on disk since it was written"}
+
+
+@pytest.mark.parametrize("size", [1000, 5 * 1024 * 1024], ids=["small", "streamed"])
+async def test_a_predictors_base64_is_answered_as_it_came_and_decoded_for_bytes(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256)
+    text = base64.b64encode(data)
+    request_id = await generate(client)
+    await run_to_end(service, group, request_id, JobOutcome("succeeded", output=text, file_type="png", base64=True))
+
+    original = await client.get(f"/get_output/{request_id}")
+    binary = await client.get(f"/v1/jobs/{request_id}/output")
+    service.store.flush()
+
+    assert original.json()["output"].encode() == text
+    assert binary.content == data
+    job = service.jobs[request_id]
+    assert job.output_file is not None
+    assert job.output_file.read_bytes() == data  # the server's copy holds the bytes

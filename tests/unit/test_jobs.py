@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from para_attn_server import InputError, hookimpl
-from para_attn_server.errors import NotReadyError, QueueFullError, SetupError
-from para_attn_server.group import JobOutcome
+from para_attn_server.errors import JournalError, LimitError, NotReadyError, QueueFullError, SetupError
 from para_attn_server.jobs import JobService
+from para_attn_server.outcome import JobOutcome
 from para_attn_server.outputs import OutputStore
 from para_attn_server.plugins import Plugins
 from para_attn_server.records import JobState
 from para_attn_server.registry import Job
+from para_attn_server.schema import InputSchema, RequestField
 
 from .fakes import FakeGroup, LegacyPredictor, MakeService, deadline
 
@@ -354,6 +355,62 @@ async def test_a_failing_observer_does_not_break_the_job(
     assert (await finished(job)).state is JobState.SUCCEEDED
 
 
+async def test_listeners_get_every_state_change_and_progress_step_until_removed(
+    service: JobService, group: FakeGroup
+) -> None:
+    seen: list[tuple[str, str, int | None]] = []
+    remove = service.add_listener(lambda kind, record: seen.append((kind, record.state.value, record.step)))
+    job = submit(service)
+    run = await group.next_run()
+    run.on_progress(1, 2)
+    run.on_progress(2, 2)
+    run.succeed()
+    await finished(job)
+    remove()
+    submit(service)
+
+    assert seen == [
+        ("state", "queued", None),
+        ("state", "running", None),
+        ("progress", "running", 1),
+        ("progress", "running", 2),
+        ("state", "succeeded", 2),
+    ]
+
+
+async def test_a_failing_listener_is_logged_and_the_others_and_the_job_go_on(
+    service: JobService, group: FakeGroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(kind: str, record: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    seen: list[str] = []
+    service.add_listener(broken)
+    service.add_listener(lambda kind, record: seen.append(kind))
+    job = submit(service)
+    run = await group.next_run()
+    run.on_progress(1, 1)
+    run.succeed()
+
+    assert (await finished(job)).state is JobState.SUCCEEDED
+    assert seen == ["state", "state", "progress", "state"]
+    failures = [r for r in caplog.records if r.exc_info and str(r.exc_info[1]) == "listener bug"]
+    assert len(failures) == 4
+
+
+async def test_the_ranks_get_the_inputs_without_the_fields_plugins_added(
+    make_service: MakeService, group: FakeGroup
+) -> None:
+    service = await make_service()
+    service.schema = InputSchema(service.predictor, [RequestField("hook", str | None, None, "hooks")])
+    job = submit(service, "a cat", hook="http://receiver/")
+
+    run = await group.next_run()
+
+    assert job.inputs["hook"] == "http://receiver/"
+    assert run.inputs == {"prompt": "a cat"}
+
+
 # ---- faults and restarts ----------------------------------------------------------------------
 
 
@@ -516,3 +573,77 @@ async def test_wait_returns_whether_the_job_ended(service: JobService, group: Fa
     run.succeed()
 
     assert await deadline(waiter)
+
+
+# ---- integrity ------------------------------------------------------------------------------
+
+
+async def test_only_max_records_ended_jobs_are_kept(service: JobService, group: FakeGroup) -> None:
+    service.settings.max_records = 2
+    jobs = [submit(service, prompt) for prompt in "abc"]
+    for job in jobs:
+        (await group.next_run()).succeed()
+        await finished(job)
+
+    assert [service.get(job.id) for job in jobs] == [None, jobs[1], jobs[2]]
+
+
+async def test_a_file_type_that_could_name_a_path_fails_the_job(service: JobService, group: FakeGroup) -> None:
+    job = submit(service)
+    (await group.next_run()).finish(JobOutcome("succeeded", output=b"x", file_type="png/../../x"))
+
+    assert (await finished(job)).state is JobState.FAILED
+    assert job.error is not None
+    assert "file type" in job.error
+
+
+async def test_a_copy_that_cannot_be_written_is_lost_and_never_served(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
+    store.jobs_dir.rmdir()
+    store.jobs_dir.write_text("a file where the server's directory was")
+    job = submit(service)
+    async with service.subscribe(job) as events:
+        (await group.next_run()).succeed(b"data", "png")
+        await finished(job)
+        while (await deadline(events.get()))[1].get("error") is None:  # the copy's write failed
+            pass
+
+    assert job.state is JobState.SUCCEEDED
+    assert job.error is not None
+    assert job.error.startswith("the output was lost")
+    assert job.output_file is None
+    assert service.held_output(job) is None
+    assert store.writable() is not None  # readiness says so too
+
+
+async def test_a_submit_the_journal_could_not_record_is_refused_and_cancelled(
+    make_service: MakeService, group: FakeGroup, store: OutputStore
+) -> None:
+    service = await make_service()
+    service.journal = FailingJournal()
+
+    with pytest.raises(NotReadyError, match="could not record the job"):
+        await service.accept({"prompt": "a"})
+
+    (job,) = service.jobs.values()
+    assert job.state is JobState.CANCELLED
+
+
+class FailingJournal:
+    """A journal whose transactions fail, as on a full disk."""
+
+    def record(self, record: Any) -> None:
+        pass
+
+    async def committed(self) -> None:
+        raise JournalError("could not record the job: database or disk is full")
+
+
+async def test_too_many_event_streams_are_refused(service: JobService) -> None:
+    service.settings.max_event_streams_per_job = 1
+    job = submit(service)
+
+    async with service.subscribe(job):
+        with pytest.raises(LimitError, match="for this job"):
+            service.subscribe(job)

@@ -86,12 +86,13 @@ class Decisions:
 # ---- results --------------------------------------------------------------------------------
 
 
-def test_legacy_base64_result_becomes_output_with_the_decoded_bytes(plugins: Plugins) -> None:
+def test_legacy_base64_result_stays_base64_and_decodes_to_the_bytes(plugins: Plugins) -> None:
     predictor = Returns((base64.b64encode(PNG).decode(), "png"))
 
     output = predict(plugins, predictor, job({"prompt": "a"}))
 
-    assert output == Output(PNG, "png")
+    assert output == Output(base64.b64encode(PNG), "png", base64=True)  # passed through, not decoded
+    assert output.raw() == PNG
     assert predictor.calls == [{"prompt": "a"}]
 
 

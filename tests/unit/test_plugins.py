@@ -12,6 +12,7 @@ import pytest
 from para_attn_server import ConfigurationError, InputError, JobContext, Output, hookimpl
 from para_attn_server.executor import Executor, RankSpec
 from para_attn_server.plugins import AUTOLOAD_ENV, Plugins, version
+from para_attn_server.settings import Settings
 
 from . import fakes
 from .fakes import EchoPredictor, LegacyPredictor
@@ -294,3 +295,39 @@ def test_job_state_changed_reaches_every_observer() -> None:
     Plugins.load([Observer(), Observer()], autoload=False).job_state_changed(marker)  # type: ignore[arg-type]
 
     assert seen == [marker, marker]
+
+
+class FieldsPlugin:
+    """Adds a request field; remembers the settings it was given."""
+
+    def __init__(self, name: str = "tag") -> None:
+        self.name = name
+        self.settings: Any = None
+
+    @hookimpl
+    def register_request_fields(self, register: Callable[..., None], settings: Any) -> None:
+        self.settings = settings
+        register(self.name, str, "none")
+
+
+def test_request_fields_know_their_plugin_and_get_the_settings() -> None:
+    plugin = FieldsPlugin()
+    plugins = Plugins.load([plugin], autoload=False)
+    settings = Settings()
+
+    (field,) = plugins.request_fields(settings)
+
+    assert (field.name, field.annotation, field.default, field.check) == ("tag", str, "none", None)
+    assert field.plugin == plugins.pm.get_name(plugin)
+    assert plugin.settings is settings
+
+
+def test_a_request_field_registered_by_two_plugins_is_an_error_naming_both() -> None:
+    first, second = FieldsPlugin(), FieldsPlugin()
+    plugins = Plugins.load([first, second], autoload=False)
+
+    with pytest.raises(ConfigurationError, match="request field 'tag' is registered by plugins") as info:
+        plugins.request_fields(Settings())
+
+    assert str(plugins.pm.get_name(first)) in str(info.value)
+    assert str(plugins.pm.get_name(second)) in str(info.value)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pytest
 
-from para_attn_server import Output, Predictor
+from para_attn_server import ConfigurationError, InputError, Output, Predictor
 from para_attn_server.legacy import as_predictor
-from para_attn_server.schema import OUTPUT_PATH, InputSchema
+from para_attn_server.schema import OUTPUT_PATH, InputSchema, RequestField
 
 from .fakes import EchoPredictor, KwargsPredictor, LegacyPredictor
 
@@ -177,3 +177,78 @@ def test_positional_varargs_are_not_fields() -> None:
             return None
 
     assert list(field_info(InputSchema(Star()))) == ["prompt", OUTPUT_PATH]
+
+
+# ---- fields plugins add (register_request_fields) -------------------------------------------
+
+
+def refuse_ftp(value: str | None) -> None:
+    if value is not None and value.startswith("ftp:"):
+        raise ValueError("must not be an ftp URL")
+
+
+HOOK = RequestField("hook", Annotated[str, msgspec.Meta(max_length=20)] | None, None, "hooks", refuse_ftp)
+EVENTS = RequestField("hook_events", list[str], ["start"], "hooks")
+
+
+def test_plugin_fields_join_the_schema_with_their_defaults() -> None:
+    schema = InputSchema(EchoPredictor(), [HOOK, EVENTS])
+
+    fields = field_info(schema)
+    inputs = schema.decode_json(b'{"prompt": "a"}')
+
+    assert list(fields) == ["prompt", "repeat", "scale", "tags", OUTPUT_PATH, "hook", "hook_events"]
+    assert (inputs["hook"], inputs["hook_events"]) == (None, ["start"])
+    inputs["hook_events"].append("changed")
+    assert schema.decode_json(b'{"prompt": "a"}')["hook_events"] == ["start"]  # a fresh copy per request
+
+
+def test_plugin_fields_are_type_checked_and_their_check_refuses_naming_the_field() -> None:
+    schema = InputSchema(EchoPredictor(), [HOOK])
+
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.hook"):
+        schema.decode_json(b'{"prompt": "a", "hook": "http://far.too.long.example/"}')
+    with pytest.raises(InputError) as info:
+        schema.decode_json(b'{"prompt": "a", "hook": "ftp://x"}')
+
+    assert (info.value.field, info.value.message) == ("hook", "must not be an ftp URL")
+
+
+def test_plugin_fields_never_reach_the_ranks_nor_predict() -> None:
+    for predictor in (EchoPredictor(), KwargsPredictor()):
+        schema = InputSchema(predictor, [HOOK, EVENTS])
+        inputs = schema.decode_json(b'{"prompt": "a", "hook": "http://x/"}')
+
+        sent = schema.rank_inputs(inputs)
+
+        assert "hook" in inputs
+        assert not {"hook", "hook_events"} & set(sent)
+        assert not {"hook", "hook_events"} & set(InputSchema(predictor).predict_kwargs(sent))
+
+
+class HookedPredictor(Predictor):
+    def predict(self, prompt: str, hook: str = "") -> Output | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("predictor", "field", "owner"),
+    [
+        (HookedPredictor(), HOOK, "HookedPredictor.predict"),
+        (EchoPredictor(), RequestField(OUTPUT_PATH, str, None, "paths"), "EchoPredictor.predict"),
+    ],
+)
+def test_a_plugin_field_that_predict_has_is_refused_naming_field_and_plugin(
+    predictor: object, field: RequestField, owner: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        InputSchema(predictor, [field])
+
+    assert f"request field {field.name!r} of plugin {field.plugin!r}" in str(info.value)
+    assert owner in str(info.value)
+
+
+def test_a_kwargs_predictor_takes_plugin_fields_without_a_clash() -> None:
+    schema = InputSchema(KwargsPredictor(), [HOOK])
+
+    assert schema.decode_json(b'{"prompt": "a", "hook": "http://x/"}')["hook"] == "http://x/"

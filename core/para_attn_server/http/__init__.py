@@ -3,7 +3,7 @@ the service's answers into responses. Every decision is the service's.
 
 - ``original``: the original server's endpoints, with the codes its clients rely on;
 - ``v1``: the resource API under ``/v1/jobs``;
-- ``health``: probes and metrics;
+- ``health``: liveness and readiness probes;
 - ``errors``: exceptions to answers, keyed by type; ``auth``: the API key;
 - ``openapi``: the document at /schema; ``bodies``: strict request decoding.
 
@@ -18,9 +18,11 @@ from litestar import Litestar
 from litestar.plugins import InitPluginProtocol
 
 from ..jobs import JobService
+from ..rendezvous import ClusterHost
 from ..settings import Settings
 from . import errors, openapi
 from .auth import api_key_middleware
+from .cluster import ClusterController, provide_cluster
 from .dependencies import provide
 from .health import HealthController
 from .original import OriginalController
@@ -36,16 +38,19 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     debug: bool = False,
+    cluster: ClusterHost | None = None,
 ) -> Litestar:
     """The app over ``service``. Plugins add routes and Litestar plugins (``register_routes``),
-    given ``settings`` (their defaults when None)."""
+    given ``settings`` (their defaults when None). ``cluster``: the join route is served."""
     added = service.plugins.routes(service, settings or Settings())
     litestar_plugins = [obj for obj in added if isinstance(obj, InitPluginProtocol)]
     routes = [obj for obj in added if not isinstance(obj, InitPluginProtocol)]
+    if cluster is not None:
+        routes.append(ClusterController)
     app = Litestar(
         [OriginalController, JobsController, HealthController, *routes],
         plugins=litestar_plugins,
-        dependencies=provide(service),
+        dependencies={**provide(service), **(provide_cluster(cluster) if cluster else {})},
         signature_namespace={"InputBody": service.schema.type, "JobService": JobService},
         middleware=[api_key_middleware(api_key)] if api_key else [],
         request_max_body_size=max_body_bytes,

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from ..errors import InputError, NotReadyError, QueueFullError
+from ..errors import InputError, LimitError, NotReadyError, OutputGoneError
 
 NOT_READY_RETRY_AFTER = "5"
 # How msgspec names a field of the body that is unknown or missing, in the message itself.
@@ -47,12 +47,16 @@ def _input(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:
     return error(400, str(exc), field=exc.field)
 
 
-def _queue_full(request: Request[Any, Any, Any], exc: QueueFullError) -> Response[Any]:
+def _limit(request: Request[Any, Any, Any], exc: LimitError) -> Response[Any]:
     return error(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
 
 
 def _not_ready(request: Request[Any, Any, Any], exc: NotReadyError) -> Response[Any]:
     return error(503, str(exc), headers={"Retry-After": NOT_READY_RETRY_AFTER})
+
+
+def _gone(request: Request[Any, Any, Any], exc: OutputGoneError) -> Response[Any]:
+    return error(410, f"the output is gone: {exc}")
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -76,8 +80,9 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 HANDLERS: ExceptionHandlersMap = {
     ValidationException: _validation,
     InputError: _input,
-    QueueFullError: _queue_full,
+    LimitError: _limit,
     NotReadyError: _not_ready,
+    OutputGoneError: _gone,
     HTTPException: _http,
     UnicodeDecodeError: _bad_bytes,
     RecursionError: _bad_bytes,

@@ -44,6 +44,7 @@ ERROR_DESCRIPTIONS = {
     401: "Missing or wrong API key",
     404: "Unknown id (ids are forgotten --result-ttl seconds after the job ended)",
     409: "The job is not in a state that allows this",
+    410: "The job succeeded but its output is gone (lost with a full disk, deleted, or changed on disk)",
     413: "The request body is larger than --max-body-bytes",
     429: "The queue is full; retry after Retry-After seconds",
     500: "The job failed; the message says why",

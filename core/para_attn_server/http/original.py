@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -15,12 +12,12 @@ from litestar.params import FromPath, JSONBody
 
 from ..errors import InputError
 from ..records import JobState
-from ..registry import Job
 from ..views import ServerStatus
 from .bodies import accept
 from .dependencies import Service
 from .errors import NOT_READY_RETRY_AFTER, error
 from .openapi import RETRY_AFTER, Doc, errors, spec
+from .outputs import base64_response
 from .schemas import CancelBody, CancelResult, OutputBody, PendingBody, ProgressBody, Submitted
 
 if TYPE_CHECKING:
@@ -31,7 +28,7 @@ SUBMIT_HEADERS = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RE
 RESULT_RESPONSES = {
     200: spec(OutputBody, "The output as base64 (or the path the predictor wrote)"),
     202: spec(PendingBody, "Queued or running"),
-    **errors(400, 404, 500),
+    **errors(400, 404, 410, 500),
 }
 CANCEL_RESPONSES = {
     200: spec(CancelResult, "Cancelled (it stopped)"),
@@ -148,19 +145,7 @@ async def result(service: Service, request_id: str) -> Response[Any]:
     if record.reply_with_path:
         assert record.output_path is not None
         return Response(OutputBody(record.output_path, record.file_type))
-    return Response(await base64_body(service, job), media_type="application/json")
-
-
-async def base64_body(service: Service, job: Job) -> bytes:
-    """The original's JSON body, built as bytes: a JSON encoder would copy the base64 again."""
-    record = job.record
-    data = service.output_bytes(job)
-    if data is None:
-        assert record.output_file is not None
-        data = await asyncio.to_thread(service.store.read, Path(record.output_file))
-    extra = b"" if record.output_path is None else b',"output_path":' + msgspec.json.encode(record.output_path)
-    file_type = msgspec.json.encode(record.file_type)
-    return b'{"output":"' + base64.b64encode(data) + b'","file_type":' + file_type + extra + b"}"
+    return await base64_response(service, job)
 
 
 async def cancel_one(service: Service, request_id: str) -> Response[Any]:

@@ -47,8 +47,9 @@ class CancelResult(msgspec.Struct):
     state: str
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
+    reason: str | None = None
 
 
 class Event(msgspec.Struct):

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put, route
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
-from litestar.response import File, ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ..errors import InputError
-from ..outputs import content_type
 from ..records import JobState
 from ..registry import Job
 from ..views import JobList, JobView
@@ -23,6 +21,7 @@ from .bodies import accept
 from .dependencies import Service
 from .errors import Conflict
 from .openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
+from .outputs import output_response
 from .schemas import Event
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ class JobsController(Controller):
         summary="Submit a job",
         description="With an Accept header naming a type other than JSON (application/octet-stream, image/png) "
         "and a job that succeeds within `wait`, the answer is the output bytes themselves, with an X-Job-Id header.",
-        responses={201: spec(JobView, "Queued (or ended, with wait)"), **SUBMIT_ERRORS},
+        responses={201: spec(JobView, "Queued (or ended, with wait)"), **SUBMIT_ERRORS, **errors(410)},
         opt={
             "openapi": Doc(
                 headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}}
@@ -70,7 +69,7 @@ class JobsController(Controller):
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if job.state is JobState.SUCCEEDED and wants_output(request):
             # Synchronous mode: one round trip from inputs to output bytes.
-            return output_response(service, job, status_code=201, headers={**headers, "X-Job-Id": job.id})
+            return await output_response(service, job, status_code=201, headers={**headers, "X-Job-Id": job.id})
         return Response(service.view(job), status_code=201, headers=headers)
 
     @get(
@@ -146,18 +145,18 @@ class JobsController(Controller):
         summary="Download a job's output",
         responses={
             200: spec(bytes, "The output, with its own content type (image/png, video/mp4, ...)", "*/*"),
-            **errors(400, 404, 409),
+            **errors(400, 404, 409, 410),
         },
     )
     async def job_output(self, service: Service, job_id: FromPath[str], wait: WaitSeconds = 0) -> Response[Any]:
         job = find(service, job_id)
         await service.wait(job, wait)
-        if job.state is not JobState.SUCCEEDED or job.record.output_file is None or job.record.file_type is None:
+        if job.state is not JobState.SUCCEEDED:
             detail = f"the job is {job.state.value}"
             if job.record.error:
                 detail += f": {job.record.error}"
             raise Conflict(detail)
-        return output_response(service, job)
+        return await output_response(service, job)
 
     @get(
         "/{job_id:str}/preview",
@@ -182,13 +181,17 @@ class JobsController(Controller):
     @get(
         "/{job_id:str}/events",
         summary="Progress and state events (SSE)",
-        responses={200: spec(Event, "Server-Sent Events until the job ends", "text/event-stream"), **errors(400, 404)},
+        responses={
+            200: spec(Event, "Server-Sent Events until the job ends", "text/event-stream"),
+            **errors(400, 404, 429),
+        },
     )
     async def job_events(self, service: Service, job_id: FromPath[str]) -> ServerSentEvent:
         job = find(service, job_id)
+        subscription = service.subscribe(job)  # a 429 now, before the stream's 200
 
         async def stream() -> AsyncGenerator[ServerSentEventMessage, None]:
-            async with service.subscribe(job) as queue:
+            async with subscription as queue:
                 yield ServerSentEventMessage(event="state", data=msgspec.json.encode(service.view(job)).decode())
                 while not job.terminal or not queue.empty():
                     event, data = await queue.get()
@@ -209,31 +212,3 @@ def wants_output(request: Request[Any, Any, Any]) -> bool:
     than JSON), as in ``Accept: application/octet-stream`` or ``image/png``."""
     accept_header = request.headers.get("accept", "")
     return bool(accept_header) and "json" not in accept_header and "*/*" not in accept_header
-
-
-def output_response(
-    service: Service, job: Job, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response[Any]:
-    record = job.record
-    assert record.output_file is not None
-    assert record.file_type is not None
-    name = f"{job.id}.{record.file_type}"
-    data = service.output_bytes(job)
-    if data is not None:
-        # The same Content-Disposition that File sends for a large output.
-        disposition = {"Content-Disposition": f'inline; filename="{name}"'}
-        return Response(
-            data,
-            media_type=content_type(record.file_type),
-            status_code=status_code,
-            headers={**disposition, **(headers or {})},
-        )
-    return File(
-        Path(record.output_file),
-        media_type=content_type(record.file_type),
-        filename=name,
-        content_disposition_type="inline",
-        status_code=status_code,
-        headers=headers,
-        chunk_size=FILE_CHUNK,
-    )

@@ -7,7 +7,9 @@
 
 const KEY = "para-attn-server.api-key";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-const SKIPPED = new Set(["output_path"]); // a path on the server: not a browser's business
+// A path on the server, and where the server posts the job's events (the webhooks plugin):
+// the server's own fields, not the model's, and not a browser's business.
+const SKIPPED = new Set(["output_path", "webhook", "webhook_events_filter"]);
 const LIST_LIMIT = 20;
 const REFRESH_MS = 2000;
 const $ = (id) => document.getElementById(id);

@@ -1,0 +1,116 @@
+"""A group across hosts: what the server and ``para-attn-server join`` agree on.
+
+The server's host runs the group's first node and hosts torch.distributed elastic's c10d
+rendezvous store; every other host runs ``para-attn-server join URL``, which fetches a
+``JoinSpec`` from ``GET JOIN_ROUTE`` (the join token in the ``JOIN_TOKEN_HEADER`` header)
+and runs torchrun's elastic agent for its node with the spec's ``RankSpec``. Both sides
+start the agent with the same command (``agent_command``), so the rendezvous, the rank
+layout (node-major: global rank = node rank x ranks per node + local rank) and the rank
+processes are the same on every host.
+
+How a joined host follows restarts: each control listener keeps its port for the server's
+life, but every generation has a token of its own (a rank of an earlier generation is never
+let back in), and torchrun's agent exits when its ranks do. So ``join`` asks the route for
+the group's current generation (a long poll, ``?after=G&wait=S``: answered as soon as a
+generation after G is launched) and starts an agent for each generation it is told of,
+stopping the previous one. The server needs to know nothing about the joined hosts beyond
+what their ranks say when they connect.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .executor import RankSpec
+
+if TYPE_CHECKING:
+    from .plugins import Plugins
+
+JOIN_ROUTE = "/v1/cluster/join"
+JOIN_TOKEN_HEADER = "X-Join-Token"
+DEFAULT_RDZV_PORT = 29400
+# An address the server listens on "everywhere": a joined host reaches it at the address it
+# reached the server's HTTP at.
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+class PluginDist(msgspec.Struct, frozen=True):
+    """One loaded plugin and the distribution (package) and version it came from."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+
+
+class JoinSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What a joining host needs to start its node of the group."""
+
+    server_version: str
+    group: int
+    state: str  # the group's: starting, ready, busy, faulted, stopped
+    generation: int  # 0 until the group launched its first generation
+    nproc_per_node: int  # ranks every node starts
+    spec: RankSpec  # the current generation's (without the join token: the host has it)
+    plugins: list[PluginDist]  # the server's, to compare with the host's own
+
+
+def installed_plugins(plugins: Plugins) -> list[PluginDist]:
+    return [PluginDist(row["name"], row["distribution"], row["version"]) for row in plugins.describe()]
+
+
+def plugin_differences(server: list[PluginDist], here: list[PluginDist]) -> list[str]:
+    """How this host's plugins differ from the server's, one line each; empty when equal."""
+
+    def label(plugin: PluginDist) -> str:
+        return f"{plugin.distribution or plugin.name} {plugin.version or '(no version)'}"
+
+    theirs, ours = {p.name: p for p in server}, {p.name: p for p in here}
+    lines = []
+    for name in sorted(theirs.keys() | ours.keys()):
+        remote, local = theirs.get(name), ours.get(name)
+        if local is None:
+            lines.append(f"plugin {name!r} ({label(theirs[name])}) is loaded by the server but not installed here")
+        elif remote is None:
+            lines.append(f"plugin {name!r} ({label(local)}) is installed here but not loaded by the server")
+        elif (remote.distribution, remote.version) != (local.distribution, local.version):
+            lines.append(f"plugin {name!r}: {label(remote)} on the server, {label(local)} here")
+    return lines
+
+
+def split_endpoint(endpoint: str, default_port: int = DEFAULT_RDZV_PORT) -> tuple[str, int]:
+    """``HOST[:PORT]`` (IPv6 in brackets) as (host, port)."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or (host.count(":") and not host.endswith("]")):  # no port, or a bare IPv6 address
+        host, port = endpoint, str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{endpoint!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def reachable(host: str, server_url: str) -> str:
+    """The address a joined host uses for ``host``, an address the server gave: a wildcard
+    means wherever this host reached the server."""
+    return (urlsplit(server_url).hostname or "127.0.0.1") if host in WILDCARDS else host
+
+
+def agent_command(spec: RankSpec, nproc_per_node: int, rendezvous: list[str] | None = None) -> list[str]:
+    """torchrun's elastic agent for one node of ``spec``'s group. ``rendezvous`` overrides
+    the spec's (a group on one host: ``--standalone``)."""
+    if rendezvous is None:
+        r = spec.rendezvous
+        assert r is not None, "a group that spans hosts has a rendezvous"
+        # The server hosts the store: no agent may try to (is_host=0). One rendezvous per
+        # generation, so an agent of an earlier generation can never complete a later one.
+        rendezvous = [
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={r.endpoint}",
+            f"--rdzv-id={r.run_id}-{spec.group}-{spec.generation}", f"--nnodes={r.nnodes}",
+            f"--rdzv-conf=is_host=0,join_timeout={r.join_timeout}",
+        ]  # fmt: skip
+    return [
+        sys.executable, "-m", "torch.distributed.run", *rendezvous,
+        f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--module", "para_attn_server.rank",
+    ]  # fmt: skip

@@ -1,0 +1,205 @@
+"""``para-attn-server join URL --token T --num-devices N``: this host's node of a group that
+spans hosts (the server runs with ``--nnodes`` > 1 and ``--executor torchrun``).
+
+It fetches the group's ``JoinSpec`` from the server (``cluster.JOIN_ROUTE``, authenticated
+by the join token), refuses when this host's plugins or their versions differ from the
+server's or when it offers another number of ranks than the group's nodes have, and runs
+torchrun's elastic agent for this node: one agent per generation of the group. When the
+server launches a new generation (after a fault anywhere in the group) the old agent is
+stopped and a new one starts; when the agent exits while the server still waits for its
+generation, it is started again after a back-off. The agent dies with this process
+(``PR_SET_PDEATHSIG``) and its ranks die with the agent, so a ``join`` killed by SIGKILL takes
+its node out of the group at once; running ``join`` again brings it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import httpx
+import msgspec
+
+from .cluster import (
+    JOIN_ROUTE,
+    JOIN_TOKEN_HEADER,
+    JoinSpec,
+    agent_command,
+    installed_plugins,
+    plugin_differences,
+    reachable,
+    split_endpoint,
+)
+from .executor import RANK_SPEC_ENV, die_with_parent
+from .plugins import Plugins
+from .settings import JOIN_TOKEN_ENV, LOG_LEVELS
+
+PROG = "para-attn-server join"
+DESCRIPTION = (
+    "Run this host's node of a server's worker group that spans hosts (the server runs with --nnodes > 1 and "
+    "--executor torchrun): fetch its spec, check this host's plugins against the server's, and keep torchrun's "
+    "elastic agent for this node running, one per generation of the group, until stopped."
+)
+log = logging.getLogger("para_attn_server.join")
+POLL_SECONDS = 2.0  # the longest a generation change or the agent's exit goes unnoticed
+BACKOFF_MAX = 30.0
+STOP_GRACE = 10.0
+
+
+class JoinRefusedError(Exception):
+    """This host cannot join: the message says why (a usage error, exit code 2)."""
+
+
+class _Stop(BaseException):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    p.add_argument("url", metavar="URL", help="the server, as this host reaches it (http://HOST:PORT)")
+    p.add_argument("--token", default=os.environ.get(JOIN_TOKEN_ENV), help=f"the join token (or ${JOIN_TOKEN_ENV})")
+    p.add_argument("--num-devices", type=int, default=None, help="ranks to start here (default: CUDA devices, or 1)")
+    p.add_argument("--name", default=socket.gethostname(), help="this node's name in the server's messages")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    return p
+
+
+class JoinedNode:
+    """The loop that keeps this host's node in the server's group."""
+
+    def __init__(self, url: str, token: str, num_devices: int, name: str) -> None:
+        self.url = url if "://" in url else f"http://{url}"
+        self.num_devices = num_devices
+        self.name = name
+        self.token = token
+        self.http = httpx.Client(base_url=self.url, headers={JOIN_TOKEN_HEADER: token}, timeout=POLL_SECONDS + 30)
+        self.generation = 0  # the last generation this node saw launched
+        self.agent: subprocess.Popen[bytes] | None = None
+        self._plugins = installed_plugins(Plugins.load())
+
+    def run(self) -> None:
+        backoff = 1.0
+        while True:
+            current = self.fetch(self.generation, POLL_SECONDS)
+            self.check(current)
+            if current.generation > self.generation:
+                self.generation = current.generation
+                backoff = 1.0
+                if current.state == "starting":
+                    self.start_agent(current)
+                else:  # it set up without this host, or already failed: wait for the next
+                    log.info("generation %d is %s; waiting for the next", current.generation, current.state)
+                    self.stop_agent()
+            elif self.agent is not None and (code := self.agent.poll()) is not None:
+                log.warning("the agent of generation %d exited with code %d", self.generation, code)
+                self.agent = None
+                if current.state == "starting":  # the server still waits for this node
+                    log.info("starting it again in %.0f s", backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    self.start_agent(current)
+
+    def fetch(self, after: int, wait: float) -> JoinSpec:
+        """The server's answer; retries (with back-off, a line each) while it is unreachable."""
+        delay = 1.0
+        while True:
+            try:
+                response = self.http.get(JOIN_ROUTE, params={"after": after, "wait": wait})
+            except httpx.TransportError as exc:
+                log.warning("cannot reach %s (%s); trying again in %.0f s", self.url, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if response.status_code == 401:
+                raise JoinRefusedError(f"{self.url} refused the join token")
+            if response.status_code == 404:
+                raise JoinRefusedError(f"{self.url} takes no joining hosts (is it running with --nnodes > 1?)")
+            if response.status_code != 200:
+                raise JoinRefusedError(f"{self.url} answered {response.status_code}: {response.text[:200]}")
+            return msgspec.json.decode(response.content, type=JoinSpec)
+
+    def check(self, joined: JoinSpec) -> None:
+        if joined.nproc_per_node != self.num_devices:
+            raise JoinRefusedError(
+                f"the group's nodes run {joined.nproc_per_node} rank(s) each; this host offers {self.num_devices} "
+                f"(--num-devices)"
+            )
+        differences = plugin_differences(joined.plugins, self._plugins)
+        if differences:
+            raise JoinRefusedError("this host's plugins differ from the server's:\n  " + "\n  ".join(differences))
+
+    def start_agent(self, joined: JoinSpec) -> None:
+        self.stop_agent()
+        spec, rendezvous = joined.spec, joined.spec.rendezvous
+        assert rendezvous is not None, "a group that spans hosts has a rendezvous"
+        host, port = split_endpoint(rendezvous.endpoint)
+        host = reachable(host, self.url)
+        endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        spec = msgspec.structs.replace(
+            spec,
+            control_host=reachable(spec.control_host, self.url),
+            rendezvous=msgspec.structs.replace(rendezvous, endpoint=endpoint),
+            node=self.name,
+            join_token=self.token,
+        )
+        log.info(
+            "joining generation %d of group %d: torchrun's agent for %d rank(s), rendezvous at %s",
+            spec.generation, spec.group, self.num_devices, endpoint,
+        )  # fmt: skip
+        self.agent = subprocess.Popen(
+            agent_command(spec, self.num_devices),
+            env={**os.environ, RANK_SPEC_ENV: spec.to_env()},
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509 (no threads run here)
+        )
+
+    def stop_agent(self) -> None:
+        agent, self.agent = self.agent, None
+        if agent is None or agent.poll() is not None:
+            return
+        agent.terminate()  # the agent stops its ranks, then exits
+        try:
+            agent.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            agent.kill()  # its ranks follow it (they die with their parent)
+            agent.wait()
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    if not args.token:
+        parser().error(f"--token (or ${JOIN_TOKEN_ENV}) is required: the server logs it at start")
+    if args.num_devices is None:
+        from .server import default_num_devices
+
+        args.num_devices = default_num_devices()
+    if args.num_devices < 1:
+        parser().error("--num-devices: Expected int >= 1")
+    node = JoinedNode(args.url, args.token, args.num_devices, args.name)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    try:
+        node.run()
+    except JoinRefusedError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except _Stop:
+        log.info("stopping: the agent and its ranks leave the group")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second signal stops at once
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        node.stop_agent()
+    return 0

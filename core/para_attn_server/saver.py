@@ -1,0 +1,102 @@
+"""Where a finished job's output goes, and what happens when it cannot get there.
+
+- A client's ``output_path``: written (atomically, durably, confined) before the job says
+  succeeded; a failed write fails the job.
+- Otherwise the server's own copy under the jobs directory, written behind so the answer
+  does not wait on the disk; until then, and while memory allows, it is served from memory.
+  Its record is journaled as succeeded only once the copy is on disk, with its size and
+  checksum; a copy that cannot be written (a full disk) marks the output lost, so it is
+  never served, and the job says why.
+
+An output that came as base64 (``Output.base64``) is held as it came and decoded only for
+the file, in the writer thread: the original API answers the text itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import InputError
+from .outputs import Held, OutputCache, OutputStore
+from .registry import Job
+
+log = logging.getLogger("para_attn_server.jobs")
+
+LOST = "the output was lost"
+
+
+class OutputSaver:
+    def __init__(
+        self,
+        store: OutputStore,
+        cache: OutputCache,
+        replies_with_output_path: bool,
+        settled: Callable[[Job], None],
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.replies_with_output_path = replies_with_output_path
+        self._settled = settled  # a written-behind copy landed (or was lost): journal and tell
+
+    async def save(self, job: Job, data: bytes, file_type: str, base64: bool = False) -> tuple[str | None, bool]:
+        """Put the output where it belongs. Returns (why it failed or None, whether it is
+        already durable); when it is not, ``settled(job)`` follows once it is (or is lost)."""
+        record = job.record
+        changes: dict[str, object] = {"file_type": file_type}
+        if record.output_path is not None and record.output_file is not None:
+            error = await self._write_now(job, Path(record.output_file), data, base64, changes)
+            if error is not None:
+                return error, True
+            written = None
+        else:
+            target = self.store.job_file(job.id, file_type)
+            loop = asyncio.get_running_loop()
+
+            def done(size: int | None, digest: str | None, error: Exception | None) -> None:
+                loop.call_soon_threadsafe(self._written, job, size, digest, error)
+
+            written = self.store.write_behind(target, lambda: binascii.a2b_base64(data) if base64 else data, done)
+            changes["output_file"] = str(target)
+        self.cache.put(job.id, Held(data, base64, written))
+        changes["reply_with_path"] = self.replies_with_output_path and record.output_path is not None
+        job.record = record.evolve(**changes)
+        return None, written is None
+
+    async def _write_now(
+        self, job: Job, target: Path, data: bytes, base64: bool, changes: dict[str, object]
+    ) -> str | None:
+        path = job.record.output_path
+        try:
+            raw = await asyncio.to_thread(binascii.a2b_base64, data) if base64 else data
+            digest = await asyncio.to_thread(self.store.write, target, raw)
+        except binascii.Error as exc:
+            return f"could not write the output to {path}: the predictor's base64 does not decode ({exc})"
+        except InputError as exc:
+            return f"could not write the output: {exc}"
+        except OSError as exc:
+            # The OS names the server's absolute path: log it, tell the client less.
+            log.error("job %s: could not write %s: %s", job.id, target, exc)
+            return f"could not write the output to {path}: {_reason(exc)}"
+        changes.update(output_file=str(target), output_size=len(raw), output_sha256=digest)
+        return None
+
+    def _written(self, job: Job, size: int | None, digest: str | None, error: Exception | None) -> None:
+        if error is None:
+            job.record = job.record.evolve(output_size=size, output_sha256=digest)
+        else:
+            log.error("job %s: the server's copy of its output could not be written: %s", job.id, error)
+            self.cache.forget(job.id)
+            job.record = job.record.evolve(output_file=None, error=f"{LOST}: {_reason(error)}")
+        self._settled(job)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    if isinstance(error, binascii.Error):
+        return f"the predictor's base64 does not decode ({error})"
+    return str(error)

@@ -1,0 +1,135 @@
+"""The server's own copies of outputs, written behind the answers, in order, in batches.
+
+One thread takes every write (and delete) queued so far and handles them as one batch:
+each output goes to a temporary file, then every file is synced (the first sync commits
+the file system's journal with the others' data, so the rest cost little), then each is
+renamed into place and each directory synced once. A burst of small outputs costs a few
+syncs, not three per output, and each output is still whole on disk before it is reported.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .outputs import OutputStore, Staged
+
+log = logging.getLogger("para_attn_server.outputs")
+MAX_BATCH = 64
+Done = Callable[[int | None, str | None, Exception | None], None]
+
+
+class _Write(NamedTuple):
+    target: Path
+    data: Callable[[], bytes]
+    done: Done
+    future: concurrent.futures.Future[None]
+
+
+class _Delete(NamedTuple):
+    target: Path
+
+
+class BatchWriter:
+    def __init__(self, store: OutputStore) -> None:
+        self.store = store
+        self._queue: queue.Queue[_Write | _Delete] = queue.Queue()
+        threading.Thread(target=self._run, name="outputs", daemon=True).start()
+
+    def write(self, target: Path, data: Callable[[], bytes], done: Done) -> concurrent.futures.Future[None]:
+        """Queue a write; ``done(size, checksum, None)`` or ``done(None, None, error)`` runs in
+        the writer thread once it is on disk (or failed). The future resolves then too."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(_Write(target, data, done, future))
+        return future
+
+    def delete(self, target: Path) -> None:
+        self._queue.put(_Delete(target))  # after its own write, which was queued before
+
+    def flush(self) -> None:
+        """Return once everything queued so far is done."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < MAX_BATCH:
+                    batch.append(self._queue.get_nowait())
+            try:
+                self._handle(batch)
+            except Exception:  # a bug here must not stop the writer
+                log.exception("the output writer failed on a batch")
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _handle(self, batch: list[_Write | _Delete]) -> None:
+        writes = [item for item in batch if isinstance(item, _Write)]
+        staged: dict[int, Staged] = {}  # id(item) -> its file, written and synced
+        for item in writes:
+            try:
+                staged[id(item)] = self.store.stage(item.target, item.data())
+            except (OSError, InputError, ValueError) as exc:
+                self._fail(item, exc)
+        for item in writes:
+            file = staged.get(id(item))
+            if file is not None:
+                try:
+                    file.sync()
+                except OSError as exc:
+                    file.discard()
+                    file.close()
+                    del staged[id(item)]
+                    self._fail(item, exc)
+        try:
+            committed = self._commit(batch, staged)
+        finally:
+            for file in staged.values():
+                file.close()
+        for item, file in committed:
+            item.done(file.size, file.digest, None)
+            item.future.set_result(None)
+
+    def _commit(self, batch: list[_Write | _Delete], staged: dict[int, Staged]) -> list[tuple[_Write, Staged]]:
+        """Renames and deletes in queue order, then one sync per directory."""
+        committed: list[tuple[_Write, Staged]] = []
+        directories: dict[str, int] = {}
+        for item in batch:
+            if isinstance(item, _Delete):
+                with contextlib.suppress(FileNotFoundError):
+                    item.target.unlink()
+            elif (file := staged.get(id(item))) is not None:
+                try:
+                    file.commit()
+                except OSError as exc:
+                    self._fail(item, exc)
+                    continue
+                committed.append((item, file))
+                directories.setdefault(str(file.target.parent), file.directory)
+        try:
+            for directory in directories.values():
+                os.fsync(directory)
+        except OSError as exc:
+            for item, _ in committed:
+                self._fail(item, exc)
+            return []
+        return committed
+
+    def _fail(self, item: _Write, error: Exception) -> None:
+        if isinstance(error, OSError):
+            self.store.failed(error)
+        item.done(None, None, error)
+        if not item.future.done():
+            item.future.set_result(None)
+

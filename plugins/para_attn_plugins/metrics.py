@@ -1,0 +1,216 @@
+"""The ``metrics`` plugin: Prometheus metrics an operator can alert on, at ``/metrics``.
+
+Every app gets its own ``prometheus_client.CollectorRegistry``, so several apps in one
+process (tests, an embedding program) never share or clash on a metric. What it holds:
+
+- the job service's counters and gauges, read from ``JobService.metrics()`` at each scrape:
+  jobs submitted, rejected (queue full) and finished by state; jobs waiting and running
+  (also as ``num_requests_waiting`` / ``num_requests_running``, the names load-balancing
+  routers read); per worker group: ready, ranks up, ranks, restarts;
+- histograms fed by a job listener (``JobService.add_listener``): queue wait, run time by
+  final state, and time between a job's progress steps;
+- HTTP request metrics (``para_attn_http_*``: count, duration, in progress, 5xx) from
+  Litestar's Prometheus middleware, by method, route template and status.
+
+Litestar's ``PrometheusMiddleware`` keeps its metrics in a class attribute registered in
+prometheus_client's global registry (and ``PrometheusController`` serves that global
+registry): two apps in one process would share the counts, or clash. ``AppPrometheusMiddleware``
+keeps them in the app's own registry instead, and the route here serves that registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from litestar import Litestar, Response, get
+from litestar.config.app import AppConfig
+from litestar.plugins import InitPluginProtocol
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
+from litestar.types import ASGIApp
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+
+from para_attn_server import hookimpl
+from para_attn_server.jobs import JobService
+from para_attn_server.records import JobRecord, JobState
+
+HTTP_PREFIX = "para_attn_http"
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@hookimpl
+def register_routes(register: Callable[[Any], None], service: JobService) -> None:
+    register(MetricsPlugin(service))
+
+
+class MetricsPlugin(InitPluginProtocol):
+    """One app's metrics: its registry, the route that serves it, the HTTP middleware, and
+    the job listener (added while the app runs)."""
+
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.jobs = JobMetrics(service, self.registry)
+        self.http = AppPrometheusConfig(registry=self.registry, prefix=HTTP_PREFIX, app_name="para-attn-server")
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        registry = self.registry
+
+        @get(
+            "/metrics",
+            summary="Prometheus metrics",
+            description="Prometheus text format: jobs by state, queue, worker groups, job and HTTP timings.",
+            response_description="The metrics, in Prometheus text format",
+            media_type=CONTENT_TYPE_LATEST,
+            tags=["health"],
+        )
+        async def metrics() -> Response[bytes]:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+        app_config.route_handlers.append(metrics)
+        # Outermost, so answers from the other middleware (401 from the API key) count too.
+        app_config.middleware.insert(0, self.http.middleware)
+        app_config.lifespan.append(self.listening)
+        return app_config
+
+    @contextlib.asynccontextmanager
+    async def listening(self, app: Litestar) -> AsyncIterator[None]:
+        remove = self.service.add_listener(self.jobs.observe)
+        try:
+            yield
+        finally:
+            remove()
+
+
+class JobMetrics:
+    """The job service's metrics: histograms fed by its events, and a collector that reads
+    its counters and gauges at each scrape (so they cannot drift from what it reports)."""
+
+    def __init__(self, service: JobService, registry: CollectorRegistry) -> None:
+        self.service = service
+        self.queue_wait = Histogram(
+            "para_attn_queue_wait_seconds",
+            "Seconds from submit to the job starting on a worker group.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "para_attn_job_duration_seconds",
+            "Seconds a job ran (from start to end), by final state; jobs cancelled while queued are not counted.",
+            ["state"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.step_time = Histogram(
+            "para_attn_step_seconds",
+            "Seconds between two progress steps of a job.",
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self._last_step: dict[str, float] = {}  # job id -> when its last progress step came
+        registry.register(_ServiceCollector(service))
+
+    def observe(self, kind: str, record: JobRecord) -> None:
+        if kind == "progress":
+            now = time.monotonic()
+            last = self._last_step.get(record.id)
+            if last is not None:
+                self.step_time.observe(now - last)
+            self._last_step[record.id] = now
+        elif kind == "state" and record.state is JobState.RUNNING and record.started_at is not None:
+            self.queue_wait.observe(max(0.0, record.started_at - record.created_at))
+        elif kind == "state" and record.terminal:
+            self._last_step.pop(record.id, None)
+            if record.started_at is not None and record.finished_at is not None:
+                took = max(0.0, record.finished_at - record.started_at)
+                self.duration.labels(record.state.value).observe(took)
+
+
+class _ServiceCollector:
+    """The service's own counters and gauges, as they are at the scrape."""
+
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.service.metrics()
+        yield CounterMetricFamily("para_attn_jobs_submitted", "Jobs accepted into the queue.", value=m.submitted)
+        yield CounterMetricFamily(
+            "para_attn_jobs_rejected", "Jobs refused because the queue was full.", value=m.rejected_queue_full
+        )
+        finished = CounterMetricFamily("para_attn_jobs_finished", "Jobs that ended, by final state.", labels=["state"])
+        for state, count in sorted(m.finished.items()):
+            finished.add_metric([state], count)
+        yield finished
+        yield GaugeMetricFamily("para_attn_queue_length", "Jobs waiting in the queue.", value=m.queue_length)
+        yield GaugeMetricFamily("para_attn_jobs_running", "Jobs running on a worker group.", value=m.running)
+        yield GaugeMetricFamily("num_requests_waiting", "Jobs waiting (the name routers read).", value=m.queue_length)
+        yield GaugeMetricFamily("num_requests_running", "Jobs running (the name routers read).", value=m.running)
+        ready = GaugeMetricFamily(
+            "para_attn_group_ready", "1 when every rank of the group finished setup.", labels=["group"]
+        )
+        up = GaugeMetricFamily(
+            "para_attn_group_ranks_up", "Ranks of the group connected to the server.", labels=["group"]
+        )
+        ranks = GaugeMetricFamily("para_attn_group_ranks", "Ranks the group has.", labels=["group"])
+        restarts = CounterMetricFamily(
+            "para_attn_group_restarts", "Worker group restarts after a fault.", labels=["group"]
+        )
+        for group in m.groups:
+            label = [str(group.group)]
+            ready.add_metric(label, int(group.ready))
+            up.add_metric(label, sum(rank.state != "starting" for rank in group.ranks))
+            ranks.add_metric(label, len(group.ranks))
+            restarts.add_metric(label, group.restarts)
+        yield from (ready, up, ranks, restarts)
+
+
+@dataclass
+class AppPrometheusConfig(PrometheusConfig):
+    """Litestar's Prometheus configuration, with the app's own registry."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    middleware_class: type[PrometheusMiddleware] = field(default_factory=lambda: AppPrometheusMiddleware)
+    group_path: bool = True  # route templates, not paths: one series per route, whatever the job id
+    # The app's middleware instances (Litestar makes one per route) share these.
+    metrics: dict[str, MetricWrapperBase] = field(default_factory=dict)
+
+
+class AppPrometheusMiddleware(PrometheusMiddleware):
+    """Litestar's Prometheus middleware keeping its metrics in the app's registry (see the
+    module docstring)."""
+
+    def __init__(self, app: ASGIApp, config: AppPrometheusConfig) -> None:
+        super().__init__(app, config)
+        self._app_config = config
+
+    def _metric(self, kind: type[MetricWrapperBase], name: str, text: str, labels: dict[str, Any]) -> Any:
+        config = self._app_config
+        metric = config.metrics.get(name)
+        if metric is None:
+            options: dict[str, Any] = {"registry": config.registry}
+            if kind is Histogram:
+                options.update(self._kwargs)
+            elif kind is Gauge:
+                options["multiprocess_mode"] = "livesum"
+            metric = config.metrics[name] = kind(f"{config.prefix}_{name}", text, [*labels], **options)
+        return metric
+
+    def request_count(self, labels: dict[str, str | int | float]) -> Counter:
+        return cast("Counter", self._metric(Counter, "requests_total", "Total requests", labels))
+
+    def request_time(self, labels: dict[str, str | int | float]) -> Histogram:
+        return cast("Histogram", self._metric(Histogram, "request_duration_seconds", "Request duration", labels))
+
+    def requests_in_progress(self, labels: dict[str, str | int | float]) -> Gauge:
+        return cast("Gauge", self._metric(Gauge, "requests_in_progress", "Requests in progress", labels))
+
+    def requests_error_count(self, labels: dict[str, str | int | float]) -> Counter:
+        return cast("Counter", self._metric(Counter, "requests_error_total", "Requests answered 5xx", labels))
