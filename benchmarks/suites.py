@@ -269,7 +269,7 @@ def previews(report: Report, c: Client, pids: list[int], pairs: int) -> None:
                f"per step; job {off.ms()}; CPU {cpu_off:.0f} µs per step (server and ranks)",
                stat=vars(off), cpu_per_step_us=cpu_off)  # fmt: skip
     report.add("progress", "tiny Flux step, a preview every step, 2 ranks", on.median / steps * 1e6, "us",
-               f"per step; job {on.ms()}; CPU {cpu_on:.0f} µs per step (+{cpu_on - cpu_off:.0f}); "
+               f"per step; job {on.ms()}; CPU {cpu_on:.0f} µs per step ({cpu_on - cpu_off:+.0f}); "
                f"x{ratio:.3f} the job without; target <= x{PREVIEW_MAX_RATIO}: {verdict(passed)}",
                stat=vars(on), cpu_per_step_us=cpu_on, ratio=ratio, target=PREVIEW_MAX_RATIO, passed=passed)  # fmt: skip
 
