@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ OCTET = {"accept": "application/octet-stream"}
 # from the compare suite only, measured in the same run.
 TINY_SERVED_MAX_RATIO = 1.05  # tiny Flux through the server, over the direct call
 STEP_HOOK_MAX_SHARE = 0.01  # the step hook's cost, as a share of a tiny-Flux step
+PREVIEW_MAX_RATIO = 1.02  # a tiny-Flux job with a preview at every step, over the same job without
 
 
 def verdict(passed: bool) -> str:
@@ -231,6 +233,45 @@ def progress(report: Report, quick: bool) -> None:
         report.add("progress", "tiny Flux step time, 2 ranks", step_time * 1e6, "us",
                    f"hook cost = {share * 100:.2f}% of a step; target < {STEP_HOOK_MAX_SHARE:.0%}: {verdict(passed)}",
                    share=share, target=STEP_HOOK_MAX_SHARE, passed=passed)  # fmt: skip
+        previews(report, c, [srv.process.pid, *srv.rank_pids()], 10 if quick else 30)
+
+
+def previews(report: Report, c: Client, pids: list[int], pairs: int) -> None:
+    """The same 20-step tiny-Flux job with previews off and at every step, run in turns so
+    that a change in the machine's load falls on both alike; and the CPU time the server
+    and its ranks spent on each (less swayed by other people's load than the clock)."""
+    import psutil
+
+    processes = [psutil.Process(pid) for pid in pids]
+
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+    steps = 20
+    bodies = {
+        every: json.dumps({"prompt": "a cat", "num_inference_steps": steps, "preview_every": every}).encode()
+        for every in (0, 1)
+    }
+    times: dict[int, list[float]] = {0: [], 1: []}
+    cpus: dict[int, list[float]] = {0: [], 1: []}
+    for body in bodies.values():
+        timed(lambda: sync_job(c, body), 0, warmup=2)  # noqa: B023
+    for _ in range(pairs):
+        for every, body in bodies.items():
+            before = cpu()
+            times[every] += timed(lambda: sync_job(c, body), 1, warmup=0)  # noqa: B023
+            cpus[every].append(cpu() - before)
+    off, on = Stat.of(times[0]), Stat.of(times[1])
+    ratio = on.median / off.median
+    passed = ratio <= PREVIEW_MAX_RATIO
+    cpu_off, cpu_on = (statistics.median(cpus[every]) / steps * 1e6 for every in (0, 1))
+    report.add("progress", "tiny Flux step, previews off, 2 ranks", off.median / steps * 1e6, "us",
+               f"per step; job {off.ms()}; CPU {cpu_off:.0f} µs per step (server and ranks)",
+               stat=vars(off), cpu_per_step_us=cpu_off)  # fmt: skip
+    report.add("progress", "tiny Flux step, a preview every step, 2 ranks", on.median / steps * 1e6, "us",
+               f"per step; job {on.ms()}; CPU {cpu_on:.0f} µs per step ({cpu_on - cpu_off:+.0f}); "
+               f"x{ratio:.3f} the job without; target <= x{PREVIEW_MAX_RATIO}: {verdict(passed)}",
+               stat=vars(on), cpu_per_step_us=cpu_on, ratio=ratio, target=PREVIEW_MAX_RATIO, passed=passed)  # fmt: skip
 
 
 # ---- 6: GPU -----------------------------------------------------------------------------

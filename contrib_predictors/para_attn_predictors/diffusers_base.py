@@ -14,8 +14,10 @@ writes ``predict`` (whose parameters are the request fields) around ``self.gener
 The base does the rest: loading from ``--model-path`` (a directory or a hub id) in the
 chosen dtype, para-attn context parallelism and parallel VAE over all ranks, diffusers'
 first-block cache, ``torch.compile`` with a warm-up generation before the server reports
-ready, one generator per request seeded alike on every rank, and the job's step callback
-(progress and cancellation). Operators tune it with ``--option key=value``:
+ready, one generator per request seeded alike on every rank, the job's step callback
+(progress and cancellation), and previews every ``preview_every`` steps (a request field
+the subclass passes to ``generate``; see ``previews``). Operators tune it with
+``--option key=value``:
 
     dtype=auto|bfloat16|float16|float32   auto: bfloat16 on CUDA, float32 on CPU
     cache_threshold=0.08                   first-block cache; 0 (default) turns it off
@@ -24,6 +26,8 @@ ready, one generator per request seeded alike on every rank, and the job's step 
     parallel_vae=1                         split the VAE decode across ranks (tiles large images)
     vae_tiling=0                           decode large outputs in tiles on one rank (less memory)
     max_sequence_length=N                  text tokens (default: the predictor's)
+    preview_vae=DIR                        previews decoded by this small VAE (AutoencoderTiny)
+                                           instead of a projection fitted to the model's VAE
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 import msgspec
 
 from para_attn_server import ConfigurationError, InputError, Predictor, RankContext, current_job
+
+from .previews import Previewer, StepCallback, latent_image, make_previewer, preview_callback
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +75,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parallel_vae: bool = True
     vae_tiling: bool = False
     max_sequence_length: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    preview_vae: str | None = None
 
 
 def read_config(model_path: str, subfolder: str) -> dict[str, Any]:
@@ -97,6 +104,7 @@ class DiffusersPredictor(Predictor):
     splits_text: ClassVar[bool] = False  # text tokens split across ranks too (joint attention)
     component_dtypes: ClassVar[dict[str, str]] = {}  # per-component dtypes that override ``dtype``
     warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2}
+    video: ClassVar[bool] = False  # latents [B, C, F, H, W]: previews show the first frame
 
     # ---- hooks for subclasses ---------------------------------------------------------------
 
@@ -142,6 +150,9 @@ class DiffusersPredictor(Predictor):
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
         self.pipe = pipe
+        self.previewer: Previewer | None = None
+        if context.rank == 0:  # before the VAE is split: the fit decodes on this rank alone
+            self.previewer = make_previewer(pipe, context.device, settings.preview_vae, video=self.video)
         self.decode_on_every_rank = parallelize_pipeline(
             pipe, device_type=context.device.type, parallelize_vae=settings.parallel_vae
         )
@@ -179,11 +190,12 @@ class DiffusersPredictor(Predictor):
         keyword = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
         return _import(self.pipeline_class).from_pretrained(self.settings.model_path, **{keyword: dtypes})
 
-    def generate(self, seed: int | None, **call: Any) -> Any | None:
+    def generate(self, seed: int | None, preview_every: int = 0, **call: Any) -> Any | None:
         """Run the pipeline on this rank; rank 0 gets its output object, the others None.
 
         Every rank gets a generator seeded alike, and the job's step callback, which
-        reports progress and stops every rank at the same step on cancel (before decode).
+        reports progress and stops every rank at the same step on cancel (before decode);
+        on rank 0 it also sends a preview every ``preview_every`` steps (0: none).
         """
         import torch
 
@@ -192,10 +204,13 @@ class DiffusersPredictor(Predictor):
                 # diffusers resets its cache state only when a run completes; a cancelled
                 # run would leave residuals that the next run's first steps compare against.
                 transformer._reset_stateful_cache()  # type: ignore[operator]
+        callback: StepCallback | None
         try:
             callback = current_job().diffusers_callback
         except RuntimeError:  # the warm-up in setup runs outside any job
             callback = None
+        if callback is not None and preview_every and self.previewer is not None:
+            callback = self._with_previews(callback, preview_every, call)
         result = self.pipe(
             **call,
             generator=torch.Generator("cpu").manual_seed(self._shared_seed(seed)),
@@ -206,6 +221,12 @@ class DiffusersPredictor(Predictor):
         return result if self.rank == 0 else None
 
     # ---- internals ------------------------------------------------------------------------
+
+    def _with_previews(self, callback: StepCallback, every: int, call: dict[str, Any]) -> StepCallback:
+        previewer, pipe = self.previewer, self.pipe
+        assert previewer is not None
+        height, width = call.get("height", 0), call.get("width", 0)  # Flux unpacks its tokens with them
+        return preview_callback(callback, every, lambda latents: previewer(latent_image(pipe, latents, height, width)))
 
     def _shared_seed(self, seed: int | None) -> int:
         if seed is not None:

@@ -12,6 +12,7 @@ from para_attn_server import Output, hookimpl
 
 from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps
 from .media import encode_image
+from .previews import PreviewEvery
 
 
 class FluxPredictor(DiffusersPredictor):
@@ -33,9 +34,11 @@ class FluxPredictor(DiffusersPredictor):
         guidance_scale: Guidance = 3.5,
         seed: Seed = None,
         output_format: Literal["png", "jpeg", "npy"] = "png",
+        preview_every: PreviewEvery = 0,
     ) -> Output | None:
         result = self.generate(
             seed,
+            preview_every,
             prompt=prompt,
             width=width,
             height=height,

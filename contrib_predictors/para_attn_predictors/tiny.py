@@ -4,6 +4,10 @@ The CLI's default model: it needs no download and no GPU, so ``para-attn-server`
 any machine, and it runs the same code path as a real Flux deployment (Ulysses attention
 across the ranks, per-step progress and cancellation, PNG output). Its images are noise.
 Heavy imports are deferred to ``setup`` so the server process never loads diffusers.
+
+``preview_every`` > 0 sends a preview every that many steps: rank 0 projects the latents
+to RGB with factors fitted at setup to the pipeline's own (random) VAE, or decodes them
+with the small VAE that ``-o preview_vae=DIR`` names (see ``previews``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
+
+from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_previewer, preview_callback
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
 # up to 64; the model's two attention heads cap Ulysses at two ranks anyway.
@@ -32,6 +38,9 @@ class TinyFluxPredictor(Predictor):
         self.device = context.device
         self.pipe = build_tiny_flux_pipeline(seed=int(context.options.get("weights_seed", "0"))).to(context.device)
         self.pipe.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # diffusers is untyped here
+        self.previewer: Previewer | None = None
+        if context.rank == 0:  # before parallelizing: the fit decodes on this rank alone
+            self.previewer = make_previewer(self.pipe, context.device, context.options.get("preview_vae"))
         # No parallel VAE: it tiles, which changes the image, and tiny images need none.
         parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False)
 
@@ -45,10 +54,17 @@ class TinyFluxPredictor(Predictor):
         guidance_scale: Annotated[float, msgspec.Meta(ge=0, le=20)] = 3.5,
         seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0,
         output_format: Literal["png", "jpeg", "webp", "npy"] = "png",
+        preview_every: PreviewEvery = 0,
     ) -> Output | None:
         import numpy as np
         import torch
 
+        callback: StepCallback = current_job().diffusers_callback
+        if preview_every and self.previewer is not None:
+            previewer, pipe = self.previewer, self.pipe
+            callback = preview_callback(
+                callback, preview_every, lambda latents: previewer(latent_image(pipe, latents, height, width))
+            )
         result = self.pipe(
             prompt=prompt,
             width=width,
@@ -59,7 +75,7 @@ class TinyFluxPredictor(Predictor):
             generator=torch.Generator("cpu").manual_seed(seed),
             # Only rank 0 needs pixels; the others skip the (unsplit) VAE decode.
             output_type="np" if self.rank == 0 else "latent",
-            callback_on_step_end=current_job().diffusers_callback,
+            callback_on_step_end=callback,
         )
         if self.rank != 0:
             return None

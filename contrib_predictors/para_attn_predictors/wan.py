@@ -14,6 +14,7 @@ from para_attn_server import InputError, Output, hookimpl
 
 from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps
 from .media import encode_video
+from .previews import PreviewEvery
 
 MAX_FRAMES = 241
 Frames = Annotated[int, msgspec.Meta(ge=1, le=MAX_FRAMES, description="Frames, 4k+1 (the VAE packs 4 per latent)")]
@@ -21,6 +22,7 @@ Frames = Annotated[int, msgspec.Meta(ge=1, le=MAX_FRAMES, description="Frames, 4
 
 class WanPredictor(DiffusersPredictor):
     pipeline_class = "diffusers:WanPipeline"
+    video = True
     component_dtypes: ClassVar[dict[str, str]] = {"vae": "float32"}  # Wan's VAE decodes visibly worse in bfloat16
     warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2, "num_frames": 5}
 
@@ -61,9 +63,11 @@ class WanPredictor(DiffusersPredictor):
         guidance_scale: Guidance = 5.0,
         seed: Seed = None,
         output_format: Literal["mp4", "npy"] = "mp4",
+        preview_every: PreviewEvery = 0,
     ) -> Output | None:
         result = self.generate(
             seed,
+            preview_every,
             prompt=prompt,
             negative_prompt=negative_prompt,
             width=width,

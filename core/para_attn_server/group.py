@@ -31,12 +31,13 @@ import msgspec
 from .control import ControlListener, RankLink
 from .errors import SetupError
 from .executor import Executor, RankSpec
-from .outcome import JobOutcome, ProgressCallback, RunningJob, decide_outcome
+from .outcome import JobOutcome, PreviewCallback, ProgressCallback, RunningJob, decide_outcome
 from .protocol import (
     CancelJob,
     Heartbeat,
     Hello,
     JobEnded,
+    Preview,
     Progress,
     RunJob,
     SetupDone,
@@ -186,13 +187,14 @@ class WorkerGroup:
         inputs: dict[str, Any],
         timeout: float | None,
         on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
     ) -> JobOutcome:
         """Run one job on every rank and return how it ended. Never raises for job faults:
         a fault fails the job with its reason and leaves the group FAULTED."""
         assert self.state is GroupState.READY, self.state
         loop = asyncio.get_running_loop()
         fault = self.fault
-        running = self._running = RunningJob(job_id, on_progress)
+        running = self._running = RunningJob(job_id, on_progress, on_preview)
         self.state = GroupState.BUSY
         try:
             self._send_all(RunJob(job_id, inputs))  # the same frame, in the same order, to every rank
@@ -317,6 +319,10 @@ class WorkerGroup:
                 running = self._running
                 if running is not None and running.job_id == job_id:
                     running.on_progress(step, total)
+            case Preview(job_id=job_id, step=step, jpeg=jpeg):
+                running = self._running
+                if running is not None and running.job_id == job_id and running.on_preview is not None:
+                    running.on_preview(step, jpeg)
             case JobEnded(job_id=job_id):
                 running = self._running
                 if running is None or running.job_id != job_id:
@@ -380,7 +386,12 @@ class Group(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def run(
-        self, job_id: str, inputs: dict[str, Any], timeout: float | None, on_progress: ProgressCallback
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
     ) -> JobOutcome: ...
     def cancel(self, job_id: str) -> bool: ...
     def status(self) -> GroupStatus: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -69,6 +70,7 @@ class JobService:
         self.registry = JobRegistry(store, self.outputs, settings, journal)
         self.saver = OutputSaver(store, self.outputs, predictor.replies_with_output_path, self._settled)
         self.jobs = self.registry.jobs
+        self.previews = self.registry.previews  # each job's latest (step, jpeg)
         self.queue: deque[Job] = deque()
         self.accepting = False  # True once the first setup succeeded, until draining
         self.started = False
@@ -323,7 +325,8 @@ class JobService:
 
         try:
             inputs = self.schema.rank_inputs(job.record.inputs)
-            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress)
+            on_preview = functools.partial(self.registry.preview, job)
+            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress, on_preview)
             await self._complete(job, outcome)
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("job %s: internal error", job.id)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .protocol import JobEnded
 
 ProgressCallback = Callable[[int, int | None], None]
+PreviewCallback = Callable[[int, bytes], None]  # (step, jpeg)
 
 
 @dataclass
@@ -31,9 +32,10 @@ class JobOutcome:
 class RunningJob:
     """What the group knows of the job it runs: each rank's report, and when it decided."""
 
-    def __init__(self, job_id: str, on_progress: ProgressCallback) -> None:
+    def __init__(self, job_id: str, on_progress: ProgressCallback, on_preview: PreviewCallback | None = None) -> None:
         self.job_id = job_id
         self.on_progress = on_progress
+        self.on_preview = on_preview
         self.ended: dict[int, JobEnded] = {}
         self.decided = asyncio.get_running_loop().create_future()
         self.all_ended = asyncio.get_running_loop().create_future()

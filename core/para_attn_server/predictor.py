@@ -13,7 +13,8 @@ the OpenAPI document shows. ``predict`` runs on every rank; rank 0 returns the `
 Inside ``predict``, ``current_job()`` gives the job's context: call ``job.step(k, total)``
 at every step boundary on every rank (or pass ``job.diffusers_callback`` as a diffusers
 pipeline's ``callback_on_step_end``) to report progress and to stop all ranks together at
-the same step when the job is cancelled.
+the same step when the job is cancelled. ``job.preview(image)`` publishes a picture of the
+state at the current step (rank 0 only; no collective).
 
 Classes that do not derive from ``Predictor`` are predictors written for the original
 server; ``legacy.as_predictor`` wraps them in a ``Predictor`` when they are loaded, so the
@@ -104,12 +105,14 @@ class JobContext:
         rank: int,
         world_size: int,
         decide: Callable[[int, int | None], bool],
+        publish_preview: Callable[[int, Any], None] | None = None,
     ) -> None:
         self.job_id = job_id
         self.inputs = inputs
         self.rank = rank
         self.world_size = world_size
         self._decide = decide
+        self._publish_preview = publish_preview  # rank 0's (step, image) sender; None elsewhere
         self.steps_done = 0
 
     def step(self, step: int, total: int | None = None) -> None:
@@ -133,6 +136,20 @@ class JobContext:
         """
         self.step(step_index + 1, getattr(pipe, "num_timesteps", None))
         return callback_kwargs
+
+    def preview(self, image: Any) -> None:
+        """Publish a picture of the job's state after the last step: a PIL image, an HxWx3
+        array or tensor (uint8, or floats in [0, 1]), or a function of no arguments that
+        returns one (so that making the picture, too, happens off the denoising loop).
+
+        Rank 0 sends it to the server as a JPEG of at most 256 pixels on its long side
+        (clients see it at ``/v1/jobs/{id}/preview`` and as a ``preview`` event), made and
+        encoded on a thread of its own: do not change what you hand over afterwards. When
+        that thread falls behind, a preview that a newer one replaced is dropped. On the
+        other ranks it does nothing. Not a collective: call it on rank 0 alone if you like.
+        """
+        if self._publish_preview is not None:
+            self._publish_preview(self.steps_done, image)
 
 
 class Predictor:

@@ -47,6 +47,14 @@ class Progress(msgspec.Struct, tag="progress", frozen=True):
     total: int | None
 
 
+class Preview(msgspec.Struct, tag="preview", frozen=True):
+    """Rank 0's picture of a job after ``step`` (see ``previews``)."""
+
+    job_id: str
+    step: int
+    jpeg: bytes
+
+
 JobStatus = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -60,7 +68,7 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     base64: bool = False  # ``output`` is base64 text (see predictor.Output)
 
 
-RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | JobEnded
+RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview | JobEnded
 
 # ---- server -> rank -------------------------------------------------------------------
 

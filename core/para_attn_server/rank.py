@@ -12,6 +12,7 @@ model's own group is NCCL), and it alone reports progress and the output.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import pickle
@@ -36,6 +37,7 @@ from .executor import RANK_SPEC_ENV, RankSpec, die_with_parent
 from .legacy import as_predictor
 from .plugins import Plugins
 from .predictor import JobContext, Output, RankContext, running
+from .previews import PreviewSender
 from .protocol import (
     CancelJob,
     Heartbeat,
@@ -174,6 +176,7 @@ class RankWorker:
         self.schema = InputSchema(self.predictor)
         self.predictor.configure(spec.world_size, dict(spec.options))
         self.control: Any = None
+        self.previews = PreviewSender(link.send)  # used on rank 0 only
 
     # ---- setup ------------------------------------------------------------------------
 
@@ -234,7 +237,8 @@ class RankWorker:
         try:
             inputs = self.schema.convert(message.inputs)
             decider = StepDecider(job_id, self.rank, self.world_size, self.link, self.control)
-            job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider)
+            previews = functools.partial(self.previews.submit, job_id) if self.rank == 0 else None
+            job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider, previews)
             with running(job):
                 output = self.plugins.predict(self.predictor, job)
             decider.report_last()
@@ -248,6 +252,8 @@ class RankWorker:
             # A cancel is only ever sent for the running job, before the next job: none
             # left now can concern a later one.
             self.link.cancelled.clear()
+        if self.rank == 0:
+            self.previews.flush()  # the job's last preview reaches the server before its end
         self.link.send(ended)
 
     def _ended(self, job_id: str, output: Output | None) -> JobEnded:

@@ -2,7 +2,8 @@
 
 A ``Job`` is one job while the server holds it: its current (immutable) record and what
 waits on it. The registry loads the records an earlier run left, keeps the ended jobs in
-the order they ended so expiry looks only at the oldest, and caps how many it keeps.
+the order they ended so expiry looks only at the oldest, and caps how many it keeps. It
+holds each job's latest preview too, and drops it with the job.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .joborder import CreationOrder
+from .previews import PreviewStore
 from .records import TERMINAL, JobRecord, JobState
 
 if TYPE_CHECKING:
@@ -100,6 +102,7 @@ class JobRegistry:
         self.journal = journal
         self.jobs: dict[str, Job] = {}
         self.order = CreationOrder()  # the ids of ``jobs``, for listing
+        self.previews = PreviewStore(settings.preview_memory_bytes)
         self._ended: deque[Job] = deque()  # terminal jobs in the order they ended
 
     def add(self, record: JobRecord) -> Job:
@@ -123,6 +126,11 @@ class JobRegistry:
                     return page, True
                 page.append(job)
         return page, False
+
+    def preview(self, job: Job, step: int, jpeg: bytes) -> None:
+        """Keep ``jpeg`` as the job's latest preview and tell its subscribers where it is."""
+        self.previews.put(job.id, step, jpeg)
+        job.publish("preview", {"step": step, "url": f"/v1/jobs/{job.id}/preview"})
 
     def ended(self, job: Job) -> None:
         self._ended.append(job)
@@ -195,6 +203,7 @@ class JobRegistry:
         del self.jobs[job.id]
         self.order.remove(job.id)
         self.outputs.forget(job.id)
+        self.previews.forget(job.id)
         if self.journal is not None:
             self.journal.forget(job.id)
         record = job.record

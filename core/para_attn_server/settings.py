@@ -120,6 +120,7 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     )
     max_event_streams: Annotated[int, msgspec.Meta(ge=1), _help("event streams (SSE) open at once, in all")] = 256
     max_event_streams_per_job: Annotated[int, msgspec.Meta(ge=1), _help("event streams open at once per job")] = 16
+    preview_memory_bytes: Annotated[Bytes, _help("jobs' latest previews kept in memory, in all")] = 64 * 1024 * 1024
     restart_backoff: Annotated[Seconds, _help("seconds before retrying a failed restart; doubles each time")] = 1.0
     restart_backoff_max: Annotated[Seconds, _help("longest wait between restart attempts")] = 30.0
 

@@ -1,5 +1,7 @@
 """The web page (the ``webui`` plugin) in a real browser: Debian's chromium, headless,
 driven by Playwright, against real servers (tiny Flux on 2 ranks; noop for long jobs).
+The screenshots docs/webui-running.png (a job running, its preview shown) and
+docs/webui-finished.png come from these tests.
 
 Every wait is on a DOM state (Playwright's ``expect``), never a sleep. Screenshots go to
 pytest's tmp path; with ``PARA_ATTN_WEBUI_SCREENSHOTS=DIR`` they are copied there too (that
@@ -179,6 +181,30 @@ def test_a_job_runs_to_its_image_with_progress_to_n_of_n(
     expect(page.locator(f'#jobs-list tr[data-job-id="{job_id}"]')).to_contain_text("succeeded")
     assert tiny_server.http.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
     save_screenshot(page, tmp_path / "webui-finished.png")
+
+
+def test_a_running_job_shows_its_live_preview(
+    tiny_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    # 50 steps of 128 x 128: seconds per job on two CPU ranks, so it is still running when
+    # its preview shows; the test checks that it was, and cancels it.
+    page = open_page(tiny_server)
+    job_id = generate(page, prompt="a red square", width=128, height=128, num_inference_steps=50, preview_every=1)
+
+    preview = page.locator("#preview")
+    expect(preview).to_be_visible()
+    page.wait_for_function("() => document.querySelector('#preview').complete")
+    assert preview.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [128, 128]
+    expect(page.locator("#preview-caption")).to_have_text(re.compile(r"^Preview after step [1-4]\d$"))  # >= 10
+    expect(page.locator("#job-state")).to_have_text("running")
+    save_screenshot(page, tmp_path / "webui-running.png")
+    shown = int(page.locator("#preview-caption").inner_text().rsplit(" ", 1)[1])
+    assert tiny_server.http.get(f"/v1/jobs/{job_id}").json()["state"] == "running"  # so it was at the screenshot
+    assert 10 <= shown < 50
+
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#job-state")).to_have_text("cancelled")
+    expect(page.locator("#result-box")).to_be_hidden()
 
 
 def test_a_400_shows_the_servers_message_next_to_the_field(

@@ -99,6 +99,7 @@ class FakeRun:
     timeout: float | None
     on_progress: Callable[[int, int | None], None]
     outcome: asyncio.Future[JobOutcome]
+    on_preview: Callable[[int, bytes], None] | None = None
 
     def finish(self, outcome: JobOutcome) -> None:
         self.outcome.set_result(outcome)
@@ -162,9 +163,10 @@ class FakeGroup:
         inputs: dict[str, Any],
         timeout: float | None,
         on_progress: Callable[[int, int | None], None],
+        on_preview: Callable[[int, bytes], None] | None = None,
     ) -> JobOutcome:
         assert self.ready, "run() on a group that is not ready"
-        run = FakeRun(job_id, inputs, timeout, on_progress, asyncio.get_running_loop().create_future())
+        run = FakeRun(job_id, inputs, timeout, on_progress, asyncio.get_running_loop().create_future(), on_preview)
         self.current = run
         self.runs.put_nowait(run)
         try:

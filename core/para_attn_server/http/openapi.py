@@ -36,6 +36,9 @@ RETRY_AFTER = OpenAPIHeader(
     schema=Schema(type=OpenAPIType.INTEGER, minimum=1), required=True, description="Seconds to wait before retrying"
 )
 LOCATION = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), required=True, description="The job's URL")
+PREVIEW_STEP = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0), required=True, description="The step the preview shows"
+)
 BINARY = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
 
 ERROR_DESCRIPTIONS = {

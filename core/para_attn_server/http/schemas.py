@@ -54,7 +54,8 @@ class Health(msgspec.Struct, omit_defaults=True):
 
 class Event(msgspec.Struct):
     """One Server-Sent Event: ``state`` carries the job (as /v1/jobs/{id} shows it),
-    ``progress`` ``{"step": k, "total": n}``, both as JSON text."""
+    ``progress`` ``{"step": k, "total": n}``, ``preview`` ``{"step": k, "url": ...}`` (the
+    URL answers the latest preview as a JPEG), each as JSON text."""
 
-    event: Literal["state", "progress"]
+    event: Literal["state", "progress", "preview"]
     data: str

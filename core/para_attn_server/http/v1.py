@@ -1,5 +1,5 @@
 """The resource API under ``/v1/jobs``: submit (and idempotent PUT), get, cancel, the output
-bytes, and Server-Sent Events of a job's progress."""
+bytes, the latest preview, and Server-Sent Events of a job's progress."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..views import JobList, JobView
 from .bodies import accept
 from .dependencies import Service
 from .errors import Conflict
-from .openapi import BINARY, LOCATION, RETRY_AFTER, Doc, errors, spec
+from .openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
 from .outputs import output_response
 from .schemas import Event
 
@@ -157,6 +157,26 @@ class JobsController(Controller):
                 detail += f": {job.record.error}"
             raise Conflict(detail)
         return await output_response(service, job)
+
+    @get(
+        "/{job_id:str}/preview",
+        summary="The job's latest preview (JPEG)",
+        description="A picture of the job's state at its latest preview step, at most 256 px on its long side, "
+        "for a job whose predictor sends previews (for the diffusers predictors: `preview_every` > 0). Each new one "
+        "is announced by a `preview` event. 404 until the first arrives.",
+        responses={200: spec(bytes, "The latest preview", "image/jpeg"), **errors(400, 404)},
+        opt={"openapi": Doc(headers={"200": {"X-Preview-Step": PREVIEW_STEP}})},
+    )
+    async def job_preview(self, service: Service, job_id: FromPath[str]) -> Response[bytes]:
+        job = find(service, job_id)
+        preview = service.previews.get(job.id)
+        if preview is None:
+            raise NotFoundException("the job has no preview (yet)")
+        step, jpeg = preview
+        # no-store: the same URL answers a newer picture at each preview step
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"X-Preview-Step": str(step), "Cache-Control": "no-store"}
+        )
 
     @get(
         "/{job_id:str}/events",
