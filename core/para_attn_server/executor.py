@@ -9,9 +9,11 @@ executor. Executors are plugins (``register_executors``); the first-party ones a
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from datetime import timedelta
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -71,6 +73,31 @@ def die_with_parent(sig: signal.Signals) -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
+
+
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A socket listening on exactly ``host:port``; OSError if it cannot."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def hosted_store(sock: socket.socket, timeout: float = 300.0) -> Any:
+    """A torch.distributed TCPStore server on ``sock``, a socket bound here: torch's own
+    listener would take every interface, with no authentication. Keep ``sock`` open as long
+    as the store."""
+    from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported at run time only
+
+    host, port = sock.getsockname()[:2]
+    return TCPStore(
+        host, port, None, True, timedelta(seconds=timeout), wait_for_workers=False, master_listen_fd=sock.fileno()
+    )
 
 
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,14 +16,13 @@ import contextlib
 import logging
 import secrets
 import socket
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .cluster import JoinSpec, PluginDist, split_endpoint
 from .errors import ConfigurationError
-from .executor import RankSpec
+from .executor import RankSpec, hosted_store, listening_socket
 from .plugins import version
 
 if TYPE_CHECKING:
@@ -51,21 +50,11 @@ class ClusterHost:
             host, port = split_endpoint(self.endpoint)
         except ValueError as exc:
             raise ConfigurationError(f"--rdzv-endpoint: {exc}") from None
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock = listening_socket(host, port, 512)
         except OSError as exc:
-            sock.close()
             raise ConfigurationError(f"--rdzv-endpoint {self.endpoint}: cannot listen: {exc.strerror}") from None
-        sock.listen(512)
-        from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported at run time only
-
-        # Handing torch the socket keeps the store on the address bound above.
-        self._store = TCPStore(
-            host, port, None, True, timedelta(seconds=60), wait_for_workers=False, master_listen_fd=sock.fileno()
-        )
+        self._store = hosted_store(sock, timeout=60)
         self._sock = sock
         log.info("c10d rendezvous for joining hosts at %s", self.endpoint)
 

@@ -17,27 +17,21 @@ import signal
 import socket
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import msgspec
-from torch.distributed import TCPStore  # type: ignore[attr-defined]  # re-exported at run time only
 
 from para_attn_server import hookimpl
-from para_attn_server.executor import Executor, RankSpec
+from para_attn_server.executor import Executor, RankSpec, hosted_store, listening_socket
 from para_attn_server.rank import main as rank_main
 
 STORE_HOST = "127.0.0.1"
 
 
-def loopback_store() -> tuple[socket.socket, TCPStore]:
-    """A TCPStore server listening on a fresh loopback port only (its socket is bound here
-    and handed over: torch binds its own listener to every interface)."""
-    sock = socket.socket()
-    sock.bind((STORE_HOST, 0))
-    sock.listen(128)
-    store = TCPStore(
-        STORE_HOST, sock.getsockname()[1], None, True, master_listen_fd=sock.fileno(), wait_for_workers=False
-    )
-    return sock, store
+def loopback_store() -> tuple[socket.socket, Any]:
+    """A TCPStore server on a fresh loopback port only."""
+    sock = listening_socket(STORE_HOST, 0, 128)
+    return sock, hosted_store(sock)
 
 
 def describe_exit(rank: int, process: BaseProcess) -> str:
@@ -67,7 +61,7 @@ class MultiprocessingExecutor(Executor):
         super().__init__(num_ranks, options)
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[BaseProcess] = []
-        self._store: tuple[socket.socket, TCPStore] | None = None
+        self._store: tuple[socket.socket, Any] | None = None
 
     async def launch(self, spec: RankSpec) -> None:
         self._store = loopback_store()

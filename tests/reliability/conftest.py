@@ -3,11 +3,13 @@ written when the session ends (see support.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from para_attn_server.testing import Server
 from tests.reliability.support import Report
 
 _report_key = pytest.StashKey[Report]()
@@ -38,3 +40,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.write(report.markdown())
     for path in config.stash.get(_written_key, []):
         terminalreporter.write_line(f"written to {path} (and .json)")
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """A list to put the servers a test starts in: each is closed after the test."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.close()

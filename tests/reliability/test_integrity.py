@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,14 +36,6 @@ pytestmark = pytest.mark.timeout(240)
 
 SIZE = 600_000  # ten of them do not fit in 4 MiB
 NOOP = ["--model", "noop", "--num-devices", "1"]
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def no_server_paths(text: str, server: Server) -> bool:

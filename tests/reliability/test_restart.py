@@ -18,7 +18,6 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,14 +35,6 @@ def journal_states(server: Server) -> dict[str, str]:
     path = server.output_dir / ".jobs" / "jobs.sqlite3"
     with sqlite3.connect(path, timeout=10) as db:
         return dict(db.execute("SELECT id, state FROM jobs").fetchall())
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def start(servers: list[Server], workdir: Path, *args: str) -> Server:
