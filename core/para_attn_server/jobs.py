@@ -316,7 +316,9 @@ class JobService:
 
     async def _execute(self, job: Job, group: Group) -> None:
         job.record = job.record.evolve(state=JobState.RUNNING, started_at=time.time(), group=group.index)
-        self._changed(job)
+        # Not journaled: a job the server lost while it ran recovers exactly as a queued one
+        # ("server restarted"), so this would be a transaction per job for nothing.
+        self._changed(job, journal=False)
 
         def on_progress(step: int, total: int | None) -> None:
             job.record = job.record.evolve(step=step, total=total)

@@ -143,8 +143,10 @@ class JobJournal:
     def _write(self, rows: list[tuple[str, str, bytes]], deleted: list[str]) -> str | None:
         try:
             with self._db:
-                self._db.executemany(UPSERT, rows)
-                self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in deleted])
+                if rows:
+                    self._db.executemany(UPSERT, rows)
+                if deleted:
+                    self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in deleted])
         except sqlite3.Error as exc:
             log.error("could not write job records to %s: %s", self.path, exc)
             return str(exc)
