@@ -13,8 +13,6 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
-import torch
-import torch.distributed as dist
 
 from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
 
@@ -37,6 +35,10 @@ class NoopPredictor(Predictor):
         step_hook: bool = True,
     ) -> Output | None:
         if self.world_size > 1:
+            # Imported here, on the ranks: the server only reads this class's signature.
+            import torch
+            import torch.distributed as dist
+
             dist.all_reduce(torch.ones(1))
         job = current_job()
         for step in range(1, steps + 1):

@@ -1,10 +1,14 @@
 """para-attn-server: serve diffusers pipelines split across worker ranks over HTTP."""
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import ConfigurationError, InputError, JobCancelled, SetupError
 from .plugins import hookimpl
 from .predictor import JobContext, Output, Predictor, RankContext, current_job
-from .server import ParaAttentionServer
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .server import ParaAttentionServer
 
 __all__ = [
     "ConfigurationError",
@@ -20,3 +24,13 @@ __all__ = [
     "current_job",
     "hookimpl",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The server (Litestar, ~0.5 s of imports) loads on first use: ranks and predictors
+    # import this package and never need it.
+    if name == "ParaAttentionServer":
+        from .server import ParaAttentionServer
+
+        return ParaAttentionServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

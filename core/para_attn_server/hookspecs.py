@@ -159,4 +159,3 @@ def job_state_changed(job: JobRecord) -> None:
 
     Runs in the server process, on the event loop: do not block.
     """
-

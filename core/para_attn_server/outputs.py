@@ -233,7 +233,6 @@ class OutputStore:
             os.close(fd)
 
 
-
 def _parts(user_path: str, field: str) -> tuple[str, ...]:
     if not user_path or "\x00" in user_path:
         raise InputError("must be a non-empty path without NUL bytes", field)

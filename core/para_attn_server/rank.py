@@ -4,9 +4,9 @@ Every rank receives each job from the server over its own control connection, in
 order; no collective carries it (one collective less per job), and an idle rank waits on
 its socket, never inside a collective, so it cannot die of a collective timeout however
 long it idles (a known way for other multi-GPU servers to die after ~10 idle minutes).
-Rank 0 is the leader of each job: at every step boundary it decides continue/stop and
-broadcasts that over a dedicated gloo "control" group (so the same path works when the
-model's own group is NCCL), and it alone reports progress and the output.
+Rank 0 is the leader of each job: at every step boundary it decides continue/stop and sends
+that to every rank (``decisions``; never over the model's own group, which may be NCCL),
+and it alone reports progress and the output.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import msgspec
 import torch
 import torch.distributed as dist
 
+from .decisions import DecisionChannel, open_channel
 from .errors import JobCancelled
 from .executor import RANK_SPEC_ENV, RankSpec, die_with_parent
 from .legacy import as_predictor
@@ -175,7 +175,7 @@ class RankWorker:
             self.predictor = self.plugins.resolve_predictor(spec.predictor)
         self.schema = InputSchema(self.predictor)
         self.predictor.configure(spec.world_size, dict(spec.options))
-        self.control: Any = None
+        self.decisions = DecisionChannel()
         self.previews = PreviewSender(link.send)  # used on rank 0 only
 
     # ---- setup ------------------------------------------------------------------------
@@ -208,8 +208,12 @@ class RankWorker:
         if not dist.is_initialized():
             self._init_process_group(device)
         timeout = timedelta(seconds=self.spec.settings.collective_timeout)
-        # Our own gloo group with our own timeout carries jobs, keep-alives and decisions.
-        self.control = dist.new_group(backend="gloo", timeout=timeout)
+        # Our own gloo group with our own timeout sets up the step decisions (and carries
+        # them across hosts).
+        control = dist.new_group(backend="gloo", timeout=timeout)
+        self.decisions = open_channel(
+            self.rank, self.world_size, self.spec.token, control, self.spec.settings.collective_timeout
+        )
         if self.predictor.cancel_by_interrupt:
             self.link.start_reader(self.predictor.interrupt)
 
@@ -236,7 +240,8 @@ class RankWorker:
         ended: JobEnded
         try:
             inputs = self.schema.convert(message.inputs)
-            decider = StepDecider(job_id, self.rank, self.world_size, self.link, self.control)
+            self.decisions.begin_job()
+            decider = StepDecider(job_id, self.rank, self.link, self.decisions)
             previews = functools.partial(self.previews.submit, job_id) if self.rank == 0 else None
             job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider, previews)
             with running(job):
@@ -271,33 +276,31 @@ class RankWorker:
 class StepDecider:
     """The step hook of one job on one rank: ``decide(step, total)`` says whether to stop.
 
-    Rank 0 decides (a cancel that has arrived) and broadcasts the decision over the control
-    group, so every rank stops at the same step. It reports progress at most once every
+    Rank 0 decides (a cancel that has arrived) and sends the decision to every rank, so
+    every rank stops at the same step. It reports progress at most once every
     ``PROGRESS_INTERVAL`` seconds (always the last step): a person watching needs no more,
     and each report wakes the server, which shares the cores with the ranks.
     """
 
-    def __init__(self, job_id: str, rank: int, world_size: int, link: ControlLink, control: Any) -> None:
-        self.job_id, self.rank, self.world_size = job_id, rank, world_size
-        self.link, self.control = link, control
-        self.flag = torch.zeros(1, dtype=torch.int32)  # one tensor for every step of the job
+    def __init__(self, job_id: str, rank: int, link: ControlLink, decisions: DecisionChannel) -> None:
+        self.job_id, self.rank = job_id, rank
+        self.link, self.decisions = link, decisions
         self.reported: tuple[int, int | None] = (0, None)  # (step, total) last sent
         self.last: tuple[int, int | None] = (0, None)  # (step, total) last seen
         self.sent_at = -PROGRESS_INTERVAL
 
     def __call__(self, step: int, total: int | None) -> bool:
+        stop = False
         if self.rank == 0:
             # Decide before reporting the step: a client that saw step k and then
             # cancelled is stopped at step k + 1 at the latest, never retroactively.
             self.link.poll_cancels()
-            self.flag[0] = int(self.job_id in self.link.cancelled)
+            stop = self.job_id in self.link.cancelled
             self.last = (step, total)
             now = time.monotonic()
             if step == total or now - self.sent_at >= PROGRESS_INTERVAL:
                 self._report(step, total, now)
-        if self.world_size > 1:
-            dist.broadcast(self.flag, src=0, group=self.control)
-        return bool(self.flag.item())
+        return self.decisions.decide(stop)
 
     def report_last(self) -> None:
         """Report the last step seen if a throttled report left it out (rank 0)."""
@@ -327,6 +330,7 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
     try:
         worker.serve()
     finally:
+        worker.decisions.close()
         link.close()
         if dist.is_initialized():
             dist.destroy_process_group()

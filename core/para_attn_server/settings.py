@@ -103,9 +103,9 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     output_dir: Annotated[str, _help("where outputs are written")] = "outputs"
     max_queue: Annotated[int, msgspec.Meta(ge=0), _help("jobs that may wait")] = 64
-    job_timeout: Annotated[
-        float | None, _help("seconds a job may run before its group is restarted; 0: no limit")
-    ] = 3600.0
+    job_timeout: Annotated[float | None, _help("seconds a job may run before its group is restarted; 0: no limit")] = (
+        3600.0
+    )
     result_ttl: Annotated[Seconds, _help("seconds finished jobs and their outputs are kept")] = 3600.0
     result_poll_wait: Annotated[
         Annotated[float, msgspec.Meta(ge=0, le=30)],
@@ -154,9 +154,7 @@ class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     setup_timeout: Annotated[Seconds, _help("seconds a group's setup may take")] = 1800.0
     heartbeat_timeout: Annotated[Seconds, _help("seconds of rank silence before a restart")] = 30.0
     cancel_grace: Annotated[Seconds, _help("seconds a cancelled job may take to stop before a restart")] = 10.0
-    error_grace: Annotated[
-        Seconds, _help("seconds the other ranks get to leave a job that failed on one rank")
-    ] = 3.0
+    error_grace: Annotated[Seconds, _help("seconds the other ranks get to leave a job that failed on one rank")] = 3.0
     stop_grace: Annotated[Seconds, _help("seconds between SIGTERM and SIGKILL when stopping ranks")] = 5.0
 
 

@@ -136,4 +136,3 @@ class BatchWriter:
         item.done(None, None, error)
         if not item.future.done():
             item.future.set_result(None)
-

@@ -176,4 +176,3 @@ def test_join_without_a_token_is_a_usage_error_that_says_where_to_find_it(
     assert info.value.code == 2
     expected = "--token (or $PARA_ATTN_SERVER_JOIN_TOKEN) is required: the server logs it at start"
     assert expected in capsys.readouterr().err
-

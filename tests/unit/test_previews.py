@@ -134,6 +134,7 @@ def test_a_function_is_called_on_the_senders_thread_and_never_when_it_was_replac
         def make() -> np.ndarray:
             calls.append((step, threading.current_thread().name))
             return np.full((4, 6, 3), 7, dtype=np.uint8) if step != 5 else np.zeros((4, 6))
+
         return make
 
     sender.submit("job", 1, picture(1))

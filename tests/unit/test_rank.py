@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from para_attn_server.decisions import DecisionChannel
 from para_attn_server.protocol import Progress
 from para_attn_server.rank import StepDecider
 
@@ -22,7 +23,7 @@ class FakeLink:
 
 
 def decider(link: FakeLink) -> StepDecider:
-    return StepDecider("job-1", 0, 1, link, control=None)  # type: ignore[arg-type]
+    return StepDecider("job-1", 0, link, DecisionChannel())  # type: ignore[arg-type]
 
 
 def test_fast_steps_are_reported_sparingly_but_always_the_last() -> None:

@@ -17,9 +17,7 @@ from ..jobs import JobService
 from ..registry import Job
 
 
-async def accept(
-    request: Request[Any, Any, Any], service: JobService, job_id: str | None = None
-) -> tuple[Job, bool]:
+async def accept(request: Request[Any, Any, Any], service: JobService, job_id: str | None = None) -> tuple[Job, bool]:
     """Decode the request's body and submit it; answered once the job is on record."""
     inputs = decode(service, await request.body())
     return await service.accept(inputs, job_id)

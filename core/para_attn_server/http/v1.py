@@ -56,9 +56,7 @@ class JobsController(Controller):
         "and a job that succeeds within `wait`, the answer is the output bytes themselves, with an X-Job-Id header.",
         responses={201: spec(JobView, "Queued (or ended, with wait)"), **SUBMIT_ERRORS, **errors(410)},
         opt={
-            "openapi": Doc(
-                headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}}
-            )
+            "openapi": Doc(headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}})
         },
     )
     async def create_job(

@@ -21,6 +21,8 @@ const page = {
   cancelling: null, // id of the job whose cancel was sent
   urls: {}, // object URLs by slot ("preview", "result"), revoked when replaced
   previewStep: -1,
+  previewWanted: null, // {id, step, url} of the newest preview not yet fetched
+  previewLoading: false,
   mine: new Map(), // jobs submitted from this page, the list when the server lists none
   listing: true, // false once GET /v1/jobs answered 404/405
 };
@@ -329,6 +331,7 @@ function watch(view) {
   setUrl("preview", null);
   setUrl("result", null);
   page.previewStep = -1;
+  page.previewWanted = null;
   $("preview-box").hidden = true;
   $("result-box").hidden = true;
   $("result").replaceChildren();
@@ -351,7 +354,7 @@ async function follow(id, signal) {
     const message = JSON.parse(data);
     if (event === "state") showJob(message);
     else if (event === "progress") showJob({ ...page.job, step: message.step, total_steps: message.total });
-    else if (event === "preview") run(() => showPreview(id, message));
+    else if (event === "preview") showPreview(id, message);
   }
   // The stream ends with the job; should it end early, ask once how the job stands.
   if (!signal.aborted && page.job?.id === id && !TERMINAL.has(page.job.state)) {
@@ -388,16 +391,33 @@ function showProgress(step, total) {
   }
 }
 
-async function showPreview(id, { step, url }) {
-  const response = await api(url);
-  // A preview that arrives late (a later one shown, the job ended or changed) is dropped.
-  if (!response.ok || page.job?.id !== id || step <= page.previewStep || page.urls.result) return;
-  const blob = await response.blob();
-  if (page.job?.id !== id || step <= page.previewStep || page.urls.result) return;
-  page.previewStep = step;
-  $("preview").src = setUrl("preview", blob);
-  $("preview-caption").textContent = `Preview after step ${step}`;
-  $("preview-box").hidden = false;
+// One preview request at a time, for the newest preview only: a browser holds six
+// connections to a host, and preview downloads that pile up would starve Cancel.
+function showPreview(id, message) {
+  page.previewWanted = { id, ...message };
+  if (!page.previewLoading) run(loadPreviews);
+}
+
+async function loadPreviews() {
+  page.previewLoading = true;
+  try {
+    while (page.previewWanted) {
+      const { id, step, url } = page.previewWanted;
+      page.previewWanted = null;
+      // A preview that arrives late (a later one shown, the job ended or changed) is dropped.
+      const late = () => page.job?.id !== id || step <= page.previewStep || page.urls.result;
+      if (late()) continue;
+      const response = await api(url);
+      const blob = await response.blob(); // read whole, so the connection is free again
+      if (!response.ok || late()) continue;
+      page.previewStep = step;
+      $("preview").src = setUrl("preview", blob);
+      $("preview-caption").textContent = `Preview after step ${step}`;
+      $("preview-box").hidden = false;
+    }
+  } finally {
+    page.previewLoading = false;
+  }
 }
 
 async function showOutput(view) {
