@@ -28,7 +28,7 @@ from tests.reliability.support import until
 pytestmark = pytest.mark.timeout(240)
 
 FAULTY = ["--model", "tests.predictors:Faulty", "--num-devices", "1"]
-TTL_AFTER_KILL = 20.0  # long enough to see outputs after the restart, short enough to see them go
+TTL_AFTER_KILL = 12.0  # long enough to see outputs after the restart, short enough to see them go
 
 
 def journal_states(server: Server) -> dict[str, str]:
