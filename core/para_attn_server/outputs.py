@@ -9,7 +9,6 @@ file, fsync, rename and a directory fsync: a file is either whole or absent.
 
 from __future__ import annotations
 
-import binascii
 import concurrent.futures
 import contextlib
 import errno
@@ -24,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+from . import b64
 from .errors import InputError, OutputGoneError
 from .writer import BatchWriter
 
@@ -354,7 +354,7 @@ class Held:
             return self.data
         with self._lock:
             if self._raw is None:
-                self._raw = binascii.a2b_base64(self.data)
+                self._raw = b64.decode(self.data)
             return self._raw
 
     def drop_raw(self) -> None:

@@ -23,7 +23,6 @@ rest of the server only ever sees this contract.
 
 from __future__ import annotations
 
-import binascii
 import contextvars
 import io
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from . import b64
 from .errors import JobCancelled
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Output(msgspec.Struct, frozen=True):
 
     def raw(self) -> bytes:
         """The output's bytes (decoding base64 text)."""
-        return binascii.a2b_base64(self.data) if self.base64 else self.data
+        return b64.decode(self.data) if self.base64 else self.data
 
     @classmethod
     def from_image(cls, image: Image, file_type: str = "png", **save_options: Any) -> Output:

@@ -10,7 +10,6 @@ answers 410 with the reason and no server path.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from .. import b64
 from ..errors import OutputGoneError
 from ..outputs import READ_CHUNK, content_type
 from ..registry import GONE, Job
@@ -64,7 +64,7 @@ async def base64_response(service: Service, job: Job) -> Response[Any]:
     head, tail = b'{"output":"', b'","file_type":' + msgspec.json.encode(record.file_type) + extra + b"}"
     held = service.held_output(job)
     if held is not None and len(held.data) <= READ_CHUNK:
-        text = held.data if held.base64 else base64.b64encode(held.data)
+        text = held.data if held.base64 else b64.encode(held.data)
         return Response(head + text + tail, media_type="application/json")
     if held is not None and held.base64:  # the predictor's own base64: sent as it came
         length = len(head) + len(held.data) + len(tail)
@@ -84,7 +84,7 @@ async def _framed(head: bytes, chunks: AsyncIterator[bytes], tail: bytes, *, enc
     yield head
     async for chunk in chunks:
         # READ_CHUNK is a multiple of 3: the chunks encode with no padding between them.
-        yield base64.b64encode(chunk) if encode else chunk
+        yield b64.encode(chunk) if encode else chunk
     yield tail
 
 

@@ -4,7 +4,6 @@ service, the plugin's settings, the served model's name and what its fields map 
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any, TypeAlias
 import msgspec
 from litestar.di import NamedDependency, Provide
 
+from para_attn_server import b64
 from para_attn_server.errors import InputError
 from para_attn_server.http.bodies import decode
 from para_attn_server.http.outputs import file_of
@@ -65,7 +65,7 @@ class OpenAIContext:
         held = self.service.held_output(job)
         if held is not None and held.base64:
             return held.data.decode("ascii")
-        return base64.b64encode(await self.output(job)).decode("ascii")
+        return b64.encode(await self.output(job)).decode("ascii")
 
 
 Api: TypeAlias = NamedDependency[OpenAIContext]
