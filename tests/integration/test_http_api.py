@@ -120,13 +120,18 @@ def test_put_with_the_same_id_is_idempotent(tiny_server: Server) -> None:
 
 
 def test_events_stream_each_step_then_the_final_state(tiny_server: Server) -> None:
+    # A longer job ahead keeps this one queued while the stream opens, so no step of it
+    # can pass unseen (a stream opened later starts from the job's current step).
+    ahead = tiny_server.submit(prompt="ahead", width=128, height=128, num_inference_steps=30)
     job_id = tiny_server.submit(prompt="steps", num_inference_steps=6)
     events = list(tiny_server.events(job_id))
+    assert events[0][0] == "state" and events[0][1]["state"] == "queued", events[0]
     steps = [(data["step"], data["total"]) for event, data in events if event == "progress"]
     assert steps == [(k, 6) for k in range(1, 7)]
     states = [data["state"] for event, data in events if event == "state"]
     assert states[-1] == "succeeded"
     assert set(states) <= {"queued", "running", "succeeded"}
+    assert tiny_server.wait(ahead)["state"] == "succeeded"
 
 
 def test_health_probes(tiny_server: Server) -> None:
