@@ -238,9 +238,11 @@ class RankWorker:
     def run(self, message: RunJob) -> None:
         job_id = message.job_id
         ended: JobEnded
+        # First, whatever follows: every rank must count every job, or a rank's decisions
+        # would be read as another job's.
+        self.decisions.begin_job()
         try:
             inputs = self.schema.convert(message.inputs)
-            self.decisions.begin_job()
             decider = StepDecider(job_id, self.rank, self.link, self.decisions)
             previews = functools.partial(self.previews.submit, job_id) if self.rank == 0 else None
             job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider, previews)

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from para_attn_predictors.diffusers_base import DiffusersPredictor
+from para_attn_server import RankContext
 from para_attn_server.testing import Server, server_env
 
 HERE = Path(__file__).resolve().parent
@@ -66,3 +69,12 @@ def assert_rejected(server: Server, fields: dict[str, Any], field: str) -> None:
     response = server.http.post("/v1/jobs", json={"prompt": "a cat", **fields})
     assert response.status_code == 400
     assert response.json()["error"].startswith(f"{field}:")
+
+
+def build(cls: type[DiffusersPredictor], path: Path, **options: str) -> DiffusersPredictor:
+    """A predictor of ``cls`` set up in this process as rank 0 of 1, on the CPU."""
+    options = {"model_path": str(path), "max_sequence_length": "16", **options}
+    predictor = cls()
+    predictor.configure(1, options)
+    predictor.setup(RankContext(0, 1, 0, torch.device("cpu"), options))
+    return predictor

@@ -15,9 +15,9 @@ import torch
 from para_attn_predictors.diffusers_base import DiffusersPredictor
 from para_attn_predictors.flux import FluxPredictor
 from para_attn_predictors.wan import WanPredictor
-from para_attn_server import JobCancelled, RankContext
+from para_attn_server import JobCancelled
 from para_attn_server.predictor import JobContext, running
-from tests.contrib.support import npy
+from tests.contrib.support import build, npy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,14 +28,6 @@ WAN_REQUEST = {
     "prompt": "a cat", "width": 32, "height": 32, "num_frames": 5, "num_inference_steps": 5, "seed": 1,
     "output_format": "npy",
 }  # fmt: skip
-
-
-def build(cls: type[DiffusersPredictor], path: Path, **options: str) -> DiffusersPredictor:
-    options = {"model_path": str(path), "max_sequence_length": "16", **options}
-    predictor = cls()
-    predictor.configure(1, options)
-    predictor.setup(RankContext(0, 1, 0, torch.device("cpu"), options))
-    return predictor
 
 
 def run(predictor: DiffusersPredictor, fields: dict[str, Any], cancel_at: int | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ from para_attn_predictors.tiny import TinyFluxPredictor
 from para_attn_predictors.wan import WanPredictor
 from para_attn_server import RankContext
 from para_attn_server.predictor import JobContext, running
-from tests.contrib.support import npy
+from tests.contrib.support import build, npy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,14 +30,6 @@ WAN_REQUEST = {
     "prompt": "a red cat", "width": 32, "height": 48, "num_frames": 5, "num_inference_steps": 4, "seed": 3,
     "output_format": "npy",
 }  # fmt: skip
-
-
-def build(cls: type[DiffusersPredictor], path: Path, **options: str) -> DiffusersPredictor:
-    options = {"model_path": str(path), "max_sequence_length": "16", **options}
-    predictor = cls()
-    predictor.configure(1, options)
-    predictor.setup(RankContext(0, 1, 0, torch.device("cpu"), options))
-    return predictor
 
 
 def run(predictor: DiffusersPredictor, fields: dict[str, Any]) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:

@@ -125,7 +125,7 @@ def test_events_stream_each_step_then_the_final_state(tiny_server: Server) -> No
     ahead = tiny_server.submit(prompt="ahead", width=128, height=128, num_inference_steps=30)
     job_id = tiny_server.submit(prompt="steps", num_inference_steps=6)
     events = list(tiny_server.events(job_id))
-    assert events[0][0] == "state" and events[0][1]["state"] == "queued", events[0]
+    assert (events[0][0], events[0][1]["state"]) == ("state", "queued"), "the job ahead ended before the stream opened"
     steps = [(data["step"], data["total"]) for event, data in events if event == "progress"]
     assert steps == [(k, 6) for k in range(1, 7)]
     states = [data["state"] for event, data in events if event == "state"]

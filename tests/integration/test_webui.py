@@ -101,6 +101,18 @@ def generate(page: Page, **fields: object) -> str:
     return page.locator("#job-id").inner_text()
 
 
+def expect_job_state(page: Page, server: Server, job_id: str, state: str) -> None:
+    """The page shows the job in ``state``; if not, the failure says what the server says."""
+    try:
+        expect(page.locator("#job-state")).to_have_text(state)
+    except AssertionError as error:
+        view = server.http.get(f"/v1/jobs/{job_id}").json()
+        shown = page.locator("#page-error").text_content() or ""
+        raise AssertionError(
+            f"{error}\npage error: {shown!r}\nthe server's view: {view}\n{server.log.tail()}"
+        ) from None
+
+
 def save_screenshot(page: Page, path: Path) -> None:
     page.screenshot(path=path, full_page=True)
     if copy_to := os.environ.get("PARA_ATTN_WEBUI_SCREENSHOTS"):
@@ -203,7 +215,7 @@ def test_a_running_job_shows_its_live_preview(
     assert 10 <= shown < 50
 
     page.get_by_role("button", name="Cancel").click()
-    expect(page.locator("#job-state")).to_have_text("cancelled")
+    expect_job_state(page, tiny_server, job_id, "cancelled")
     expect(page.locator("#result-box")).to_be_hidden()
 
 
@@ -238,7 +250,7 @@ def test_cancel_stops_a_running_job(noop_server: Server, open_page: Callable[...
 
     page.get_by_role("button", name="Cancel").click()
 
-    expect(page.locator("#job-state")).to_have_text("cancelled")
+    expect_job_state(page, noop_server, job_id, "cancelled")
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
     view = noop_server.http.get(f"/v1/jobs/{job_id}").json()
     assert view["state"] == "cancelled"

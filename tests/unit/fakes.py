@@ -7,7 +7,8 @@ The module is also a plugin (``register_predictors`` below), so tests can load i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -17,6 +18,7 @@ from para_attn_server import InputError, Output, Predictor, RankContext, hookimp
 from para_attn_server.errors import SetupError
 from para_attn_server.jobs import JobService
 from para_attn_server.outcome import JobOutcome
+from para_attn_server.registry import Job
 from para_attn_server.settings import GroupSettings
 from para_attn_server.views import GroupStatus, RankRow
 
@@ -201,3 +203,19 @@ class FakeGroup:
     def status(self) -> GroupStatus:
         busy = self.current is not None
         return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows())
+
+
+def watch_subscriptions(service: JobService, monkeypatch: Any) -> asyncio.Event:
+    """An event set once a client's event stream holds its subscription: a test can then
+    make the job move knowing the stream sees every step."""
+    subscribed = asyncio.Event()
+    subscribe = service.subscribe
+
+    @contextlib.asynccontextmanager
+    async def observed(job: Job) -> AsyncIterator[Any]:
+        async with subscribe(job) as queue:
+            subscribed.set()
+            yield queue
+
+    monkeypatch.setattr(service, "subscribe", observed)
+    return subscribed

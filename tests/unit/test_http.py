@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,7 @@ from para_attn_server.outputs import OutputStore
 from para_attn_server.records import JobState
 from para_attn_server.registry import Job
 
-from .fakes import FakeGroup, FakeRun, KwargsPredictor, LegacyPredictor, MakeService, deadline
+from .fakes import FakeGroup, FakeRun, KwargsPredictor, LegacyPredictor, MakeService, deadline, watch_subscriptions
 
 pytestmark = [
     pytest.mark.anyio,
@@ -612,16 +611,7 @@ def parse_sse(text: str) -> list[tuple[str, Any]]:
 async def test_events_stream_progress_and_states_until_the_job_ends(
     client: httpx.AsyncClient, service: JobService, group: FakeGroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    subscribed = asyncio.Event()
-    subscribe = service.subscribe
-
-    @contextlib.asynccontextmanager
-    async def observed(job: Job) -> AsyncIterator[Any]:
-        async with subscribe(job) as queue:
-            subscribed.set()
-            yield queue
-
-    monkeypatch.setattr(service, "subscribe", observed)
+    subscribed = watch_subscriptions(service, monkeypatch)
     request_id = await generate(client)
     run: FakeRun = await group.next_run()
 

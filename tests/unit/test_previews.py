@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import threading
 from collections.abc import AsyncIterator
@@ -20,9 +19,8 @@ from para_attn_server.http import create_app
 from para_attn_server.jobs import JobService
 from para_attn_server.previews import MAX_SIDE, PreviewSender, PreviewStore, to_jpeg
 from para_attn_server.protocol import Preview
-from para_attn_server.registry import Job
 
-from .fakes import FakeGroup, deadline
+from .fakes import FakeGroup, deadline, watch_subscriptions
 from .test_http import parse_sse
 
 
@@ -203,16 +201,7 @@ def jpeg(colour: tuple[int, int, int]) -> bytes:
 async def test_previews_are_events_and_the_latest_is_served_as_a_jpeg(
     client: httpx.AsyncClient, service: JobService, group: FakeGroup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    subscribed = asyncio.Event()
-    subscribe = service.subscribe
-
-    @contextlib.asynccontextmanager
-    async def observed(job: Job) -> AsyncIterator[Any]:
-        async with subscribe(job) as queue:
-            subscribed.set()
-            yield queue
-
-    monkeypatch.setattr(service, "subscribe", observed)
+    subscribed = watch_subscriptions(service, monkeypatch)
     job_id = (await client.post("/v1/jobs", json={"prompt": "a cat"})).json()["id"]
     run = await group.next_run()
     assert run.on_preview is not None

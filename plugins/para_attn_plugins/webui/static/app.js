@@ -346,19 +346,28 @@ function watch(view) {
   run(() => follow(view.id, controller.signal));
 }
 
+// The job's event stream until the job ends. A stream can end early (a proxy's timeout, a
+// server restart, a dropped connection): then the page asks how the job stands and, while
+// it has not ended, opens the stream again a second later.
 async function follow(id, signal) {
-  const response = await api(`/v1/jobs/${id}/events`, { signal, headers: { Accept: "text/event-stream" } });
-  if (!response.ok) throw new Error(`events of job ${id}: ${response.status} ${(await json(response)).error || ""}`);
-  for await (const { event, data } of readEvents(response.body)) {
-    if (signal.aborted) return;
-    const message = JSON.parse(data);
-    if (event === "state") showJob(message);
-    else if (event === "progress") showJob({ ...page.job, step: message.step, total_steps: message.total });
-    else if (event === "preview") showPreview(id, message);
-  }
-  // The stream ends with the job; should it end early, ask once how the job stands.
-  if (!signal.aborted && page.job?.id === id && !TERMINAL.has(page.job.state)) {
-    showJob(await json(await api(`/v1/jobs/${id}`)));
+  const ended = () => signal.aborted || page.job?.id !== id || TERMINAL.has(page.job.state);
+  while (!ended()) {
+    const response = await api(`/v1/jobs/${id}/events`, { signal, headers: { Accept: "text/event-stream" } });
+    if (!response.ok) throw new Error(`events of job ${id}: ${response.status} ${(await json(response)).error || ""}`);
+    try {
+      for await (const { event, data } of readEvents(response.body)) {
+        if (signal.aborted) return;
+        const message = JSON.parse(data);
+        if (event === "state") showJob(message);
+        else if (event === "progress") showJob({ ...page.job, step: message.step, total_steps: message.total });
+        else if (event === "preview") showPreview(id, message);
+      }
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error; // TypeError: the connection dropped
+    }
+    if (ended()) return;
+    showJob(await json(await api(`/v1/jobs/${id}`, { signal })));
+    if (!ended()) await new Promise((resolve) => setTimeout(resolve, 1000));
   }
 }
 
@@ -458,7 +467,16 @@ $("cancel").addEventListener("click", () =>
     if (!job) return;
     page.cancelling = job.id;
     $("cancel").disabled = true;
-    const response = await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+    // Cancelling twice is harmless, so a request lost with its connection (a kept-alive
+    // socket the server had just closed) is sent again, at most three times.
+    let response = null;
+    for (let attempt = 1; !response; attempt++) {
+      try {
+        response = await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+      } catch (error) {
+        if (!(error instanceof TypeError) || attempt === 3) throw error;
+      }
+    }
     const body = await json(response);
     if (response.ok) showJob(body);
     else $("job-error").textContent = `cancel: ${body.error || response.status}`;
