@@ -1,4 +1,4 @@
-"""The ``multiprocessing`` executor: every rank a spawned process on this host.
+"""The ``multiprocessing`` executor: every rank a process on this host, forked from a fork server.
 
 Each launch hosts torch.distributed's rendezvous store itself, in the server process, on a
 fresh loopback port (a restart never waits for the previous group's port): torch's own
