@@ -28,8 +28,8 @@ STORE_HOST = "127.0.0.1"
 
 
 def _rank_main(spec: RankSpec, rank: int, local_rank: int) -> None:
-    """A rank's process. The rank module (torch) is imported there only: the server
-    process never needs torch, and importing it costs every start ~2 s of CPU."""
+    """A rank's process. The rank module (torch) is imported here, never at the top: the
+    fork server preloads it, and the server process itself has no use for torch."""
     from para_attn_server.rank import main
 
     main(spec, rank, local_rank)
@@ -66,10 +66,11 @@ def _join_all(processes: list[BaseProcess]) -> None:
 class MultiprocessingExecutor(Executor):
     def __init__(self, num_ranks: int, options: msgspec.Struct) -> None:
         super().__init__(num_ranks, options)
-        # Ranks fork from a server process that has already imported the rank module and
-        # torch (and, as spawn would, the main script: a predictor instance defined there
-        # unpickles). Each start and each restart then skips ~2 s of imports per rank.
-        # The fork server holds no threads, CUDA or sockets of ours: forking it is safe.
+        # Ranks fork from a fork server that has already imported the rank module with
+        # torch, the HTTP package that plugins import, and (as spawn would) the main script,
+        # so a predictor instance defined there unpickles. Each start and each restart then
+        # skips seconds of imports per rank. The fork server holds no threads, CUDA or
+        # sockets of ours: forking it is safe.
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["__main__", "para_attn_server.rank", "para_attn_server.http"])
         self._processes: list[BaseProcess] = []
@@ -83,7 +84,7 @@ class MultiprocessingExecutor(Executor):
             self._context.Process(target=_rank_main, args=(spec, rank, rank), name=f"para-attn-rank-{rank}")
             for rank in range(self.num_ranks)
         ]
-        # Spawning pickles the spec and forks a helper: keep it off the event loop.
+        # Starting pickles the spec and waits for the fork server: keep it off the event loop.
         await asyncio.to_thread(_start_all, self._processes)
 
     async def wait_exit(self) -> str:
