@@ -134,6 +134,31 @@ async def raw_request(
     return status, await reader.readexactly(length)
 
 
+async def drive_wait_jobs(
+    port: int, body: bytes, clients: int, per_client: int, warmup: tuple[int, int]
+) -> tuple[float, list[float]]:
+    """Jobs/s and every job's latency: ``clients`` connections, each submitting ``body`` with
+    ``POST /v1/jobs?wait`` (bytes back) ``per_client`` times in a row, after a warm-up of
+    ``warmup`` = (connections, jobs each) whose timings are dropped."""
+    head = post_head("/v1/jobs?wait=60", body, "application/octet-stream")
+    latencies: list[float] = []
+
+    async def one_client(jobs: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(jobs):
+            start = time.perf_counter()
+            status, _ = await raw_request(reader, writer, head, body)
+            assert status == 201, status
+            latencies.append(time.perf_counter() - start)
+        writer.close()
+
+    await asyncio.gather(*(one_client(warmup[1]) for _ in range(warmup[0])))
+    latencies.clear()
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client(per_client) for _ in range(clients)))
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
 def post_head(path: str, body: bytes, accept: str = "application/json") -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
-from .harness import Report, Stat, post_head, raw_request, server
+from .harness import Report, Stat, drive_wait_jobs, server
 
 SUITE = "scale"
 CLIENTS = 4
@@ -25,28 +24,6 @@ LAYOUTS = {"1 group of 2": [], "2 groups of 1": ["--group-size", "1"]}  # of 2 r
 BODY = json.dumps({"size": 1024, "steps": STEPS, "step_seconds": STEP_SECONDS}).encode()
 
 
-async def drive(port: int, clients: int, per_client: int) -> tuple[float, list[float]]:
-    """Jobs/s and every job's latency, ``clients`` connections each running ``per_client``
-    jobs one after the other."""
-    head = post_head("/v1/jobs?wait=60", BODY, "application/octet-stream")
-    latencies: list[float] = []
-
-    async def one_client(jobs: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(jobs):
-            start = time.perf_counter()
-            status, _ = await raw_request(reader, writer, head, BODY)
-            assert status == 201, status
-            latencies.append(time.perf_counter() - start)
-        writer.close()
-
-    await asyncio.gather(*(one_client(1) for _ in range(clients)))  # warm-up: every group ran a job
-    latencies.clear()
-    start = time.perf_counter()
-    await asyncio.gather(*(one_client(per_client) for _ in range(clients)))
-    return len(latencies) / (time.perf_counter() - start), latencies
-
-
 def scale(report: Report, quick: bool) -> None:
     per_client = 5 if quick else 20
     alone = 10 if quick else 40
@@ -54,12 +31,13 @@ def scale(report: Report, quick: bool) -> None:
     p50_alone: dict[str, float] = {}
     for name, args in LAYOUTS.items():
         with server("noop", 2, *args) as srv:
-            rate, latencies = asyncio.run(drive(srv.port, CLIENTS, per_client))
+            # Warm-up: a job per client, so every group has run one.
+            rate, latencies = asyncio.run(drive_wait_jobs(srv.port, BODY, CLIENTS, per_client, (CLIENTS, 1)))
             s = Stat.of(latencies)
             jobs_s[name] = rate
             report.add(SUITE, f"{name}, {CLIENTS} clients", rate, "jobs/s",
                        f"latency p50 {s.median * 1e3:.1f} ms p90 {s.p90 * 1e3:.1f} ms", latency=vars(s))  # fmt: skip
-            _, latencies = asyncio.run(drive(srv.port, 1, alone))
+            _, latencies = asyncio.run(drive_wait_jobs(srv.port, BODY, 1, alone, (1, 1)))
             s = Stat.of(latencies)
             p50_alone[name] = s.median
             report.add(SUITE, f"{name}, 1 client", s.median, "s", s.ms(), stat=vars(s))

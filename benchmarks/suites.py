@@ -10,7 +10,7 @@ from typing import Any
 
 from .compare import compare
 from .direct import DirectRanks, direct_call_times
-from .harness import Client, Report, Stat, client, post_head, raw_request, server, timed
+from .harness import Client, Report, Stat, client, drive_wait_jobs, server, timed
 from .scale import scale
 
 OCTET = {"accept": "application/octet-stream"}
@@ -121,33 +121,13 @@ def throughput(report: Report, quick: bool) -> None:
     total = 400 if quick else 2000
     with server("noop", 2, "--max-queue", "256") as srv:
         for clients in (1, 8, 32):
-            jobs_s, lat = asyncio.run(_drive(srv.port, clients, total))
+            per_client = total // clients
+            warmup = (min(clients, 4), per_client)
+            jobs_s, lat = asyncio.run(drive_wait_jobs(srv.port, b'{"size": 1024}', clients, per_client, warmup))
             s = Stat.of(lat)
             report.add("throughput", f"no-op, {clients} concurrent client(s)", jobs_s, "jobs/s",
                        f"latency p50 {s.median * 1e3:.2f} ms p90 {s.p90 * 1e3:.2f} ms p99 {s.p99 * 1e3:.2f} ms",
                        latency=vars(s))  # fmt: skip
-
-
-async def _drive(port: int, clients: int, total: int) -> tuple[float, list[float]]:
-    body = b'{"size": 1024}'
-    head = post_head("/v1/jobs?wait=60", body, "application/octet-stream")
-    per_client = total // clients
-    latencies: list[float] = []
-
-    async def one_client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(per_client):
-            start = time.perf_counter()
-            status, _ = await raw_request(reader, writer, head, body)
-            assert status == 201, status
-            latencies.append(time.perf_counter() - start)
-        writer.close()
-
-    await asyncio.gather(*(one_client() for _ in range(min(clients, 4))))  # warm-up
-    latencies.clear()
-    start = time.perf_counter()
-    await asyncio.gather(*(one_client() for _ in range(clients)))
-    return len(latencies) / (time.perf_counter() - start), latencies
 
 
 # ---- 3: payload -------------------------------------------------------------------------
