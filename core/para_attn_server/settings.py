@@ -89,13 +89,22 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.api_key:
             raise ConfigurationError("give the API key once: --api-key (or its variable) or --api-key-file")
         try:
-            with open(self.api_key_file, encoding="utf-8") as f:
-                key = f.readline().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"--api-key-file: cannot read it: {exc.strerror}") from None
-        if not key:
-            raise ConfigurationError("--api-key-file: its first line is empty")
-        return key
+            return secret_from_file(self.api_key_file)
+        except ValueError as exc:
+            raise ConfigurationError(f"--api-key-file: {exc}") from None
+
+
+def secret_from_file(path: str) -> str:
+    """A secret kept in a file (out of ``ps``): its first line, stripped. ValueError says
+    why there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror}") from None
+    if not line:
+        raise ValueError("its first line is empty")
+    return line
 
 
 class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

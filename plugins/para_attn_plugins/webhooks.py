@@ -42,7 +42,7 @@ from para_attn_server import hookimpl
 from para_attn_server.jobs import JobService
 from para_attn_server.plugins import version
 from para_attn_server.records import JobRecord, JobState
-from para_attn_server.settings import Settings
+from para_attn_server.settings import Settings, secret_from_file
 from para_attn_server.views import JobView
 
 # httpx is imported where it is used (100 ms): rank processes load this plugin too, and
@@ -119,22 +119,14 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(
                     "webhook_secret_file: give the secret once: this file, or --webhook-secret (or its variable)"
                 )
-            self.webhook_secret = read_first_line(self.webhook_secret_file)
+            try:
+                self.webhook_secret = secret_from_file(self.webhook_secret_file)
+            except ValueError as exc:
+                raise ValueError(f"webhook_secret_file: {exc}") from None
         if self.webhook_secret is not None:
             check_secret(self.webhook_secret)
         elif self.webhook_allow_hosts:
             raise ValueError(f"webhook_secret: is needed to sign webhooks (or set ${SECRET_ENV})")
-
-
-def read_first_line(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            line = f.readline().strip()
-    except OSError as exc:
-        raise ValueError(f"webhook_secret_file: cannot read it: {exc.strerror}") from None
-    if not line:
-        raise ValueError("webhook_secret_file: its first line is empty")
-    return line
 
 
 def check_secret(secret: str) -> None:
