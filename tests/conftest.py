@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_httpserver import HTTPServer
 
 from para_attn_predictors import make_tiny
 from para_attn_server.testing import Server
 from tests import REPO
+from tests.webhook_receiver import Receiver, receiver_server
 
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
@@ -35,6 +37,19 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         server.terminate()
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def receiving() -> Iterator[HTTPServer]:
+    """A real webhook receiver (pytest-httpserver) on loopback, one per module."""
+    with receiver_server() as server:
+        yield server
+
+
+@pytest.fixture
+def receiver(receiving: HTTPServer) -> Receiver:
+    """What ``receiving`` got, starting empty for each test."""
+    return Receiver(receiving)
 
 
 @pytest.fixture(scope="session")

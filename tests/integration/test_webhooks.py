@@ -13,20 +13,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from para_attn_server.testing import CLI, Server, server_env
-from tests.webhook_receiver import SECRET, Receiver, receiver_server
+from tests.webhook_receiver import SECRET, Receiver
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def receiving() -> Iterator[HTTPServer]:
-    with receiver_server() as server:
-        yield server
-
-
-@pytest.fixture
-def receiver(receiving: HTTPServer) -> Receiver:
-    return Receiver(receiving)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from pytest_httpserver import HTTPServer
 
 from para_attn_plugins import webhooks
 from para_attn_plugins.webhooks import AllowedHosts, WebhookSettings
@@ -31,7 +30,7 @@ from para_attn_server.plugins import AUTOLOAD_ENV, Plugins
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings, Settings
 from para_attn_server.testing import free_port
-from tests.webhook_receiver import SECRET, Delivery, Receiver, receiver_server
+from tests.webhook_receiver import SECRET, Delivery, Receiver
 
 from .fakes import EchoPredictor, FakeGroup, FakeRun, deadline
 
@@ -42,17 +41,6 @@ SECTIONS = {"webhooks": WebhookSettings}
 
 def build(**values: Any) -> Settings:
     return settings_tree.build(values, SECTIONS)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[HTTPServer]:
-    with receiver_server() as server:
-        yield server
-
-
-@pytest.fixture
-def receiver(server: HTTPServer) -> Receiver:
-    return Receiver(server)
 
 
 @pytest.fixture
