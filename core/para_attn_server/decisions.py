@@ -9,14 +9,15 @@ hosts use the gloo broadcast, as rank 0's address is not known to them (and step
 model that needs several hosts are long).
 
 Rank 0 listens on loopback and gives its port to the others with one broadcast at setup;
-each connects and presents its rank and the generation's token, so a stranger on the host
-cannot take a rank's place. Each decision carries the job's number: a rank that left a job
+each connects and presents its rank and a hash of the generation's token, so a stranger on
+the host cannot take a rank's place. Each decision carries the job's number: a rank that left a job
 early (it failed while rank 0 went on) skips the decisions of that job left in its socket
 instead of reading them as the next job's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import socket
 import struct
@@ -27,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 HOST = "127.0.0.1"
-HELLO = struct.Struct(">i32s")  # rank, token (the generation's, 32 hex digits)
+HELLO = struct.Struct(">i32s")  # rank, SHA-256 of the generation's token (any length fits)
 DECISION = struct.Struct(">IB")  # job number, stop
 
 
@@ -74,14 +75,15 @@ class SocketDecisions(DecisionChannel):
         super().__init__()
         self.rank = rank
         self.peers: list[socket.socket] = []
+        proof = hashlib.sha256(token.encode()).digest()
         if rank == 0:
             with socket.create_server((HOST, 0), backlog=world_size) as server:
                 server.settimeout(timeout)
                 share_port(server.getsockname()[1])
-                self.peers = _accept(server, world_size, token)
+                self.peers = _accept(server, world_size, proof)
         else:
             peer = socket.create_connection((HOST, share_port(0)), timeout=timeout)
-            peer.sendall(HELLO.pack(rank, token.encode()))
+            peer.sendall(HELLO.pack(rank, proof))
             # Waiting longer than a collective may is a fault, as in the gloo broadcast.
             self.peers = [peer]
         for peer in self.peers:
@@ -103,7 +105,7 @@ class SocketDecisions(DecisionChannel):
             peer.close()
 
 
-def _accept(server: socket.socket, world_size: int, token: str) -> list[socket.socket]:
+def _accept(server: socket.socket, world_size: int, proof: bytes) -> list[socket.socket]:
     """One authenticated connection from each rank 1..world_size-1, in rank order."""
     by_rank: dict[int, socket.socket] = {}
     while len(by_rank) < world_size - 1:
@@ -113,7 +115,7 @@ def _accept(server: socket.socket, world_size: int, token: str) -> list[socket.s
         if hello is None or not (1 <= hello[0] < world_size) or hello[0] in by_rank:
             peer.close()
             continue
-        if not hmac.compare_digest(hello[1], token.encode()):
+        if not hmac.compare_digest(hello[1], proof):
             peer.close()
             continue
         peer.settimeout(None)
@@ -123,10 +125,10 @@ def _accept(server: socket.socket, world_size: int, token: str) -> list[socket.s
 
 def _read_hello(peer: socket.socket) -> tuple[int, bytes] | None:
     try:
-        rank, token = HELLO.unpack(_read_exactly(peer, HELLO.size))
+        rank, proof = HELLO.unpack(_read_exactly(peer, HELLO.size))
     except (ConnectionError, TimeoutError):
         return None
-    return int(rank), bytes(token)
+    return int(rank), bytes(proof)
 
 
 def _read_exactly(peer: socket.socket, size: int) -> bytes:
@@ -146,7 +148,7 @@ def open_channel(rank: int, world_size: int, token: str, group: Any, timeout: fl
         return DecisionChannel()
     hosts: list[Any] = [None] * world_size
     dist.all_gather_object(hosts, socket.gethostname(), group=group)
-    if len(set(hosts)) == 1 and len(token.encode()) == HELLO.size - 4:
+    if len(set(hosts)) == 1:
 
         def share_port(port: int) -> int:
             shared = torch.tensor([port], dtype=torch.int64)
