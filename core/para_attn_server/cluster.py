@@ -91,6 +91,11 @@ def split_endpoint(endpoint: str, default_port: int = DEFAULT_RDZV_PORT) -> tupl
     return host.strip("[]"), int(port)
 
 
+def join_endpoint(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets: the inverse of ``split_endpoint``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def reachable(host: str, server_url: str) -> str:
     """The address a joined host uses for ``host``, an address the server gave: a wildcard
     means wherever this host reached the server."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from .protocol import HEADER, Hello, RankMessage, encode_frame, rank_message_decoder
+from .protocol import HEADER, Hello, RankMessage, rank_message_decoder
 
 log = logging.getLogger("para_attn_server.control")
 
@@ -46,9 +46,6 @@ class RankLink:
     last_seen: float
     node: str = ""  # the joined host it runs on ("" on the server's own)
     setup_done: bool = False
-
-    def send(self, message: msgspec.Struct) -> None:
-        self.send_frame(encode_frame(message))
 
     def send_frame(self, frame: bytes | bytearray) -> None:
         if not self.writer.is_closing():

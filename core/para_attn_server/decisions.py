@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .protocol import recv_exactly
+
 HOST = "127.0.0.1"
 HELLO = struct.Struct(">i32s")  # rank, SHA-256 of the generation's token (any length fits)
 DECISION = struct.Struct(">IB")  # job number, stop
@@ -132,12 +134,9 @@ def _read_hello(peer: socket.socket) -> tuple[int, bytes] | None:
 
 
 def _read_exactly(peer: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = peer.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("rank 0 closed its decision connection")
-        data += chunk
+    data = recv_exactly(peer, size)
+    if data is None:
+        raise ConnectionError("rank 0 closed its decision connection")
     return data
 
 

@@ -242,8 +242,7 @@ class WorkerGroup:
             return False
         if running.cancel_requested_at is None:
             running.cancel_requested_at = asyncio.get_running_loop().time()
-            for link in self.links.values():
-                link.send(CancelJob(job_id))
+            self._send_all(CancelJob(job_id))
             if not running.poke.done():
                 running.poke.set_result(None)  # so run() starts the cancel-grace clock
         return True

@@ -365,17 +365,15 @@ class JobService:
         """A job's written-behind output is on disk (or lost): now its success is journaled.
         Its state did not change, so ``job_state_changed`` does not run again."""
         if self.jobs.get(job.id) is job:
-            if self.journal is not None:
-                self.journal.record(job.record)
-            if job.subscribers:
-                job.publish("state", msgspec.to_builtins(self.view(job)))
+            self._changed(job, notify=False)
 
-    def _changed(self, job: Job, *, journal: bool = True) -> None:
+    def _changed(self, job: Job, *, journal: bool = True, notify: bool = True) -> None:
         if self.journal is not None and journal:
             self.journal.record(job.record)
         if job.subscribers:  # a view costs something to build: only for who listens
             job.publish("state", msgspec.to_builtins(self.view(job)))
-        self.listeners.notify("state", job.record)
+        if notify:
+            self.listeners.notify("state", job.record)
 
     # ---- expiry -----------------------------------------------------------------------
 

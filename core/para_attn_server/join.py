@@ -34,6 +34,7 @@ from .cluster import (
     JoinSpec,
     agent_command,
     installed_plugins,
+    join_endpoint,
     plugin_differences,
     reachable,
     split_endpoint,
@@ -142,7 +143,7 @@ class JoinedNode:
         assert rendezvous is not None, "a group that spans hosts has a rendezvous"
         host, port = split_endpoint(rendezvous.endpoint)
         host = reachable(host, self.url)
-        endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        endpoint = join_endpoint(host, port)
         spec = msgspec.structs.replace(
             spec,
             control_host=reachable(spec.control_host, self.url),

@@ -155,10 +155,6 @@ class OutputStore:
                 raise FileNotFoundError(target)
             return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
 
-    def read(self, target: Path) -> bytes:
-        with os.fdopen(self.open(target), "rb") as f:
-            return f.read()
-
     def open_checked(self, target: Path, size: int | None, digest: str | None) -> int:
         """A descriptor of ``target`` at its start, once it is known to hold what was written
         (its size always; its checksum once per process), else OutputGoneError saying what

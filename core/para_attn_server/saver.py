@@ -53,8 +53,9 @@ class OutputSaver:
             if error is not None:
                 return error, True
         else:
-            self._write_behind(job, self.store.job_file(job.id, file_type), held)
-            changes["output_file"] = str(self.store.job_file(job.id, file_type))
+            target = self.store.job_file(job.id, file_type)
+            self._write_behind(job, target, held)
+            changes["output_file"] = str(target)
         self.cache.put(job.id, held)
         changes["reply_with_path"] = self.replies_with_output_path and record.output_path is not None
         job.record = record.evolve(**changes)

@@ -17,7 +17,7 @@ import msgspec
 import uvicorn
 
 from . import settings as settings_tree
-from .cluster import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins
+from .cluster import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
 from .errors import ConfigurationError
 from .executor import RankSpec, Rendezvous
 from .group import WorkerGroup
@@ -146,8 +146,7 @@ class ParaAttentionServer:
         group = self.settings.group
         if group.nnodes == 1:
             return None
-        host = f"[{group.control_host}]" if ":" in group.control_host else group.control_host
-        endpoint = group.rdzv_endpoint or f"{host}:{DEFAULT_RDZV_PORT}"
+        endpoint = group.rdzv_endpoint or join_endpoint(group.control_host, DEFAULT_RDZV_PORT)
         token = self.settings.http.join_token or secrets.token_urlsafe(24)
         per_host = group.num_devices or default_num_devices()
         return ClusterHost(endpoint, token, installed_plugins(plugins), per_host)
@@ -172,7 +171,8 @@ class ParaAttentionServer:
     ) -> list[WorkerGroup]:
         settings = self.settings
         nnodes = settings.group.nnodes
-        per_host = settings.group.num_devices or default_num_devices()
+        # The cluster already counted this host's devices (counting imports torch).
+        per_host = cluster.nproc_per_node if cluster else (settings.group.num_devices or default_num_devices())
         num_devices = per_host * nnodes
         size = settings.group.group_size or num_devices
         across = f" x --nnodes {nnodes}" if nnodes > 1 else ""

@@ -41,7 +41,6 @@ StateFilter = Annotated[
 ]
 SUBMIT_ERRORS = errors(400, 413, 429, 503)
 SUBMIT_HEADERS = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RETRY_AFTER}}
-FILE_CHUNK = 8 * 1024 * 1024  # each chunk is a thread hop: few, large ones
 
 
 class JobsController(Controller):
