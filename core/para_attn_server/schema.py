@@ -109,13 +109,18 @@ class InputSchema:
         """Decode and check a JSON body; raises ``msgspec.ValidationError`` naming the field,
         or ``InputError`` when a plugin's field check refuses its value."""
         inputs = self.to_inputs(self._decoder.decode(body))
+        self.check_fields(inputs)
+        return self.with_extras(inputs, msgspec.json.decode(body)) if self.accepts_extra else inputs
+
+    def check_fields(self, inputs: dict[str, Any]) -> None:
+        """Run the plugins' checks of their fields (a webhook's host, ...): every way a
+        request's inputs come in must pass here. ``InputError`` names the field refused."""
         for field in self.server_fields.values():
             if field.check is not None:
                 try:
                     field.check(inputs[field.name])
                 except ValueError as exc:
                     raise InputError(str(exc), field.name) from None
-        return self.with_extras(inputs, msgspec.json.decode(body)) if self.accepts_extra else inputs
 
     def rank_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs the ranks get: without the fields plugins added for the server."""
@@ -124,7 +129,8 @@ class InputSchema:
         return {k: v for k, v in inputs.items() if k not in self.server_fields}
 
     def convert(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Rebuild typed inputs from their msgpack form (used on the ranks)."""
+        """Rebuild typed inputs from plain values: their msgpack form on the ranks, a
+        multipart form's text in the openai plugin (``msgspec.ValidationError`` names the field)."""
         return self.with_extras(self.to_inputs(msgspec.convert(raw, self.type, strict=False)), raw)
 
     def with_extras(self, inputs: dict[str, Any], raw: object) -> dict[str, Any]:

@@ -15,12 +15,15 @@ import httpx2
 import openai
 import pytest
 
-from para_attn_server import Output, Predictor
+from para_attn_plugins.openai_api.context import OpenAIContext
+from para_attn_plugins.openai_api.settings import OpenAISettings
+from para_attn_server import InputError, Output, Predictor
 from para_attn_server.group import JobOutcome
 from para_attn_server.http import create_app
 from para_attn_server.jobs import JobService
 from para_attn_server.plugins import Plugins
 from para_attn_server.records import JobState
+from para_attn_server.schema import InputSchema, RequestField
 from para_attn_server.settings import ModelSettings, Settings
 
 from .fakes import FakeGroup, MakeService, deadline
@@ -211,3 +214,20 @@ async def test_an_image_model_sends_video_clients_to_the_images_route(client: op
     with pytest.raises(openai.NotFoundError) as caught:
         await client.videos.create(prompt="a cat")
     assert "use /v1/images/generations" in caught.value.message
+
+
+def refuse_ftp(value: str | None) -> None:
+    if value is not None and value.startswith("ftp:"):
+        raise ValueError("must not be an ftp URL")
+
+
+async def test_a_multipart_forms_plugin_fields_are_checked_as_a_json_bodys_are(service: JobService) -> None:
+    # The videos route's multipart form takes another path to typed inputs than JSON does:
+    # a plugin's check (the webhooks' allowed hosts) must refuse on both.
+    service.schema = InputSchema(service.predictor, [RequestField("hook", str | None, None, "hooks", refuse_ftp)])
+    api = OpenAIContext.of(service, OpenAISettings(), "echo", 60.0)
+    for form in (True, False):
+        with pytest.raises(InputError) as info:
+            api.checked({"prompt": "a", "hook": "ftp://x"}, None, form=form)
+        assert (info.value.field, info.value.message) == ("hook", "must not be an ftp URL")
+        assert api.checked({"prompt": "a", "hook": "http://x/"}, None, form=form)["hook"] == "http://x/"

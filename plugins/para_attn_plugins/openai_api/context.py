@@ -19,7 +19,7 @@ from para_attn_server.http.outputs import file_of
 from para_attn_server.jobs import JobService
 from para_attn_server.registry import Job
 
-from .mapping import ModelFields, converted
+from .mapping import ModelFields, input_error
 from .settings import OpenAISettings
 
 
@@ -44,7 +44,12 @@ class OpenAIContext:
         schema = self.service.schema
         try:
             if form:
-                return schema.with_extras(schema.to_inputs(converted(inputs, schema.type, strict=False)), inputs)
+                try:
+                    typed = schema.convert(inputs)
+                except msgspec.ValidationError as exc:
+                    raise input_error(exc) from None
+                schema.check_fields(typed)  # as a JSON body's are: a webhook's host, ...
+                return typed
             return decode(self.service, msgspec.json.encode(inputs))
         except InputError as exc:
             if exc.field in ("width", "height") and size not in (None, "auto"):

@@ -85,10 +85,10 @@ def split(body: dict[str, Any], request_type: type[msgspec.Struct], fields: Mode
     return converted(openai, request_type), extras
 
 
-def converted(values: dict[str, Any], kind: type[Any], *, strict: bool = True) -> Any:
+def converted(values: dict[str, Any], kind: type[Any]) -> Any:
     """``msgspec.convert``, its error as an ``InputError`` naming the field."""
     try:
-        return msgspec.convert(values, kind, strict=strict)
+        return msgspec.convert(values, kind)
     except msgspec.ValidationError as exc:
         raise input_error(exc) from None
 
