@@ -120,8 +120,9 @@ class LinearPreview:
         import torch
 
         weight, bias = self._scaled
-        if weight.device != latent.device:
+        if weight.device != latent.device:  # moved once (a GPU rank): later previews reuse them
             weight, bias = weight.to(latent.device), bias.to(latent.device)
+            object.__setattr__(self, "_scaled", (weight, bias))  # one preview thread per rank
         pixels = torch.addmm(bias, latent.flatten(1).T.float(), weight)  # [H * W, 3]
         return pixels.clamp_(0, 255).to(torch.uint8).view(*latent.shape[1:], 3)
 
