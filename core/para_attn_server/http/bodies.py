@@ -30,8 +30,13 @@ def decode(service: JobService, body: bytes) -> dict[str, Any]:
         try:  # JSON Schema counts 3.0 as an integer, as the document's readers will
             return service.schema.decode_json(msgspec.json.encode(_integral(msgspec.json.decode(body))))
         except msgspec.ValidationError:
-            message, _, where = str(exc).partition(" - at `$.")
-            raise InputError(message, where.rstrip("`").split(".")[0].split("[")[0] or None) from None
+            raise invalid(exc) from None
+
+
+def invalid(exc: msgspec.ValidationError) -> InputError:
+    """msgspec's message, and the top-level field its path names (None when it names none)."""
+    message, _, where = str(exc).partition(" - at `$.")
+    return InputError(message, where.rstrip("`").split(".")[0].split("[")[0] or None)
 
 
 def _integral(value: Any) -> Any:

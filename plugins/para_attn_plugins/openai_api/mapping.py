@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 
 from para_attn_server.errors import InputError
+from para_attn_server.http.bodies import invalid
+from para_attn_server.http.errors import NAMED_FIELD
 from para_attn_server.records import JobRecord, JobState
 from para_attn_server.schema import InputSchema
 
@@ -94,10 +96,11 @@ def converted(values: dict[str, Any], kind: type[Any]) -> Any:
 
 
 def input_error(exc: msgspec.ValidationError) -> InputError:
-    message, _, where = str(exc).partition(" - at `$.")
-    named = re.search(r"(?:unknown|required) field `([^`]+)`", message)
-    field = where.rstrip("`").split(".")[0].split("[")[0] or (named[1] if named else None)
-    return InputError(message, field)
+    """As the core API reports it, and a field that only the message names (unknown or
+    required) as the field: OpenAI's ``param`` is where clients look."""
+    error = invalid(exc)
+    named = NAMED_FIELD.search(error.message) if error.field is None else None
+    return InputError(error.message, named[1]) if named else error
 
 
 def check_model(model: str | None, served: str) -> None:
