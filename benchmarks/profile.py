@@ -43,19 +43,20 @@ def _py_spy() -> str:
     return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
-def processes(server_pid: int) -> dict[str, int]:
-    """The server, its rank processes (rank 0 is the one waiting on its control link) and us."""
+def processes(server_pid: int, status: dict[str, Any]) -> dict[str, int]:
+    """The server, its rank processes and us. Ours names each rank's pid in
+    ``/server_status`` (its ranks fork from a fork server: grandchildren of the server);
+    the original's spawned ranks are told apart by their command line only."""
     import psutil
 
-    ranks = [p.pid for p in psutil.Process(server_pid).children() if "spawn_main" in " ".join(p.cmdline())]
     named = {"server": server_pid, "client": os.getpid()}
-    for i, pid in enumerate(sorted(ranks)):
-        command = [_py_spy(), "dump", "--pid", str(pid)]
-        dump = subprocess.run(command, capture_output=True, text=True, check=False).stdout
-        if "RankWorker" in dump:  # ours: idle rank 0 waits on its control link, the others in a broadcast
-            named["rank0" if "receive" in dump else f"rank{i} (not 0)"] = pid
-        else:
-            named[f"rank process {i}"] = pid
+    rows = status.get("ranks")
+    if isinstance(rows, list) and rows and "pid" in rows[0]:
+        named.update({f"rank{row['rank']}": row["pid"] for row in rows if row.get("pid")})
+        return named
+    children = psutil.Process(server_pid).children(recursive=True)
+    ranks = [p.pid for p in children if "spawn_main" in " ".join(p.cmdline())]
+    named.update({f"rank process {i}": pid for i, pid in enumerate(sorted(ranks))})
     return named
 
 
@@ -70,9 +71,11 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, tuple[float, dict[int, float]
     return out
 
 
-def profile(server_pid: int, job: Callable[[], object], jobs: int, outdir: Path, spy: bool) -> None:
+def profile(
+    server_pid: int, job: Callable[[], object], status: dict[str, Any], jobs: int, outdir: Path, spy: bool
+) -> None:
     timed(job, 5, warmup=5)
-    pids = processes(server_pid)
+    pids = processes(server_pid, status)
     spies = []
     if spy:
         for name, pid in pids.items():
@@ -124,14 +127,16 @@ def shares(collapsed: str, top: int = 12) -> str:
 
 
 @contextlib.contextmanager
-def started(case: str, original_git: str | None, workdir: Path) -> Iterator[tuple[int, Callable[[], object]]]:
-    """The server's pid and one job of ``case``."""
+def started(
+    case: str, original_git: str | None, workdir: Path
+) -> Iterator[tuple[int, Callable[[], object], dict[str, Any]]]:
+    """The server's pid, one job of ``case`` and the server's ``/server_status``."""
     import psutil
 
     if case == "tiny-1":
         with server("tiny", 1) as tiny:
             connection, body = client(tiny), json.dumps({"prompt": "a cat"}).encode()
-            yield tiny.process.pid, lambda: sync_job(connection, body)
+            yield tiny.process.pid, lambda: sync_job(connection, body), connection.json("GET", "/server_status")
         return
     endpoints, _, size_name = case.partition("-")
     size = {"1k": KIB, "16m": 16 * MIB}[size_name]
@@ -143,7 +148,7 @@ def started(case: str, original_git: str | None, workdir: Path) -> Iterator[tupl
         job: Callable[[], Any] = (
             (lambda: native_job(srv.client, size)) if endpoints == "native" else (lambda: original_job(srv, size))
         )
-        yield pid, job
+        yield pid, job, srv.client.get("/server_status").json()
 
 
 def main() -> None:
@@ -159,8 +164,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="para-attn-profile-") as tmp:
         outdir = Path(args.out or tmp)
         outdir.mkdir(parents=True, exist_ok=True)
-        with started(args.case, args.original_git, Path(tmp)) as (pid, job):
-            profile(pid, job, args.jobs, outdir, spy=not args.case.startswith("original"))
+        with started(args.case, args.original_git, Path(tmp)) as (pid, job, status):
+            profile(pid, job, status, args.jobs, outdir, spy=not args.case.startswith("original"))
 
 
 if __name__ == "__main__":
