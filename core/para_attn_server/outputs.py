@@ -9,7 +9,6 @@ file, fsync, rename and a directory fsync: a file is either whole or absent.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -117,11 +116,11 @@ class OutputStore:
         target: Path,
         data: Callable[[], bytes],
         done: Callable[[int | None, str | None, Exception | None], None],
-    ) -> concurrent.futures.Future[None]:
+    ) -> None:
         """Write one of the server's own copies in the background, in submission order.
         ``data()`` gives the bytes, in the writer thread (it may decode them there);
         ``done(size, checksum, None)`` or ``done(None, None, error)`` runs there after."""
-        return self._writer.write(target, data, done)
+        self._writer.write(target, data, done)
 
     def delete_behind(self, target: Path) -> None:
         self.forget(target)
@@ -336,12 +335,12 @@ class Held:
     ``raw()`` decodes base64 text once for whoever asks first (the copy's writer, a binary
     download) and keeps the bytes until ``drop_raw()`` (the copy is on disk)."""
 
-    __slots__ = ("_lock", "_raw", "base64", "data", "written")
+    __slots__ = ("_lock", "_raw", "base64", "data", "pending")
 
     def __init__(self, data: bytes, base64: bool = False) -> None:
         self.data = data
         self.base64 = base64
-        self.written: concurrent.futures.Future[None] | None = None  # its copy, while written behind
+        self.pending = False  # its copy is being written behind: memory is its only home
         self._raw: bytes | None = None
         self._lock = threading.Lock()
 
@@ -375,7 +374,7 @@ class OutputCache:
         self.size += len(held.data)
         while self.size > self.budget and self._entries:
             oldest, entry = next(iter(self._entries.items()))
-            if entry.written is not None and not entry.written.done():
+            if entry.pending:
                 break
             self.forget(oldest)
 

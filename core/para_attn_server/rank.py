@@ -85,8 +85,8 @@ class ControlLink:
         self.sock = socket.create_connection((spec.control_host, spec.control_port), timeout=60)
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = Hello(rank, spec.world_size, spec.token, spec.generation, os.getpid(), socket.gethostname())
-        self.send(msgspec.structs.replace(hello, node=spec.node, join_token=spec.join_token))
+        pid, host = os.getpid(), socket.gethostname()
+        self.send(Hello(rank, spec.world_size, spec.token, spec.generation, pid, host, spec.node, spec.join_token))
         beat = threading.Thread(target=self._beat, args=(spec.settings.heartbeat_interval,), daemon=True)
         beat.start()
 

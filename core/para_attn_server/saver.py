@@ -52,24 +52,28 @@ class OutputSaver:
             error = await self._write_now(job, Path(record.output_file), held, changes)
             if error is not None:
                 return error, True
-        else:
+            durable = True
+        else:  # written behind: durable once ``settled`` says so
             target = self.store.job_file(job.id, file_type)
             self._write_behind(job, target, held)
             changes["output_file"] = str(target)
+            durable = False
         self.cache.put(job.id, held)
         changes["reply_with_path"] = self.replies_with_output_path and record.output_path is not None
         job.record = record.evolve(**changes)
-        return None, held.written is None
+        return None, durable
 
     def _write_behind(self, job: Job, target: Path, held: Held) -> None:
         loop = asyncio.get_running_loop()
 
         def done(size: int | None, digest: str | None, error: Exception | None) -> None:
             held.drop_raw()  # on disk now (or never): the text stays held, the bytes go
+            held.pending = False
             loop.call_soon_threadsafe(self._written, job, size, digest, error)
 
         # The writer decodes base64 once, in its thread; a binary download meanwhile shares it.
-        held.written = self.store.write_behind(target, held.raw, done)
+        held.pending = True
+        self.store.write_behind(target, held.raw, done)
 
     async def _write_now(self, job: Job, target: Path, held: Held, changes: dict[str, object]) -> str | None:
         path = job.record.output_path

@@ -9,7 +9,6 @@ syncs, not three per output, and each output is still whole on disk before it is
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -34,7 +33,6 @@ class _Write(NamedTuple):
     target: Path
     data: Callable[[], bytes]
     done: Done
-    future: concurrent.futures.Future[None]
 
 
 class _Delete(NamedTuple):
@@ -47,12 +45,10 @@ class BatchWriter:
         self._queue: queue.Queue[_Write | _Delete] = queue.Queue()
         threading.Thread(target=self._run, name="outputs", daemon=True).start()
 
-    def write(self, target: Path, data: Callable[[], bytes], done: Done) -> concurrent.futures.Future[None]:
+    def write(self, target: Path, data: Callable[[], bytes], done: Done) -> None:
         """Queue a write; ``done(size, checksum, None)`` or ``done(None, None, error)`` runs in
-        the writer thread once it is on disk (or failed). The future resolves then too."""
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._queue.put(_Write(target, data, done, future))
-        return future
+        the writer thread once it is on disk (or failed)."""
+        self._queue.put(_Write(target, data, done))
 
     def delete(self, target: Path) -> None:
         self._queue.put(_Delete(target))  # after its own write, which was queued before
@@ -103,7 +99,6 @@ class BatchWriter:
                 file.close()
         for item, file in committed:
             item.done(file.size, file.digest, None)
-            item.future.set_result(None)
 
     def _commit(self, batch: list[_Write | _Delete], staged: dict[int, Staged]) -> list[tuple[_Write, Staged]]:
         """Renames and deletes in queue order, then one sync per directory."""
@@ -134,5 +129,3 @@ class BatchWriter:
         if isinstance(error, OSError):
             self.store.failed(error)
         item.done(None, None, error)
-        if not item.future.done():
-            item.future.set_result(None)
