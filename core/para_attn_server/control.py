@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from .protocol import HEADER, Hello, RankMessage, rank_message_decoder
+from .protocol import HEADER, Hello, JobEnded, RankMessage, rank_message_decoder
 
 log = logging.getLogger("para_attn_server.control")
 
@@ -126,8 +126,14 @@ class ControlListener:
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int) -> RankMessage:
+    """The next message, with the output that follows a ``JobEnded`` frame (``wire``)."""
     (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
     if size > limit:
         raise FrameTooLargeError(size)
     message: RankMessage = rank_message_decoder.decode(await reader.readexactly(size))
+    if isinstance(message, JobEnded) and message.output_size:
+        if message.output_size > limit:
+            raise FrameTooLargeError(message.output_size)
+        output = await reader.readexactly(message.output_size)
+        message = msgspec.structs.replace(message, output=output, output_size=0)
     return message

@@ -93,7 +93,7 @@ def to_output(result: object) -> Output | None:
         if isinstance(data, str):
             try:
                 return Output.from_base64(data, str(file_type))
-            except (ValueError, UnicodeEncodeError) as exc:
+            except ValueError as exc:
                 raise TypeError(f"predict returned a string that is not base64: {exc}") from None
         return Output(bytes(data), str(file_type))
     raise TypeError(f"predict must return Output, (data, file_type) or None, not {type(result).__name__}")

@@ -63,9 +63,10 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     rank: int
     status: JobStatus
     error: str | None = None
-    output: bytes | None = None  # only rank 0 carries the output
+    output: bytes | None = None  # only rank 0 carries the output (on the wire: after the frame)
     file_type: str | None = None
     base64: bool = False  # ``output`` is base64 text (see predictor.Output)
+    output_size: int = 0  # on the wire: this many bytes of output follow the frame
 
 
 RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview | JobEnded
@@ -107,6 +108,15 @@ def encode_frame(message: msgspec.Struct) -> bytearray:
         raise ValueError(f"message of {size} bytes exceeds the frame limit")
     HEADER.pack_into(frame, 0, size)
     return frame
+
+
+def wire(message: RankMessage) -> tuple[bytearray, bytes | None]:
+    """What a rank sends for ``message``: its frame, and an output's bytes to send after it
+    as they are (copying megabytes into the frame cost more CPU than sending them)."""
+    if isinstance(message, JobEnded) and message.output is not None:
+        output = message.output
+        return encode_frame(msgspec.structs.replace(message, output=None, output_size=len(output))), output
+    return encode_frame(message), None
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes | None:

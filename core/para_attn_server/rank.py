@@ -50,8 +50,8 @@ from .protocol import (
     SetupDone,
     SetupFailed,
     Shutdown,
-    encode_frame,
     recv_server_message,
+    wire,
 )
 from .schema import InputSchema
 
@@ -91,10 +91,12 @@ class ControlLink:
         beat.start()
 
     def send(self, message: RankMessage) -> None:
-        frame = encode_frame(message)
+        frame, output = wire(message)
         try:
             with self._lock:
                 self.sock.sendall(frame)
+                if output is not None:
+                    self.sock.sendall(output)
         except OSError:
             self._server_gone()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -9,8 +11,8 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
+from para_attn_server.control import FrameTooLargeError, read_frame
 from para_attn_server.protocol import (
-    HEADER,
     CancelJob,
     Heartbeat,
     Hello,
@@ -23,9 +25,8 @@ from para_attn_server.protocol import (
     SetupFailed,
     Shutdown,
     encode_frame,
-    rank_message_decoder,
-    recv_exactly,
     recv_server_message,
+    wire,
 )
 
 SERVER_MESSAGES: list[ServerMessage] = [
@@ -53,14 +54,13 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield left, right
 
 
-def recv_rank_message(sock: socket.socket) -> RankMessage | None:
-    """The server's side of the framing, over a blocking socket (the server itself uses
-    asyncio streams)."""
-    header = recv_exactly(sock, HEADER.size)
-    if header is None:
-        return None
-    payload = recv_exactly(sock, HEADER.unpack(header)[0])
-    return None if payload is None else rank_message_decoder.decode(payload)
+async def read_rank_messages(sock: socket.socket, count: int, limit: int = 1 << 30) -> list[RankMessage]:
+    """The server's own reader (``control.read_frame``) on the receiving end."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        return [await read_frame(reader, limit) for _ in range(count)]
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize("message", SERVER_MESSAGES, ids=lambda m: type(m).__name__)
@@ -73,14 +73,44 @@ def test_server_message_round_trips_over_a_socket(
     assert recv_server_message(receiver) == message
 
 
-@pytest.mark.parametrize("message", RANK_MESSAGES, ids=lambda m: type(m).__name__)
-def test_rank_message_round_trips_over_a_socket(
-    pair: tuple[socket.socket, socket.socket], message: RankMessage
+@pytest.mark.anyio
+async def test_rank_messages_round_trip_through_the_servers_reader(pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = pair
+    for message in RANK_MESSAGES:
+        frame, output = wire(message)
+        sender.sendall(frame + (output or b""))
+
+    assert await read_rank_messages(receiver, len(RANK_MESSAGES)) == RANK_MESSAGES
+
+
+@pytest.mark.anyio
+async def test_an_output_travels_after_its_frame_as_it_is(pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = pair
+    output = os.urandom(1 << 20)
+    message = JobEnded("job-1", rank=0, status="succeeded", output=output, file_type="png")
+    frame, after = wire(message)
+    thread = threading.Thread(target=lambda: (sender.sendall(frame), sender.sendall(after or b"")))
+    thread.start()
+
+    (received,) = await read_rank_messages(receiver, 1)
+    thread.join()
+
+    assert after is output  # not copied into the frame
+    assert len(frame) < 1024
+    assert isinstance(received, JobEnded)
+    assert received.output == output
+
+
+@pytest.mark.anyio
+async def test_an_output_over_the_limit_is_refused_before_it_is_read(
+    pair: tuple[socket.socket, socket.socket],
 ) -> None:
     sender, receiver = pair
-    sender.sendall(encode_frame(message))
+    frame, _ = wire(JobEnded("job-1", rank=0, status="succeeded", output=b"x" * 5000, file_type="bin"))
+    sender.sendall(frame)  # the output itself never comes: the reader must not wait for it
 
-    assert recv_rank_message(receiver) == message
+    with pytest.raises(FrameTooLargeError, match="5000"):
+        await read_rank_messages(receiver, 1, limit=4096)
 
 
 def test_frames_sent_back_to_back_arrive_one_by_one(pair: tuple[socket.socket, socket.socket]) -> None:
