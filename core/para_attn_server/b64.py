@@ -1,6 +1,7 @@
 """Base64 for outputs, at SIMD speed (pybase64, as vLLM uses it): a 16 MiB output's
-base64 decodes in ~15 ms here where ``binascii`` takes 50-70 ms, and encodes in ~20 ms
-where it takes 40-60 ms. Same results and the same ``binascii.Error`` on bad input."""
+base64 decodes in ~3 ms here where ``binascii`` takes ~100 ms, and encodes in ~2.5 ms where
+it takes ~40 ms. Same results and the same ``binascii.Error`` on bad input. Only the strict
+decode has the SIMD path: without ``validate`` pybase64 takes ~12 ms."""
 
 from __future__ import annotations
 
