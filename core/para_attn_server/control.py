@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from .exactreader import ExactReader
 from .protocol import HEADER, Hello, JobEnded, RankMessage, rank_message_decoder
 
 log = logging.getLogger("para_attn_server.control")
@@ -27,8 +28,6 @@ HELLO_LIMIT = 4096
 HELLO_TIMEOUT = 5.0
 MAX_PENDING = 16
 FRAME_OVERHEAD = 64 * 1024
-# A high limit: the reader otherwise pauses the socket every 128 KiB of a large output.
-FLOW_LIMIT = 256 * 1024 * 1024
 
 
 class FrameTooLargeError(Exception):
@@ -42,17 +41,17 @@ class RankLink:
     rank: int
     pid: int
     hostname: str
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
     last_seen: float
     node: str = ""  # the joined host it runs on ("" on the server's own)
     setup_done: bool = False
 
     def send_frame(self, frame: bytes | bytearray) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(frame)
+        if not self.transport.is_closing():
+            self.transport.write(frame)
 
     def close(self) -> None:
-        self.writer.close()
+        self.transport.close()
 
 
 class ControlListener:
@@ -79,10 +78,11 @@ class ControlListener:
         self._on_closed = on_closed
         self._server: asyncio.base_events.Server | None = None
         self._pending = 0
+        self._connections: set[asyncio.Task[None]] = set()  # each accepted connection's task, kept alive
         self.port = 0
 
     async def open(self) -> int:
-        self._server = await asyncio.start_server(self._serve, self.host, 0, limit=FLOW_LIMIT)
+        self._server = await asyncio.get_running_loop().create_server(self._reader, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -90,8 +90,16 @@ class ControlListener:
         if self._server is not None:
             self._server.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
+    def _reader(self) -> ExactReader:
+        def connected(reader: ExactReader, transport: asyncio.Transport) -> None:
+            task = asyncio.create_task(self._serve(reader, transport))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+        return ExactReader(connected)
+
+    async def _serve(self, reader: ExactReader, transport: asyncio.Transport) -> None:
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = None
@@ -99,7 +107,7 @@ class ControlListener:
             hello = await self._hello(reader)
             if hello is None:
                 return
-            link = RankLink(hello.rank, hello.pid, hello.hostname, writer, time.monotonic(), hello.node)
+            link = RankLink(hello.rank, hello.pid, hello.hostname, transport, time.monotonic(), hello.node)
             wanted = self._on_message(link, hello)
             while wanted:
                 message = await read_frame(reader, self.max_frame)
@@ -108,11 +116,11 @@ class ControlListener:
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, msgspec.DecodeError, FrameTooLargeError):
             pass
         finally:
-            writer.close()
+            transport.close()
             if link is not None:
                 self._on_closed(link)
 
-    async def _hello(self, reader: asyncio.StreamReader) -> Hello | None:
+    async def _hello(self, reader: ExactReader) -> Hello | None:
         if self._pending >= MAX_PENDING:
             return None  # refuse rather than hold memory for strangers
         self._pending += 1
@@ -125,7 +133,7 @@ class ControlListener:
         return None  # a stale rank of an earlier generation, or a stranger
 
 
-async def read_frame(reader: asyncio.StreamReader, limit: int) -> RankMessage:
+async def read_frame(reader: ExactReader, limit: int) -> RankMessage:
     """The next message, with the output that follows a ``JobEnded`` frame (``wire``)."""
     (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
     if size > limit:

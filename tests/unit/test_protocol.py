@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from para_attn_server.control import FrameTooLargeError, read_frame
+from para_attn_server.exactreader import ExactReader
 from para_attn_server.protocol import (
     CancelJob,
     Heartbeat,
@@ -55,12 +56,16 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 async def read_rank_messages(sock: socket.socket, count: int, limit: int = 1 << 30) -> list[RankMessage]:
-    """The server's own reader (``control.read_frame``) on the receiving end."""
-    reader, writer = await asyncio.open_connection(sock=sock)
+    """The server's own reader (``control.read_frame`` on an ``ExactReader``) on the receiving end."""
+    connected: asyncio.Future[ExactReader] = asyncio.get_running_loop().create_future()
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: ExactReader(lambda reader, _: connected.set_result(reader)), sock=sock
+    )
     try:
+        reader = await connected
         return [await read_frame(reader, limit) for _ in range(count)]
     finally:
-        writer.close()
+        transport.close()
 
 
 @pytest.mark.parametrize("message", SERVER_MESSAGES, ids=lambda m: type(m).__name__)
