@@ -5,6 +5,7 @@ each output goes to a temporary file, then every file is synced (the first sync 
 the file system's journal with the others' data, so the rest cost little), then each is
 renamed into place and each directory synced once. A burst of small outputs costs a few
 syncs, not three per output, and each output is still whole on disk before it is reported.
+Once synced, a copy's pages leave the page cache (``Staged.uncache``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class BatchWriter:
             if file is not None:
                 try:
                     file.sync()
+                    file.uncache()
                 except OSError as exc:
                     file.discard()
                     file.close()

@@ -4,6 +4,10 @@ drain. The test plays the worker group: it takes each job from ``group.runs`` an
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,6 +213,38 @@ async def test_output_bytes_are_written_to_the_servers_own_file(
     assert job.output_file.read_bytes() == b"\x89PNG-bytes"
     assert job.file_type == "png"
     assert service.view(job).output_url == f"/v1/jobs/{job.id}/output"
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of ``path`` the page cache holds (util-linux ``fincore``)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], check=True, capture_output=True
+    )
+    return int(out.stdout)
+
+
+async def test_the_servers_own_copy_leaves_the_page_cache_once_on_disk(
+    service: JobService, group: FakeGroup, store: OutputStore
+) -> None:
+    if shutil.which("fincore") is None:
+        pytest.skip("needs util-linux's fincore")
+    probe = store.root / "probe"
+    probe.write_bytes(os.urandom(1 << 20))
+    with probe.open("rb") as file:
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if resident_bytes(probe):
+        pytest.skip("this file system keeps pages that fadvise drops elsewhere (tmpfs)")
+    data = os.urandom(1 << 20)
+    job = submit(service)
+    (await group.next_run()).succeed(data, "png")
+
+    await finished(job)
+    store.flush()
+
+    assert job.output_file is not None
+    assert resident_bytes(job.output_file) == 0  # served from memory meanwhile: not held twice
+    assert job.output_file.read_bytes() == data
 
 
 async def test_output_without_file_type_is_bin(service: JobService, group: FakeGroup) -> None:
