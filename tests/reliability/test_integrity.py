@@ -103,6 +103,9 @@ def test_a_deleted_output_directory_fails_readiness_and_answers_410_without_path
     server = Server([*NOOP, "--output-memory-bytes", "0"], tmp_path)
     servers.append(server)
     before = server.run(size=1000)
+    # Its copy is written behind the answer: delete the directory once the copy is in place,
+    # or the writer's files appear in it while rmtree empties it.
+    until(lambda: any(server.output_dir.rglob(f"{before['id']}.*")), 30, "the first output's copy on disk")
     shutil.rmtree(server.output_dir)
     after = server.http.post("/v1/jobs", params={"wait": 60}, json={"size": 1000})
     assert after.status_code in (201, 503), after.text
