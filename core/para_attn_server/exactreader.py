@@ -84,17 +84,16 @@ class ExactReader(asyncio.BufferedProtocol):
             self._resume()
             return data
         large = bytearray(n)
-        staged = min(n, self._end - self._start)
-        large[:staged] = self._stage[self._start : self._start + staged]
-        self._start += staged
-        if staged < n:
-            self._large, self._filled = large, staged
-            self._resume()
-            try:
-                while self._large is large:
-                    await self._wait(n)
-            finally:
-                self._large = None
+        staged = self._end - self._start  # less than n: all of it belongs to this read
+        large[:staged] = self._stage[self._start : self._end]
+        self._start = self._end
+        self._large, self._filled = large, staged
+        self._resume()
+        try:
+            while self._large is large:
+                await self._wait(n)
+        finally:
+            self._large = None
         return bytes(large)
 
     async def _wait(self, expected: int) -> None:
