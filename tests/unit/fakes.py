@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -16,6 +17,7 @@ import msgspec
 
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
 from para_attn_server.errors import SetupError
+from para_attn_server.exactreader import STAGING, ExactReader
 from para_attn_server.jobs import JobService
 from para_attn_server.outcome import JobOutcome
 from para_attn_server.registry import Job
@@ -219,3 +221,12 @@ def watch_subscriptions(service: JobService, monkeypatch: Any) -> asyncio.Event:
 
     monkeypatch.setattr(service, "subscribe", observed)
     return subscribed
+
+
+async def exact_reader(sock: socket.socket, staging: int = STAGING) -> tuple[ExactReader, asyncio.Transport]:
+    """The server's reader of rank connections on ``sock``, on the running event loop."""
+    connected: asyncio.Future[ExactReader] = asyncio.get_running_loop().create_future()
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: ExactReader(lambda reader, _: connected.set_result(reader), staging), sock=sock
+    )
+    return await connected, transport

@@ -13,6 +13,8 @@ import pytest
 
 from para_attn_server.exactreader import ExactReader
 
+from .fakes import exact_reader
+
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30, method="thread")]
 
 STAGING = 1024  # small, so that modest sizes take the large path
@@ -28,12 +30,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
 async def pair() -> AsyncIterator[tuple[socket.socket, ExactReader, asyncio.Transport]]:
     """A blocking sender and an ExactReader on the other end."""
     sender, receiver = socket.socketpair()
-    connected: asyncio.Future[ExactReader] = asyncio.get_running_loop().create_future()
-    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
-        lambda: ExactReader(lambda reader, _: connected.set_result(reader), staging=STAGING), sock=receiver
-    )
+    reader, transport = await exact_reader(receiver, STAGING)
     try:
-        yield sender, await connected, transport
+        yield sender, reader, transport
     finally:
         transport.close()
         sender.close()

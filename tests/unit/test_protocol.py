@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
@@ -12,7 +11,6 @@ import msgspec
 import pytest
 
 from para_attn_server.control import FrameTooLargeError, read_frame
-from para_attn_server.exactreader import ExactReader
 from para_attn_server.protocol import (
     CancelJob,
     Heartbeat,
@@ -29,6 +27,8 @@ from para_attn_server.protocol import (
     recv_server_message,
     wire,
 )
+
+from .fakes import exact_reader
 
 SERVER_MESSAGES: list[ServerMessage] = [
     RunJob("job-1", {"prompt": "a cat", "steps": 4, "size": [32, 32], "output_path": None}),
@@ -57,12 +57,8 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 async def read_rank_messages(sock: socket.socket, count: int, limit: int = 1 << 30) -> list[RankMessage]:
     """The server's own reader (``control.read_frame`` on an ``ExactReader``) on the receiving end."""
-    connected: asyncio.Future[ExactReader] = asyncio.get_running_loop().create_future()
-    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
-        lambda: ExactReader(lambda reader, _: connected.set_result(reader)), sock=sock
-    )
+    reader, transport = await exact_reader(sock)
     try:
-        reader = await connected
         return [await read_frame(reader, limit) for _ in range(count)]
     finally:
         transport.close()
