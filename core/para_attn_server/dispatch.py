@@ -29,6 +29,10 @@ J = TypeVar("J")
 
 
 class Dispatcher(Generic[J, G]):
+    """``execute(job, group)`` is called as the job leaves the queue, and what it returns is
+    awaited in a task of its own: whatever ``execute`` does before returning (marking the job
+    running) is done before anything else can see the job out of the queue."""
+
     def __init__(self, groups: Sequence[G], queue: deque[J], execute: Callable[[J, G], Awaitable[None]]) -> None:
         self.groups = groups
         self.queue = queue
@@ -69,13 +73,13 @@ class Dispatcher(Generic[J, G]):
     def _start(self, job: J, group: G) -> None:
         self._busy[group.index] = job
         self._idle[group.index].clear()
-        task = asyncio.create_task(self._run(job, group))
+        task = asyncio.create_task(self._run(self._execute(job, group), group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, job: J, group: G) -> None:
+    async def _run(self, work: Awaitable[None], group: G) -> None:
         try:
-            await self._execute(job, group)
+            await work
         except Exception:  # the executor handles job errors; a bug here must not stop dispatching
             log.exception("dispatching a job to group %d failed", group.index)
         finally:

@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -314,11 +314,19 @@ class JobService:
                 return self.groups[index]
         return None
 
-    async def _execute(self, job: Job, group: Group) -> None:
+    def _execute(self, job: Job, group: Group) -> Awaitable[None]:
+        """The dispatcher took the job from the queue: it is running from now on (a cancel
+        meanwhile must not look for it in the queue), and what it returns runs it."""
         job.record = job.record.evolve(state=JobState.RUNNING, started_at=time.time(), group=group.index)
         # Not journaled: a job the server lost while it ran recovers exactly as a queued one
         # ("server restarted"), so this would be a transaction per job for nothing.
         self._changed(job, journal=False)
+        return self._run(job, group)
+
+    async def _run(self, job: Job, group: Group) -> None:
+        if job.cancel_requested:  # cancelled before its group had it: it never runs
+            self._finish(job, JobState.CANCELLED, "cancelled before it started")
+            return
 
         def on_progress(step: int, total: int | None) -> None:
             job.record = job.record.evolve(step=step, total=total)

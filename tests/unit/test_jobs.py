@@ -676,6 +676,31 @@ class FailingJournal:
         raise JournalError("could not record the job: database or disk is full")
 
 
+async def test_a_submit_the_journal_fails_once_the_dispatcher_took_it_is_cancelled_and_never_run(
+    make_service: MakeService, group: FakeGroup
+) -> None:
+    service = await make_service()
+    service.journal = LateFailingJournal()
+
+    with pytest.raises(NotReadyError, match="could not record the job"):
+        await service.accept({"prompt": "a"})
+
+    (job,) = service.jobs.values()
+    await finished(job)
+    assert job.state is JobState.CANCELLED
+    assert job.error == "cancelled before it started"
+    assert group.runs.empty()  # its group never had it
+
+
+class LateFailingJournal(FailingJournal):
+    """Fails at the event loop's next turn, as the real journal's transaction does: by then
+    the dispatcher has taken the job out of the queue."""
+
+    async def committed(self) -> None:
+        await asyncio.sleep(0)
+        await super().committed()
+
+
 async def test_too_many_event_streams_are_refused(service: JobService) -> None:
     service.settings.max_event_streams_per_job = 1
     job = submit(service)
