@@ -373,6 +373,9 @@ async function follow(id, signal) {
 
 function showJob(view) {
   if (!view.id || (page.job && page.job.id !== view.id)) return;
+  // An ended job stays ended: a view sent before it ended (Cancel's answer, sent while the
+  // job still ran) can arrive after the event that says it ended.
+  if (page.job && TERMINAL.has(page.job.state) && !TERMINAL.has(view.state)) return;
   const first = !page.job || page.job.state !== view.state;
   page.job = view;
   if (page.mine.has(view.id)) page.mine.set(view.id, view);
