@@ -21,7 +21,7 @@ from para_attn_server.testing import free_port
 
 
 def _rank(rank: int, world: int, port: int, model: str, inputs: dict[str, Any], commands: Any, out: Any) -> None:
-    from para_attn_server.plugins import Plugins
+    from para_attn_server.plugin.manager import Plugins
     from para_attn_server.predictor import JobContext, RankContext, running
     from para_attn_server.schema import InputSchema
 

@@ -1,7 +1,7 @@
 """Previews while denoising: a pipeline's latents at a step as a small RGB picture, cheaply.
 
 Two ways to see latents, both run on rank 0 only, on its preview thread (the step callback
-only hands the step's latents over; see ``para_attn_server.previews``):
+only hands the step's latents over; see ``para_attn_server.rank.previews``):
 
 - ``LinearPreview``: a linear map from the latent channels to RGB, plus a bias, applied to
   every latent pixel. Its factors are fitted at setup, by least squares, to what the
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from para_attn_server import current_job
-from para_attn_server.previews import MAX_SIDE
+from para_attn_server.rank.previews import MAX_SIDE
 
 if TYPE_CHECKING:
     import torch

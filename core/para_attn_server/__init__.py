@@ -2,13 +2,13 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError, InputError, JobCancelled, SetupError
-from .plugins import hookimpl
-from .predictor import JobContext, Output, Predictor, RankContext, current_job
-from .settings import Settings
+from para_attn_server.errors import ConfigurationError, InputError, JobCancelled, SetupError
+from para_attn_server.plugin.manager import hookimpl
+from para_attn_server.predictor import JobContext, Output, Predictor, RankContext, current_job
+from para_attn_server.settings import Settings
 
 if TYPE_CHECKING:
-    from .server import ParaAttentionServer
+    from para_attn_server.server import ParaAttentionServer
 
 __all__ = [
     "ConfigurationError",
@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
     # The server (Litestar, ~0.5 s of imports) loads on first use: ranks and predictors
     # import this package and never need it.
     if name == "ParaAttentionServer":
-        from .server import ParaAttentionServer
+        from para_attn_server.server import ParaAttentionServer
 
         return ParaAttentionServer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from . import settings as settings_tree
-from .errors import ConfigurationError, SetupError
-from .plugins import Plugins
-from .server import ParaAttentionServer
-from .settings import Settings
+from para_attn_server import settings as settings_tree
+from para_attn_server.errors import ConfigurationError, SetupError
+from para_attn_server.plugin.manager import Plugins
+from para_attn_server.server import ParaAttentionServer
+from para_attn_server.settings import Settings
 
 PROG = "para-attn-server"
 DESCRIPTION = (
@@ -112,11 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["plugins"]:
         return plugins_command()
     if args[:1] == ["join"]:
-        from .join import main as join
+        from para_attn_server.cluster.join import main as join
 
         return join(args[1:])
     if args[:1] == ["generate"]:
-        from .generate_cli import main as generate
+        from para_attn_server.generate_cli import main as generate
 
         return generate(args[1:])
     try:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
 
-from .client_types import (
+from para_attn_server.client_types import (
     ClientError,
     Conflict,
     Event,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from .views import JobList, JobView
+from para_attn_server.views import JobList, JobView
 
 # The client reads exactly what the server's views send: one definition of each.
 Job = JobView

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import msgspec
 from tqdm import tqdm
 
-from .client import (
+from para_attn_server.client import (
     API_KEY_ENV,
     Client,
     ClientError,

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import JobCancelled
-from .predictor import Output, Predictor, RankContext, current_job
-from .schema import OUTPUT_PATH
+from para_attn_server.errors import JobCancelled
+from para_attn_server.predictor import Output, Predictor, RankContext, current_job
+from para_attn_server.schema import OUTPUT_PATH
 
 
 def as_predictor(obj: object) -> Predictor:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import b64
-from .errors import JobCancelled
+from para_attn_server import b64
+from para_attn_server.errors import JobCancelled
 
 if TYPE_CHECKING:
     import torch

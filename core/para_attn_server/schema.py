@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .errors import ConfigurationError, InputError
+from para_attn_server.errors import ConfigurationError, InputError
 
 OUTPUT_PATH = "output_path"
 # Added to every schema: the server writes the output there, confined to --output-dir.

@@ -16,23 +16,23 @@ from typing import Any
 import msgspec
 import uvicorn
 
-from . import settings as settings_tree
-from .cluster import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
-from .errors import ConfigurationError
-from .executor import RankSpec, Rendezvous
-from .group import WorkerGroup
-from .http import create_app
-from .jobs import JobService
-from .journal import JobJournal
-from .legacy import as_predictor
-from .listener import HttpServer, bind
-from .listener import config as listener_config
-from .outputs import OutputStore
-from .plugins import Plugins
-from .predictor import Predictor
-from .rendezvous import ClusterHost
-from .schema import InputSchema
-from .settings import Settings
+from para_attn_server import settings as settings_tree
+from para_attn_server.cluster.rendezvous import ClusterHost
+from para_attn_server.cluster.spec import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
+from para_attn_server.engine.service import JobService
+from para_attn_server.errors import ConfigurationError
+from para_attn_server.http import create_app
+from para_attn_server.http.listener import HttpServer, bind
+from para_attn_server.http.listener import config as listener_config
+from para_attn_server.legacy import as_predictor
+from para_attn_server.plugin.manager import Plugins
+from para_attn_server.predictor import Predictor
+from para_attn_server.schema import InputSchema
+from para_attn_server.settings import Settings
+from para_attn_server.storage.journal import JobJournal
+from para_attn_server.storage.outputs import OutputStore
+from para_attn_server.workers.executor import RankSpec, Rendezvous
+from para_attn_server.workers.group import WorkerGroup
 
 log = logging.getLogger("para_attn_server")
 

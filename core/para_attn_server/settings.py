@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
-from .errors import ConfigurationError
+from para_attn_server.errors import ConfigurationError
 
 MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
 API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"

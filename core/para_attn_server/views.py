@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .records import TERMINAL, JobRecord, JobState
+from para_attn_server.records import TERMINAL, JobRecord, JobState
 
 
 class JobView(msgspec.Struct, omit_defaults=True, frozen=True):

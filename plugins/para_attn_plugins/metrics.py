@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 
 from para_attn_server import hookimpl
-from para_attn_server.jobs import JobService
+from para_attn_server.engine.service import JobService
 from para_attn_server.records import JobRecord, JobState
 
 HTTP_PREFIX = "para_attn_http"

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from para_attn_server import hookimpl
-from para_attn_server.executor import Executor, RankSpec, hosted_store, listening_socket
+from para_attn_server.workers.executor import Executor, RankSpec, hosted_store, listening_socket
 
 STORE_HOST = "127.0.0.1"
 
@@ -30,7 +30,7 @@ STORE_HOST = "127.0.0.1"
 def _rank_main(spec: RankSpec, rank: int, local_rank: int) -> None:
     """A rank's process. The rank module (torch) is imported here, never at the top: the
     fork server preloads it, and the server process itself has no use for torch."""
-    from para_attn_server.rank import main
+    from para_attn_server.rank.worker import main
 
     main(spec, rank, local_rank)
 
@@ -72,7 +72,7 @@ class MultiprocessingExecutor(Executor):
         # skips seconds of imports per rank. The fork server holds no threads, CUDA or
         # sockets of ours: forking it is safe.
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["__main__", "para_attn_server.rank", "para_attn_server.http"])
+        self._context.set_forkserver_preload(["__main__", "para_attn_server.rank.worker", "para_attn_server.http"])
         self._processes: list[BaseProcess] = []
         self._store: tuple[socket.socket, Any] | None = None
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 import msgspec
 
 from para_attn_server import hookimpl
-from para_attn_server.cluster import agent_command
-from para_attn_server.executor import RANK_SPEC_ENV, Executor, RankSpec
+from para_attn_server.cluster.spec import agent_command
+from para_attn_server.workers.executor import RANK_SPEC_ENV, Executor, RankSpec
 
 
 class TorchrunOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -39,8 +39,8 @@ from litestar.plugins import InitPluginProtocol
 from standardwebhooks import Webhook
 
 from para_attn_server import hookimpl
-from para_attn_server.jobs import JobService
-from para_attn_server.plugins import version
+from para_attn_server.engine.service import JobService
+from para_attn_server.plugin.manager import version
 from para_attn_server.records import JobRecord, JobState
 from para_attn_server.settings import Settings, secret_from_file
 from para_attn_server.views import JobView

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from para_attn_server.plugins import Plugins
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import JobContext, RankContext, running
 from para_attn_server.schema import InputSchema
 

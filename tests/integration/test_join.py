@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from para_attn_server.cluster import JOIN_ROUTE, JOIN_TOKEN_HEADER, JoinSpec
+from para_attn_server.cluster.spec import JOIN_ROUTE, JOIN_TOKEN_HEADER, JoinSpec
 from para_attn_server.protocol import Hello, encode_frame
 from para_attn_server.testing import Server, free_port, server_env
 from tests.integration.support import Join

@@ -26,10 +26,10 @@ import msgspec
 import psutil
 import pytest
 
-from para_attn_server.control import HELLO_TIMEOUT, MAX_PENDING
 from para_attn_server.protocol import Hello, encode_frame
 from para_attn_server.records import JobRecord
 from para_attn_server.testing import CLI, Server, pid_gone
+from para_attn_server.workers.control import HELLO_TIMEOUT, MAX_PENDING
 from tests.reliability.support import Report, until
 
 pytestmark = pytest.mark.timeout(240)

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from para_attn_server.jobs import JobService
+from para_attn_server.engine.service import JobService
 from para_attn_server.legacy import as_predictor
-from para_attn_server.outputs import OutputStore
-from para_attn_server.plugins import Plugins
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings
+from para_attn_server.storage.outputs import OutputStore
 
 from .fakes import EchoPredictor, FakeGroup, MakeService
 

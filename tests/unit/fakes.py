@@ -16,13 +16,13 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
 from para_attn_server.errors import SetupError
-from para_attn_server.exactreader import STAGING, ExactReader
-from para_attn_server.jobs import JobService
-from para_attn_server.outcome import JobOutcome
-from para_attn_server.registry import Job
 from para_attn_server.settings import GroupSettings
 from para_attn_server.views import GroupStatus, RankRow
+from para_attn_server.workers.exactreader import STAGING, ExactReader
+from para_attn_server.workers.outcome import JobOutcome
 
 # ---- predictors -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 
 from para_attn_server import cli
 from para_attn_server.errors import ConfigurationError, SetupError
-from para_attn_server.plugins import AUTOLOAD_ENV, Plugins, version
+from para_attn_server.plugin.manager import AUTOLOAD_ENV, Plugins, version
 from para_attn_server.server import ParaAttentionServer
 from para_attn_server.settings import API_KEY_ENV, MODEL_PATH_ENV, HttpSettings, Settings
 

@@ -13,14 +13,14 @@ import msgspec
 import pytest
 
 from para_attn_server import cli
-from para_attn_server.cluster import PluginDist, agent_command, plugin_differences, reachable, split_endpoint
+from para_attn_server.cluster.rendezvous import ClusterHost
+from para_attn_server.cluster.spec import PluginDist, agent_command, plugin_differences, reachable, split_endpoint
 from para_attn_server.errors import ConfigurationError
-from para_attn_server.executor import RankSpec, Rendezvous
-from para_attn_server.group import GroupState
-from para_attn_server.plugins import AUTOLOAD_ENV
-from para_attn_server.rendezvous import ClusterHost
+from para_attn_server.plugin.manager import AUTOLOAD_ENV
 from para_attn_server.server import ParaAttentionServer
 from para_attn_server.settings import JOIN_TOKEN_ENV
+from para_attn_server.workers.executor import RankSpec, Rendezvous
+from para_attn_server.workers.group import GroupState
 
 SERVER = [PluginDist("tiny", "para-attn-server", "0.1.0"), PluginDist("extra", "extra-dist", "2.0")]
 
@@ -79,7 +79,7 @@ def test_every_node_runs_the_same_agent_command_for_a_generation() -> None:
     assert "--rdzv-id=abcd-0-3" in command  # one rendezvous per generation
     assert "--nnodes=2" in command
     assert "--rdzv-conf=is_host=0,join_timeout=60" in command  # the server hosts the store
-    assert command[-4:] == ["--nproc-per-node=4", "--max-restarts=0", "--module", "para_attn_server.rank"]
+    assert command[-4:] == ["--nproc-per-node=4", "--max-restarts=0", "--module", "para_attn_server.rank.worker"]
 
 
 @dataclass

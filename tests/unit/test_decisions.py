@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from para_attn_server.decisions import HELLO, SocketDecisions
+from para_attn_server.rank.decisions import HELLO, SocketDecisions
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 

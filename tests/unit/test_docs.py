@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from para_attn_server import hookspecs
+from para_attn_server.plugin import hookspecs
 
 SPECS = [fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "para_attn_server_spec")]
 

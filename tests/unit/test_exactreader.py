@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from para_attn_server.exactreader import ExactReader
+from para_attn_server.workers.exactreader import ExactReader
 
 from .fakes import exact_reader
 

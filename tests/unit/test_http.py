@@ -16,12 +16,12 @@ import pytest
 from litestar import get
 
 from para_attn_server import hookimpl
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
-from para_attn_server.jobs import JobService
-from para_attn_server.outcome import JobOutcome
-from para_attn_server.outputs import OutputStore
 from para_attn_server.records import JobState
-from para_attn_server.registry import Job
+from para_attn_server.storage.outputs import OutputStore
+from para_attn_server.workers.outcome import JobOutcome
 
 from .fakes import FakeGroup, FakeRun, KwargsPredictor, LegacyPredictor, MakeService, deadline, watch_subscriptions
 

@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
+from para_attn_server.engine.order import CreationOrder
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
 from para_attn_server.errors import InputError
 from para_attn_server.http import create_app
-from para_attn_server.joborder import CreationOrder
-from para_attn_server.jobs import JobService
-from para_attn_server.outcome import JobOutcome
 from para_attn_server.records import JobState
-from para_attn_server.registry import Job
+from para_attn_server.workers.outcome import JobOutcome
 
 from .fakes import FakeGroup, deadline
 

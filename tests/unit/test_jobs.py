@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from para_attn_server import InputError, hookimpl
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
 from para_attn_server.errors import JournalError, LimitError, NotReadyError, QueueFullError, SetupError
-from para_attn_server.jobs import JobService
-from para_attn_server.outcome import JobOutcome
-from para_attn_server.outputs import OutputStore
-from para_attn_server.plugins import Plugins
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.records import JobState
-from para_attn_server.registry import Job
 from para_attn_server.schema import InputSchema, RequestField
+from para_attn_server.storage.outputs import OutputStore
+from para_attn_server.workers.outcome import JobOutcome
 
 from .fakes import FakeGroup, LegacyPredictor, MakeService, deadline
 

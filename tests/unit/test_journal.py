@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from para_attn_server.journal import SCHEMA, V1_COLUMNS, JobJournal
 from para_attn_server.records import JobRecord, JobState
+from para_attn_server.storage.journal import SCHEMA, V1_COLUMNS, JobJournal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30, method="thread")]
 

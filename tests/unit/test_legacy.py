@@ -10,7 +10,7 @@ import pytest
 
 from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankContext
 from para_attn_server.legacy import as_predictor, install_step_callback
-from para_attn_server.plugins import Plugins
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import running
 
 from .fakes import EchoPredictor

@@ -12,15 +12,15 @@ import httpx
 import pytest
 
 from para_attn_plugins import metrics
-from para_attn_server.group import JobOutcome
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
-from para_attn_server.jobs import JobService
 from para_attn_server.legacy import as_predictor
-from para_attn_server.outputs import OutputStore
-from para_attn_server.plugins import Plugins
-from para_attn_server.registry import Job
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings
+from para_attn_server.storage.outputs import OutputStore
+from para_attn_server.workers.group import JobOutcome
 from tests.prometheus import Scrape
 
 from .fakes import EchoPredictor, FakeGroup, deadline

@@ -18,13 +18,13 @@ import pytest
 from para_attn_plugins.openai_api.context import OpenAIContext
 from para_attn_plugins.openai_api.settings import OpenAISettings
 from para_attn_server import InputError, Output, Predictor
-from para_attn_server.group import JobOutcome
+from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
-from para_attn_server.jobs import JobService
-from para_attn_server.plugins import Plugins
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.records import JobState
 from para_attn_server.schema import InputSchema, RequestField
 from para_attn_server.settings import ModelSettings, Settings
+from para_attn_server.workers.group import JobOutcome
 
 from .fakes import FakeGroup, MakeService, deadline
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from para_attn_server import InputError, outputs
-from para_attn_server.outputs import OutputStore, content_type
+from para_attn_server import InputError
+from para_attn_server.storage import outputs
+from para_attn_server.storage.outputs import OutputStore, content_type
 
 
 @pytest.fixture

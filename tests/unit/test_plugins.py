@@ -10,9 +10,9 @@ import pluggy
 import pytest
 
 from para_attn_server import ConfigurationError, InputError, JobContext, Output, hookimpl
-from para_attn_server.executor import Executor, RankSpec
-from para_attn_server.plugins import AUTOLOAD_ENV, Plugins, version
+from para_attn_server.plugin.manager import AUTOLOAD_ENV, Plugins, version
 from para_attn_server.settings import Settings
+from para_attn_server.workers.executor import Executor, RankSpec
 
 from . import fakes
 from .fakes import EchoPredictor, LegacyPredictor
@@ -74,7 +74,7 @@ def job(inputs: dict[str, Any]) -> JobContext:
 def test_load_without_autoload_has_only_core_plugin() -> None:
     plugins = Plugins.load(autoload=False)
 
-    assert [name for name, _ in plugins.pm.list_name_plugin()] == ["para_attn_server.core_plugin"]
+    assert [name for name, _ in plugins.pm.list_name_plugin()] == ["para_attn_server.plugin.builtins"]
     assert plugins.predictors() == {}
     assert plugins.executors() == {}
 
@@ -213,10 +213,10 @@ def test_unknown_executor_lists_the_installed_ones() -> None:
 def test_describe_lists_each_plugin_with_its_hooks_and_registrations() -> None:
     rows = {row["name"]: row for row in Plugins.load([fakes], autoload=False).describe()}
 
-    assert set(rows) == {"para_attn_server.core_plugin", fakes.__name__}
-    assert rows["para_attn_server.core_plugin"] == {
-        "name": "para_attn_server.core_plugin",
-        "module": "para_attn_server.core_plugin",
+    assert set(rows) == {"para_attn_server.plugin.builtins", fakes.__name__}
+    assert rows["para_attn_server.plugin.builtins"] == {
+        "name": "para_attn_server.plugin.builtins",
+        "module": "para_attn_server.plugin.builtins",
         "distribution": "para-attn-server",
         "version": version(),
         "hooks": ["predict", "setup", "validate"],

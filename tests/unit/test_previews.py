@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
+from para_attn_server.engine.previews import PreviewStore
+from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
-from para_attn_server.jobs import JobService
-from para_attn_server.previews import MAX_SIDE, PreviewSender, PreviewStore, to_jpeg
 from para_attn_server.protocol import Preview
+from para_attn_server.rank.previews import MAX_SIDE, PreviewSender, to_jpeg
 
 from .fakes import FakeGroup, deadline, watch_subscriptions
 from .test_http import parse_sse

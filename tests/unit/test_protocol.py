@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from para_attn_server.control import FrameTooLargeError, read_frame
 from para_attn_server.protocol import (
     CancelJob,
     Heartbeat,
@@ -27,6 +26,7 @@ from para_attn_server.protocol import (
     recv_server_message,
     wire,
 )
+from para_attn_server.workers.control import FrameTooLargeError, read_frame
 
 from .fakes import exact_reader
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from para_attn_server.decisions import DecisionChannel
 from para_attn_server.protocol import Progress
-from para_attn_server.rank import StepDecider
+from para_attn_server.rank.decisions import DecisionChannel
+from para_attn_server.rank.worker import StepDecider
 
 
 class FakeLink:

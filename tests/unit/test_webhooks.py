@@ -21,15 +21,15 @@ from para_attn_plugins.webhooks import AllowedHosts, WebhookSettings
 from para_attn_server import ConfigurationError
 from para_attn_server import settings as settings_tree
 from para_attn_server.cli import parse
-from para_attn_server.group import JobOutcome
+from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
-from para_attn_server.jobs import JobService
 from para_attn_server.legacy import as_predictor
-from para_attn_server.outputs import OutputStore
-from para_attn_server.plugins import AUTOLOAD_ENV, Plugins
+from para_attn_server.plugin.manager import AUTOLOAD_ENV, Plugins
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings, Settings
+from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.testing import free_port
+from para_attn_server.workers.group import JobOutcome
 from tests.webhook_receiver import SECRET, Delivery, Receiver
 
 from .fakes import EchoPredictor, FakeGroup, FakeRun, deadline

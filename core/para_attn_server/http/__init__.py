@@ -17,16 +17,16 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.plugins import InitPluginProtocol
 
-from ..jobs import JobService
-from ..rendezvous import ClusterHost
-from ..settings import Settings
-from . import errors, openapi
-from .auth import api_key_middleware
-from .cluster import ClusterController, provide_cluster
-from .dependencies import provide
-from .health import HealthController
-from .original import OriginalController
-from .v1 import JobsController
+from para_attn_server.cluster.rendezvous import ClusterHost
+from para_attn_server.cluster.routes import ClusterController, provide_cluster
+from para_attn_server.engine.service import JobService
+from para_attn_server.http import errors, openapi
+from para_attn_server.http.auth import api_key_middleware
+from para_attn_server.http.dependencies import provide
+from para_attn_server.http.health import HealthController
+from para_attn_server.http.original import OriginalController
+from para_attn_server.http.v1 import JobsController
+from para_attn_server.settings import Settings
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 

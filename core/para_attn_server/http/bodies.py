@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request
 
-from ..errors import InputError
-from ..jobs import JobService
-from ..registry import Job
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
+from para_attn_server.errors import InputError
 
 
 async def accept(request: Request[Any, Any, Any], service: JobService, job_id: str | None = None) -> tuple[Job, bool]:

@@ -6,7 +6,7 @@ from typing import TypeAlias
 
 from litestar.di import NamedDependency, Provide
 
-from ..jobs import JobService
+from para_attn_server.engine.service import JobService
 
 Service: TypeAlias = NamedDependency[JobService]
 

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from ..errors import InputError, LimitError, NotReadyError, OutputGoneError
+from para_attn_server.errors import InputError, LimitError, NotReadyError, OutputGoneError
 
 NOT_READY_RETRY_AFTER = "5"
 # How msgspec names a field of the body that is unknown or missing, in the message itself.

@@ -6,10 +6,10 @@ import asyncio
 
 from litestar import Controller, Response, get
 
-from .dependencies import Service
-from .errors import NOT_READY_RETRY_AFTER
-from .openapi import RETRY_AFTER, Doc, spec
-from .schemas import Health
+from para_attn_server.http.dependencies import Service
+from para_attn_server.http.errors import NOT_READY_RETRY_AFTER
+from para_attn_server.http.openapi import RETRY_AFTER, Doc, spec
+from para_attn_server.http.schemas import Health
 
 
 class HealthController(Controller):

@@ -29,8 +29,8 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
-from ..plugins import version
-from .schemas import ErrorBody
+from para_attn_server.http.schemas import ErrorBody
+from para_attn_server.plugin.manager import version
 
 RETRY_AFTER = OpenAPIHeader(
     schema=Schema(type=OpenAPIType.INTEGER, minimum=1), required=True, description="Seconds to wait before retrying"

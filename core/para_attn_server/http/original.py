@@ -10,18 +10,18 @@ from litestar import Controller, Request, Response, post, route
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import FromPath, JSONBody
 
-from ..errors import InputError
-from ..records import JobState
-from ..views import ServerStatus
-from .bodies import accept
-from .dependencies import Service
-from .errors import NOT_READY_RETRY_AFTER, error
-from .openapi import RETRY_AFTER, Doc, errors, spec
-from .outputs import base64_response
-from .schemas import CancelBody, CancelResult, OutputBody, PendingBody, ProgressBody, Submitted
+from para_attn_server.errors import InputError
+from para_attn_server.http.bodies import accept
+from para_attn_server.http.dependencies import Service
+from para_attn_server.http.errors import NOT_READY_RETRY_AFTER, error
+from para_attn_server.http.openapi import RETRY_AFTER, Doc, errors, spec
+from para_attn_server.http.outputs import base64_response
+from para_attn_server.http.schemas import CancelBody, CancelResult, OutputBody, PendingBody, ProgressBody, Submitted
+from para_attn_server.records import JobState
+from para_attn_server.views import ServerStatus
 
 if TYPE_CHECKING:
-    from .bodies import InputBody
+    from para_attn_server.http.bodies import InputBody
 
 SUBMIT_ERRORS = errors(400, 413, 429, 503)
 SUBMIT_HEADERS = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RETRY_AFTER}}

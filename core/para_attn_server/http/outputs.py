@@ -19,11 +19,11 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from .. import b64
-from ..errors import OutputGoneError
-from ..outputs import READ_CHUNK, content_type
-from ..registry import GONE, Job
-from .dependencies import Service
+from para_attn_server import b64
+from para_attn_server.engine.registry import GONE, Job
+from para_attn_server.errors import OutputGoneError
+from para_attn_server.http.dependencies import Service
+from para_attn_server.storage.outputs import READ_CHUNK, content_type
 
 FILE_CHUNK = 8 * 1024 * 1024  # each chunk of a file is a thread hop: few, large ones
 ENCODED_CHUNK = 4 * READ_CHUNK // 3  # base64 text sent as it is held, in chunks of this size

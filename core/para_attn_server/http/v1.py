@@ -13,19 +13,19 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from ..errors import InputError
-from ..records import JobState
-from ..registry import Job
-from ..views import JobList, JobView
-from .bodies import accept
-from .dependencies import Service
-from .errors import Conflict
-from .openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
-from .outputs import output_response
-from .schemas import Event
+from para_attn_server.engine.registry import Job
+from para_attn_server.errors import InputError
+from para_attn_server.http.bodies import accept
+from para_attn_server.http.dependencies import Service
+from para_attn_server.http.errors import Conflict
+from para_attn_server.http.openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
+from para_attn_server.http.outputs import output_response
+from para_attn_server.http.schemas import Event
+from para_attn_server.records import JobState
+from para_attn_server.views import JobList, JobView
 
 if TYPE_CHECKING:
-    from .bodies import InputBody
+    from para_attn_server.http.bodies import InputBody
 
 WaitSeconds = Annotated[
     float, QueryParameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")

@@ -25,7 +25,7 @@ from para_attn_server import Settings, hookimpl
 from .settings import OpenAISettings
 
 if TYPE_CHECKING:
-    from para_attn_server.jobs import JobService
+    from para_attn_server.engine.service import JobService
 
 SECTION = "openai"
 

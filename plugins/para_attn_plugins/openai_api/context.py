@@ -13,11 +13,11 @@ import msgspec
 from litestar.di import NamedDependency, Provide
 
 from para_attn_server import b64
+from para_attn_server.engine.registry import Job
+from para_attn_server.engine.service import JobService
 from para_attn_server.errors import InputError
 from para_attn_server.http.bodies import decode
 from para_attn_server.http.outputs import file_of
-from para_attn_server.jobs import JobService
-from para_attn_server.registry import Job
 
 from .mapping import ModelFields, input_error
 from .settings import OpenAISettings

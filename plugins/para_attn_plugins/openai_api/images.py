@@ -17,10 +17,10 @@ import msgspec
 from litestar import Controller, Request, post
 from litestar.params import JSONBody
 
+from para_attn_server.engine.registry import Job
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.openapi import spec
 from para_attn_server.records import JobState
-from para_attn_server.registry import Job
 
 from .context import Api
 from .errors import OpenAIError, responses

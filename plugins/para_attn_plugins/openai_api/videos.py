@@ -19,12 +19,12 @@ from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 
+from para_attn_server.engine.registry import Job
 from para_attn_server.errors import InputError
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.openapi import Doc, spec
 from para_attn_server.http.outputs import output_response
 from para_attn_server.records import JobState
-from para_attn_server.registry import Job
 
 from .context import Api, OpenAIContext
 from .errors import OpenAIError, responses

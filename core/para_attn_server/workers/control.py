@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from .exactreader import ExactReader
-from .protocol import HEADER, Hello, JobEnded, RankMessage, rank_message_decoder
+from para_attn_server.protocol import HEADER, Hello, JobEnded, RankMessage, rank_message_decoder
+from para_attn_server.workers.exactreader import ExactReader
 
 log = logging.getLogger("para_attn_server.control")
 

@@ -28,7 +28,7 @@ from types import FrameType
 import httpx
 import msgspec
 
-from .cluster import (
+from para_attn_server.cluster.spec import (
     JOIN_ROUTE,
     JOIN_TOKEN_HEADER,
     JoinSpec,
@@ -39,9 +39,9 @@ from .cluster import (
     reachable,
     split_endpoint,
 )
-from .executor import RANK_SPEC_ENV, die_with_parent
-from .plugins import Plugins
-from .settings import JOIN_TOKEN_ENV, LOG_LEVELS
+from para_attn_server.plugin.manager import Plugins
+from para_attn_server.settings import JOIN_TOKEN_ENV, LOG_LEVELS
+from para_attn_server.workers.executor import RANK_SPEC_ENV, die_with_parent
 
 PROG = "para-attn-server join"
 DESCRIPTION = (
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.token:
         parser().error(f"--token (or ${JOIN_TOKEN_ENV}) is required: the server logs it at start")
     if args.num_devices is None:
-        from .server import default_num_devices
+        from para_attn_server.server import default_num_devices
 
         args.num_devices = default_num_devices()
     if args.num_devices < 1:

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import InputError
+from para_attn_server.errors import InputError
 
 if TYPE_CHECKING:
-    from .outputs import OutputStore, Staged
+    from para_attn_server.storage.outputs import OutputStore, Staged
 
 log = logging.getLogger("para_attn_server.outputs")
 MAX_BATCH = 64

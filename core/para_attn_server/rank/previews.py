@@ -4,8 +4,7 @@ Rank 0 hands the picture a predictor gives ``current_job().preview(image)`` (or 
 that makes it) to its ``PreviewSender``: one thread of its own makes the picture, turns it
 into a JPEG of at most ``MAX_SIDE`` pixels on its long side (``to_jpeg``) and sends it over
 the control connection, so the denoising loop waits for neither, and no other rank is
-involved (no collective). The server keeps the latest preview of each job in memory
-(``PreviewStore``), within a budget of bytes in all, until the job is forgotten.
+involved (no collective). The server keeps them in ``para_attn_server.engine.previews``.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .protocol import Preview
+from para_attn_server.protocol import Preview
 
 log = logging.getLogger("para_attn_server.previews")
 
@@ -117,31 +115,3 @@ class PreviewSender:
                 with self._changed:
                     self._busy = False
                     self._changed.notify_all()
-
-
-class PreviewStore:
-    """The latest preview of each job, ``(step, jpeg)``, within ``budget`` bytes in all.
-
-    Past the budget the previews updated longest ago go first: those of jobs that ended,
-    before those of running jobs.
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.size = 0
-        self._entries: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
-
-    def put(self, job_id: str, step: int, jpeg: bytes) -> None:
-        self.forget(job_id)
-        self._entries[job_id] = (step, jpeg)
-        self.size += len(jpeg)
-        while self.size > self.budget and self._entries:
-            self.forget(next(iter(self._entries)))
-
-    def get(self, job_id: str) -> tuple[int, bytes] | None:
-        return self._entries.get(job_id)
-
-    def forget(self, job_id: str) -> None:
-        entry = self._entries.pop(job_id, None)
-        if entry is not None:
-            self.size -= len(entry[1])

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .protocol import recv_exactly
+from para_attn_server.protocol import recv_exactly
 
 HOST = "127.0.0.1"
 HELLO = struct.Struct(">i32s")  # rank, SHA-256 of the generation's token (any length fits)

@@ -21,27 +21,27 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .dispatch import Dispatcher
-from .errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
-from .listeners import Listener, Listeners
-from .outputs import Held, OutputCache
-from .plugins import version
-from .records import TERMINAL, JobRecord, JobState, public_error
-from .registry import FILE_TYPE, Job, JobRegistry
-from .saver import OutputSaver
-from .schema import OUTPUT_PATH
-from .settings import JobSettings
-from .supervisor import supervise
-from .views import JobView, MetricsSnapshot, RankRow, ServerStatus
+from para_attn_server.engine.dispatcher import Dispatcher
+from para_attn_server.engine.observers import Listener, Listeners
+from para_attn_server.engine.registry import FILE_TYPE, Job, JobRegistry
+from para_attn_server.engine.saver import OutputSaver
+from para_attn_server.engine.supervisor import supervise
+from para_attn_server.errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
+from para_attn_server.plugin.manager import version
+from para_attn_server.records import TERMINAL, JobRecord, JobState, public_error
+from para_attn_server.schema import OUTPUT_PATH
+from para_attn_server.settings import JobSettings
+from para_attn_server.storage.outputs import Held, OutputCache
+from para_attn_server.views import JobView, MetricsSnapshot, RankRow, ServerStatus
 
 if TYPE_CHECKING:
-    from .group import Group
-    from .journal import JobJournal
-    from .outcome import JobOutcome
-    from .outputs import OutputStore
-    from .plugins import Plugins
-    from .predictor import Predictor
-    from .schema import InputSchema
+    from para_attn_server.plugin.manager import Plugins
+    from para_attn_server.predictor import Predictor
+    from para_attn_server.schema import InputSchema
+    from para_attn_server.storage.journal import JobJournal
+    from para_attn_server.storage.outputs import OutputStore
+    from para_attn_server.workers.group import Group
+    from para_attn_server.workers.outcome import JobOutcome
 
 log = logging.getLogger("para_attn_server.jobs")
 

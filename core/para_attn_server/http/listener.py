@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import ConfigurationError
-from .executor import listening_socket
-from .settings import HttpSettings
+from para_attn_server.errors import ConfigurationError
+from para_attn_server.settings import HttpSettings
+from para_attn_server.workers.executor import listening_socket
 
 
 def config(app: Any, http: HttpSettings, log_level: str) -> uvicorn.Config:

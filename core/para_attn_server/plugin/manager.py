@@ -18,19 +18,20 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pluggy
 
-from . import core_plugin, hookspecs
-from .errors import ConfigurationError
-from .hookspecs import PROJECT
-from .legacy import as_predictor
-from .predictor import Predictor
-from .schema import RequestField
+from para_attn_server.errors import ConfigurationError
+from para_attn_server.legacy import as_predictor
+from para_attn_server.plugin import builtins as core_plugin
+from para_attn_server.plugin import hookspecs
+from para_attn_server.plugin.hookspecs import PROJECT
+from para_attn_server.predictor import Predictor
+from para_attn_server.schema import RequestField
 
 if TYPE_CHECKING:
-    from .executor import Executor
-    from .jobs import JobService
-    from .predictor import JobContext, Output, RankContext
-    from .records import JobRecord
-    from .settings import Settings
+    from para_attn_server.engine.service import JobService
+    from para_attn_server.predictor import JobContext, Output, RankContext
+    from para_attn_server.records import JobRecord
+    from para_attn_server.settings import Settings
+    from para_attn_server.workers.executor import Executor
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 AUTOLOAD_ENV = "PARA_ATTN_SERVER_DISABLE_PLUGIN_AUTOLOAD"
@@ -48,7 +49,7 @@ class Plugins:
         ``modules`` (module names, modules or plugin objects)."""
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(hookspecs)
-        pm.register(core_plugin, name="para_attn_server.core_plugin")
+        pm.register(core_plugin, name="para_attn_server.plugin.builtins")
         if autoload is None:
             autoload = not os.environ.get(AUTOLOAD_ENV)
         if autoload:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from .errors import SetupError
+from para_attn_server.errors import SetupError
 
 log = logging.getLogger("para_attn_server.jobs")
 

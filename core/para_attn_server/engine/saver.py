@@ -20,9 +20,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import InputError
-from .outputs import Held, OutputCache, OutputStore
-from .registry import Job
+from para_attn_server.engine.registry import Job
+from para_attn_server.errors import InputError
+from para_attn_server.storage.outputs import Held, OutputCache, OutputStore
 
 log = logging.getLogger("para_attn_server.jobs")
 

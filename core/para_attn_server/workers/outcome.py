@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .protocol import JobEnded
+from para_attn_server.protocol import JobEnded
 
 ProgressCallback = Callable[[int, int | None], None]
 PreviewCallback = Callable[[int, bytes], None]  # (step, jpeg)

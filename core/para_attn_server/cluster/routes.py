@@ -14,9 +14,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import QueryParameter
 
-from ..cluster import JOIN_ROUTE, JOIN_TOKEN_HEADER, JoinSpec
-from ..rendezvous import ClusterHost
-from .openapi import errors, spec
+from para_attn_server.cluster.rendezvous import ClusterHost
+from para_attn_server.cluster.spec import JOIN_ROUTE, JOIN_TOKEN_HEADER, JoinSpec
+from para_attn_server.http.openapi import errors, spec
 
 Cluster: TypeAlias = NamedDependency[ClusterHost]
 

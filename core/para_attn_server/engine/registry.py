@@ -17,15 +17,15 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
-from .joborder import CreationOrder
-from .previews import PreviewStore
-from .records import TERMINAL, JobRecord, JobState
+from para_attn_server.engine.order import CreationOrder
+from para_attn_server.engine.previews import PreviewStore
+from para_attn_server.errors import InputError
+from para_attn_server.records import TERMINAL, JobRecord, JobState
 
 if TYPE_CHECKING:
-    from .journal import JobJournal
-    from .outputs import OutputCache, OutputStore
-    from .settings import JobSettings
+    from para_attn_server.settings import JobSettings
+    from para_attn_server.storage.journal import JobJournal
+    from para_attn_server.storage.outputs import OutputCache, OutputStore
 
 log = logging.getLogger("para_attn_server.jobs")
 Event = tuple[str, dict[str, Any]]

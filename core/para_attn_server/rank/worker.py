@@ -31,14 +31,11 @@ import msgspec
 import torch
 import torch.distributed as dist
 
-from .decisions import DecisionChannel, open_channel
-from .errors import JobCancelled
-from .executor import RANK_SPEC_ENV, RankSpec, die_with_parent
-from .legacy import as_predictor
-from .plugins import Plugins
-from .predictor import JobContext, Output, RankContext, running
-from .previews import PreviewSender
-from .protocol import (
+from para_attn_server.errors import JobCancelled
+from para_attn_server.legacy import as_predictor
+from para_attn_server.plugin.manager import Plugins
+from para_attn_server.predictor import JobContext, Output, RankContext, running
+from para_attn_server.protocol import (
     CancelJob,
     Heartbeat,
     Hello,
@@ -53,7 +50,10 @@ from .protocol import (
     recv_server_message,
     wire,
 )
-from .schema import InputSchema
+from para_attn_server.rank.decisions import DecisionChannel, open_channel
+from para_attn_server.rank.previews import PreviewSender
+from para_attn_server.schema import InputSchema
+from para_attn_server.workers.executor import RANK_SPEC_ENV, RankSpec, die_with_parent
 
 log = logging.getLogger("para_attn_server.rank")
 
@@ -341,7 +341,7 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
 
 
 def torchrun_main() -> None:
-    """``python -m para_attn_server.rank`` under torchrun: the spec comes in the environment."""
+    """``python -m para_attn_server.rank.worker`` under torchrun: the spec comes in the environment."""
     spec = RankSpec.from_env(os.environ[RANK_SPEC_ENV])
     # torchrun starts ranks in sessions of their own: an agent killed by SIGKILL (or a
     # ``join`` that took its agent along) would otherwise leave them serving a group

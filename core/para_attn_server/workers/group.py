@@ -28,11 +28,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from .control import ControlListener, RankLink
-from .errors import SetupError
-from .executor import Executor, RankSpec
-from .outcome import JobOutcome, PreviewCallback, ProgressCallback, RunningJob, decide_outcome
-from .protocol import (
+from para_attn_server.errors import SetupError
+from para_attn_server.protocol import (
     CancelJob,
     Heartbeat,
     Hello,
@@ -45,8 +42,11 @@ from .protocol import (
     Shutdown,
     encode_frame,
 )
-from .settings import GroupSettings
-from .views import GroupStatus, RankRow
+from para_attn_server.settings import GroupSettings
+from para_attn_server.views import GroupStatus, RankRow
+from para_attn_server.workers.control import ControlListener, RankLink
+from para_attn_server.workers.executor import Executor, RankSpec
+from para_attn_server.workers.outcome import JobOutcome, PreviewCallback, ProgressCallback, RunningJob, decide_outcome
 
 log = logging.getLogger("para_attn_server.group")
 # After a rank's connection closes, how long the executor may take to say how it ended

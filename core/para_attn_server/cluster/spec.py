@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .executor import RankSpec
+from para_attn_server.workers.executor import RankSpec
 
 if TYPE_CHECKING:
-    from .plugins import Plugins
+    from para_attn_server.plugin.manager import Plugins
 
 JOIN_ROUTE = "/v1/cluster/join"
 JOIN_TOKEN_HEADER = "X-Join-Token"
@@ -117,5 +117,5 @@ def agent_command(spec: RankSpec, nproc_per_node: int, rendezvous: list[str] | N
         ]  # fmt: skip
     return [
         sys.executable, "-m", "torch.distributed.run", *rendezvous,
-        f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--module", "para_attn_server.rank",
+        f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--module", "para_attn_server.rank.worker",
     ]  # fmt: skip

@@ -22,9 +22,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
-from . import b64
-from .errors import InputError, OutputGoneError
-from .writer import BatchWriter
+from para_attn_server import b64
+from para_attn_server.errors import InputError, OutputGoneError
+from para_attn_server.storage.writer import BatchWriter
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems

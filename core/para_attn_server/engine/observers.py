@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .plugins import Plugins
-    from .records import JobRecord
+    from para_attn_server.plugin.manager import Plugins
+    from para_attn_server.records import JobRecord
 
 log = logging.getLogger("para_attn_server.jobs")
 

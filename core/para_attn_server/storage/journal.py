@@ -19,8 +19,8 @@ from pathlib import Path
 
 import msgspec
 
-from .errors import JournalError
-from .records import JobRecord
+from para_attn_server.errors import JournalError
+from para_attn_server.records import JobRecord
 
 log = logging.getLogger("para_attn_server.journal")
 

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .cluster import JoinSpec, PluginDist, split_endpoint
-from .errors import ConfigurationError
-from .executor import RankSpec, hosted_store, listening_socket
-from .plugins import version
+from para_attn_server.cluster.spec import JoinSpec, PluginDist, split_endpoint
+from para_attn_server.errors import ConfigurationError
+from para_attn_server.plugin.manager import version
+from para_attn_server.workers.executor import RankSpec, hosted_store, listening_socket
 
 if TYPE_CHECKING:
-    from .group import WorkerGroup
+    from para_attn_server.workers.group import WorkerGroup
 
 log = logging.getLogger("para_attn_server.cluster")
 

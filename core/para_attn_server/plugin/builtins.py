@@ -10,8 +10,8 @@ from typing import Any
 
 import pluggy
 
-from .hookspecs import PROJECT
-from .predictor import JobContext, Output, Predictor, RankContext
+from para_attn_server.plugin.hookspecs import PROJECT
+from para_attn_server.predictor import JobContext, Output, Predictor, RankContext
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -25,11 +25,11 @@ import pluggy
 if TYPE_CHECKING:
     import msgspec
 
-    from .executor import Executor
-    from .jobs import JobService
-    from .predictor import JobContext, Output, RankContext
-    from .records import JobRecord
-    from .settings import Settings
+    from para_attn_server.engine.service import JobService
+    from para_attn_server.predictor import JobContext, Output, RankContext
+    from para_attn_server.records import JobRecord
+    from para_attn_server.settings import Settings
+    from para_attn_server.workers.executor import Executor
 
 PROJECT = "para_attn_server"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -51,7 +51,7 @@ def register_executors(register: Callable[[str, type[Executor]], None]) -> None:
     """Offer executor classes under the names ``--executor`` selects them by.
 
     :param register: call ``register(name, ExecutorClass)``; the class must subclass
-        ``para_attn_server.executor.Executor``.
+        ``para_attn_server.workers.executor.Executor``.
 
     Runs once in the server process.
     """

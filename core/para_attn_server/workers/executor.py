@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from .errors import ConfigurationError
-from .settings import RankSettings, describe_error
+from para_attn_server.errors import ConfigurationError
+from para_attn_server.settings import RankSettings, describe_error
 
 #: The environment variable that carries a rank's spec (JSON) to processes that an executor
-#: does not start itself (torchrun's agent, ``python -m para_attn_server.rank``).
+#: does not start itself (torchrun's agent, ``python -m para_attn_server.rank.worker``).
 RANK_SPEC_ENV = "PARA_ATTN_SERVER_RANK_SPEC"
 
 
