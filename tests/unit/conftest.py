@@ -13,8 +13,7 @@ from para_attn_server.plugin.manager import Plugins
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.outputs import OutputStore
-
-from .fakes import EchoPredictor, FakeGroup, MakeService
+from tests.unit.fakes import EchoPredictor, FakeGroup, MakeService
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankCo
 from para_attn_server.legacy import as_predictor, install_step_callback
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import running
-
-from .fakes import EchoPredictor
+from tests.unit.fakes import EchoPredictor
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 

@@ -12,8 +12,7 @@ from PIL import Image
 from para_attn_server import JobCancelled, JobContext, Output, Predictor, RankContext, current_job
 from para_attn_server.legacy import OriginalServerPredictor, as_predictor
 from para_attn_server.predictor import running
-
-from .fakes import LegacyPredictor
+from tests.unit.fakes import LegacyPredictor
 
 
 class Decisions:

@@ -27,8 +27,7 @@ from para_attn_server.protocol import (
     wire,
 )
 from para_attn_server.workers.control import FrameTooLargeError, read_frame
-
-from .fakes import exact_reader
+from tests.unit.fakes import exact_reader
 
 SERVER_MESSAGES: list[ServerMessage] = [
     RunJob("job-1", {"prompt": "a cat", "steps": 4, "size": [32, 32], "output_path": None}),

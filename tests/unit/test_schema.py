@@ -10,8 +10,7 @@ import pytest
 from para_attn_server import ConfigurationError, InputError, Output, Predictor
 from para_attn_server.legacy import as_predictor
 from para_attn_server.schema import OUTPUT_PATH, InputSchema, RequestField
-
-from .fakes import EchoPredictor, KwargsPredictor, LegacyPredictor
+from tests.unit.fakes import EchoPredictor, KwargsPredictor, LegacyPredictor
 
 
 def field_info(schema: InputSchema) -> dict[str, msgspec.inspect.Field]:

@@ -21,8 +21,7 @@ from para_attn_server.records import JobState
 from para_attn_server.schema import InputSchema, RequestField
 from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.workers.outcome import JobOutcome
-
-from .fakes import FakeGroup, LegacyPredictor, MakeService, deadline
+from tests.unit.fakes import FakeGroup, LegacyPredictor, MakeService, deadline
 
 # The waits in these tests have a deadline (fakes.deadline); the timeout catches a hang
 # anywhere else. Its thread method ends the run with every stack: the signal method would

@@ -16,8 +16,7 @@ from para_attn_server.errors import InputError
 from para_attn_server.http import create_app
 from para_attn_server.records import JobState
 from para_attn_server.workers.outcome import JobOutcome
-
-from .fakes import FakeGroup, deadline
+from tests.unit.fakes import FakeGroup, deadline
 
 pytestmark = [
     pytest.mark.anyio,

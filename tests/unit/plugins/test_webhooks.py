@@ -30,9 +30,8 @@ from para_attn_server.settings import JobSettings, Settings
 from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.testing import free_port
 from para_attn_server.workers.group import JobOutcome
+from tests.unit.fakes import EchoPredictor, FakeGroup, FakeRun, deadline
 from tests.webhook_receiver import SECRET, Delivery, Receiver
-
-from .fakes import EchoPredictor, FakeGroup, FakeRun, deadline
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60, method="thread")]
 

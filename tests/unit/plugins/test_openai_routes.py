@@ -25,8 +25,7 @@ from para_attn_server.records import JobState
 from para_attn_server.schema import InputSchema, RequestField
 from para_attn_server.settings import ModelSettings, Settings
 from para_attn_server.workers.group import JobOutcome
-
-from .fakes import FakeGroup, MakeService, deadline
+from tests.unit.fakes import FakeGroup, MakeService, deadline
 
 pytestmark = [
     pytest.mark.anyio,

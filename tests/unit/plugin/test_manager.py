@@ -13,9 +13,8 @@ from para_attn_server import ConfigurationError, InputError, JobContext, Output,
 from para_attn_server.plugin.manager import AUTOLOAD_ENV, Plugins, version
 from para_attn_server.settings import Settings
 from para_attn_server.workers.executor import Executor, RankSpec
-
-from . import fakes
-from .fakes import EchoPredictor, LegacyPredictor
+from tests.unit import fakes
+from tests.unit.fakes import EchoPredictor, LegacyPredictor
 
 ECHO = f"{fakes.__name__}:EchoPredictor"
 

@@ -22,8 +22,15 @@ from para_attn_server.http import create_app
 from para_attn_server.records import JobState
 from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.workers.outcome import JobOutcome
-
-from .fakes import FakeGroup, FakeRun, KwargsPredictor, LegacyPredictor, MakeService, deadline, watch_subscriptions
+from tests.unit.fakes import (
+    FakeGroup,
+    FakeRun,
+    KwargsPredictor,
+    LegacyPredictor,
+    MakeService,
+    deadline,
+    watch_subscriptions,
+)
 
 pytestmark = [
     pytest.mark.anyio,

@@ -22,8 +22,7 @@ from para_attn_server.settings import JobSettings
 from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.workers.group import JobOutcome
 from tests.prometheus import Scrape
-
-from .fakes import EchoPredictor, FakeGroup, deadline
+from tests.unit.fakes import EchoPredictor, FakeGroup, deadline
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60, method="thread")]
 

@@ -20,9 +20,8 @@ from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
 from para_attn_server.protocol import Preview
 from para_attn_server.rank.previews import MAX_SIDE, PreviewSender, to_jpeg
-
-from .fakes import FakeGroup, deadline, watch_subscriptions
-from .test_http import parse_sse
+from tests.unit.fakes import FakeGroup, deadline, watch_subscriptions
+from tests.unit.http.test_app import parse_sse
 
 
 def decoded(jpeg: bytes) -> Image.Image:

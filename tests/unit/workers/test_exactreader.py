@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from para_attn_server.workers.exactreader import ExactReader
-
-from .fakes import exact_reader
+from tests.unit.fakes import exact_reader
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30, method="thread")]
 
