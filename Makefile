@@ -21,10 +21,10 @@ $(BIN)/activate:
 
 # para-attn publishes only an sdist whose metadata names a git URL in an extra;
 # pip >= 25 refuses that outright, so the venv keeps pip < 25.
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+$(VENV)/.installed: pyproject.toml core/client/pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q "pip<25"
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e core/client -e ".[test]"
 	touch $@
 
 serve: $(VENV)/.installed

@@ -11,6 +11,7 @@ from typing import Any
 from .compare import compare
 from .direct import DirectRanks, direct_call_times
 from .harness import Client, Report, Stat, client, drive_wait_jobs, server, timed
+from .micro import micro
 from .scale import scale
 
 OCTET = {"accept": "application/octet-stream"}
@@ -289,4 +290,5 @@ SUITES = {
     "gpu": gpu,
     "compare": compare,
     "scale": scale,
+    "micro": micro,
 }

@@ -121,7 +121,8 @@ class DiffusersPredictor(Predictor):
 
         if "model_path" not in options:
             raise ConfigurationError(
-                f"{type(self).__name__} needs --model-path (or $PARA_ATTN_MODEL_PATH): a pipeline directory or hub id"
+                f"{type(self).__name__} needs --model-path (or $PARA_ATTN_SERVER_MODEL_PATH): "
+                "a pipeline directory or hub id"
             )
         try:
             self.settings = msgspec.convert(options, Settings, strict=False)
@@ -260,7 +261,7 @@ class DiffusersPredictor(Predictor):
                 fields.update(json.loads(text))
             except (json.JSONDecodeError, TypeError, ValueError) as exc:
                 raise ConfigurationError(f"warmup must be 0, 1 or a JSON object of request fields: {exc}") from None
-        from para_attn_server.schema import InputSchema
+        from para_attn_server.plugin import InputSchema
 
         schema = InputSchema(self)
         try:

@@ -1,7 +1,7 @@
 """Previews while denoising: a pipeline's latents at a step as a small RGB picture, cheaply.
 
 Two ways to see latents, both run on rank 0 only, on its preview thread (the step callback
-only hands the step's latents over; see ``para_attn_server.rank.previews``):
+only hands the step's latents over; see ``JobContext.preview``):
 
 - ``LinearPreview``: a linear map from the latent channels to RGB, plus a bias, applied to
   every latent pixel. Its factors are fitted at setup, by least squares, to what the
@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from para_attn_server import current_job
-from para_attn_server.rank.previews import MAX_SIDE
+from para_attn_server import PREVIEW_MAX_SIDE, current_job
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +127,7 @@ class LinearPreview:
 
 
 class VaePreview:
-    """Latents decoded by a small VAE (diffusers' ``AutoencoderTiny``), shrunk to ``MAX_SIDE``."""
+    """Latents decoded by a small VAE (diffusers' ``AutoencoderTiny``), shrunk to ``PREVIEW_MAX_SIDE``."""
 
     def __init__(self, vae: Any) -> None:
         self.vae = vae
@@ -144,8 +143,8 @@ class VaePreview:
 
         image = decode(self.vae, latent[None])
         height, width = image.shape[-2:]
-        if max(height, width) > MAX_SIDE:  # shrunk on the device: a small copy to the host
-            scale = MAX_SIDE / max(height, width)
+        if max(height, width) > PREVIEW_MAX_SIDE:  # shrunk on the device: a small copy to the host
+            scale = PREVIEW_MAX_SIDE / max(height, width)
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
         return to_uint8(image[0].permute(1, 2, 0))

@@ -3,14 +3,15 @@
 from typing import TYPE_CHECKING, Any
 
 from para_attn_server.errors import ConfigurationError, InputError, JobCancelled, SetupError
-from para_attn_server.plugin.manager import hookimpl
-from para_attn_server.predictor import JobContext, Output, Predictor, RankContext, current_job
+from para_attn_server.plugin.markers import hookimpl
+from para_attn_server.predictor import PREVIEW_MAX_SIDE, JobContext, Output, Predictor, RankContext, current_job
 from para_attn_server.settings import Settings
 
 if TYPE_CHECKING:
     from para_attn_server.server import ParaAttentionServer
 
 __all__ = [
+    "PREVIEW_MAX_SIDE",
     "ConfigurationError",
     "InputError",
     "JobCancelled",
@@ -27,7 +28,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The server (Litestar, ~0.5 s of imports) loads on first use: ranks and predictors
+    # The server (Litestar: see ``benchmarks --only micro``) loads on first use: ranks and predictors
     # import this package and never need it.
     if name == "ParaAttentionServer":
         from para_attn_server.server import ParaAttentionServer

@@ -4,7 +4,8 @@
 server exactly as the original did (the model defaults to the embedded ``tiny`` predictor);
 every other flag is generated from the settings tree (``settings.py``), plugin sections
 included. ``para-attn-server plugins`` prints the installed plugins as JSON;
-``para-attn-server generate URL -p KEY=VALUE ...`` runs one job on a server (generate_cli.py).
+``para-attn-server generate URL -p KEY=VALUE ...`` runs one job on a server (the client
+distribution's ``para-attn-client generate``).
 """
 
 from __future__ import annotations
@@ -77,10 +78,17 @@ def _add(group: Any, field: settings_tree.Field) -> None:
 def parse(argv: Sequence[str]) -> Settings:
     """The settings a command line asks for; exits with a usage error (code 2) naming the
     flag for an unknown flag or a bad value."""
+    return configure(argv)[0]
+
+
+def configure(argv: Sequence[str]) -> tuple[Settings, Plugins]:
+    """``parse``, with the plugins loaded to find the settings' sections: the server runs
+    with them, so a start loads (and imports) the plugins once."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugin", action="append", default=[])
     modules = pre.parse_known_args(argv)[0].plugin
-    sections = Plugins.load(modules).settings_sections()
+    plugins = Plugins.load(modules)
+    sections = plugins.settings_sections()
     parser = serve_parser(sections)
     values = vars(parser.parse_args(argv))
     if "api_key" in values:
@@ -93,7 +101,7 @@ def parse(argv: Sequence[str]) -> Settings:
         if field.name in values and isinstance(_kind(field), msgspec.inspect.DictType):
             values[field.name] = dict(values[field.name])  # repeated KEY=VALUE: the last one wins
     try:
-        return settings_tree.build(values, sections)
+        return settings_tree.build(values, sections), plugins
     except ConfigurationError as exc:
         parser.error(_with_flag(str(exc), sections))
 
@@ -116,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return join(args[1:])
     if args[:1] == ["generate"]:
-        from para_attn_server.generate_cli import main as generate
+        from para_attn_client.generate import main as generate
 
-        return generate(args[1:])
+        return generate(args[1:], prog=f"{PROG} generate")
     try:
-        ParaAttentionServer.from_settings(parse(args)).run()
+        ParaAttentionServer.from_settings(*configure(args)).run()
     except ConfigurationError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

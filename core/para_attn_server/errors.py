@@ -2,7 +2,8 @@
 
 - ``ConfigurationError``: the operator's mistake (bad ``--model``, bad option); the CLI
   prints it and exits non-zero.
-- ``InputError``: the client's mistake; the HTTP layer answers 400 naming the field.
+- ``InputError``: the client's mistake; the HTTP layer answers 400 naming the field
+  (``IdConflictError``, a job id that is taken: 409).
 - ``SetupError``: a rank's ``setup`` failed; at first start the server exits non-zero.
 - ``JobCancelled``: internal control flow raised inside ``predict`` on every rank at the
   same step boundary; it derives from BaseException so a predictor's ``except Exception``
@@ -30,6 +31,14 @@ class InputError(ParaAttnServerError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class IdConflictError(InputError):
+    """A job with the id a client chose exists with other inputs: that id is taken (the
+    HTTP layer answers 409; as an ``InputError`` it names the field ``id``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "id")
 
 
 class SetupError(ParaAttnServerError):

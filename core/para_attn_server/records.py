@@ -7,22 +7,15 @@ receive them, and every view of a job is built from one.
 
 from __future__ import annotations
 
-import enum
 import re
 from typing import Any
 
 import msgspec
 
+# The job states travel to clients: defined once, with the views, in the client's wire module.
+from para_attn_client.wire import TERMINAL, JobState
 
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+__all__ = ["TERMINAL", "JobRecord", "JobState", "public_error"]
 
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -60,15 +60,19 @@ class ParaAttentionServer:
         values = {"host": host, "port": port, "num_devices": num_devices, "log_level": level, **settings}
         if isinstance(predictor, str):
             values["model"] = predictor
-        sections = Plugins.load(values.get("plugins", [])).settings_sections()
+        # Loaded once: their sections shape the settings, and the server runs with them.
+        self.plugins = Plugins.load(values.get("plugins", []))
         self.predictor = predictor
-        self.settings = settings_tree.build(values, sections)
+        self.settings = settings_tree.build(values, self.plugins.settings_sections())
         self.port: int | None = None  # the bound port, once listening
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ParaAttentionServer:
+    def from_settings(cls, settings: Settings, plugins: Plugins | None = None) -> ParaAttentionServer:
+        """A server of ``settings``, with the ``plugins`` they were built with (when None,
+        those ``settings.model.plugins`` name, loaded now)."""
         server = cls.__new__(cls)
         server.predictor, server.settings, server.port = settings.model.model, settings, None
+        server.plugins = Plugins.load(settings.model.plugins) if plugins is None else plugins
         return server
 
     def run(self) -> None:
@@ -85,8 +89,7 @@ class ParaAttentionServer:
             runner.run(self.serve())
 
     async def serve(self) -> None:
-        settings = self.settings
-        plugins = Plugins.load(settings.model.plugins)
+        settings, plugins = self.settings, self.plugins
         settings_tree.check_unique(plugins.settings_sections())
         predictor, predictor_pickle = self._predictor(plugins)
         cluster = self._cluster(plugins)

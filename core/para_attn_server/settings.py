@@ -25,9 +25,13 @@ import msgspec
 
 from para_attn_server.errors import ConfigurationError
 
-MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
+MODEL_PATH_ENV = "PARA_ATTN_SERVER_MODEL_PATH"
 API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"
 JOIN_TOKEN_ENV = "PARA_ATTN_SERVER_JOIN_TOKEN"
+# Every variable of the server is PARA_ATTN_SERVER_*; the older name is still read (with a
+# warning) so that deployments setting it keep working.
+OLD_MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
+log = logging.getLogger("para_attn_server")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -36,7 +40,8 @@ Bytes = Annotated[int, msgspec.Meta(ge=0)]
 
 def _help(text: str, **extra: Any) -> msgspec.Meta:
     """A field's help text; ``extra`` holds command-line details: ``flags`` (instead of
-    ``--field-name``), ``metavar``, ``env`` (an environment variable that sets it)."""
+    ``--field-name``), ``metavar``, ``env`` (an environment variable that sets it) and
+    ``old_env`` (its older name, still read with a deprecation warning)."""
     return msgspec.Meta(description=text, extra=extra)
 
 
@@ -45,7 +50,12 @@ class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     model: Annotated[str, _help("predictor: entry-point name or module:Class")] = "tiny"
     model_path: Annotated[
-        str | None, _help("weights directory or hub id, the predictor's model_path option", env=MODEL_PATH_ENV)
+        str | None,
+        _help(
+            "weights directory or hub id, the predictor's model_path option",
+            env=MODEL_PATH_ENV,
+            old_env=OLD_MODEL_PATH_ENV,
+        ),
     ] = None
     options: Annotated[
         dict[str, str], _help("predictor option, repeatable", flags=["--option", "-o"], metavar="KEY=VALUE")
@@ -247,9 +257,9 @@ def build(values: dict[str, Any], sections: dict[str, type[msgspec.Struct]] | No
     if unknown:
         raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
     for field in fields(sections):
-        variable = field.extra.get("env")
-        if variable and values.get(field.name) is None and os.environ.get(variable):
-            values = {**values, field.name: os.environ[variable]}
+        variable, old = field.extra.get("env"), field.extra.get("old_env")
+        if variable and values.get(field.name) is None and (value := _environ(variable, old)):
+            values = {**values, field.name: value}
     grouped: dict[str, dict[str, Any]] = {name: {} for name in sections}
     root: dict[str, Any] = {}
     for name, value in values.items():
@@ -265,6 +275,17 @@ def build(values: dict[str, Any], sections: dict[str, type[msgspec.Struct]] | No
         return Settings(**built, **root, extensions=extensions)
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def _environ(variable: str, old: str | None = None) -> str | None:
+    """The variable's value, else that of its older name ``old`` (a field's ``old_env``),
+    else None."""
+    if value := os.environ.get(variable):
+        return value
+    if old and (value := os.environ.get(old)):
+        log.warning("$%s is deprecated: set $%s instead", old, variable)
+        return value
+    return None
 
 
 def describe_error(exc: msgspec.ValidationError) -> str:

@@ -1,4 +1,5 @@
-"""Test support: a real ``para-attn-server`` in a subprocess, and a client for its API.
+"""Test support: a real ``para-attn-server`` in a subprocess, and a client for its API
+(``para_attn_client.Client``, with no retries: a test sees every refusal).
 
 Used by this project's tests and benchmarks, and meant for predictor authors who want to
 test their predictor end to end, the way clients will use it::
@@ -30,11 +31,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import httpx
 import msgspec
+from httpx_sse import connect_sse
+
+from para_attn_client import TERMINAL, Client, Job
+from para_attn_client.types import decode, error_from
 
 CLI = Path(sys.executable).with_name("para-attn-server")
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -124,7 +127,10 @@ class Server:
             match = self.log.wait_for(r"listening on http://(\S+):(\d+)")
             self.port = int(match[2])
             self.url = f"http://{match[1]}:{self.port}"
-            self.http = httpx.Client(base_url=self.url, timeout=60)
+            # No key from the environment, no retries; ``http`` is the client's own
+            # connection, so headers a test sets on it go with every request.
+            self.client = Client(self.url, api_key="", timeout=60, retries=0)
+            self.http = self.client.http
             if wait_ready:
                 self.wait_ready()
         except BaseException:
@@ -137,41 +143,37 @@ class Server:
     # ---- jobs ---------------------------------------------------------------------------
 
     def submit(self, **inputs: Any) -> str:
+        """Queue a job with ``POST /v1/jobs`` (as a plain HTTP client would; the client
+        submits with ``PUT``); its id. Raises the client's error if the server refuses it."""
         response = self.http.post("/v1/jobs", json=inputs)
-        assert response.status_code == 201, response.text
-        return str(response.json()["id"])
+        if response.status_code != 201:
+            raise error_from(response)
+        return decode(response, Job).id
 
     def wait(self, job_id: str, timeout: float = 90) -> dict[str, Any]:
-        """The job's view once it ended (long-polls ``?wait=``)."""
+        """The job's view once it ended (long-polls ``?wait=``), as JSON gives it."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            response = self.http.get(f"/v1/jobs/{job_id}", params={"wait": max(0.0, min(remaining, 30))})
-            assert response.status_code == 200, response.text
-            view: dict[str, Any] = response.json()
-            if view["state"] in TERMINAL:
+            job = self.client.get(job_id, wait=max(0.0, min(remaining, 30)))
+            if job.done:
+                view: dict[str, Any] = msgspec.to_builtins(job)
                 return view
-            assert remaining > 0, f"job {job_id} still {view['state']} after {timeout} s:\n{self.log.tail()}"
+            assert remaining > 0, f"job {job_id} still {job.state} after {timeout} s:\n{self.log.tail()}"
 
     def run(self, **inputs: Any) -> dict[str, Any]:
         return self.wait(self.submit(**inputs))
 
     def output(self, job_id: str) -> bytes:
-        response = self.http.get(f"/v1/jobs/{job_id}/output")
-        assert response.status_code == 200, response.text
-        return response.content
+        return self.client.output(job_id)[0]
 
     def events(self, job_id: str, timeout: float = 90) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The job's Server-Sent Events as (event, data), until the stream ends."""
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
-            assert response.status_code == 200
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    event = line.partition(":")[2].strip()
-                elif line.startswith("data:") and event is not None:
-                    yield event, msgspec.json.decode(line.partition(":")[2].strip())
-                    event = None
+        """The job's Server-Sent Events as (event, data), every kind (previews too, which
+        ``Client.events`` skips), until the stream ends; ``timeout`` between two."""
+        with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as source:
+            assert source.response.status_code == 200
+            for sse in source.iter_sse():
+                yield sse.event, msgspec.json.decode(sse.data)
 
     def wait_running(self, job_id: str, step: int = 0, timeout: float = 90) -> None:
         """Wait until the job runs and, with ``step``, has passed that step boundary."""
@@ -221,8 +223,8 @@ class Server:
             self.process.wait(30)
 
     def close(self) -> None:
-        if hasattr(self, "http"):
-            self.http.close()
+        if hasattr(self, "client"):
+            self.client.close()
         with contextlib.suppress(AssertionError):  # stop() already killed it and said why
             self.stop()
 

@@ -8,56 +8,31 @@ from __future__ import annotations
 
 import msgspec
 
-from para_attn_server.records import TERMINAL, JobRecord, JobState
+from para_attn_client.wire import JobList, JobView
+from para_attn_server.records import JobRecord, JobState
+
+__all__ = ["GroupStatus", "JobList", "JobView", "MetricsSnapshot", "RankRow", "ServerStatus", "job_view"]
 
 
-class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
-    """A job as the /v1 API shows it (and ``para_attn_server.client`` reads it)."""
-
-    id: str
-    state: str
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    group: int | None = None
-    step: int | None = None
-    total_steps: int | None = None
-    queue_position: int | None = None
-    error: str | None = None
-    file_type: str | None = None
-    output_path: str | None = None
-    output_url: str | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once the job ended: succeeded, failed or cancelled."""
-        return self.state in TERMINAL
-
-    @classmethod
-    def of(cls, record: JobRecord, queue_position: int | None = None) -> JobView:
-        return cls(
-            id=record.id,
-            state=record.state.value,
-            created_at=record.created_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            group=record.group,
-            step=record.step,
-            total_steps=record.total,
-            queue_position=queue_position,
-            error=record.error,
-            file_type=record.file_type,
-            output_path=record.output_path,
-            output_url=f"/v1/jobs/{record.id}/output" if record.state is JobState.SUCCEEDED else None,
-        )
-
-
-class JobList(msgspec.Struct, frozen=True):
-    """One page of jobs, newest first; pass ``last_id`` as ``after`` for the next page."""
-
-    data: list[JobView]
-    has_more: bool
-    last_id: str | None
+def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
+    """The record as the /v1 API shows it (``JobView`` and ``JobList`` are the client's
+    wire types: the client decodes exactly what is sent)."""
+    return JobView(
+        id=record.id,
+        state=record.state.value,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        group=record.group,
+        step=record.step,
+        total=record.total,
+        total_steps=record.total,
+        queue_position=queue_position,
+        error=record.error,
+        file_type=record.file_type,
+        output_path=record.output_path,
+        output_url=f"/v1/jobs/{record.id}/output" if record.state is JobState.SUCCEEDED else None,
+    )
 
 
 class RankRow(msgspec.Struct):

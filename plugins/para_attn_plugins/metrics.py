@@ -3,11 +3,11 @@
 Every app gets its own ``prometheus_client.CollectorRegistry``, so several apps in one
 process (tests, an embedding program) never share or clash on a metric. What it holds:
 
-- the job service's counters and gauges, read from ``JobService.metrics()`` at each scrape:
+- the job service's counters and gauges, read from ``Jobs.metrics()`` at each scrape:
   jobs submitted, rejected (queue full) and finished by state; jobs waiting and running
   (also as ``num_requests_waiting`` / ``num_requests_running``, the names load-balancing
   routers read); per worker group: ready, ranks up, ranks, restarts;
-- histograms fed by a job listener (``JobService.add_listener``): queue wait, run time by
+- histograms fed by a job listener (``Jobs.add_listener``): queue wait, run time by
   final state, and time between a job's progress steps;
 - HTTP request metrics (``para_attn_http_*``: count, duration, in progress, 5xx) from
   Litestar's Prometheus middleware, by method, route template and status.
@@ -35,9 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
-from para_attn_server import hookimpl
-from para_attn_server.engine.service import JobService
-from para_attn_server.records import JobRecord, JobState
+from para_attn_server.plugin import JobRecord, Jobs, JobState, hookimpl
 
 HTTP_PREFIX = "para_attn_http"
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -46,18 +44,18 @@ STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 @hookimpl
-def register_routes(register: Callable[[Any], None], service: JobService) -> None:
-    register(MetricsPlugin(service))
+def register_routes(register: Callable[[Any], None], jobs: Jobs) -> None:
+    register(MetricsPlugin(jobs))
 
 
 class MetricsPlugin(InitPluginProtocol):
     """One app's metrics: its registry, the route that serves it, the HTTP middleware, and
     the job listener (added while the app runs)."""
 
-    def __init__(self, service: JobService) -> None:
-        self.service = service
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
         self.registry = CollectorRegistry()
-        self.jobs = JobMetrics(service, self.registry)
+        self.job_metrics = JobMetrics(jobs, self.registry)
         self.http = AppPrometheusConfig(registry=self.registry, prefix=HTTP_PREFIX, app_name="para-attn-server")
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -82,7 +80,7 @@ class MetricsPlugin(InitPluginProtocol):
 
     @contextlib.asynccontextmanager
     async def listening(self, app: Litestar) -> AsyncIterator[None]:
-        remove = self.service.add_listener(self.jobs.observe)
+        remove = self.jobs.add_listener(self.job_metrics.observe)
         try:
             yield
         finally:
@@ -93,8 +91,7 @@ class JobMetrics:
     """The job service's metrics: histograms fed by its events, and a collector that reads
     its counters and gauges at each scrape (so they cannot drift from what it reports)."""
 
-    def __init__(self, service: JobService, registry: CollectorRegistry) -> None:
-        self.service = service
+    def __init__(self, jobs: Jobs, registry: CollectorRegistry) -> None:
         self.queue_wait = Histogram(
             "para_attn_queue_wait_seconds",
             "Seconds from submit to the job starting on a worker group.",
@@ -115,7 +112,7 @@ class JobMetrics:
             registry=registry,
         )
         self._last_step: dict[str, float] = {}  # job id -> when its last progress step came
-        registry.register(_ServiceCollector(service))
+        registry.register(_ServiceCollector(jobs))
 
     def observe(self, kind: str, record: JobRecord) -> None:
         if kind == "progress":
@@ -136,11 +133,11 @@ class JobMetrics:
 class _ServiceCollector:
     """The service's own counters and gauges, as they are at the scrape."""
 
-    def __init__(self, service: JobService) -> None:
-        self.service = service
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
 
     def collect(self) -> Iterator[Metric]:
-        m = self.service.metrics()
+        m = self.jobs.metrics()
         yield CounterMetricFamily("para_attn_jobs_submitted", "Jobs accepted into the queue.", value=m.submitted)
         yield CounterMetricFamily(
             "para_attn_jobs_rejected", "Jobs refused because the queue was full.", value=m.rejected_queue_full

@@ -21,8 +21,7 @@ from typing import Any
 
 import msgspec
 
-from para_attn_server import hookimpl
-from para_attn_server.workers.executor import Executor, RankSpec, hosted_store, listening_socket
+from para_attn_server.plugin import Executor, RankSpec, hookimpl, hosted_store, listening_socket
 
 STORE_HOST = "127.0.0.1"
 
@@ -30,9 +29,9 @@ STORE_HOST = "127.0.0.1"
 def _rank_main(spec: RankSpec, rank: int, local_rank: int) -> None:
     """A rank's process. The rank module (torch) is imported here, never at the top: the
     fork server preloads it, and the server process itself has no use for torch."""
-    from para_attn_server.rank.worker import main
+    from para_attn_server.plugin import rank_main
 
-    main(spec, rank, local_rank)
+    rank_main(spec, rank, local_rank)
 
 
 def loopback_store() -> tuple[socket.socket, Any]:

@@ -21,9 +21,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from para_attn_server import hookimpl
-from para_attn_server.cluster.spec import agent_command
-from para_attn_server.workers.executor import RANK_SPEC_ENV, Executor, RankSpec
+from para_attn_server.plugin import RANK_SPEC_ENV, Executor, RankSpec, agent_command, hookimpl
 
 
 class TorchrunOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -12,8 +12,9 @@ on a connection error or a 5xx (``--webhook-tries``, 3); a 4xx or a redirect is 
 The server sends to no host the operator did not list: ``--webhook-allow-host HOST`` or
 ``HOST:PORT`` (repeatable; ``HOST`` alone allows any port of it). With none listed, every
 ``webhook`` is refused (400 naming the field). Listing one needs the signing secret:
-``--webhook-secret-file FILE`` or ``$PARA_ATTN_WEBHOOK_SECRET`` (``--webhook-secret`` too,
-though ``ps`` shows a command line to every user).
+``--webhook-secret-file FILE`` or ``$PARA_ATTN_SERVER_WEBHOOK_SECRET`` (``--webhook-secret``
+too, though ``ps`` shows a command line to every user; the variable's old name,
+``$PARA_ATTN_WEBHOOK_SECRET``, is still read, with a warning).
 
 Deliveries never hold up a job: each job's events go out in order from a task of their own,
 and a webhook that fails is logged, never the job's failure.
@@ -38,18 +39,15 @@ from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 from standardwebhooks import Webhook
 
-from para_attn_server import hookimpl
-from para_attn_server.engine.service import JobService
-from para_attn_server.plugin.manager import version
-from para_attn_server.records import JobRecord, JobState
-from para_attn_server.settings import Settings, secret_from_file
-from para_attn_server.views import JobView
+from para_attn_server import Settings
+from para_attn_server.plugin import JobRecord, Jobs, JobState, hookimpl, job_view, secret_from_file, version
 
-# httpx is imported where it is used (100 ms): rank processes load this plugin too, and
-# never send anything.
+# httpx is imported where it is used (its cost: `python -m benchmarks --only micro`): rank
+# processes load this plugin too, and never send anything.
 log = logging.getLogger("para_attn_plugins.webhooks")
 
-SECRET_ENV = "PARA_ATTN_WEBHOOK_SECRET"
+SECRET_ENV = "PARA_ATTN_SERVER_WEBHOOK_SECRET"
+OLD_SECRET_ENV = "PARA_ATTN_WEBHOOK_SECRET"  # still read, with a warning: not the server's prefix
 EVENTS = ("start", "progress", "completed")
 PROGRESS_INTERVAL = 1.0  # seconds between two progress deliveries of one job, at least
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -86,7 +84,7 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         msgspec.Meta(
             description="Standard Webhooks signing secret: whsec_ and the base64 of 24 to 64 random bytes "
             "(ps shows it: prefer the file or the variable)",
-            extra={"env": SECRET_ENV, "metavar": "SECRET"},
+            extra={"env": SECRET_ENV, "old_env": OLD_SECRET_ENV, "metavar": "SECRET"},
         ),
     ] = None
     webhook_secret_file: Annotated[
@@ -192,15 +190,15 @@ def register_request_fields(register: Callable[..., None], settings: Settings) -
 
 
 @hookimpl
-def register_routes(register: Callable[[Any], None], service: JobService, settings: Settings) -> None:
-    register(WebhooksPlugin(service, settings.section(WebhookSettings)))
+def register_routes(register: Callable[[Any], None], jobs: Jobs, settings: Settings) -> None:
+    register(WebhooksPlugin(jobs, settings.section(WebhookSettings)))
 
 
 class WebhooksPlugin(InitPluginProtocol):
     """One app's webhooks: a sender (its HTTP client) and its job listener, while the app runs."""
 
-    def __init__(self, service: JobService, settings: WebhookSettings) -> None:
-        self.service = service
+    def __init__(self, jobs: Jobs, settings: WebhookSettings) -> None:
+        self.jobs = jobs
         self.settings = settings
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
@@ -213,7 +211,7 @@ class WebhooksPlugin(InitPluginProtocol):
             yield
             return
         sender = Sender(self.settings, self.settings.webhook_secret)
-        remove = self.service.add_listener(sender.on_event)
+        remove = self.jobs.add_listener(sender.on_event)
         try:
             yield
         finally:
@@ -276,7 +274,7 @@ class Sender:
         """POST the job's view; retried on a connection error or 5xx. Never raises."""
         import httpx
 
-        body = msgspec.json.encode(JobView.of(record)).decode()
+        body = msgspec.json.encode(job_view(record)).decode()
         where = httpx.URL(url).host
         problem, attempt = "", 0
         for attempt in range(1, self.settings.webhook_tries + 1):

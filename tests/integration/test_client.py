@@ -1,4 +1,4 @@
-"""para_attn_server.client against a real server (the noop predictor, and the tiny Flux
+"""para_attn_client against a real server (the noop predictor, and the tiny Flux
 pipeline where an image matters): generate, submit by PUT, events, cancel, list, errors,
 retries and the API key, with the sync and the async client."""
 
@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import pytest
 
-from para_attn_server.client import (
+from para_attn_client import (
     API_KEY_ENV,
     AsyncClient,
     Client,
@@ -189,7 +189,7 @@ def test_events_follow_a_job_from_its_state_to_its_end(client: Client) -> None:
     assert steps == list(range(steps[0], 4))
     last = events[-1]
     assert isinstance(last, Job)
-    assert (last.state, last.step, last.total_steps) == ("succeeded", 3, 3)
+    assert (last.state, last.step, last.total, last.total_steps) == ("succeeded", 3, 3, 3)
     assert client.get(job.id) == last
     assert list(client.events(job.id)) == [last]  # an ended job: its state, and the end
     with pytest.raises(NotFound):

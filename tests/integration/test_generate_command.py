@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from para_attn_server.client import API_KEY_ENV
+from para_attn_client import API_KEY_ENV
 from para_attn_server.testing import CLI, Server, server_env
 from tests.integration.support import metric, png_size
 

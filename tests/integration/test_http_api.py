@@ -86,7 +86,7 @@ def test_create_job_is_201_with_location_and_waits_when_asked(tiny_server: Serve
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["state"] == "succeeded"
-    assert job["step"] == job["total_steps"] == 4
+    assert job["step"] == job["total"] == job["total_steps"] == 4  # total_steps: the old name, kept
     assert job["output_url"] == f"/v1/jobs/{job['id']}/output"
     assert tiny_server.http.get(response.headers["location"]).json() == job
 

@@ -23,7 +23,8 @@ def server(receiving: HTTPServer, tmp_path_factory: pytest.TempPathFactory) -> I
     # The secret from the environment: an operator need not put it on a command line.
     args = ["--model", "noop", "--num-devices", "2", "--webhook-backoff", "0.1"]
     args += ["--webhook-allow-host", f"{receiving.host}:{receiving.port}"]
-    with Server(args, tmp_path_factory.mktemp("webhooks"), env=server_env(PARA_ATTN_WEBHOOK_SECRET=SECRET)) as server:
+    env = server_env(PARA_ATTN_SERVER_WEBHOOK_SECRET=SECRET)
+    with Server(args, tmp_path_factory.mktemp("webhooks"), env=env) as server:
         yield server
 
 

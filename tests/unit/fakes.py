@@ -113,7 +113,7 @@ class FakeRun:
 
 
 class FakeGroup:
-    """The interface ``JobService`` and the app use of ``group.WorkerGroup``, driven by the test.
+    """A worker group as the engine needs one (``engine.contract.Group``), driven by the test.
 
     - ``runs`` receives a ``FakeRun`` for every job handed to the group, in order
       (``await next_run()`` takes the next one);

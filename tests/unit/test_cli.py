@@ -3,17 +3,20 @@ prints what is installed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 from para_attn_server import cli
 from para_attn_server.errors import ConfigurationError, SetupError
 from para_attn_server.plugin.manager import AUTOLOAD_ENV, Plugins, version
 from para_attn_server.server import ParaAttentionServer
-from para_attn_server.settings import API_KEY_ENV, MODEL_PATH_ENV, HttpSettings, Settings
+from para_attn_server.settings import API_KEY_ENV, MODEL_PATH_ENV, OLD_MODEL_PATH_ENV, HttpSettings, Settings
 
 
 @pytest.fixture
@@ -22,6 +25,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     configs: list[Settings] = []
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     monkeypatch.delenv(MODEL_PATH_ENV, raising=False)
+    monkeypatch.delenv(OLD_MODEL_PATH_ENV, raising=False)
 
     def run(self: ParaAttentionServer) -> None:
         configs.append(self.settings)
@@ -174,3 +178,59 @@ def test_an_unusable_api_key_file_is_an_error(tmp_path: Path, content: str | Non
 
     with pytest.raises(ConfigurationError, match=says):
         settings.key()
+
+
+def test_the_model_path_comes_from_its_variable(served: list[Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MODEL_PATH_ENV, "/weights")
+    monkeypatch.setenv(OLD_MODEL_PATH_ENV, "/old")  # the new name wins
+
+    cli.main([])
+
+    assert MODEL_PATH_ENV == "PARA_ATTN_SERVER_MODEL_PATH"
+    assert served[0].model.model_path == "/weights"
+
+
+def test_the_old_model_path_variable_still_works_with_a_warning(
+    served: list[Settings], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PARA_ATTN_MODEL_PATH", "/old")
+
+    with caplog.at_level(logging.WARNING):
+        cli.main([])
+
+    assert served[0].model.model_path == "/old"
+    assert "$PARA_ATTN_MODEL_PATH is deprecated: set $PARA_ATTN_SERVER_MODEL_PATH instead" in caplog.text
+
+
+@pytest.fixture
+def entry_point_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every load of the installed plugins' entry points (autoload on)."""
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    loads: list[str] = []
+    load = pluggy.PluginManager.load_setuptools_entrypoints
+
+    def counted(self: pluggy.PluginManager, group: str, name: str | None = None) -> int:
+        loads.append(group)
+        return load(self, group, name)
+
+    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints", counted)
+    return loads
+
+
+def test_a_start_from_the_command_line_loads_the_plugins_once(
+    entry_point_loads: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An unknown model stops the start right after the server has its plugins.
+    assert cli.main(["--model", "no-such-model"]) == 2
+
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert entry_point_loads == ["para_attn_server"]
+
+
+def test_a_start_from_the_python_entry_loads_the_plugins_once(entry_point_loads: list[str], tmp_path: Path) -> None:
+    server = ParaAttentionServer("no-such-model", output_dir=str(tmp_path))
+
+    with pytest.raises(ConfigurationError, match="unknown model 'no-such-model'"):
+        asyncio.run(server.serve())
+
+    assert entry_point_loads == ["para_attn_server"]

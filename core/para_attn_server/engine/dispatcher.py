@@ -12,28 +12,23 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from para_attn_server.engine.contract import Group
 
 log = logging.getLogger("para_attn_server.dispatch")
-
-
-class Group(Protocol):
-    index: int
-
-    @property
-    def ready(self) -> bool: ...
-
-
-G = TypeVar("G", bound=Group)
 J = TypeVar("J")
 
 
-class Dispatcher(Generic[J, G]):
+class Dispatcher(Generic[J]):
     """``execute(job, group)`` is called as the job leaves the queue, and what it returns is
     awaited in a task of its own: whatever ``execute`` does before returning (marking the job
     running) is done before anything else can see the job out of the queue."""
 
-    def __init__(self, groups: Sequence[G], queue: deque[J], execute: Callable[[J, G], Awaitable[None]]) -> None:
+    def __init__(
+        self, groups: Sequence[Group], queue: deque[J], execute: Callable[[J, Group], Awaitable[None]]
+    ) -> None:
         self.groups = groups
         self.queue = queue
         self._execute = execute
@@ -48,7 +43,7 @@ class Dispatcher(Generic[J, G]):
         """Something changed: a job was queued, a group became ready, a job ended."""
         self._wake.set()
 
-    def pick(self) -> G | None:
+    def pick(self) -> Group | None:
         """The group for the job at the head of the queue: the first idle, ready one."""
         for group in self.groups:
             if group.ready and group.index not in self._busy:
@@ -59,7 +54,7 @@ class Dispatcher(Generic[J, G]):
         """Group index -> the job it runs now."""
         return dict(self._busy)
 
-    async def idle(self, group: G) -> None:
+    async def idle(self, group: Group) -> None:
         """Return once ``group`` runs no job."""
         await self._idle[group.index].wait()
 
@@ -70,14 +65,14 @@ class Dispatcher(Generic[J, G]):
                 self._start(self.queue.popleft(), group)
             await self._wake.wait()
 
-    def _start(self, job: J, group: G) -> None:
+    def _start(self, job: J, group: Group) -> None:
         self._busy[group.index] = job
         self._idle[group.index].clear()
         task = asyncio.create_task(self._run(self._execute(job, group), group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, work: Awaitable[None], group: G) -> None:
+    async def _run(self, work: Awaitable[None], group: Group) -> None:
         try:
             await work
         except Exception:  # the executor handles job errors; a bug here must not stop dispatching

@@ -1,10 +1,10 @@
 """Observers of job events in the server process.
 
 The job service tells two kinds of observer about its jobs: plugins' ``job_state_changed``
-hooks (one per server process) and listeners that one app's objects add with
-``JobService.add_listener`` (a metrics registry or a webhook sender lives as long as its
-app, and several apps may share a process). An observer's error is logged and swallowed:
-it must never break the job it watches.
+hooks (one per server process) and the ``JobObserver`` callables (job listeners) that one
+app's objects add with ``JobService.add_listener`` (a metrics registry or a webhook sender
+lives as long as its app, and several apps may share a process). An observer's error is
+logged and swallowed: it must never break the job it watches.
 """
 
 from __future__ import annotations
@@ -19,21 +19,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("para_attn_server.jobs")
 
-#: ``listener(kind, record)``: ``kind`` is ``"state"`` (the record entered a new state) or
+#: ``observer(kind, record)``: ``kind`` is ``"state"`` (the record entered a new state) or
 #: ``"progress"`` (a step boundary passed: ``record.step`` of ``record.total``); more kinds
-#: may come (previews), so a listener ignores kinds it does not know.
-Listener = Callable[[str, "JobRecord"], None]
+#: may come (previews), so an observer ignores kinds it does not know.
+JobObserver = Callable[[str, "JobRecord"], None]
 
 
-class Listeners:
+class JobObservers:
+    """Both kinds of observer, told of each job event in turn."""
+
     def __init__(self, plugins: Plugins) -> None:
         self.plugins = plugins
-        self._listeners: list[Listener] = []
+        self._added: list[JobObserver] = []
 
-    def add(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` on every job event from now on; returns what removes it."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+    def add(self, observer: JobObserver) -> Callable[[], None]:
+        """Call ``observer`` on every job event from now on; returns what removes it."""
+        self._added.append(observer)
+        return lambda: self._added.remove(observer)
 
     def notify(self, kind: str, record: JobRecord) -> None:
         if kind == "state":
@@ -41,8 +43,8 @@ class Listeners:
                 self.plugins.job_state_changed(record)
             except Exception:
                 log.exception("job_state_changed hook failed")
-        for listener in list(self._listeners):
+        for observer in list(self._added):
             try:
-                listener(kind, record)
+                observer(kind, record)
             except Exception:
-                log.exception("job listener %r failed on a %s event", listener, kind)
+                log.exception("job listener %r failed on a %s event", observer, kind)

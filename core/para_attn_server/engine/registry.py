@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from para_attn_server.storage.outputs import OutputCache, OutputStore
 
 log = logging.getLogger("para_attn_server.jobs")
-Event = tuple[str, dict[str, Any]]
+#: What a job's subscribers receive (``Job.publish``): the event's kind (``"state"``,
+#: ``"progress"``, ``"preview"``) and its data; the SSE route sends each as one event.
+JobEvent = tuple[str, dict[str, Any]]
 FILE_TYPE = re.compile(r"[A-Za-z0-9]+")  # it becomes a file name's suffix and a header value
 GONE = "the output is gone"
 
@@ -40,7 +42,7 @@ class Job:
         self.record = record
         self.done = asyncio.Event()
         self.cancel_requested = False
-        self.subscribers: list[asyncio.Queue[Event]] = []
+        self.subscribers: list[asyncio.Queue[JobEvent]] = []
 
     @property
     def id(self) -> str:

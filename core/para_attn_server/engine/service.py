@@ -22,30 +22,28 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from para_attn_server.engine.dispatcher import Dispatcher
-from para_attn_server.engine.observers import Listener, Listeners
-from para_attn_server.engine.registry import FILE_TYPE, Job, JobRegistry
+from para_attn_server.engine.observers import JobObserver, JobObservers
+from para_attn_server.engine.registry import FILE_TYPE, Job, JobEvent, JobRegistry
 from para_attn_server.engine.saver import OutputSaver
 from para_attn_server.engine.supervisor import supervise
-from para_attn_server.errors import InputError, JournalError, LimitError, NotReadyError, QueueFullError
+from para_attn_server.errors import IdConflictError, JournalError, LimitError, NotReadyError, QueueFullError
 from para_attn_server.plugin.manager import version
 from para_attn_server.records import TERMINAL, JobRecord, JobState, public_error
 from para_attn_server.schema import OUTPUT_PATH
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.outputs import Held, OutputCache
-from para_attn_server.views import JobView, MetricsSnapshot, RankRow, ServerStatus
+from para_attn_server.views import JobView, MetricsSnapshot, RankRow, ServerStatus, job_view
 
 if TYPE_CHECKING:
+    from para_attn_server.engine.contract import Group
     from para_attn_server.plugin.manager import Plugins
     from para_attn_server.predictor import Predictor
     from para_attn_server.schema import InputSchema
     from para_attn_server.storage.journal import JobJournal
     from para_attn_server.storage.outputs import OutputStore
-    from para_attn_server.workers.group import Group
     from para_attn_server.workers.outcome import JobOutcome
 
 log = logging.getLogger("para_attn_server.jobs")
-
-Event = tuple[str, dict[str, Any]]
 
 
 class JobService:
@@ -77,16 +75,16 @@ class JobService:
         self.counters: dict[str, int] = {"submitted": 0, "rejected_queue_full": 0, "restarts": 0}
         self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
         self.run_seconds_ewma: float | None = None
-        self.dispatcher: Dispatcher[Job, Group] = Dispatcher(self.groups, self.queue, self._execute)
+        self.dispatcher: Dispatcher[Job] = Dispatcher(self.groups, self.queue, self._execute)
         self._tasks: list[asyncio.Task[None]] = []
         self._streams = 0  # event streams open
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
-        self.listeners = Listeners(plugins)
+        self.observers = JobObservers(plugins)
 
-    def add_listener(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(kind, record)`` at every job event (``listeners.Listener``);
+    def add_listener(self, listener: JobObserver) -> Callable[[], None]:
+        """Call ``listener(kind, record)`` at every job event (``observers.JobObserver``);
         returns what removes it."""
-        return self.listeners.add(listener)
+        return self.observers.add(listener)
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -140,13 +138,13 @@ class JobService:
 
     def submit(self, inputs: dict[str, Any], job_id: str | None = None) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). An existing id with the same inputs returns
-        that job (idempotent submit); with other inputs it is an InputError."""
+        that job (idempotent submit); with other inputs it is an IdConflictError."""
         fingerprint = self._encoder.encode(inputs)
         if job_id is not None:
             existing = self.jobs.get(job_id)
             if existing is not None:
                 if existing.record.fingerprint != fingerprint:
-                    raise InputError("a job with this id exists with different inputs", "id")
+                    raise IdConflictError("a job with this id exists with different inputs")
                 return existing, False
         if not self.accepting:
             raise NotReadyError("the server is not accepting jobs (starting up or shutting down)")
@@ -230,7 +228,7 @@ class JobService:
                 await asyncio.wait_for(job.done.wait(), timeout)
         return job.terminal
 
-    def subscribe(self, job: Job) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[Event]]:
+    def subscribe(self, job: Job) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[JobEvent]]:
         """A queue of the job's events while the context lasts; LimitError when too many
         streams are open (in all, or for this job)."""
         if self._streams >= self.settings.max_event_streams:
@@ -240,8 +238,8 @@ class JobService:
         return self._subscription(job)
 
     @contextlib.asynccontextmanager
-    async def _subscription(self, job: Job) -> AsyncIterator[asyncio.Queue[Event]]:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+    async def _subscription(self, job: Job) -> AsyncIterator[asyncio.Queue[JobEvent]]:
+        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
         job.subscribers.append(queue)
         self._streams += 1
         try:
@@ -255,7 +253,7 @@ class JobService:
         if job.state is JobState.QUEUED:
             with contextlib.suppress(ValueError):
                 position = self.queue.index(job)
-        return JobView.of(job.record, position)
+        return job_view(job.record, position)
 
     def held_output(self, job: Job) -> Held | None:
         """The job's output if it is still held in memory (bytes, or base64 text)."""
@@ -331,7 +329,7 @@ class JobService:
         def on_progress(step: int, total: int | None) -> None:
             job.record = job.record.evolve(step=step, total=total)
             job.publish("progress", {"step": step, "total": total})
-            self.listeners.notify("progress", job.record)
+            self.observers.notify("progress", job.record)
 
         try:
             inputs = self.schema.rank_inputs(job.record.inputs)
@@ -381,7 +379,7 @@ class JobService:
         if job.subscribers:  # a view costs something to build: only for who listens
             job.publish("state", msgspec.to_builtins(self.view(job)))
         if notify:
-            self.listeners.notify("state", job.record)
+            self.observers.notify("state", job.record)
 
     # ---- expiry -----------------------------------------------------------------------
 

@@ -10,25 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from para_attn_server.errors import SetupError
+
+if TYPE_CHECKING:
+    from para_attn_server.engine.contract import Group
 
 log = logging.getLogger("para_attn_server.jobs")
 
 
-class RestartableGroup(Protocol):
-    index: int
-    restarts: int
-
-    @property
-    def fault(self) -> asyncio.Future[str]: ...
-
-    async def start(self) -> None: ...
-
-
 async def supervise(
-    group: RestartableGroup,
+    group: Group,
     idle: Callable[[], Awaitable[None]],
     restarted: Callable[[], None],
     backoff: float,

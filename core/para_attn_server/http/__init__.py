@@ -26,6 +26,7 @@ from para_attn_server.http.dependencies import provide
 from para_attn_server.http.health import HealthController
 from para_attn_server.http.original import OriginalController
 from para_attn_server.http.v1 import JobsController
+from para_attn_server.plugin.jobs import Jobs
 from para_attn_server.settings import Settings
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
@@ -42,7 +43,8 @@ def create_app(
 ) -> Litestar:
     """The app over ``service``. Plugins add routes and Litestar plugins (``register_routes``),
     given ``settings`` (their defaults when None). ``cluster``: the join route is served."""
-    added = service.plugins.routes(service, settings or Settings())
+    jobs = Jobs(service)  # what plugins get: the face, never the service itself
+    added = service.plugins.routes(jobs, settings or Settings())
     litestar_plugins = [obj for obj in added if isinstance(obj, InitPluginProtocol)]
     routes = [obj for obj in added if not isinstance(obj, InitPluginProtocol)]
     if cluster is not None:
@@ -50,8 +52,8 @@ def create_app(
     app = Litestar(
         [OriginalController, JobsController, HealthController, *routes],
         plugins=litestar_plugins,
-        dependencies={**provide(service), **(provide_cluster(cluster) if cluster else {})},
-        signature_namespace={"InputBody": service.schema.type, "JobService": JobService},
+        dependencies={**provide(service, jobs), **(provide_cluster(cluster) if cluster else {})},
+        signature_namespace={"InputBody": service.schema.type, "JobService": JobService, "Jobs": Jobs},
         middleware=[api_key_middleware(api_key)] if api_key else [],
         request_max_body_size=max_body_bytes,
         exception_handlers=errors.HANDLERS,

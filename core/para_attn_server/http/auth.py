@@ -13,12 +13,14 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
+from para_attn_server.http.schemas import ErrorBody
+
 
 def api_key_middleware(api_key: str) -> Callable[[ASGIApp], ASGIApp]:
     """Every key a request presents must be right: a wrong one is refused even beside a
     right one."""
     expected = api_key.encode()
-    body = msgspec.json.encode({"error": "missing or invalid API key"})
+    body = msgspec.json.encode(ErrorBody("missing or invalid API key"))
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:

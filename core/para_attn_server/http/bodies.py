@@ -2,25 +2,38 @@
 
 Litestar decodes the body leniently ("3" for an int, 0 for a bool) to document and check it;
 the same bytes are decoded again strictly, so a job gets exactly the types /schema documents
-(and a ``predict(**kwargs)`` also gets the fields it does not name).
+(and a ``predict(**kwargs)`` also gets the fields it does not name). A handler that submits
+a job takes ``inputs: Inputs`` (with ``dependencies=INPUTS``): the strict decoding.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
 from litestar import Request
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 
-from para_attn_server.engine.registry import Job
 from para_attn_server.engine.service import JobService
 from para_attn_server.errors import InputError
+from para_attn_server.http.dependencies import Service
+
+#: A request's inputs, decoded strictly: what a handler submits.
+Inputs: TypeAlias = NamedDependency[dict[str, Any]]
 
 
-async def accept(request: Request[Any, Any, Any], service: JobService, job_id: str | None = None) -> tuple[Job, bool]:
-    """Decode the request's body and submit it; answered once the job is on record."""
-    inputs = decode(service, await request.body())
-    return await service.accept(inputs, job_id)
+async def provide_inputs(
+    request: Request[Any, Any, Any], service: Service, data: JSONBody[InputBody]
+) -> dict[str, Any]:
+    # ``data`` (Litestar's lenient decoding) is not used: declared here, once, it makes Litestar
+    # check the body (400 naming the field) and document it for every handler taking ``inputs``.
+    return decode(service, await request.body())
+
+
+# Per handler, not per controller: Litestar documents a body for every handler that could
+# resolve a dependency taking ``data``.
+INPUTS = {"inputs": Provide(provide_inputs)}
 
 
 def decode(service: JobService, body: bytes) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Exceptions to answers, in one place, keyed by exception type: every error is JSON
-``{"error": ..., "field"?: ...}`` with the status its type means, and never a trace."""
+"""Exceptions to answers, in one place, keyed by exception type: every error is an
+``ErrorBody`` (``{"error": ..., "field"?: ...}``) with the status its type means, and
+never a trace."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from para_attn_server.errors import InputError, LimitError, NotReadyError, OutputGoneError
+from para_attn_server.errors import IdConflictError, InputError, LimitError, NotReadyError, OutputGoneError
+from para_attn_server.http.schemas import ErrorBody
 
 NOT_READY_RETRY_AFTER = "5"
 # How msgspec names a field of the body that is unknown or missing, in the message itself.
@@ -21,9 +23,15 @@ class Conflict(HTTPException):
     status_code = 409
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response[Any]:
-    extra = {key: value for key, value in extra.items() if value is not None}
-    return Response({"error": message, **extra}, status_code=status, headers=headers)
+def error(
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    field: str | None = None,
+    state: str | None = None,
+) -> Response[ErrorBody]:
+    return Response(ErrorBody(message, field, state), status_code=status, headers=headers)
 
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -45,6 +53,11 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
 
 def _input(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:
     return error(400, str(exc), field=exc.field)
+
+
+def _id_taken(request: Request[Any, Any, Any], exc: IdConflictError) -> Response[Any]:
+    # The id is not invalid, it is taken: the request conflicts with the job it names.
+    return error(409, str(exc))
 
 
 def _limit(request: Request[Any, Any, Any], exc: LimitError) -> Response[Any]:
@@ -80,6 +93,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 HANDLERS: ExceptionHandlersMap = {
     ValidationException: _validation,
     InputError: _input,
+    IdConflictError: _id_taken,
     LimitError: _limit,
     NotReadyError: _not_ready,
     OutputGoneError: _gone,

@@ -11,9 +11,11 @@ has another shape (``opt["unauthorized_body"]``, see auth.py) names its 401 answ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
@@ -71,6 +73,36 @@ def errors(*codes: int) -> dict[int, ResponseSpec]:
     return {code: spec(ErrorBody, ERROR_DESCRIPTIONS[code]) for code in codes}
 
 
+def struct_schema(struct: type[msgspec.Struct]) -> Schema:
+    """``struct``'s JSON Schema as msgspec writes it, as Litestar's ``Schema``: the document
+    of a body a handler decodes itself follows the type it decodes it with."""
+    (_,), components = msgspec.json.schema_components([struct])
+    return _schema(components[struct.__name__])
+
+
+def _keyword(item: dataclasses.Field[Any]) -> str:
+    head, *rest = item.name.split("_")
+    return str(item.metadata.get("alias", head + "".join(word.title() for word in rest)))
+
+
+# JSON Schema keyword -> Schema field ("anyOf" -> any_of); a keyword Schema lacks fails loudly.
+_FIELDS = {_keyword(item): item.name for item in dataclasses.fields(Schema)}
+
+
+def _schema(node: dict[str, Any]) -> Schema:
+    return Schema(**{_FIELDS[key]: _converted(key, value) for key, value in node.items()})
+
+
+def _converted(key: str, value: Any) -> Any:
+    if key in ("anyOf", "oneOf", "allOf"):
+        return [_schema(item) for item in value]
+    if key == "properties":
+        return {name: _schema(item) for name, item in value.items()}
+    if key in ("items", "additionalProperties") and isinstance(value, dict):
+        return _schema(value)
+    return OpenAPIType(value) if key == "type" else value
+
+
 def config(api_key: bool) -> OpenAPIConfig:
     if not api_key:
         return OpenAPIConfig(title="para-attn-server", version=version())
@@ -90,9 +122,9 @@ def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
     """Apply every handler's ``Doc``, the 401 answer of protected routes, and (``closed_body``:
     the request body's schema name) that the body takes no fields beyond its own."""
     document = app.openapi_schema
+    error_body = Reference(ref=f"#/components/schemas/{ErrorBody.__name__}")
     unauthorized = OpenAPIResponse(
-        description=ERROR_DESCRIPTIONS[401],
-        content={"application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ErrorBody"))},
+        description=ERROR_DESCRIPTIONS[401], content={"application/json": OpenAPIMediaType(schema=error_body)}
     )
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or document.paths is None or route.path_format not in document.paths:

@@ -3,25 +3,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, post, route
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
-from litestar.params import FromPath, JSONBody
+from litestar.openapi.spec import OpenAPIMediaType, RequestBody
+from litestar.params import FromPath
 
 from para_attn_server.errors import InputError
-from para_attn_server.http.bodies import accept
+from para_attn_server.http.bodies import INPUTS, Inputs
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.errors import NOT_READY_RETRY_AFTER, error
-from para_attn_server.http.openapi import RETRY_AFTER, Doc, errors, spec
+from para_attn_server.http.openapi import RETRY_AFTER, Doc, errors, spec, struct_schema
 from para_attn_server.http.outputs import base64_response
 from para_attn_server.http.schemas import CancelBody, CancelResult, OutputBody, PendingBody, ProgressBody, Submitted
 from para_attn_server.records import JobState
 from para_attn_server.views import ServerStatus
-
-if TYPE_CHECKING:
-    from para_attn_server.http.bodies import InputBody
 
 SUBMIT_ERRORS = errors(400, 413, 429, 503)
 SUBMIT_HEADERS = {"429": {"Retry-After": RETRY_AFTER}, "503": {"Retry-After": RETRY_AFTER}}
@@ -36,17 +33,7 @@ CANCEL_RESPONSES = {
     **errors(400, 404),
 }
 CANCEL_REQUEST = RequestBody(
-    content={
-        "application/json": OpenAPIMediaType(
-            schema=Schema(
-                type=OpenAPIType.OBJECT,
-                properties={
-                    "request_id": Schema(one_of=[Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.NULL)])
-                },
-                additional_properties=False,
-            )
-        )
-    },
+    content={"application/json": OpenAPIMediaType(schema=struct_schema(CancelBody))},
     required=False,
     description="Optional: the job to cancel",
 )
@@ -61,11 +48,10 @@ class OriginalController(Controller):
         summary="Submit a job (original API)",
         responses={202: spec(Submitted, "Queued"), **SUBMIT_ERRORS},
         opt={"openapi": Doc(headers=SUBMIT_HEADERS)},
+        dependencies=INPUTS,
     )
-    async def generate(
-        self, request: Request[Any, Any, Any], service: Service, data: JSONBody[InputBody]
-    ) -> Response[Submitted]:
-        job, _ = await accept(request, service)
+    async def generate(self, service: Service, inputs: Inputs) -> Response[Submitted]:
+        job, _ = await service.accept(inputs)
         return Response(Submitted(job.id), status_code=202)
 
     @route(

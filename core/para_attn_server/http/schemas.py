@@ -52,10 +52,12 @@ class Health(msgspec.Struct, omit_defaults=True):
     reason: str | None = None
 
 
-class Event(msgspec.Struct):
-    """One Server-Sent Event: ``state`` carries the job (as /v1/jobs/{id} shows it),
-    ``progress`` ``{"step": k, "total": n}``, ``preview`` ``{"step": k, "url": ...}`` (the
-    URL answers the latest preview as a JPEG), each as JSON text."""
+class ServerSentJobEvent(msgspec.Struct):
+    """One Server-Sent Event of /v1/jobs/{id}/events, for the OpenAPI document only (the
+    route sends the service's ``JobEvent`` tuples): ``state`` carries the job (as
+    /v1/jobs/{id} shows it), ``progress`` ``{"step": k, "total": n}``, ``preview``
+    ``{"step": k, "url": ...}`` (the URL answers the latest preview as a JPEG), each as JSON
+    text."""
 
     event: Literal["state", "progress", "preview"]
     data: str

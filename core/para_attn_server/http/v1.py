@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put, route
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.params import FromPath, PathParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from para_attn_server.engine.registry import Job
 from para_attn_server.errors import InputError
-from para_attn_server.http.bodies import accept
+from para_attn_server.http.bodies import INPUTS, Inputs
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.errors import Conflict
 from para_attn_server.http.openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
 from para_attn_server.http.outputs import output_response
-from para_attn_server.http.schemas import Event
+from para_attn_server.http.schemas import ServerSentJobEvent
 from para_attn_server.records import JobState
 from para_attn_server.views import JobList, JobView
-
-if TYPE_CHECKING:
-    from para_attn_server.http.bodies import InputBody
 
 WaitSeconds = Annotated[
     float, QueryParameter(ge=0, le=600, description="Block up to this many seconds for the job to end.")
@@ -57,11 +54,12 @@ class JobsController(Controller):
         opt={
             "openapi": Doc(headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}})
         },
+        dependencies=INPUTS,
     )
     async def create_job(
-        self, request: Request[Any, Any, Any], service: Service, data: JSONBody[InputBody], wait: WaitSeconds = 0
+        self, request: Request[Any, Any, Any], service: Service, inputs: Inputs, wait: WaitSeconds = 0
     ) -> Response[Any]:
-        job, _ = await accept(request, service)
+        job, _ = await service.accept(inputs)
         await service.wait(job, wait)
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if job.state is JobState.SUCCEEDED and wants_output(request):
@@ -102,25 +100,16 @@ class JobsController(Controller):
         "other inputs.",
         responses={200: spec(JobView, "A job with this id and these inputs exists"), **errors(409), **SUBMIT_ERRORS},
         opt={"openapi": Doc(headers=SUBMIT_HEADERS)},
+        dependencies=INPUTS,
     )
     async def put_job(
-        self,
-        request: Request[Any, Any, Any],
-        service: Service,
-        job_id: JobUUID,
-        data: JSONBody[InputBody],
-        wait: WaitSeconds = 0,
+        self, service: Service, job_id: JobUUID, inputs: Inputs, wait: WaitSeconds = 0
     ) -> Response[JobView]:
         try:
             canonical = str(uuid.UUID(job_id))
         except ValueError:
             raise InputError("must be a UUID", "job_id") from None
-        try:
-            job, created = await accept(request, service, canonical)
-        except InputError as exc:
-            if exc.field == "id":
-                raise Conflict(str(exc)) from None
-            raise
+        job, created = await service.accept(inputs, canonical)  # a taken id: IdConflictError, 409
         await service.wait(job, wait)
         return Response(service.view(job), status_code=201 if created else 200)
 
@@ -179,7 +168,7 @@ class JobsController(Controller):
         "/{job_id:str}/events",
         summary="Progress and state events (SSE)",
         responses={
-            200: spec(Event, "Server-Sent Events until the job ends", "text/event-stream"),
+            200: spec(ServerSentJobEvent, "Server-Sent Events until the job ends", "text/event-stream"),
             **errors(400, 404, 429),
         },
     )

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pluggy
-
-from para_attn_server.plugin.hookspecs import PROJECT
+from para_attn_server.plugin.markers import hookimpl
 from para_attn_server.predictor import JobContext, Output, Predictor, RankContext
-
-hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookimpl

@@ -13,6 +13,9 @@ Hooks run in two places. The *server process* calls ``register_*``, ``validate``
 core's built-in plugin turns its ``setup``/``validate``/``predict`` methods into the hook
 calls below, so other plugins can add validators or wrap ``predict``
 (``@hookimpl(wrapper=True)``, ``result = yield``) for timing, metrics or safety filters.
+
+What a plugin may import is ``para_attn_server`` and the face ``para_attn_server.plugin``
+(its docstring lists what it offers, by kind of plugin); the types below are named there.
 """
 
 from __future__ import annotations
@@ -20,19 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pluggy
+from para_attn_server.plugin.markers import hookspec
 
 if TYPE_CHECKING:
     import msgspec
 
-    from para_attn_server.engine.service import JobService
+    from para_attn_server.plugin.jobs import Jobs
     from para_attn_server.predictor import JobContext, Output, RankContext
     from para_attn_server.records import JobRecord
     from para_attn_server.settings import Settings
     from para_attn_server.workers.executor import Executor
-
-PROJECT = "para_attn_server"
-hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 @hookspec
@@ -51,7 +51,7 @@ def register_executors(register: Callable[[str, type[Executor]], None]) -> None:
     """Offer executor classes under the names ``--executor`` selects them by.
 
     :param register: call ``register(name, ExecutorClass)``; the class must subclass
-        ``para_attn_server.workers.executor.Executor``.
+        ``para_attn_server.plugin.Executor``.
 
     Runs once in the server process.
     """
@@ -72,14 +72,16 @@ def register_settings(register: Callable[[str, type[msgspec.Struct]], None]) -> 
 
 
 @hookspec
-def register_routes(register: Callable[[Any], None], service: JobService, settings: Settings) -> None:
+def register_routes(register: Callable[[Any], None], jobs: Jobs, settings: Settings) -> None:
     """Add HTTP routes (or Litestar plugins) to the app.
 
     :param register: call ``register(obj)`` with Litestar route handlers, Controllers or
         Routers, or with Litestar plugins (``InitPluginProtocol``); each app gets what this
         call registers, so per-app state (a metrics registry) lives in those objects. A path
         that clashes with another route is a startup error.
-    :param service: the job service; handlers also receive it as the dependency ``service``.
+    :param jobs: the app's jobs (``para_attn_server.plugin.Jobs``: submit, find, wait for,
+        cancel and forget jobs, read their outputs, add a job listener); handlers also receive
+        it as the dependency ``jobs`` (annotate it ``para_attn_server.plugin.JobsDependency``).
     :param settings: every setting, plugin sections included.
 
     Runs once in the server process for each app built. Like every route, plugin routes

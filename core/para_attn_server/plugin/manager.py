@@ -22,18 +22,17 @@ from para_attn_server.errors import ConfigurationError
 from para_attn_server.legacy import as_predictor
 from para_attn_server.plugin import builtins as core_plugin
 from para_attn_server.plugin import hookspecs
-from para_attn_server.plugin.hookspecs import PROJECT
+from para_attn_server.plugin.markers import PROJECT
 from para_attn_server.predictor import Predictor
 from para_attn_server.schema import RequestField
 
 if TYPE_CHECKING:
-    from para_attn_server.engine.service import JobService
+    from para_attn_server.plugin.jobs import Jobs
     from para_attn_server.predictor import JobContext, Output, RankContext
     from para_attn_server.records import JobRecord
     from para_attn_server.settings import Settings
     from para_attn_server.workers.executor import Executor
 
-hookimpl = pluggy.HookimplMarker(PROJECT)
 AUTOLOAD_ENV = "PARA_ATTN_SERVER_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -78,10 +77,10 @@ class Plugins:
         """The settings sections plugins add (``register_settings``), by name."""
         return self._collect(self.pm.hook.register_settings, "settings section")
 
-    def routes(self, service: JobService, settings: Settings) -> list[Any]:
+    def routes(self, jobs: Jobs, settings: Settings) -> list[Any]:
         """Route handlers, Controllers, Routers and Litestar plugins that plugins add."""
         found: list[Any] = []
-        self.pm.hook.register_routes(register=found.append, service=service, settings=settings)
+        self.pm.hook.register_routes(register=found.append, jobs=jobs, settings=settings)
         return found
 
     def request_fields(self, settings: Settings) -> list[RequestField]:

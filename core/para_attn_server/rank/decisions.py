@@ -2,9 +2,9 @@
 
 Every rank must stop at the same step, so at each boundary the other ranks wait for rank
 0's decision. On one host it travels over a direct loopback connection per rank, 5 bytes per
-step: the whole step hook then costs ~9 µs (``python -m benchmarks --only progress``), where
-a one-element gloo broadcast costs ~0.3-0.5 ms of thread hand-offs inside ProcessGroupGloo
-(2% of a tiny-Flux CPU step, which the step hook must stay well under). Ranks on several
+step, where a one-element gloo broadcast spends far longer in thread hand-offs inside
+ProcessGroupGloo than the 1% of a tiny-Flux CPU step that the step hook may take
+(``python -m benchmarks --only progress``; benchmarks/README.md). Ranks on several
 hosts use the gloo broadcast, as rank 0's address is not known to them (and steps of a
 model that needs several hosts are long).
 

@@ -15,11 +15,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from para_attn_server.predictor import PREVIEW_MAX_SIDE
 from para_attn_server.protocol import Preview
 
 log = logging.getLogger("para_attn_server.previews")
 
-MAX_SIDE = 256  # pixels on the long side
+MAX_SIDE = PREVIEW_MAX_SIDE  # pixels on the long side: the predictor contract's figure
 JPEG_QUALITY = 85
 
 

@@ -315,8 +315,8 @@ class Staged:
     def uncache(self) -> None:
         """Drop the synced data from the page cache. The server serves a recent output from
         its own memory, so the cache would hold it twice; and the next copy's write reuses
-        these pages instead of fresh ones (on a VM, 16 MiB into fresh pages cost ~55 ms of
-        CPU here, into reused ones ~5 ms)."""
+        these pages instead of fresh ones, which a VM's first touch makes costly
+        (``python -m benchmarks.profile native-16m``; benchmarks/README.md)."""
         with contextlib.suppress(AttributeError, OSError):  # no posix_fadvise on macOS
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 

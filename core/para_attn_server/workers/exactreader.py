@@ -4,7 +4,8 @@
 bytes that the socket reads into directly (``asyncio.BufferedProtocol``), and wakes its
 reader once, when it is full. asyncio's ``StreamReader`` copies every chunk into a growing
 buffer and the frame out of it again, and wakes its reader at every chunk: for a 16 MiB
-output that was most of the event loop's CPU per job. Smaller reads share the staging
+output that was most of the event loop's CPU per job
+(``python -m benchmarks.profile native-16m``). Smaller reads share the staging
 buffer. While nobody reads and it is full, the socket is not read (the sender waits).
 """
 

@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
@@ -368,29 +368,3 @@ class WorkerGroup:
                         f"rank {link.rank} (pid {link.pid}) sent no heartbeat for {now - link.last_seen:.1f} s"
                     )
                     return
-
-
-class Group(Protocol):
-    """What the service needs of a worker group (``group.WorkerGroup``; tests use a fake)."""
-
-    index: int
-    restarts: int
-    settings: GroupSettings
-    last_fault: str | None
-
-    @property
-    def ready(self) -> bool: ...
-    @property
-    def fault(self) -> asyncio.Future[str]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def run(
-        self,
-        job_id: str,
-        inputs: dict[str, Any],
-        timeout: float | None,
-        on_progress: ProgressCallback,
-        on_preview: PreviewCallback | None = None,
-    ) -> JobOutcome: ...
-    def cancel(self, job_id: str) -> bool: ...
-    def status(self) -> GroupStatus: ...

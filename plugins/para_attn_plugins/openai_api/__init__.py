@@ -6,11 +6,11 @@ so the official ``openai`` SDK (and tools that speak it) generate with this serv
 - ``/v1/videos`` for video predictors (``prompt``, ``num_frames`` and ``fps``: ``wan``);
 - ``GET /v1/models``: the served model under its ``--model`` name.
 
-Jobs go through the job service as every route's do (same checks, same queue), and any
-field of the predictor's ``predict`` is accepted beside OpenAI's (the SDK's
-``extra_body``). Errors are in OpenAI's shape (``errors``). Modules by role: ``mapping``
-(fields, no HTTP), ``schemas`` (bodies), ``images``, ``videos``, ``models`` (controllers),
-``errors``, ``context`` (what handlers share), ``settings``.
+Jobs go through the app's ``Jobs`` (``para_attn_server.plugin``) as every route's do (same
+checks, same queue), and any field of the predictor's ``predict`` is accepted beside
+OpenAI's (the SDK's ``extra_body``). Errors are in OpenAI's shape (``errors``). Modules by
+role: ``mapping`` (fields, no HTTP), ``schemas`` (bodies), ``images``, ``videos``,
+``models`` (controllers), ``errors``, ``context`` (what handlers share), ``settings``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from para_attn_server import Settings, hookimpl
 from .settings import OpenAISettings
 
 if TYPE_CHECKING:
-    from para_attn_server.engine.service import JobService
+    from para_attn_server.plugin import Jobs
 
 SECTION = "openai"
 
@@ -36,7 +36,7 @@ def register_settings(register: Callable[[str, type[msgspec.Struct]], None]) -> 
 
 
 @hookimpl
-def register_routes(register: Callable[[Any], None], service: JobService, settings: Settings) -> None:
+def register_routes(register: Callable[[Any], None], jobs: Jobs, settings: Settings) -> None:
     # Imported here: rank processes load this plugin too, and never serve HTTP.
     from litestar import Router
 
@@ -46,9 +46,7 @@ def register_routes(register: Callable[[Any], None], service: JobService, settin
     from .models import ModelsController
     from .videos import VideosController
 
-    context = OpenAIContext.of(
-        service, settings.section(OpenAISettings), settings.model.model, settings.jobs.result_ttl
-    )
+    context = OpenAIContext.of(jobs, settings.section(OpenAISettings), settings.model.model, settings.jobs.result_ttl)
     register(
         Router(
             "/v1",

@@ -1,5 +1,5 @@
-"""What every handler of the OpenAI routes is given (the dependency ``api``): the job
-service, the plugin's settings, the served model's name and what its fields map to."""
+"""What every handler of the OpenAI routes is given (the dependency ``api``): the app's
+jobs, the plugin's settings, the served model's name and what its fields map to."""
 
 from __future__ import annotations
 
@@ -10,14 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import msgspec
+import pybase64
 from litestar.di import NamedDependency, Provide
 
-from para_attn_server import b64
-from para_attn_server.engine.registry import Job
-from para_attn_server.engine.service import JobService
-from para_attn_server.errors import InputError
-from para_attn_server.http.bodies import decode
-from para_attn_server.http.outputs import file_of
+from para_attn_server import InputError
+from para_attn_server.plugin import Job, Jobs, decode, file_of
 
 from .mapping import ModelFields, input_error
 from .settings import OpenAISettings
@@ -25,7 +22,7 @@ from .settings import OpenAISettings
 
 @dataclass
 class OpenAIContext:
-    service: JobService
+    jobs: Jobs
     settings: OpenAISettings
     served: str  # the --model name: what GET /v1/models lists and ``model`` must equal
     result_ttl: float
@@ -34,14 +31,14 @@ class OpenAIContext:
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def of(cls, service: JobService, settings: OpenAISettings, served: str, result_ttl: float) -> OpenAIContext:
-        return cls(service, settings, served, result_ttl, ModelFields.of(service.schema))
+    def of(cls, jobs: Jobs, settings: OpenAISettings, served: str, result_ttl: float) -> OpenAIContext:
+        return cls(jobs, settings, served, result_ttl, ModelFields.of(jobs.schema))
 
     def checked(self, inputs: dict[str, Any], size: str | None, *, form: bool = False) -> dict[str, Any]:
         """``inputs`` checked against the predictor's schema as every route checks them
         (``form``: text values of a multipart form, converted to the fields' types). A width
         or height that came from ``size`` is reported as ``size``."""
-        schema = self.service.schema
+        schema = self.jobs.schema
         try:
             if form:
                 try:
@@ -50,7 +47,7 @@ class OpenAIContext:
                     raise input_error(exc) from None
                 schema.check_fields(typed)  # as a JSON body's are: a webhook's host, ...
                 return typed
-            return decode(self.service, msgspec.json.encode(inputs))
+            return decode(self.jobs, msgspec.json.encode(inputs))
         except InputError as exc:
             if exc.field in ("width", "height") and size not in (None, "auto"):
                 raise InputError(f"{exc} (from size {size!r})", "size") from None
@@ -59,18 +56,18 @@ class OpenAIContext:
     async def output(self, job: Job) -> bytes:
         """A succeeded job's output: from memory while it is held there, else its file,
         checked as every route checks it (OutputGoneError, a 410, when it is lost)."""
-        held = self.service.held_output(job)
+        held = self.jobs.held_output(job)
         if held is not None:
             return await asyncio.to_thread(held.raw) if held.base64 else held.data
-        with await file_of(self.service, job) as file:
+        with await file_of(self.jobs, job) as file:
             return await asyncio.to_thread(file.read)
 
     async def output_base64(self, job: Job) -> str:
         """The output as base64 text; a predictor's own base64 passes through as it came."""
-        held = self.service.held_output(job)
+        held = self.jobs.held_output(job)
         if held is not None and held.base64:
             return held.data.decode("ascii")
-        return b64.encode(await self.output(job)).decode("ascii")
+        return pybase64.b64encode(await self.output(job)).decode("ascii")
 
 
 Api: TypeAlias = NamedDependency[OpenAIContext]

@@ -18,8 +18,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Reference
 from litestar.types import ExceptionHandler, ExceptionHandlersMap
 
-from para_attn_server.http import errors as core_errors
-from para_attn_server.http.openapi import ERROR_DESCRIPTIONS, spec
+from para_attn_server.plugin import ERROR_DESCRIPTIONS, ERROR_HANDLERS, NAMED_FIELD, spec
 
 from .schemas import OpenAIErrorBody, OpenAIErrorDetail
 
@@ -93,25 +92,26 @@ def _own(request: Request[Any, Any, Any], exc: OpenAIError) -> Response[OpenAIEr
 def _translated(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     handler = _core_handler(exc)
     served = handler(request, exc)
-    content = served.content if isinstance(served.content, dict) else {}
+    content = msgspec.to_builtins(served.content)  # the core's ErrorBody, as a dict
+    content = content if isinstance(content, dict) else {}
     headers = {key: value for key, value in served.headers.items() if key.lower() != "content-type"}
     message, param = str(content.get("error", "error")), content.get("field")
     if param is None and served.status_code == 400:  # msgspec names an unknown or missing field in its message
-        named = core_errors.NAMED_FIELD.search(message)
+        named = NAMED_FIELD.search(message)
         param = named[1] if named else None
     return answer(served.status_code or 500, message, param=param, headers=headers)
 
 
 def _core_handler(exc: Exception) -> ExceptionHandler[Any]:
     for kind in type(exc).__mro__:
-        if kind in core_errors.HANDLERS:
-            return core_errors.HANDLERS[kind]
-    return core_errors.HANDLERS[Exception]
+        if kind in ERROR_HANDLERS:
+            return ERROR_HANDLERS[kind]
+    return ERROR_HANDLERS[Exception]
 
 
 # Every type the app maps is mapped here too: Litestar picks the most specific type across
 # all layers, so an app-level InputError handler would otherwise win over Exception here.
 HANDLERS: ExceptionHandlersMap = {
-    **dict.fromkeys(core_errors.HANDLERS, _translated),
+    **dict.fromkeys(ERROR_HANDLERS, _translated),
     OpenAIError: _own,
 }

@@ -17,10 +17,7 @@ import msgspec
 from litestar import Controller, Request, post
 from litestar.params import JSONBody
 
-from para_attn_server.engine.registry import Job
-from para_attn_server.http.dependencies import Service
-from para_attn_server.http.openapi import spec
-from para_attn_server.records import JobState
+from para_attn_server.plugin import Job, JobsDependency, JobState, spec
 
 from .context import Api
 from .errors import OpenAIError, responses
@@ -45,7 +42,7 @@ class ImagesController(Controller):
         responses={200: spec(ImagesResponse, "The images"), **responses(400, 404, 410, 413, 429, 500, 503)},
     )
     async def generate_images(
-        self, request: Request[Any, Any, Any], service: Service, api: Api, data: JSONBody[ImageRequest]
+        self, request: Request[Any, Any, Any], jobs: JobsDependency, api: Api, data: JSONBody[ImageRequest]
     ) -> ImagesResponse:
         # ``data``: Litestar checks and documents OpenAI's fields; the body is read again
         # whole, with the predictor's fields beside them.
@@ -55,21 +52,23 @@ class ImagesController(Controller):
         request_fields, extras = split(msgspec.json.decode(await request.body()), ImageRequest, api.fields)
         planned = image_inputs(request_fields, extras, api.fields, api.served, api.settings.max_n, api.rng)
         inputs = [api.checked(each, request_fields.size) for each in planned]
-        jobs: list[Job] = []
+        submitted: list[Job] = []
         try:
             for each in inputs:
-                jobs.append((await service.accept(each))[0])
-            log.info("POST /v1/images/generations: %d job(s): %s", len(jobs), " ".join(job.id for job in jobs))
-            await wait_all(jobs, request)
+                submitted.append((await jobs.accept(each))[0])
+            ids = " ".join(job.id for job in submitted)
+            log.info("POST /v1/images/generations: %d job(s): %s", len(submitted), ids)
+            await wait_all(submitted, request)
         finally:
-            for job in jobs:  # the rest, when one failed or the client went away; no-op for ended jobs
-                service.cancel(job.id)
+            for job in submitted:  # the rest, when one failed or the client went away; no-op for ended jobs
+                jobs.cancel(job.id)
         if request_fields.response_format == "url":
             base = str(request.base_url).rstrip("/")
-            items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in jobs]
+            items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in submitted]
         else:
-            items = [ImageData(b64_json=await api.output_base64(job)) for job in jobs]
-        return ImagesResponse(int(time.time()), items, jobs[0].record.file_type, size_of(jobs[0].record.inputs))
+            items = [ImageData(b64_json=await api.output_base64(job)) for job in submitted]
+        first = submitted[0].record
+        return ImagesResponse(int(time.time()), items, first.file_type, size_of(first.inputs))
 
 
 async def wait_all(jobs: list[Job], request: Request[Any, Any, Any]) -> None:

@@ -20,11 +20,8 @@ from typing import Any
 
 import msgspec
 
-from para_attn_server.errors import InputError
-from para_attn_server.http.bodies import invalid
-from para_attn_server.http.errors import NAMED_FIELD
-from para_attn_server.records import JobRecord, JobState
-from para_attn_server.schema import InputSchema
+from para_attn_server import InputError
+from para_attn_server.plugin import NAMED_FIELD, InputSchema, JobRecord, JobState, invalid
 
 from .schemas import ImageRequest, Video, VideoError, VideoRequest
 

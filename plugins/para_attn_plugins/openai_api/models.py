@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Controller, get
 from litestar.params import FromPath
 
-from para_attn_server.http.openapi import spec
+from para_attn_server.plugin import spec
 
 from .context import Api, OpenAIContext
 from .errors import OpenAIError, responses

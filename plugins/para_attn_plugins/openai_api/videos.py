@@ -19,12 +19,8 @@ from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 
-from para_attn_server.engine.registry import Job
-from para_attn_server.errors import InputError
-from para_attn_server.http.dependencies import Service
-from para_attn_server.http.openapi import Doc, spec
-from para_attn_server.http.outputs import output_response
-from para_attn_server.records import JobState
+from para_attn_server import InputError
+from para_attn_server.plugin import Doc, Job, JobsDependency, JobState, output_response, spec
 
 from .context import Api, OpenAIContext
 from .errors import OpenAIError, responses
@@ -78,12 +74,12 @@ class VideosController(Controller):
         responses={200: spec(Video, "The video job, queued"), **responses(400, 404, 413, 429, 503)},
         opt={"openapi": Doc(request_body=CREATE_BODY)},
     )
-    async def create_video(self, request: Request[Any, Any, Any], service: Service, api: Api) -> Response[Video]:
+    async def create_video(self, request: Request[Any, Any, Any], jobs: JobsDependency, api: Api) -> Response[Video]:
         _require_videos(api)
         body, form = await _fields(request)
         request_fields, extras = split(body, VideoRequest, api.fields)
-        inputs = video_inputs(request_fields, extras, api.fields, api.served, service.predictor)
-        job, _ = await service.accept(api.checked(inputs, request_fields.size, form=form))
+        inputs = video_inputs(request_fields, extras, api.fields, api.served, jobs.predictor)
+        job, _ = await jobs.accept(api.checked(inputs, request_fields.size, form=form))
         return _answer(api, job)
 
     @get(
@@ -92,20 +88,20 @@ class VideosController(Controller):
         responses={200: spec(VideoList, "A page"), **responses(400, 404)},
     )
     async def list_videos(
-        self, service: Service, api: Api, after: PageCursor = None, limit: PageLimit = 20, order: Order = "desc"
+        self, jobs: JobsDependency, api: Api, after: PageCursor = None, limit: PageLimit = 20, order: Order = "desc"
     ) -> VideoList:
         _require_videos(api)
-        # The registry lists newest first; a page of videos is cut from one walk of it (the
-        # jobs another model left in the journal are no videos).
-        videos = [job for job in service.list_jobs(None, max(1, len(service.jobs)), None)[0] if is_video(job)]
+        # Jobs come newest first; a page of videos is cut from one walk of them (the jobs
+        # another model left in the journal are no videos).
+        videos = jobs.find(is_video)
         if order == "asc":
             videos.reverse()
         ids = [job.id for job in videos]
         if after is not None and after not in ids:
             raise InputError("no such video (ids are forgotten --result-ttl seconds after the job ended)", "after")
         start = 0 if after is None else ids.index(after) + 1
-        jobs, has_more = videos[start : start + limit], start + limit < len(videos)
-        data = [video_object(job.record, api.served, api.result_ttl) for job in jobs]
+        page, has_more = videos[start : start + limit], start + limit < len(videos)
+        data = [video_object(job.record, api.served, api.result_ttl) for job in page]
         return VideoList(data, data[0].id if data else None, data[-1].id if data else None, has_more)
 
     @get("/{video_id:str}", summary="Get a video (OpenAI's videos API)", responses=responses(404))
@@ -122,7 +118,7 @@ class VideosController(Controller):
         },
     )
     async def video_content(
-        self, service: Service, api: Api, video_id: FromPath[str], variant: Variant = "video"
+        self, jobs: JobsDependency, api: Api, video_id: FromPath[str], variant: Variant = "video"
     ) -> Response[Any]:
         _require_videos(api)
         job = find_video(api, video_id)
@@ -135,7 +131,7 @@ class VideosController(Controller):
             )
         if variant == "thumbnail":
             return Response(await asyncio.to_thread(first_frame, await api.output(job)), media_type="image/webp")
-        return await output_response(service, job)  # from memory, or streamed from its checked file
+        return await output_response(jobs, job)  # from memory, or streamed from its checked file
 
     @delete(
         "/{video_id:str}",
@@ -143,13 +139,13 @@ class VideosController(Controller):
         summary="Delete a video: cancel its job and forget it (OpenAI's videos API)",
         responses=responses(404, 409),
     )
-    async def delete_video(self, service: Service, api: Api, video_id: FromPath[str]) -> VideoDeleted:
+    async def delete_video(self, jobs: JobsDependency, api: Api, video_id: FromPath[str]) -> VideoDeleted:
         _require_videos(api)
         job = find_video(api, video_id)
-        await service.cancel_and_wait(job.id)
+        await jobs.cancel_and_wait(job.id)
         if not job.terminal:  # past --cancel-grace the group restarts, which ends it
             raise OpenAIError(409, "the video is still stopping: delete it again in a moment", code="conflict")
-        service.registry.forget(job)
+        jobs.forget(job)
         return VideoDeleted(job.id)
 
 
@@ -164,7 +160,7 @@ def is_video(job: Job) -> bool:
 
 
 def find_video(api: OpenAIContext, video_id: str) -> Job:
-    job = api.service.get(video_id)
+    job = api.jobs.get(video_id)
     if job is None or not is_video(job):
         raise OpenAIError(404, "no such video (ids are forgotten --result-ttl seconds after the job ended)")
     return job

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from para_attn_server.client import AsyncClient, Client
-from para_attn_server.client_types import Event, Job
+from para_attn_client import AsyncClient, Client
+from para_attn_client.types import Event, Job
 
 ENDED = Job(id="7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70", state="succeeded", created_at=1.0, finished_at=2.0)
 

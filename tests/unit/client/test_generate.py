@@ -1,5 +1,6 @@
-"""generate_cli's pure parts: -p values, the URL, the output path, and the one-line errors
-of a bad command line (before anything reaches a server)."""
+"""para_attn_client.generate's pure parts: -p values, the URL, the output path, and the
+one-line errors of a bad command line (before anything reaches a server); the
+``para-attn-client`` command that runs it."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from para_attn_server.generate_cli import main, parse_param
+from para_attn_client import cli
+from para_attn_client.generate import main, parse_param
 
-PREFIX = "para-attn-server generate: error: "
+PREFIX = "para-attn-client generate: error: "
 
 
 @pytest.mark.parametrize(
@@ -75,6 +77,19 @@ def test_a_server_that_does_not_answer_is_status_1_with_the_reason(
     err = capsys.readouterr().err
     assert err.startswith(f"{PREFIX}no answer from the server (ConnectError")
     assert err.count("\n") == 1
+
+
+def test_the_client_command_runs_generate_and_names_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["generate", "http://127.0.0.1:9", "-p", "seed"]) == 2
+    assert capsys.readouterr().err == f"{PREFIX}argument -p/--param: expected KEY=VALUE, got 'seed'\n"
+    assert main(["http://127.0.0.1:9", "-p", "seed"], prog="para-attn-server generate") == 2
+    assert capsys.readouterr().err.startswith("para-attn-server generate: error: ")
+
+
+@pytest.mark.parametrize("argv", [[], ["serve"]])
+def test_the_client_command_without_generate_is_status_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    assert "para-attn-client: error: expected the command 'generate'" in capsys.readouterr().err
 
 
 @pytest.fixture

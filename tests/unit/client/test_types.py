@@ -1,4 +1,4 @@
-"""client_types: how the server's answers become the client's jobs, events and errors
+"""para_attn_client.types: how the server's answers become the client's jobs, events and errors
 (httpx Response objects built here, no server), and the retry policy."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import pytest
 
-from para_attn_server.client_types import (
+from para_attn_client.types import (
     MAX_RETRY_WAIT,
     ClientError,
     Conflict,

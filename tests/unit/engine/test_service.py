@@ -15,7 +15,7 @@ import pytest
 from para_attn_server import InputError, hookimpl
 from para_attn_server.engine.registry import Job
 from para_attn_server.engine.service import JobService
-from para_attn_server.errors import JournalError, LimitError, NotReadyError, QueueFullError, SetupError
+from para_attn_server.errors import IdConflictError, JournalError, LimitError, NotReadyError, QueueFullError, SetupError
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.records import JobState
 from para_attn_server.schema import InputSchema, RequestField
@@ -137,6 +137,7 @@ async def test_same_id_with_other_inputs_is_an_input_error_on_id(service: JobSer
         service.submit({"prompt": "b"}, "7d5bb4b4-0c0e-4c55-9d4b-2a4d8f1b6a70")
 
     assert info.value.field == "id"
+    assert isinstance(info.value, IdConflictError)  # the type the HTTP layer answers 409 for
 
 
 async def test_same_id_after_the_job_ended_returns_the_ended_job(service: JobService, group: FakeGroup) -> None:

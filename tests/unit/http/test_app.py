@@ -19,6 +19,7 @@ from para_attn_server import hookimpl
 from para_attn_server.engine.registry import Job
 from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
+from para_attn_server.http.schemas import CancelBody
 from para_attn_server.records import JobState
 from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.workers.outcome import JobOutcome
@@ -446,6 +447,29 @@ async def test_openapi_schema_lists_the_predictors_fields_and_limits(client: htt
     repeat = schema["properties"]["repeat"]
     assert (repeat["minimum"], repeat["maximum"], repeat["default"]) == (1, 50, 1)
     assert schema["properties"]["prompt"]["maxLength"] == 100
+
+
+async def test_openapi_documents_each_submit_body_and_the_cancel_body_from_its_type(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+
+    for path, method in [("/generate", "post"), ("/v1/jobs", "post"), ("/v1/jobs/{job_id}", "put")]:
+        body = document["paths"][path][method]["requestBody"]
+        assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/EchoPredictorInput"}
+    for path, method in [("/v1/jobs", "get"), ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}/cancel", "post")]:
+        assert "requestBody" not in document["paths"][path][method]
+    cancel = document["paths"]["/cancel"]["post"]["requestBody"]
+    schema = cancel["content"]["application/json"]["schema"]
+    assert cancel["required"] is False
+    assert set(schema["properties"]) == set(CancelBody.__struct_fields__)
+    assert schema["additionalProperties"] is False  # CancelBody forbids unknown fields
+
+
+async def test_openapi_describes_the_job_view_with_total_and_its_old_name(client: httpx.AsyncClient) -> None:
+    view = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]["JobView"]["properties"]
+
+    assert all(field.get("description") for field in view.values()), view
+    assert "total" in view["total"]["description"]
+    assert "alias" in view["total_steps"]["description"]
 
 
 # ---- /v1/jobs ---------------------------------------------------------------------------------

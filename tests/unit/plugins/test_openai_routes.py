@@ -20,6 +20,7 @@ from para_attn_plugins.openai_api.settings import OpenAISettings
 from para_attn_server import InputError, Output, Predictor
 from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
+from para_attn_server.plugin import Jobs
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.records import JobState
 from para_attn_server.schema import InputSchema, RequestField
@@ -224,7 +225,7 @@ async def test_a_multipart_forms_plugin_fields_are_checked_as_a_json_bodys_are(s
     # The videos route's multipart form takes another path to typed inputs than JSON does:
     # a plugin's check (the webhooks' allowed hosts) must refuse on both.
     service.schema = InputSchema(service.predictor, [RequestField("hook", str | None, None, "hooks", refuse_ftp)])
-    api = OpenAIContext.of(service, OpenAISettings(), "echo", 60.0)
+    api = OpenAIContext.of(Jobs(service), OpenAISettings(), "echo", 60.0)
     for form in (True, False):
         with pytest.raises(InputError) as info:
             api.checked({"prompt": "a", "hook": "ftp://x"}, None, form=form)

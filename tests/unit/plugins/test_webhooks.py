@@ -6,6 +6,7 @@ fails a job."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import threading
@@ -409,3 +410,26 @@ def test_the_secret_comes_from_the_environment_and_hosts_repeat_on_the_command_l
 
     section = settings.section(WebhookSettings)
     assert (section.webhook_secret, section.webhook_allow_hosts) == (SECRET, ["a.example", "b:81"])
+
+
+def test_the_variables_old_name_still_works_with_a_warning_and_the_new_name_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert webhooks.SECRET_ENV == "PARA_ATTN_SERVER_WEBHOOK_SECRET"  # the prefix of every server variable
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = warned.append  # type: ignore[method-assign]
+    monkeypatch.setattr(settings_tree.log, "handlers", [handler])
+    monkeypatch.delenv(webhooks.SECRET_ENV, raising=False)
+    monkeypatch.setenv(webhooks.OLD_SECRET_ENV, SECRET)
+
+    old = build(webhook_allow_hosts=["a.example"]).section(WebhookSettings)
+
+    assert old.webhook_secret == SECRET
+    assert [record.getMessage() for record in warned] == [
+        "$PARA_ATTN_WEBHOOK_SECRET is deprecated: set $PARA_ATTN_SERVER_WEBHOOK_SECRET instead"
+    ]
+    newer = "whsec_" + base64.b64encode(bytes(32)).decode()
+    monkeypatch.setenv(webhooks.SECRET_ENV, newer)
+    assert build(webhook_allow_hosts=["a.example"]).section(WebhookSettings).webhook_secret == newer
+    assert len(warned) == 1  # the old name, unread, warns of nothing

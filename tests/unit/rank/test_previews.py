@@ -267,5 +267,6 @@ async def test_the_preview_route_is_in_the_openapi_document(client: httpx.AsyncC
     assert set(operation["responses"]["200"]["content"]) == {"image/jpeg"}
     assert operation["responses"]["200"]["headers"]["X-Preview-Step"]["schema"]["type"] == "integer"
     assert "404" in operation["responses"]
-    event = document["components"]["schemas"]["Event"]["properties"]["event"]
+    stream = document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    event = document["components"]["schemas"][stream["schema"]["$ref"].rsplit("/", 1)[1]]["properties"]["event"]
     assert "preview" in str(event)

@@ -359,7 +359,7 @@ async function follow(id, signal) {
         if (signal.aborted) return;
         const message = JSON.parse(data);
         if (event === "state") showJob(message);
-        else if (event === "progress") showJob({ ...page.job, step: message.step, total_steps: message.total });
+        else if (event === "progress") showJob({ ...page.job, step: message.step, total: message.total });
         else if (event === "preview") showPreview(id, message);
       }
     } catch (error) {
@@ -384,7 +384,7 @@ function showJob(view) {
   $("job-state").dataset.state = view.state;
   $("job-error").textContent = view.error || "";
   $("cancel").disabled = TERMINAL.has(view.state) || page.cancelling === view.id;
-  if (view.step != null) showProgress(view.step, view.total_steps);
+  if (view.step != null) showProgress(view.step, view.total);
   else $("progress-text").textContent = progressText(view);
   if (first) {
     renderRow(view);
@@ -491,7 +491,7 @@ $("cancel").addEventListener("click", () =>
 function progressText(view) {
   if (view.state === "queued") return view.queue_position ? `queued, ${view.queue_position} ahead` : "queued, next";
   if (view.step == null) return "";
-  return view.total_steps ? `${view.step} of ${view.total_steps}` : `step ${view.step}`;
+  return view.total ? `${view.step} of ${view.total}` : `step ${view.step}`;
 }
 
 function makeRow(view) {

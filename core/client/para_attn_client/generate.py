@@ -1,5 +1,6 @@
-"""``para-attn-server generate URL -p prompt="a cat" -p seed=7 -o cat.png``: run one job on a
-server through ``para_attn_server.client``, show its progress, write its output.
+"""``para-attn-client generate URL -p prompt="a cat" -p seed=7 -o cat.png`` (also
+``para-attn-server generate``): run one job on a server through ``para_attn_client.Client``,
+show its progress, write its output.
 
 Exit status: 0 the output was written; 1 the job failed or was cancelled elsewhere, or the
 server could not be reached; 2 bad input (the command line, or inputs the server refused,
@@ -22,7 +23,7 @@ from typing import Any, NoReturn
 import msgspec
 from tqdm import tqdm
 
-from para_attn_server.client import (
+from para_attn_client.client import (
     API_KEY_ENV,
     Client,
     ClientError,
@@ -37,7 +38,7 @@ from para_attn_server.client import (
     Unauthorized,
 )
 
-PROG = "para-attn-server generate"
+PROG = "para-attn-client generate"
 CANCEL_WAIT = 3.0  # seconds to wait after Ctrl-C for the server to say the job stopped
 
 
@@ -73,9 +74,9 @@ def _uuid(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected a UUID, got {text!r}") from None
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = _Parser(
-        prog=PROG,
+        prog=prog,
         description="Run one job on a para-attn-server and write its output.",
         epilog="Exit status: 0 written, 1 the job failed, 2 bad input, 130 interrupted (the job is cancelled).",
     )
@@ -118,7 +119,7 @@ class ProgressBar:
             state = f"queued ({event.queue_position} ahead)"
         if self.bar is None:
             self.bar = tqdm(
-                desc=state, total=event.total_steps, unit=" steps", disable=not self.enabled, file=sys.stderr,
+                desc=state, total=event.total, unit=" steps", disable=not self.enabled, file=sys.stderr,
                 dynamic_ncols=True,
             )  # fmt: skip
             self.running = event.state != "queued"
@@ -126,9 +127,9 @@ class ProgressBar:
             self.bar.set_description_str(state)
         if event.state == "running" and not self.running:
             self.running = True
-            self.bar.reset(total=event.total_steps)  # elapsed and rate count from the start
+            self.bar.reset(total=event.total)  # elapsed and rate count from the start
         if event.step is not None:
-            self._move(event.step, event.total_steps)
+            self._move(event.step, event.total)
 
     def _move(self, step: int, total: int | None) -> None:
         assert self.bar is not None
@@ -141,18 +142,20 @@ class ProgressBar:
             self.bar.close()
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], prog: str = PROG) -> int:
+    """Run the command; ``prog`` names it in its messages (``para-attn-server generate``
+    when the server's command runs it)."""
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C must reach generate (which cancels the job) even where SIGINT was left
         # ignored, as a non-interactive shell does for the commands it starts with '&'.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        args = parser().parse_args(argv)
+        args = parser(prog).parse_args(argv)
         inputs = _inputs(args.param)
         url = _url(args.url)
         target = _target(args.output)
     except UsageError as exc:
-        return _fail(str(exc), 2)
+        return _fail(prog, str(exc), 2)
     job_id = args.job_id or str(uuid.uuid4())
     progress = ProgressBar(enabled=not args.quiet)
     with Client(url, api_key=args.api_key) as client:
@@ -160,12 +163,12 @@ def main(argv: Sequence[str]) -> int:
             result = client.generate(inputs, job_id=job_id, on_event=progress)
         except KeyboardInterrupt:
             progress.close()
-            return _interrupted(client, job_id)
+            return _interrupted(prog, client, job_id)
         except ClientError as exc:
             progress.close()
-            return _failed(exc, args.json)
+            return _failed(prog, exc, args.json)
         progress.close()
-    return _written(result, target, args.json)
+    return _written(prog, result, target, args.json)
 
 
 def _inputs(params: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -191,11 +194,11 @@ def _target(path: Path | None) -> Path | None:
     return path
 
 
-def _written(result: Result, target: Path | None, as_json: bool) -> int:
+def _written(prog: str, result: Result, target: Path | None, as_json: bool) -> int:
     try:
         path = result.save(target if target is not None else Path.cwd())
     except OSError as exc:
-        return _fail(f"-o: cannot write {str(target)!r}: {exc.strerror or exc}", 1)
+        return _fail(prog, f"-o: cannot write {str(target)!r}: {exc.strerror or exc}", 1)
     if as_json:
         _print_json(result.job, path, result.content_type, len(result.output))
     else:
@@ -205,34 +208,34 @@ def _written(result: Result, target: Path | None, as_json: bool) -> int:
     return 0
 
 
-def _failed(exc: ClientError, as_json: bool) -> int:
+def _failed(prog: str, exc: ClientError, as_json: bool) -> int:
     if isinstance(exc, JobFailed):
         if as_json:
             _print_json(exc.job, None, None, None)
-        return _fail(exc.message, 1)
+        return _fail(prog, exc.message, 1)
     if isinstance(exc, InputRejected):
-        return _fail(f"{exc.field}: {exc.reason}" if exc.field else exc.reason, 2)
+        return _fail(prog, f"{exc.field}: {exc.reason}" if exc.field else exc.reason, 2)
     if isinstance(exc, Unauthorized):
-        return _fail(f"--api-key: {exc.message} (give --api-key or set ${API_KEY_ENV})", 2)
+        return _fail(prog, f"--api-key: {exc.message} (give --api-key or set ${API_KEY_ENV})", 2)
     if isinstance(exc, Conflict):
         # The id is taken by a job with other inputs; the server names the field "id".
-        return _fail(f"--id: {exc.message.removeprefix('id: ')}", 2)
-    return _fail(exc.message, 1)
+        return _fail(prog, f"--id: {exc.message.removeprefix('id: ')}", 2)
+    return _fail(prog, exc.message, 1)
 
 
-def _interrupted(client: Client, job_id: str) -> int:
+def _interrupted(prog: str, client: Client, job_id: str) -> int:
     """After Ctrl-C (``generate`` already asked the server to cancel): say how it ended."""
     state = "cancel requested"
     try:
         job = client.get(job_id, wait=CANCEL_WAIT)
         state = job.state if job.done else f"{job.state}, cancel requested"
         if job.step is not None:
-            state += f" at step {job.step} of {job.total_steps or '?'}"
+            state += f" at step {job.step} of {job.total or '?'}"
     except NotFound:
         state = "not submitted"  # interrupted before the server took it
     except (ClientError, KeyboardInterrupt):
         pass
-    print(f"{PROG}: interrupted: job {job_id} {state}", file=sys.stderr)
+    print(f"{prog}: interrupted: job {job_id} {state}", file=sys.stderr)
     return 130
 
 
@@ -241,6 +244,6 @@ def _print_json(job: Job, path: Path | None, content_type: str | None, size: int
     print(json.dumps({"job": msgspec.to_builtins(job), "output": output}))
 
 
-def _fail(message: str, status: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+def _fail(prog: str, message: str, status: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return status

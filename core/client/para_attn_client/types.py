@@ -1,4 +1,4 @@
-"""What ``para_attn_server.client`` hands back: jobs, progress, pages, results and errors,
+"""What ``para_attn_client``'s clients hand back: jobs, progress, pages, results and errors,
 and how an HTTP answer of the server becomes one of them. No I/O: the sync and the async
 client share all of it.
 """
@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from para_attn_server.views import JobList, JobView
+from para_attn_client.wire import JobList, JobView
 
-# The client reads exactly what the server's views send: one definition of each.
+# The client reads exactly what the server sends: one definition of each (wire.py).
 Job = JobView
 JobPage = JobList
 MAX_RETRY_WAIT = 30.0  # seconds: a longer Retry-After is capped

@@ -1,0 +1,63 @@
+"""The Python client of para-attn-server, installable without the server (no torch):
+``Client`` (blocking) and ``AsyncClient`` over httpx, and the ``para-attn-client generate``
+command. ::
+
+    from para_attn_client import Client
+
+    with Client("http://127.0.0.1:5000") as client:
+        client.generate(prompt="a cat in a hat", seed=7).save("cat.png")
+
+``client`` holds the two clients, ``types`` what they return and raise, ``wire`` the job
+views as the server sends them, ``generate`` the command.
+"""
+
+from __future__ import annotations
+
+from para_attn_client.client import (
+    API_KEY_ENV,
+    AsyncClient,
+    Client,
+    ClientError,
+    Conflict,
+    Event,
+    InputRejected,
+    Job,
+    JobCancelled,
+    JobFailed,
+    JobPage,
+    NotFound,
+    NotReady,
+    Progress,
+    QueueFull,
+    Result,
+    RetryLater,
+    ServerError,
+    ServerUnreachable,
+    Unauthorized,
+)
+from para_attn_client.wire import TERMINAL, JobState
+
+__all__ = [
+    "API_KEY_ENV",
+    "TERMINAL",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "Event",
+    "InputRejected",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobPage",
+    "JobState",
+    "NotFound",
+    "NotReady",
+    "Progress",
+    "QueueFull",
+    "Result",
+    "RetryLater",
+    "ServerError",
+    "ServerUnreachable",
+    "Unauthorized",
+]

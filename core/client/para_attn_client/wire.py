@@ -1,0 +1,62 @@
+"""The job views as they travel over HTTP: the server builds them, the client reads them.
+
+Defined once, here, in the distribution without torch; the server's ``records`` and
+``views`` re-export them, so the OpenAPI document describes exactly what the client decodes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
+    """A job as the /v1 API shows it (and ``para_attn_client`` reads it)."""
+
+    id: Annotated[str, Meta(description="The job's id, a UUID")]
+    state: Annotated[str, Meta(description="queued, running, succeeded, failed or cancelled")]
+    created_at: Annotated[float, Meta(description="When the server took the job (Unix time, seconds)")]
+    started_at: Annotated[float | None, Meta(description="When a worker group started it")] = None
+    finished_at: Annotated[float | None, Meta(description="When it ended")] = None
+    group: Annotated[int | None, Meta(description="The worker group that runs or ran it")] = None
+    step: Annotated[int | None, Meta(description="The last step boundary it passed")] = None
+    total: Annotated[
+        int | None, Meta(description="Its total steps, when the predictor says (as progress events call it)")
+    ] = None
+    total_steps: Annotated[
+        int | None, Meta(description="The same value as total: an alias kept for existing clients")
+    ] = None
+    queue_position: Annotated[int | None, Meta(description="While queued: the jobs ahead of it (0: next)")] = None
+    error: Annotated[str | None, Meta(description="Why it failed or was cancelled, or why its output is gone")] = None
+    file_type: Annotated[str | None, Meta(description="The output's file type (png, mp4, ...)")] = None
+    output_path: Annotated[
+        str | None, Meta(description="The output_path it was submitted with, under the server's output directory")
+    ] = None
+    output_url: Annotated[str | None, Meta(description="Once it succeeded: where to download its output")] = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job ended: succeeded, failed or cancelled."""
+        return self.state in TERMINAL
+
+
+class JobList(msgspec.Struct, frozen=True):
+    """One page of jobs, newest first; pass ``last_id`` as ``after`` for the next page."""
+
+    data: list[JobView]
+    has_more: bool
+    last_id: str | None

@@ -1,0 +1,51 @@
+"""What the engine needs of a worker group: the one contract the job service, the dispatcher
+and the supervisor hold a group to.
+
+``workers.group.WorkerGroup`` satisfies it (and the unit tests' ``FakeGroup``); the engine
+never imports the concrete class, so it runs as well over a group of another kind.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from para_attn_server.settings import GroupSettings
+    from para_attn_server.views import GroupStatus
+    from para_attn_server.workers.outcome import JobOutcome, PreviewCallback, ProgressCallback
+
+
+class Group(Protocol):
+    index: int  # its place among the server's groups; the dispatcher's key
+    restarts: int  # the supervisor counts them
+    settings: GroupSettings
+    last_fault: str | None
+
+    @property
+    def ready(self) -> bool:
+        """Set up and not faulted: it may be given a job."""
+
+    @property
+    def fault(self) -> asyncio.Future[str]:
+        """Resolves with the reason when the current generation faults."""
+
+    async def start(self) -> None:
+        """Start a new generation of ranks and wait for their setup; ``SetupError`` if it fails."""
+
+    async def stop(self) -> None: ...
+
+    async def run(
+        self,
+        job_id: str,
+        inputs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> JobOutcome:
+        """Run one job on every rank; how it ended, a fault included."""
+
+    def cancel(self, job_id: str) -> bool: ...
+
+    def status(self) -> GroupStatus: ...
