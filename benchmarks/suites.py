@@ -11,6 +11,7 @@ from typing import Any
 from .compare import compare
 from .direct import DirectRanks, direct_call_times
 from .harness import Client, Report, Stat, client, drive_wait_jobs, server, timed
+from .inputs import inputs as picture_inputs
 from .micro import micro
 from .scale import scale
 
@@ -291,4 +292,5 @@ SUITES = {
     "compare": compare,
     "scale": scale,
     "micro": micro,
+    "inputs": picture_inputs,
 }

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from para_attn_predictors.tiny import TinyFluxPredictor
-from para_attn_server import Output, Predictor, RankContext, current_job
+from para_attn_server import Image, Mask, Output, Predictor, RankContext, Video, current_job
 
 Fault = Literal["none", "raise", "exit", "kill", "freeze", "hang_collective", "hang_outside"]
 
@@ -365,3 +365,43 @@ class LegacyWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return
+
+
+class Pictures(Predictor):
+    """Takes pictures. Answers JSON describing what ``predict`` received on rank 0 (mode,
+    size, a digest of the pixels), and whether every rank received the same pixels; or, with
+    ``answer="png"``, the picture itself as a PNG (to chain jobs with ``job:<id>``)."""
+
+    def setup(self, context: RankContext) -> None:
+        self.rank = context.rank
+
+    def predict(
+        self,
+        image: Image,
+        mask_image: Mask | None = None,
+        extra: list[Image] | None = None,
+        clip: Video | None = None,
+        answer: Literal["json", "png"] = "json",
+        hold: str | None = None,
+    ) -> Output | None:
+        import hashlib
+
+        import torch.distributed as dist
+
+        if hold:
+            wait_for_file(hold)
+
+        def described(picture: Any) -> dict[str, Any]:
+            pixels = hashlib.sha256(picture.tobytes()).hexdigest()
+            return {"mode": picture.mode, "size": list(picture.size), "pixels": pixels}
+
+        seen = {"image": described(image), "mask_image": mask_image and described(mask_image)}
+        seen["extra"] = [described(picture) for picture in extra or []]
+        seen["clip"] = [described(frame) for frame in clip or []]
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, seen)
+        if self.rank != 0:
+            return None
+        if answer == "png":
+            return Output.from_image(image)
+        return Output(json.dumps({**seen, "ranks_agree": all(other == seen for other in everyone)}).encode(), "json")

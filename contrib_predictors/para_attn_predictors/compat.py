@@ -1,4 +1,4 @@
-"""Compatibility shims for para-attn 0.3.38 on current diffusers.
+"""Compatibility shims for para-attn 0.3.38 on current diffusers (and one for diffusers itself).
 
 Each breakage has a detector that runs the upstream code and a shim applied only where
 the detector finds it broken; tests/contrib/test_compat.py fails when upstream changes.
@@ -9,6 +9,9 @@ the detector finds it broken; tests/contrib/test_compat.py fails when upstream c
 ``ulysses_attn_func`` / ``ring_attn_func``, which do not accept ``enable_gqa``,
 so every parallel forward pass dies with a ``TypeError``.
 2. para-attn's Wan adapter cannot run diffusers' current ``WanTransformer3DModel`` (below).
+3. diffusers 0.42's ``WanImageToVideoPipeline`` cleans prompts with ``ftfy`` whether or
+not it is installed (``WanPipeline`` skips it when it is not), so without ftfy every
+image-to-video call dies with a ``NameError`` (below).
 """
 
 from __future__ import annotations
@@ -234,3 +237,39 @@ def can_parallelize_vae(vae: torch.nn.Module) -> bool:
     if type(vae).__name__ == "AutoencoderKLWan":
         return getattr(vae.config, "patch_size", None) is None
     return True
+
+
+# ---- diffusers: Wan image to video needs ftfy, text to video does not -----------------------
+
+
+class _NoFtfy:
+    """What diffusers' Wan text-to-video pipeline does without ftfy: the text unchanged."""
+
+    @staticmethod
+    def fix_text(text: str) -> str:
+        return text
+
+
+def wan_i2v_needs_ftfy_shim() -> bool:
+    """Whether diffusers' image-to-video prompt cleaning still fails without ftfy. Runs the
+    upstream function; any failure other than the known ``NameError`` propagates."""
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    if getattr(pipeline_wan_i2v, "ftfy", None) is _NoFtfy:
+        return True  # ours already
+    try:
+        pipeline_wan_i2v.basic_clean("a cat")  # type: ignore[no-untyped-call]
+    except NameError as exc:
+        if "ftfy" in str(exc):
+            return True
+        raise
+    return False
+
+
+def apply_diffusers_shims() -> None:
+    """Clean Wan image-to-video prompts as Wan text to video does when ftfy is missing
+    (install ftfy to have both fix mis-encoded text). Idempotent."""
+    if wan_i2v_needs_ftfy_shim():
+        from diffusers.pipelines.wan import pipeline_wan_i2v
+
+        pipeline_wan_i2v.ftfy = _NoFtfy  # type: ignore[attr-defined]

@@ -11,6 +11,11 @@ writes ``predict`` (whose parameters are the request fields) around ``self.gener
             result = self.generate(seed, prompt=prompt, ...)
             return None if result is None else encode_image(result.images[0], output_format)
 
+A predictor serving several pipeline classes maps each class a model directory may name
+(``model_index.json``'s ``_class_name``) to the class it loads (``pipeline_classes``), and
+names the pipelines it builds from the loaded components (``variant_classes``: Flux's
+image-to-image and inpainting pipelines share the text-to-image weights).
+
 The base does the rest: loading from ``--model-path`` (a directory or a hub id) in the
 chosen dtype, para-attn context parallelism and parallel VAE over all ranks, diffusers'
 first-block cache, ``torch.compile`` with a warm-up generation before the server reports
@@ -28,6 +33,8 @@ the subclass passes to ``generate``; see ``previews``). Operators tune it with
     max_sequence_length=N                  text tokens (default: the predictor's)
     preview_vae=DIR                        previews decoded by this small VAE (AutoencoderTiny)
                                            instead of a projection fitted to the model's VAE
+    kontext_auto_resize=1                  flux, Kontext models: the picture at the trained
+                                           resolution nearest its aspect ratio; 0: its own size
 """
 
 from __future__ import annotations
@@ -60,6 +67,31 @@ Guidance = Annotated[float, msgspec.Meta(ge=0, le=30)]
 Seed = Annotated[
     int, msgspec.Meta(ge=0, le=2**63 - 1, description="Same seed, same output; omitted: a random one")
 ] | None
+Strength = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        le=1,
+        description="With an image: how much of it is repainted, from 0 (kept) to 1 (replaced); "
+        "the run takes the last strength x num_inference_steps steps of the schedule",
+    ),
+]
+
+
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """The steps an image-to-image run takes: diffusers' ``get_timesteps``, rounding as it does."""
+    start = int(max(num_inference_steps - min(num_inference_steps * strength, num_inference_steps), 0))
+    return num_inference_steps - start
+
+
+def check_strength(inputs: dict[str, Any]) -> None:
+    """Refuse (naming ``strength``) an image-to-image request that would take no step: the
+    pipeline would raise on every rank instead."""
+    steps, strength = inputs["num_inference_steps"], inputs["strength"]
+    if denoising_steps(steps, strength) < 1:
+        raise InputError(
+            f"{strength} x {steps} steps leaves no denoising step: raise strength or num_inference_steps", "strength"
+        )
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -80,16 +112,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def read_config(model_path: str, subfolder: str) -> dict[str, Any]:
     """``subfolder/config.json`` of a local pipeline directory or a hub repository."""
+    return read_json(model_path, f"{subfolder}/config.json")
+
+
+def read_json(model_path: str, filename: str) -> dict[str, Any]:
+    """A JSON file (``model_index.json``, ``vae/config.json``) of a local pipeline directory
+    or a hub repository."""
     try:
         if os.path.isdir(model_path):
-            path = Path(model_path, subfolder, "config.json")
+            path = Path(model_path, filename)
         else:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(model_path, f"{subfolder}/config.json"))
+            path = Path(hf_hub_download(model_path, filename))
         config: dict[str, Any] = json.loads(path.read_text())
     except Exception as exc:
-        raise ConfigurationError(f"cannot read {subfolder}/config.json of model {model_path!r}: {exc}") from exc
+        raise ConfigurationError(f"cannot read {filename} of model {model_path!r}: {exc}") from exc
     return config
 
 
@@ -100,6 +138,10 @@ def _import(spec: str) -> Any:
 
 class DiffusersPredictor(Predictor):
     pipeline_class: ClassVar[str]  # "module:Class" of the diffusers pipeline
+    # The model directory's pipeline class (model_index.json's _class_name) -> "module:Class"
+    # to load it as; empty: ``pipeline_class``, whatever the directory names.
+    pipeline_classes: ClassVar[dict[str, str]] = {}
+    settings_type: ClassVar[type[Settings]] = Settings  # the --option values, a subclass's own
     default_max_sequence_length: ClassVar[int] = 512
     splits_text: ClassVar[bool] = False  # text tokens split across ranks too (joint attention)
     component_dtypes: ClassVar[dict[str, str]] = {}  # per-component dtypes that override ``dtype``
@@ -111,6 +153,15 @@ class DiffusersPredictor(Predictor):
     def sequence_length(self, inputs: dict[str, Any]) -> int:
         """Tokens the transformer sees for these request fields (split across the ranks)."""
         raise NotImplementedError
+
+    def variant_classes(self) -> dict[str, str]:
+        """Pipelines to build from the loaded one's components, by name (``self.variants``):
+        ``{"img2img": "diffusers:FluxImg2ImgPipeline"}``. Called after ``configure``."""
+        return {}
+
+    def warmup_media(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Pictures the warm-up request needs (a model that cannot run without one), by field."""
+        return {}
 
     # ---- the Predictor contract ---------------------------------------------------------
 
@@ -125,10 +176,11 @@ class DiffusersPredictor(Predictor):
                 "a pipeline directory or hub id"
             )
         try:
-            self.settings = msgspec.convert(options, Settings, strict=False)
+            self.settings = msgspec.convert(options, self.settings_type, strict=False)
         except msgspec.ValidationError as exc:
             raise ConfigurationError(f"bad --option: {exc}") from None
         self.world_size = world_size
+        self.pipeline_name, self.pipeline_spec = self._pipeline_of(self.settings.model_path)
         self.transformer_config = read_config(self.settings.model_path, "transformer")
         self.vae_config = read_config(self.settings.model_path, "vae")
         heads = int(self.transformer_config["num_attention_heads"])
@@ -157,6 +209,7 @@ class DiffusersPredictor(Predictor):
         self.decode_on_every_rank = parallelize_pipeline(
             pipe, device_type=context.device.type, parallelize_vae=settings.parallel_vae
         )
+        self.variants = {name: self._variant(spec) for name, spec in self.variant_classes().items()}
         self.transformers: list[torch.nn.Module] = [
             t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None
         ]
@@ -189,10 +242,11 @@ class DiffusersPredictor(Predictor):
         dtypes.update({name: getattr(torch, value) for name, value in self.component_dtypes.items()})
         # diffusers renamed torch_dtype to dtype (the old name warns); older ones know only torch_dtype.
         keyword = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-        return _import(self.pipeline_class).from_pretrained(self.settings.model_path, **{keyword: dtypes})
+        return _import(self.pipeline_spec).from_pretrained(self.settings.model_path, **{keyword: dtypes})
 
-    def generate(self, seed: int | None, preview_every: int = 0, **call: Any) -> Any | None:
-        """Run the pipeline on this rank; rank 0 gets its output object, the others None.
+    def generate(self, seed: int | None, preview_every: int = 0, *, pipe: Any = None, **call: Any) -> Any | None:
+        """Run the pipeline (``pipe``: one of ``self.variants``; default: the loaded one) on
+        this rank; rank 0 gets its output object, the others None.
 
         Every rank gets a generator seeded alike, and the job's step callback, which
         reports progress and stops every rank at the same step on cancel (before decode);
@@ -200,6 +254,7 @@ class DiffusersPredictor(Predictor):
         """
         import torch
 
+        pipe = self.pipe if pipe is None else pipe
         for transformer in self.transformers:
             if self.settings.cache_threshold > 0:
                 # diffusers resets its cache state only when a run completes; a cancelled
@@ -212,7 +267,7 @@ class DiffusersPredictor(Predictor):
             callback = None
         if callback is not None and preview_every and self.previewer is not None:
             callback = self._with_previews(callback, preview_every, call)
-        result = self.pipe(
+        result = pipe(
             **call,
             generator=torch.Generator("cpu").manual_seed(self._shared_seed(seed)),
             # The others skip the decode, unless the VAE is split and needs them all.
@@ -222,6 +277,28 @@ class DiffusersPredictor(Predictor):
         return result if self.rank == 0 else None
 
     # ---- internals ------------------------------------------------------------------------
+
+    def _pipeline_of(self, model_path: str) -> tuple[str, str]:
+        """The directory's pipeline class name and the ``module:Class`` it loads as."""
+        if not self.pipeline_classes:
+            return self.pipeline_class.rpartition(":")[2], self.pipeline_class
+        name = read_json(model_path, "model_index.json").get("_class_name")
+        if not isinstance(name, str) or name not in self.pipeline_classes:
+            raise ConfigurationError(
+                f"{type(self).__name__} serves {', '.join(sorted(self.pipeline_classes))} models; "
+                f"{model_path!r} holds a {name}"
+            )
+        return name, self.pipeline_classes[name]
+
+    def _variant(self, spec: str) -> Any:
+        """A pipeline of class ``spec`` made of the loaded pipeline's components (the same
+        objects: no second copy of the weights), split across the ranks as it is."""
+        from .parallel import parallelize_like
+
+        pipe = _import(spec)(**self.pipe.components)
+        pipe.set_progress_bar_config(disable=True)
+        parallelize_like(pipe, self.pipe)
+        return pipe
 
     def _with_previews(self, callback: StepCallback, every: int, call: dict[str, Any]) -> StepCallback:
         previewer, pipe = self.previewer, self.pipe
@@ -266,8 +343,8 @@ class DiffusersPredictor(Predictor):
         schema = InputSchema(self)
         try:
             inputs = schema.convert(fields)
+            inputs.update(self.warmup_media(inputs))
             self.validate(inputs)
         except (msgspec.ValidationError, InputError) as exc:
             raise ConfigurationError(f"warm-up request: {exc}") from None
         return schema.predict_kwargs(inputs)
-

@@ -77,6 +77,25 @@ def parallelize_pipeline(pipe: DiffusionPipeline, *, device_type: str, paralleli
     return vae_split
 
 
+def parallelize_like(pipe: DiffusionPipeline, base: DiffusionPipeline) -> None:
+    """Split ``pipe``, a pipeline built from ``base``'s components (``Cls(**base.components)``,
+    such as ``FluxImg2ImgPipeline`` beside ``FluxPipeline``), as ``base`` was split.
+
+    The transformer and VAE are ``base``'s own objects, already split (their patches are on
+    the objects). What is left is para-attn's patch of the pipeline *class*'s ``__call__``
+    (a seed drawn alike on every rank when a call passes no generator): para-attn applies
+    it per class, so every pipeline class a predictor calls needs it. No collective; a no-op
+    when ``base`` was not split.
+    """
+    if base not in _parallelized or pipe in _parallelized:
+        return
+    if getattr(pipe, "transformer", None) is not base.transformer:
+        raise ValueError(f"{type(pipe).__name__} does not share {type(base).__name__}'s transformer")
+    if not type(base).__name__.startswith("Wan"):  # our Wan split patches no class (compat.py)
+        parallelize_pipe(pipe, shallow_patch=True)  # the class patch only: the transformer is split
+    _parallelized.add(pipe)
+
+
 def enable_first_block_cache(transformer: torch.nn.Module, threshold: float) -> None:
     """diffusers' first-block cache, with its skip decision made for all ranks at once.
 

@@ -5,6 +5,10 @@ any machine, and it runs the same code path as a real Flux deployment (Ulysses a
 across the ranks, per-step progress and cancellation, PNG output). Its images are noise.
 Heavy imports are deferred to ``setup`` so the server process never loads diffusers.
 
+With ``image`` it runs image to image (``FluxImg2ImgPipeline``, built from the same loaded
+components and split the same way): the picture is resized to ``width`` x ``height`` and
+``strength`` of the schedule repaints it.
+
 ``preview_every`` > 0 sends a preview every that many steps: rank 0 projects the latents
 to RGB with factors fitted at setup to the pipeline's own (random) VAE, or decodes them
 with the small VAE that ``-o preview_vae=DIR`` names (see ``previews``).
@@ -18,8 +22,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from para_attn_server import Output, Predictor, RankContext, current_job, hookimpl
+from para_attn_server import Image, Output, Predictor, RankContext, current_job, hookimpl
 
+from .diffusers_base import Strength, check_strength
 from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_previewer, preview_callback
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
@@ -31,7 +36,9 @@ class TinyFluxPredictor(Predictor):
     max_sequence_length = 64  # T5 tokens; must divide by the world size too
 
     def setup(self, context: RankContext) -> None:
-        from .parallel import parallelize_pipeline
+        from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline
+
+        from .parallel import parallelize_like, parallelize_pipeline
         from .tiny_flux import build_tiny_flux_pipeline
 
         self.rank = context.rank
@@ -43,11 +50,21 @@ class TinyFluxPredictor(Predictor):
             self.previewer = make_previewer(self.pipe, context.device, context.options.get("preview_vae"))
         # No parallel VAE: it tiles, which changes the image, and tiny images need none.
         parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False)
+        # The same components (no second copy of the weights), its pipeline class patched too.
+        self.img2img = FluxImg2ImgPipeline(**self.pipe.components)
+        self.img2img.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
+        parallelize_like(self.img2img, self.pipe)
+
+    def validate(self, inputs: dict[str, Any]) -> None:
+        if inputs.get("image") is not None:
+            check_strength(inputs)
 
     def predict(
         self,
         *,
         prompt: Annotated[str, msgspec.Meta(max_length=1000)],
+        image: Image | None = None,
+        strength: Strength = 0.6,
         width: Side = 32,
         height: Side = 32,
         num_inference_steps: Annotated[int, msgspec.Meta(ge=1, le=50)] = 4,
@@ -65,7 +82,10 @@ class TinyFluxPredictor(Predictor):
             callback = preview_callback(
                 callback, preview_every, lambda latents: previewer(latent_image(pipe, latents, height, width))
             )
-        result = self.pipe(
+        # ``image`` arrives as a PIL image in RGB, alike on every rank.
+        pipeline, picture = (self.pipe, {}) if image is None else (self.img2img, {"image": image, "strength": strength})
+        result = pipeline(
+            **picture,
             prompt=prompt,
             width=width,
             height=height,
@@ -79,14 +99,14 @@ class TinyFluxPredictor(Predictor):
         )
         if self.rank != 0:
             return None
-        image = result.images[0]  # HxWx3 float32 in [0, 1]
+        pixels = result.images[0]  # HxWx3 float32 in [0, 1]
         if output_format == "npy":
             buffer = io.BytesIO()
-            np.save(buffer, image)
+            np.save(buffer, pixels)
             return Output(buffer.getvalue(), "npy")
-        from PIL import Image
+        from PIL import Image as PILImage
 
-        pil = Image.fromarray((image * 255).round().clip(0, 255).astype("uint8"))
+        pil = PILImage.fromarray((pixels * 255).round().clip(0, 255).astype("uint8"))
         return Output.from_image(pil, output_format)
 
 

@@ -2,13 +2,16 @@
 
 No files and no downloads; for tests of the serving / parallel machinery only
 (its images are noise). Weights depend only on ``seed`` (and the torch version),
-so every rank building it with the same seed gets bit-identical weights.
+so every rank building it with the same seed gets bit-identical weights. The same
+components make the image-to-image, inpainting and Kontext pipelines (diffusers' Flux
+pipelines share one set of components; Kontext is a Flux transformer trained to read a
+picture's tokens beside its own).
 """
 
 from __future__ import annotations
 
 import string
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,6 +20,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux_kontext import FluxKontextPipeline
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from tokenizers import pre_tokenizers
@@ -47,6 +51,16 @@ def t5_tokenizer() -> T5Tokenizer:
 
 def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     """Build a deterministic tiny ``FluxPipeline`` (float32, CPU, eval mode)."""
+    return eval_components(FluxPipeline(**tiny_flux_components(seed)))
+
+
+def build_tiny_flux_kontext_pipeline(seed: int = 0) -> FluxKontextPipeline:
+    """The tiny Flux components as a ``FluxKontextPipeline`` (an image editing model)."""
+    return eval_components(FluxKontextPipeline(**tiny_flux_components(seed)))
+
+
+def tiny_flux_components(seed: int = 0) -> dict[str, Any]:
+    """The components of the tiny Flux pipelines, by their diffusers names."""
     clip_tokenizer = _clip_tokenizer()
     t5 = t5_tokenizer()
     # Seed a forked RNG so the caller's global RNG state is left untouched.
@@ -107,16 +121,15 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
             shift_factor=0.0609,
             scaling_factor=1.5035,
         )
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=t5,
-        transformer=transformer,
-    )
-    return eval_components(pipe)
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_2": t5,
+        "transformer": transformer,
+    }
 
 
 def eval_components(pipe: _P) -> _P:

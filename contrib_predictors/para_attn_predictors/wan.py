@@ -1,6 +1,12 @@
-"""``wan``: Wan 2.1 / 2.2 text to video (``WanPipeline``) split across the ranks, as MP4.
+"""``wan``: Wan 2.1 / 2.2 text to video (``WanPipeline``) or image to video
+(``WanImageToVideoPipeline``) split across the ranks, as MP4.
 
     para-attn-server --model wan --model-path Wan-AI/Wan2.1-T2V-14B-Diffusers --num-devices 8
+    para-attn-server --model wan --model-path Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --num-devices 8
+
+The model directory's pipeline class (``model_index.json``) decides which. An image-to-video
+model needs ``image`` (the first frame, resized to ``width`` x ``height``); a text-to-video
+model refuses one.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from para_attn_server import InputError, Output, hookimpl
+from para_attn_server import Image, InputError, Output, RankContext, hookimpl
 
 from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps
 from .media import encode_video
@@ -20,11 +26,37 @@ MAX_FRAMES = 241
 Frames = Annotated[int, msgspec.Meta(ge=1, le=MAX_FRAMES, description="Frames, 4k+1 (the VAE packs 4 per latent)")]
 
 
+TEXT_TO_VIDEO, IMAGE_TO_VIDEO = "WanPipeline", "WanImageToVideoPipeline"
+
+
 class WanPredictor(DiffusersPredictor):
     pipeline_class = "diffusers:WanPipeline"
+    pipeline_classes: ClassVar[dict[str, str]] = {
+        TEXT_TO_VIDEO: "diffusers:WanPipeline",
+        IMAGE_TO_VIDEO: "diffusers:WanImageToVideoPipeline",
+    }
     video = True
-    component_dtypes: ClassVar[dict[str, str]] = {"vae": "float32"}  # Wan's VAE decodes visibly worse in bfloat16
+    # Wan's VAE decodes visibly worse in bfloat16; the I2V image encoder runs in float32 in
+    # Wan's own examples (a directory without one ignores the entry).
+    component_dtypes: ClassVar[dict[str, str]] = {"vae": "float32", "image_encoder": "float32"}
     warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2, "num_frames": 5}
+
+    @property
+    def image_to_video(self) -> bool:
+        return self.pipeline_name == IMAGE_TO_VIDEO
+
+    def setup(self, context: RankContext) -> None:
+        from .compat import apply_diffusers_shims
+
+        apply_diffusers_shims()  # image to video without ftfy
+        super().setup(context)
+
+    def warmup_media(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if not self.image_to_video:
+            return {}
+        from PIL import Image as PILImage
+
+        return {"image": PILImage.new("RGB", (inputs["width"], inputs["height"]), (128, 128, 128))}
 
     def _factors(self) -> tuple[int, int, int]:
         # Older configs lack the scale factors; these are AutoencoderKLWan's defaults.
@@ -45,6 +77,19 @@ class WanPredictor(DiffusersPredictor):
         return min(nearest, MAX_FRAMES - (MAX_FRAMES - 1) % temporal)
 
     def validate(self, inputs: dict[str, Any]) -> None:
+        # One schema for every Wan directory, with ``image`` optional, rather than a schema per
+        # directory (``request_function``): the ranks derive the schema before ``configure``
+        # reads the directory (rank/worker.py), and one schema per predictor keeps the OpenAPI
+        # document, clients and recorded inputs alike across models. The directory decides
+        # here, with a message that says what is served instead of "unknown field".
+        if self.image_to_video and inputs.get("image") is None:
+            raise InputError(f"this model ({IMAGE_TO_VIDEO}) makes a video from a picture: send image", "image")
+        if not self.image_to_video and inputs.get("image") is not None:
+            raise InputError(
+                f"this model ({self.pipeline_name}, text to video) takes no image; "
+                f"image to video needs a {IMAGE_TO_VIDEO} model",
+                "image",
+            )
         temporal = self._factors()[0]
         if (inputs["num_frames"] - 1) % temporal:
             raise InputError(f"must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...)", "num_frames")
@@ -54,6 +99,7 @@ class WanPredictor(DiffusersPredictor):
         self,
         *,
         prompt: Prompt,
+        image: Image | None = None,
         negative_prompt: Prompt = "",
         width: Side = 832,
         height: Side = 480,
@@ -65,6 +111,7 @@ class WanPredictor(DiffusersPredictor):
         output_format: Literal["mp4", "npy"] = "mp4",
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
+        call: dict[str, Any] = {"image": image} if image is not None else {}  # a PIL image, RGB
         result = self.generate(
             seed,
             preview_every,
@@ -76,6 +123,7 @@ class WanPredictor(DiffusersPredictor):
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             max_sequence_length=self.max_sequence_length,
+            **call,
         )
         return None if result is None else encode_video(result.frames[0], fps, output_format)
 

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from para_attn_server.errors import ConfigurationError, InputError, JobCancelled, SetupError
+from para_attn_server.media import Image, Mask, Video
 from para_attn_server.plugin.markers import hookimpl
 from para_attn_server.predictor import PREVIEW_MAX_SIDE, JobContext, Output, Predictor, RankContext, current_job
 from para_attn_server.settings import Settings
@@ -13,15 +14,18 @@ if TYPE_CHECKING:
 __all__ = [
     "PREVIEW_MAX_SIDE",
     "ConfigurationError",
+    "Image",
     "InputError",
     "JobCancelled",
     "JobContext",
+    "Mask",
     "Output",
     "ParaAttentionServer",
     "Predictor",
     "RankContext",
     "Settings",
     "SetupError",
+    "Video",
     "current_job",
     "hookimpl",
 ]

@@ -77,6 +77,7 @@ RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview |
 class RunJob(msgspec.Struct, tag="run", frozen=True):
     job_id: str
     inputs: dict[str, Any]
+    media: dict[str, bytes] = {}  # the input pictures' bytes by SHA-256 (``media:<sha256>`` in inputs)
 
 
 class CancelJob(msgspec.Struct, tag="cancel", frozen=True):

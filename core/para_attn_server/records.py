@@ -14,6 +14,7 @@ import msgspec
 
 # The job states travel to clients: defined once, with the views, in the client's wire module.
 from para_attn_client.wire import TERMINAL, JobState
+from para_attn_server.media import MediaInfo
 
 __all__ = ["TERMINAL", "JobRecord", "JobState", "public_error"]
 
@@ -36,6 +37,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     output_size: int | None = None  # bytes, and the checksum, of the output as written to disk
     output_sha256: str | None = None
     reply_with_path: bool = False  # the original API answers with output_path instead of base64
+    media: tuple[MediaInfo, ...] = ()  # the input pictures, kept under storage/inputs by checksum
+    recoveries: int = 0  # server restarts this job was queued again after
 
     @property
     def terminal(self) -> bool:

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 
 from para_attn_server.errors import ConfigurationError, InputError
+from para_attn_server.media import MediaField, media_field, wire_annotation
 
 OUTPUT_PATH = "output_path"
 # Added to every schema: the server writes the output there, confined to --output-dir.
@@ -70,6 +71,7 @@ class InputSchema:
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
         self.accepts_extra = False
         self.predict_params: set[str] = set()
+        self.media_fields: dict[str, MediaField] = {}  # pictures and videos: strings on the wire
         for name, param in signature.parameters.items():
             if param.kind is inspect.Parameter.VAR_KEYWORD:
                 self.accepts_extra = True
@@ -78,6 +80,10 @@ class InputSchema:
                 continue
             self.predict_params.add(name)
             annotation = hints.get(name, Any)
+            media = media_field(name, annotation)
+            if media is not None:
+                self.media_fields[name] = media
+                annotation = wire_annotation(media)
             if name == OUTPUT_PATH:
                 # Whatever predict declares, the server confines this path before anything runs.
                 fields.append((name, OutputPathField, None))
@@ -130,8 +136,14 @@ class InputSchema:
 
     def convert(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Rebuild typed inputs from plain values: their msgpack form on the ranks, a
-        multipart form's text in the openai plugin (``msgspec.ValidationError`` names the field)."""
-        return self.with_extras(self.to_inputs(msgspec.convert(raw, self.type, strict=False)), raw)
+        multipart form's text (``msgspec.ValidationError`` names the field). A media field
+        may hold a file's bytes (a multipart part): those pass as they are, for the server
+        to check with the rest of the request's pictures."""
+        files = {name: raw[name] for name in self.media_fields if _is_file(raw.get(name))}
+        # A placeholder of the wire type stands in for the bytes while the rest is converted.
+        typed = raw | {name: ["file"] * len(v) if isinstance(v, list) else "file" for name, v in files.items()}
+        inputs = self.with_extras(self.to_inputs(msgspec.convert(typed, self.type, strict=False)), raw)
+        return inputs | files
 
     def with_extras(self, inputs: dict[str, Any], raw: object) -> dict[str, Any]:
         """Add the raw fields beyond the named parameters, for a ``predict(**kwargs)``:
@@ -152,6 +164,12 @@ class InputSchema:
                 kwargs.pop(OUTPUT_PATH, None)
             return kwargs
         return {k: v for k, v in inputs.items() if k in self.predict_params}
+
+
+def _is_file(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(item, bytes | bytearray | memoryview) for item in value)
+    return isinstance(value, bytes | bytearray | memoryview)
 
 
 def _default(value: Any) -> Any:

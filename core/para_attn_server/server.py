@@ -19,9 +19,11 @@ import uvicorn
 from para_attn_server import settings as settings_tree
 from para_attn_server.cluster.rendezvous import ClusterHost
 from para_attn_server.cluster.spec import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
+from para_attn_server.engine.inputs import Fetch
 from para_attn_server.engine.service import JobService
 from para_attn_server.errors import ConfigurationError
 from para_attn_server.http import create_app
+from para_attn_server.http.fetch import AllowedHosts, fetch
 from para_attn_server.http.listener import HttpServer, bind
 from para_attn_server.http.listener import config as listener_config
 from para_attn_server.legacy import as_predictor
@@ -92,6 +94,7 @@ class ParaAttentionServer:
         settings, plugins = self.settings, self.plugins
         settings_tree.check_unique(plugins.settings_sections())
         predictor, predictor_pickle = self._predictor(plugins)
+        fetch_input = input_fetch(settings)  # a bad --input-allow-host fails before any rank starts
         cluster = self._cluster(plugins)
         groups = self._groups(plugins, predictor, predictor_pickle, cluster)
         if cluster is not None:
@@ -100,7 +103,7 @@ class ParaAttentionServer:
         schema = InputSchema(predictor, plugins.request_fields(settings))  # refuses a field predict has
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
-        service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal)
+        service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal, fetch_input)
         recovered = service.recover()
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
@@ -228,3 +231,18 @@ async def _drain_then_exit(service: JobService, http: uvicorn.Server) -> None:
     log.info("draining: no new jobs; finishing the running one")
     await service.drain()
     http.should_exit = True
+
+
+def input_fetch(settings: Settings) -> Fetch | None:
+    """How the job service fetches a picture given as a URL: from --input-allow-host only."""
+    if not settings.jobs.input_allow_hosts:
+        return None
+    try:
+        allowed = AllowedHosts(settings.jobs.input_allow_hosts)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+    async def fetch_input(url: str, max_bytes: int) -> bytes:
+        return (await fetch(url, allowed, max_bytes))[0]
+
+    return fetch_input

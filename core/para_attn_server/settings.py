@@ -81,7 +81,9 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _help("require this key on every route but /health/live (ps shows it: prefer the file)", env=API_KEY_ENV),
     ] = None
     api_key_file: Annotated[str | None, _help("read the API key from this file (its first line)")] = None
-    max_body_bytes: Annotated[Bytes, _help("largest request body")] = 10 * 1024 * 1024
+    max_body_bytes: Annotated[
+        Bytes, _help("largest request body (pictures included: --max-input-bytes of them take 4/3 as much in base64)")
+    ] = 48 * 1024 * 1024
     max_connections: Annotated[int, msgspec.Meta(ge=1), _help("connections at once; more get a 503")] = 1024
     header_timeout: Annotated[
         Seconds, _help("seconds a client may take to send a request's head (from its connection or first byte)")
@@ -142,6 +144,21 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     preview_memory_bytes: Annotated[Bytes, _help("jobs' latest previews kept in memory, in all")] = 64 * 1024 * 1024
     restart_backoff: Annotated[Seconds, _help("seconds before retrying a failed restart; doubles each time")] = 1.0
     restart_backoff_max: Annotated[Seconds, _help("longest wait between restart attempts")] = 30.0
+    max_input_bytes: Annotated[Bytes, _help("bytes of pictures and videos one request may bring, in all")] = (
+        32 * 1024 * 1024
+    )
+    max_input_pixels: Annotated[
+        int, msgspec.Meta(ge=1), _help("pixels one input picture (or video frame) may have, checked before decoding")
+    ] = 4096 * 4096
+    input_allow_hosts: Annotated[
+        list[str],
+        _help(
+            "a host whose http(s) URLs requests may give as pictures, HOST or HOST:PORT, repeatable (none: URL "
+            "inputs are refused)",
+            flags=["--input-allow-host"],
+            metavar="HOST[:PORT]",
+        ),
+    ] = []
 
     def __post_init__(self) -> None:
         if self.job_timeout is not None and self.job_timeout <= 0:

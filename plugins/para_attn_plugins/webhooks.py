@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Litestar
@@ -40,7 +39,16 @@ from litestar.plugins import InitPluginProtocol
 from standardwebhooks import Webhook
 
 from para_attn_server import Settings
-from para_attn_server.plugin import JobRecord, Jobs, JobState, hookimpl, job_view, secret_from_file, version
+from para_attn_server.plugin import (
+    JobRecord,
+    Jobs,
+    JobState,
+    hookimpl,
+    job_view,
+    parse_host,
+    secret_from_file,
+    version,
+)
 
 # httpx is imported where it is used (its cost: `python -m benchmarks --only micro`): rank
 # processes load this plugin too, and never send anything.
@@ -111,7 +119,7 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         for entry in self.webhook_allow_hosts:
-            parse_host(entry)
+            parse_host(entry, "webhook_allow_hosts")
         if self.webhook_secret_file is not None:
             if self.webhook_secret is not None:
                 raise ValueError(
@@ -140,23 +148,11 @@ def check_secret(secret: str) -> None:
         )
 
 
-def parse_host(entry: str) -> tuple[str, int | None]:
-    """``HOST`` or ``HOST:PORT`` (``[v6]:PORT``) as (host, port or None)."""
-    try:
-        parts = urlsplit(f"//{entry}")
-        port = parts.port
-    except ValueError:
-        parts, port = None, None
-    if parts is None or not parts.hostname or parts.path or parts.query or parts.fragment or "@" in entry:
-        raise ValueError(f"webhook_allow_hosts: {entry!r} is not HOST or HOST:PORT")
-    return parts.hostname, port
-
-
 class AllowedHosts:
     """The hosts an operator lets webhooks go to; ``check`` refuses any other URL."""
 
     def __init__(self, entries: list[str]) -> None:
-        self.entries = [parse_host(entry) for entry in entries]
+        self.entries = [parse_host(entry, "webhook_allow_hosts") for entry in entries]
 
     def check(self, url: str | None) -> None:
         if url is None:

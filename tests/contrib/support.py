@@ -1,7 +1,9 @@
-"""Helpers of the flux and wan tests: the 1-rank reference process, generation, and checks."""
+"""Helpers of the flux and wan tests: the 1-rank reference process, generation, pictures as
+they travel (``data:`` URLs), and checks."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from para_attn_predictors.diffusers_base import DiffusersPredictor
 from para_attn_server import RankContext
@@ -22,9 +25,26 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class ReferenceRun:
+    """Requests of a predictor, run in one process: ``Reference.array(model, name)``."""
+
     model: str
     options: dict[str, str]  # besides model_path
     requests: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """Calls of a diffusers pipeline class as they are, no predictor: ``Reference.array(key, name)``.
+
+    ``model`` is a ``tiny_dirs`` kind the pipeline loads from, or ``"tiny"``: the ``tiny``
+    predictor's components, built in code. Each call is the pipeline's keyword arguments
+    with ``seed`` (for a CPU generator) and pictures as ``data:`` URLs (``image``, and
+    ``mask_image`` decoded as a mask), decoded as ranks decode them."""
+
+    key: str
+    model: str
+    pipeline: str  # a class of the diffusers package: "FluxImg2ImgPipeline"
+    calls: dict[str, dict[str, Any]]
 
 
 class Reference:
@@ -46,6 +66,21 @@ class Reference:
         code = self.process.wait(timeout=180)
         assert code == 0, self.log.read_text()[-4000:]
         return np.load(self.out_dir / model / f"{name}.npy")
+
+
+def picture(width: int, height: int, seed: int, *, mask: bool = False) -> Image.Image:
+    """A random RGB picture (or a black-and-white mask, mode "L") of that size."""
+    rng = np.random.default_rng(seed)
+    if mask:
+        return Image.fromarray(((rng.random((height, width)) > 0.5) * 255).astype(np.uint8), "L")
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8), "RGB")
+
+
+def data_url(image: Image.Image) -> str:
+    """``image`` as a request's JSON carries it: a ``data:image/png;base64,...`` string."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def cli_options(options: dict[str, str]) -> list[str]:

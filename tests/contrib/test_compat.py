@@ -22,6 +22,18 @@ def test_para_attn_still_rejects_enable_gqa() -> None:
     assert compat.para_attn_needs_enable_gqa_shim(), "para-attn accepts enable_gqa now: drop the shim"
 
 
+def test_diffusers_wan_image_to_video_still_needs_ftfy() -> None:
+    from diffusers.utils import is_ftfy_available
+
+    if is_ftfy_available():
+        pytest.skip("ftfy is installed: nothing to shim")
+    assert compat.wan_i2v_needs_ftfy_shim(), "diffusers' Wan image to video runs without ftfy now: drop the shim"
+    compat.apply_diffusers_shims()
+    from diffusers.pipelines.wan import pipeline_wan_i2v
+
+    assert pipeline_wan_i2v.prompt_clean("  a &amp; b  ") == "a & b"  # as Wan text to video cleans it
+
+
 def _tiny_wan_transformer() -> torch.nn.Module:
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 

@@ -16,7 +16,16 @@ import torch
 from PIL import Image
 
 from para_attn_server.testing import CLI, Server, server_env
-from tests.contrib.support import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
+from tests.contrib.support import (
+    Reference,
+    ReferenceRun,
+    assert_rejected,
+    cli_options,
+    data_url,
+    generate,
+    npy,
+    picture,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,8 +44,13 @@ def name(width: int, height: int, seed: int) -> str:
     return f"{width}x{height}-seed{seed}"
 
 
-# One process tiles as the parallel VAE does, so the two decode alike.
-REFERENCE = ReferenceRun("flux", {"vae_tiling": "1", **OPTIONS}, {name(*case): request(*case) for case in CASES})
+# Image to image at a size the VAE tiles: the picture's encode is split across the ranks too.
+IMG2IMG = {**request(64, 48, 3), "image": data_url(picture(64, 48, seed=0)), "strength": 0.7}
+
+# One process tiles as the parallel VAE does, so the two encode and decode alike.
+REFERENCE = ReferenceRun(
+    "flux", {"vae_tiling": "1", **OPTIONS}, {name(*case): request(*case) for case in CASES} | {"img2img": IMG2IMG}
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +69,15 @@ def test_two_ranks_match_one_process_with_the_same_seed(flux: tuple[Server, Refe
         assert np.abs(image - expected).max() < 1e-4, case
     # The comparison has teeth: the seed moves the output far more than that.
     assert np.abs(served[CASES[0]] - served[CASES[1]]).max() > 1e-2
+
+
+def test_image_to_image_with_the_vae_split_matches_one_process(flux: tuple[Server, Reference]) -> None:
+    server, reference = flux
+    image = npy(generate(server, **IMG2IMG))
+    expected = reference.array("flux", "img2img")
+    assert image.shape == expected.shape == (48, 64, 3)
+    assert np.abs(image - expected).max() < 1e-4
+    assert np.abs(image - npy(generate(server, **request(64, 48, 3)))).max() > 1e-2  # the picture matters
 
 
 @pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG")])
@@ -85,6 +108,7 @@ def test_without_a_seed_each_job_draws_its_own(flux: tuple[Server, Reference]) -
         ({"prompt": "x" * 2001}, "prompt"),
         ({"seed": -1}, "seed"),
         ({"output_format": "gif"}, "output_format"),
+        ({"mask_image": data_url(picture(32, 32, seed=0, mask=True))}, "mask_image"),  # no picture to mask
     ],
 )
 def test_invalid_fields_are_400_naming_the_field(

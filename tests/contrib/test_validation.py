@@ -21,13 +21,19 @@ from para_attn_server.schema import InputSchema
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA ring attention covers the rest")
 
 # The fields of FLUX.1-dev's and Wan2.1-T2V-14B's configs that the predictors read.
-FLUX_DEV = {"transformer": {"num_attention_heads": 24, "attention_head_dim": 128},
+FLUX_DEV = {"model_index": {"_class_name": "FluxPipeline"},
+            "transformer": {"num_attention_heads": 24, "attention_head_dim": 128},
             "vae": {"block_out_channels": [128, 256, 512, 512]}}  # fmt: skip
-WAN_14B = {"transformer": {"num_attention_heads": 40, "patch_size": [1, 2, 2]}, "vae": {"z_dim": 16}}
+WAN_14B = {"model_index": {"_class_name": "WanPipeline"},
+           "transformer": {"num_attention_heads": 40, "patch_size": [1, 2, 2]}, "vae": {"z_dim": 16}}  # fmt: skip
 
 
 def save_configs(root: Path, configs: dict[str, dict[str, Any]]) -> Path:
     for subfolder, config in configs.items():
+        if subfolder == "model_index":
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "model_index.json").write_text(json.dumps(config))
+            continue
         (root / subfolder).mkdir(parents=True)
         (root / subfolder / "config.json").write_text(json.dumps(config))
     return root
@@ -118,7 +124,7 @@ def test_request_limits_are_in_the_schema(flux_dev: str, body: dict[str, Any], p
     ({"model_path": "{flux}", "dtype": "float8"}, r"at `\$.dtype`"),
     ({"model_path": "{flux}", "warmup": "{not json"}, "warmup must be 0, 1 or a JSON object"),
     ({"model_path": "{flux}", "warmup": '{"width": 40}'}, r"warm-up request: .* at `\$.width`"),
-    ({"model_path": "/nonexistent"}, "cannot read transformer/config.json of model '/nonexistent'"),
+    ({"model_path": "/nonexistent"}, "cannot read model_index.json of model '/nonexistent'"),
 ])  # fmt: skip
 def test_bad_options_are_configuration_errors(flux_dev: str, options: dict[str, str], message: str) -> None:
     options = {key: value.replace("{flux}", flux_dev) for key, value in options.items()}
@@ -137,5 +143,17 @@ def test_a_hub_id_reads_its_configs_through_huggingface_hub(flux_dev: str, monke
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     configured(FluxPredictor, 2, model_path="black-forest-labs/FLUX.1-dev")
-    assert fetched == [("black-forest-labs/FLUX.1-dev", "transformer/config.json"),
+    assert fetched == [("black-forest-labs/FLUX.1-dev", "model_index.json"),
+                       ("black-forest-labs/FLUX.1-dev", "transformer/config.json"),
                        ("black-forest-labs/FLUX.1-dev", "vae/config.json")]  # fmt: skip
+
+
+def test_the_model_directory_names_the_pipeline_it_serves(tmp_path: Path, wan_14b: str) -> None:
+    fill = save_configs(tmp_path / "fill", {**FLUX_DEV, "model_index": {"_class_name": "FluxFillPipeline"}})
+    with pytest.raises(ConfigurationError, match=r"serves .*FluxKontextPipeline, FluxPipeline.* a FluxFillPipeline"):
+        configured(FluxPredictor, 1, model_path=str(fill))
+    kontext = save_configs(tmp_path / "kontext", {**FLUX_DEV, "model_index": {"_class_name": "FluxKontextPipeline"}})
+    assert configured(FluxPredictor, 1, model_path=str(kontext)).pipeline_spec == "diffusers:FluxKontextPipeline"
+    # Flux's own option: the Wan predictor does not take it.
+    with pytest.raises(ConfigurationError, match="unknown field `kontext_auto_resize`"):
+        configured(WanPredictor, 1, model_path=wan_14b, kontext_auto_resize="0")

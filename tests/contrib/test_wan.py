@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from para_attn_server.testing import Server
-from tests.contrib.support import Reference, ReferenceRun, assert_rejected, cli_options, generate, npy
+from tests.contrib.support import (
+    Reference,
+    ReferenceRun,
+    assert_rejected,
+    cli_options,
+    data_url,
+    generate,
+    npy,
+    picture,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -68,6 +77,7 @@ def test_mp4_decodes_to_the_requested_frames_size_and_rate(wan: tuple[Server, Re
         ({"width": 16, "height": 16, "num_frames": 1}, "height"),  # one token cannot split over 2 ranks
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"output_format": "gif"}, "output_format"),
+        ({"image": data_url(picture(32, 32, seed=0))}, "image"),  # a text-to-video model takes no picture
     ],
 )
 def test_invalid_fields_are_400_naming_the_field(

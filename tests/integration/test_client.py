@@ -9,10 +9,12 @@ import concurrent.futures
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
+from PIL import Image
 
 from para_attn_client import (
     API_KEY_ENV,
@@ -354,3 +356,26 @@ def test_generate_with_the_tiny_model_returns_its_png(tiny_server: Server) -> No
     assert png_size(result.output) == (32, 32)
     assert result.output == tiny_server.output(result.job.id)
     assert steps == [1, 2]
+
+
+def test_pictures_go_as_paths_bytes_or_pil_images_and_job_ids_chain_outputs(
+    tiny_server: Server, tmp_path: Path
+) -> None:
+    source = tmp_path / "cat.png"
+    Image.new("RGB", (48, 32), (220, 40, 40)).save(source)
+    small = {"num_inference_steps": 2, "width": 48, "height": 32, "strength": 0.5}
+    with Client(tiny_server.url) as client:
+        from_path = client.generate(prompt="a cat", image=source, **small)
+        from_bytes = client.generate(prompt="a cat", image=source.read_bytes(), **small)
+        from_pil = client.generate(prompt="a cat", image=Image.open(source), **small)
+        chained = client.generate(prompt="a cat in a hat", image=f"job:{from_path.job.id}", **small)
+    # The same pixels, however they were given: the same image (seed 0).
+    assert from_path.output == from_bytes.output == from_pil.output
+    assert png_size(chained.output) == (48, 32)
+    assert chained.output != from_path.output
+
+    async def from_async() -> bytes:
+        async with AsyncClient(tiny_server.url) as client:
+            return (await client.generate(prompt="a cat", image=source, **small)).output
+
+    assert asyncio.run(from_async()) == from_path.output

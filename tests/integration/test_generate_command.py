@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from para_attn_client import API_KEY_ENV
 from para_attn_server.testing import CLI, Server, server_env
@@ -259,3 +260,31 @@ def test_generate_with_the_tiny_model_writes_its_png(tiny_server: Server, tmp_pa
     assert png_size(data) == (32, 32)
     assert data == tiny_server.output(match[4])
     assert "2/2 [" in last_bar(result.stderr)
+
+
+def test_at_file_sends_a_picture_and_job_id_chains_the_output(tiny_server: Server, tmp_path: Path) -> None:
+    Image.new("RGB", (48, 32), (220, 40, 40)).save(tmp_path / "cat.png")
+    steps = ["-p", "num_inference_steps=2", "-p", "width=48", "-p", "height=32", "--json", "-q"]
+    first = generate(
+        tiny_server.url, "-p", "prompt=a cat in a hat", "-p", "image=@cat.png", "-p", "strength=0.5", *steps,
+        "-o", "edited.png", cwd=tmp_path, key=None,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    job_id = json.loads(first.stdout)["job"]["id"]
+    assert png_size((tmp_path / "edited.png").read_bytes()) == (48, 32)
+
+    second = generate(
+        tiny_server.url, "-p", "prompt=a cat in a red hat", "-p", f"image=job:{job_id}", *steps,
+        "-o", "again.png", cwd=tmp_path, key=None,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert png_size((tmp_path / "again.png").read_bytes()) == (48, 32)
+
+
+def test_a_file_the_server_cannot_read_as_a_picture_is_status_2_naming_the_field(
+    tiny_server: Server, tmp_path: Path
+) -> None:
+    (tmp_path / "notes.png").write_text("not a picture")
+    result = generate(tiny_server.url, "-p", "prompt=x", "-p", "image=@notes.png", cwd=tmp_path, key=None)
+    assert result.returncode == 2
+    assert one_error_line(result).startswith("image: ")

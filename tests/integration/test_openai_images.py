@@ -126,6 +126,65 @@ def test_models_lists_the_served_model(tiny: Server) -> None:
     assert [model.id for model in client(tiny).models.list()] == ["tiny"]
 
 
+# ---- edits: a picture in, as the SDK uploads it -------------------------------------------------
+
+
+def picture_file(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (48, 48)) -> Path:
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_edit_gives_a_png_of_the_requested_size_from_the_uploaded_picture(tiny: Server, tmp_path: Path) -> None:
+    source = picture_file(tmp_path / "cat.png", (220, 40, 40))
+    extra = {"strength": 0.5, "seed": 7}
+    with open(source, "rb") as file:
+        answer = client(tiny).images.edit(
+            model="tiny", image=file, prompt="a cat in a hat", size="32x32", extra_body=extra
+        )
+
+    picture = image(answer.data[0].b64_json)
+    assert (picture.format, picture.size) == ("PNG", (32, 32))
+    assert (answer.size, answer.output_format) == ("32x32", "png")
+    # The picture is what the job started from: another one, same seed, gives another image.
+    other = picture_file(tmp_path / "dog.png", (40, 40, 220))
+    with open(other, "rb") as file:
+        second = client(tiny).images.edit(image=file, prompt="a cat in a hat", size="32x32", extra_body=extra)
+    assert np.abs(pixels(picture) - pixels(image(second.data[0].b64_json))).max() > 8
+
+
+def test_an_edits_job_shows_no_picture_bytes_and_its_output_can_be_the_next_input(tiny: Server, tmp_path: Path) -> None:
+    source = picture_file(tmp_path / "cat.png", (220, 40, 40))
+    with open(source, "rb") as file:
+        answer = client(tiny).images.edit(image=file, prompt="a cat", size="32x32", response_format="url")
+    url = answer.data[0].url
+    assert url is not None
+    job_id = url.rsplit("/", 2)[-2]
+    view = tiny.http.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert view["state"] == "succeeded"
+    assert base64.b64encode(source.read_bytes()).decode()[:40] not in json.dumps(view)
+
+    chained = tiny.http.post(
+        "/v1/images/edits", data={"prompt": "a cat", "image": f"job:{job_id}", "size": "32x32"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )  # fmt: skip
+    assert chained.status_code == 200, chained.text
+    assert image(chained.json()["data"][0]["b64_json"]).size == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("files", "param"),
+    [
+        ({"image": ("cat.png", b"not a picture", "image/png")}, "image"),
+        ({"image": [("a.png", b"\x89PNG", "image/png"), ("b.png", b"\x89PNG", "image/png")]}, "image"),
+        ({"image": ("cat.png", b"", "image/png"), "mask": ("m.png", b"", "image/png")}, "mask"),  # tiny has no mask
+    ],
+)
+def test_bad_pictures_raise_bad_request_naming_openais_field(tiny: Server, files: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(tiny, max_retries=0).images.edit(prompt="a cat", **files)
+    assert caught.value.param == param, caught.value.message
+
+
 # ---- failures, a full queue, a client that goes away ----------------------------------------
 
 

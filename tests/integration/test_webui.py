@@ -10,6 +10,9 @@ is how docs/webui-*.png are made).
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import re
 import shutil
@@ -19,7 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from PIL import Image
+from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
 from tests.conftest import Server
 
@@ -124,8 +128,19 @@ def as_text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def is_media(spec: dict[str, Any]) -> bool:
+    """A picture or video field: a string marked with its kind, or a list of them (or null)."""
+    for choice in [spec, *spec.get("anyOf", []), *spec.get("oneOf", [])]:
+        each = choice.get("items", choice)
+        if "contentMediaType" in each and each.get("format") in ("image", "mask", "video"):
+            return True
+    return False
+
+
 def input_type(name: str, spec: dict[str, Any]) -> str:
     """The form control a field should get, as the DOM's ``type`` names it."""
+    if is_media(spec):
+        return "file"
     if "enum" in spec:
         return "select-one"
     if spec.get("type") == "string":
@@ -289,3 +304,124 @@ def test_the_page_files_load_without_the_key_and_the_api_does_not(noop_server: S
     assert httpx.get(noop_server.url + "/ui/missing.js").status_code == 404
     for path in ("/schema/openapi.json", "/v1/jobs/x", "/server_status"):
         assert httpx.get(noop_server.url + path).status_code == 401, path
+
+
+# ---- pictures: the file picker, drop and paste, "Use as input" ------------------------------
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int] = (220, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def submitted_bodies(page: Page) -> list[dict[str, Any]]:
+    """The JSON bodies the page posts to /v1/jobs, as they are sent (filled in as it sends them)."""
+    bodies: list[dict[str, Any]] = []
+
+    def seen(request: Request) -> None:
+        if request.method == "POST" and request.url.endswith("/v1/jobs"):
+            bodies.append(json.loads(request.post_data or "{}"))
+
+    page.on("request", seen)
+    return bodies
+
+
+def generate_next(page: Page, shown: str, **fields: object) -> str:
+    """``generate`` while job ``shown`` is on the page: the id of the new job, once shown."""
+    for name, value in fields.items():
+        page.locator(f"#field-{name}").fill(str(value))
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#job-id")).not_to_have_text(shown)
+    return page.locator("#job-id").inner_text()
+
+
+def thumbnail_size(page: Page, name: str) -> list[int]:
+    thumb = page.locator(f"#thumbs-{name} img")
+    expect(thumb).to_have_count(1)
+    page.wait_for_function(f"() => document.querySelector('#thumbs-{name} img').complete")
+    size: list[int] = thumb.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    return size
+
+
+def test_a_picked_picture_is_shown_and_sent_as_a_data_url(
+    tiny_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    picture = png((48, 32))
+    (tmp_path / "cat.png").write_bytes(picture)
+    page = open_page(tiny_server)
+    bodies = submitted_bodies(page)
+    expect(page.locator("#field-image")).to_have_attribute("type", "file")
+
+    page.locator("#field-image").set_input_files(tmp_path / "cat.png")
+    assert thumbnail_size(page, "image") == [48, 32]
+    expect(page.locator("#thumbs-image figcaption")).to_have_text("cat.png")
+    job_id = generate(page, prompt="a red square", width=48, height=32, strength=0.5, num_inference_steps=2)
+
+    expect_job_state(page, tiny_server, job_id, "succeeded")
+    assert bodies[-1]["image"] == "data:image/png;base64," + base64.b64encode(picture).decode()
+    assert bodies[-1]["strength"] == 0.5
+    output = page.locator("#result img#output")
+    page.wait_for_function("() => document.querySelector('#output')?.complete")
+    assert output.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [48, 32]
+    save_screenshot(page, tmp_path / "webui-picture.png")
+
+    page.get_by_role("button", name="Clear image").click()  # cleared: the next job has no picture
+    expect(page.locator("#thumbs-image img")).to_have_count(0)
+    expect_job_state(page, tiny_server, generate_next(page, job_id), "succeeded")
+    assert "image" not in bodies[-1]
+
+
+def test_use_as_input_puts_the_finished_job_in_the_picture_field(
+    tiny_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = open_page(tiny_server)
+    bodies = submitted_bodies(page)
+    first = generate(page, prompt="a red square", width=64, height=48, num_inference_steps=2)
+    expect_job_state(page, tiny_server, first, "succeeded")
+
+    page.get_by_role("button", name="Use as input").click()
+    assert thumbnail_size(page, "image") == [64, 48]  # the output, fetched with the job
+    expect(page.locator("#thumbs-image figcaption")).to_have_text(f"job {first[:8]}")
+    second = generate_next(page, first, prompt="a blue square")
+
+    expect_job_state(page, tiny_server, second, "succeeded")
+    assert bodies[-1]["image"] == f"job:{first}"
+    save_screenshot(page, tmp_path / "webui-use-as-input.png")
+
+
+def test_a_dropped_or_pasted_picture_fills_the_field(tiny_server: Server, open_page: Callable[..., Page]) -> None:
+    page = open_page(tiny_server)
+    expect(page.locator("#zone-image")).to_be_visible()
+    give = """([kind, data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], `${kind}.png`, { type: "image/png" }));
+        const zone = document.querySelector("#zone-image");
+        const event = kind === "dropped"
+          ? new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true })
+          : new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true });
+        zone.dispatchEvent(event);
+    }"""
+    page.evaluate(give, ["dropped", base64.b64encode(png((16, 32))).decode()])
+    assert thumbnail_size(page, "image") == [16, 32]
+    expect(page.locator("#thumbs-image figcaption")).to_have_text("dropped.png")
+
+    page.evaluate(give, ["pasted", base64.b64encode(png((32, 16))).decode()])  # replaces it: one picture
+    expect(page.locator("#thumbs-image figcaption")).to_have_text("pasted.png")
+    assert thumbnail_size(page, "image") == [32, 16]
+
+
+def test_a_file_that_is_no_picture_is_a_400_under_its_field(
+    tiny_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    (tmp_path / "notes.png").write_bytes(b"not a picture at all")
+    page = open_page(tiny_server)
+    page.locator("#field-image").set_input_files(tmp_path / "notes.png")
+    expect(page.locator("#thumbs-image figcaption")).to_have_text("notes.png")
+    page.locator("#field-prompt").fill("x")
+    page.get_by_role("button", name="Generate").click()
+
+    expect(page.locator("#error-image")).not_to_be_empty()
+    expect(page.locator("#field-image")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#job-detail")).to_be_hidden()

@@ -138,7 +138,8 @@ def test_a_job_answered_just_before_a_sigkill_is_known_after_the_restart(
     servers: list[Server], tmp_path: Path, report: Report
 ) -> None:
     faulty = ["--model", "tests.predictors:Faulty", "--num-devices", "1"]
-    body = {"hold": str(tmp_path / "never")}  # queued or running when the server dies
+    hold = tmp_path / "hold"
+    body = {"hold": str(hold)}  # queued or running when the server dies
     submits: dict[str, Callable[[Server], httpx.Response]] = {
         "PUT /v1/jobs/{id}": lambda server: server.http.put(f"/v1/jobs/{uuid.uuid4()}", json=body),
         "POST /generate": lambda server: server.http.post("/generate", json=body),
@@ -156,16 +157,21 @@ def test_a_job_answered_just_before_a_sigkill_is_known_after_the_restart(
         server.process.wait(30)
         until(lambda ranks=ranks: all(pid_gone(pid) for pid in ranks), 30, "ranks exit once the server is gone")
 
+    hold.touch()  # from now on the jobs may finish
     last = Server(faulty, tmp_path)
     servers.append(last)
     for route, job_id in answered.items():
         view = last.http.get(f"/v1/jobs/{job_id}")
         assert view.status_code == 200, (route, view.text)
-        assert (view.json()["state"], view.json()["error"]) == ("failed", "server restarted")
+        ended = last.wait(job_id)
+        # Each restart queued the unfinished jobs again; the first job lived through three,
+        # and a job the server died under twice is given up.
+        assert (ended["state"], ended.get("error")) in {("succeeded", None), ("failed", "server restarted")}, route
     report.add(
         "Integrity",
         case="SIGKILL the moment a submit is answered (PUT, /generate, POST /v1/jobs)",
-        outcome="after the restart every answered job is known: failed, 'server restarted'",
+        outcome="after the restart every answered job is known, queued again and run (given up, 'server "
+        "restarted', after the server died under it twice)",
     )
 
 

@@ -104,6 +104,7 @@ class FakeRun:
     on_progress: Callable[[int, int | None], None]
     outcome: asyncio.Future[JobOutcome]
     on_preview: Callable[[int, bytes], None] | None = None
+    media: dict[str, bytes] | None = None
 
     def finish(self, outcome: JobOutcome) -> None:
         self.outcome.set_result(outcome)
@@ -168,9 +169,11 @@ class FakeGroup:
         timeout: float | None,
         on_progress: Callable[[int, int | None], None],
         on_preview: Callable[[int, bytes], None] | None = None,
+        media: dict[str, bytes] | None = None,
     ) -> JobOutcome:
         assert self.ready, "run() on a group that is not ready"
-        run = FakeRun(job_id, inputs, timeout, on_progress, asyncio.get_running_loop().create_future(), on_preview)
+        outcome = asyncio.get_running_loop().create_future()
+        run = FakeRun(job_id, inputs, timeout, on_progress, outcome, on_preview, media)
         self.current = run
         self.runs.put_nowait(run)
         try:

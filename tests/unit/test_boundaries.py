@@ -5,7 +5,7 @@ The rules (``RULES``), checked on the source by ``import_violations``:
 - ``core/para_attn_server/rank/`` (the rank process) imports nothing of the server's side:
   not ``para_attn_server.engine``, ``.http`` or ``.storage``, nor Litestar;
 - ``core/client/para_attn_client/`` (a distribution of its own, installed without the
-  server) imports no ``para_attn_server``, pluggy, Litestar or torch;
+  server) imports no ``para_attn_server``, pluggy, Litestar, torch or Pillow;
 - ``plugins/para_attn_plugins/`` and ``contrib_predictors/para_attn_predictors/`` import of
   the server only ``para_attn_server`` and the face ``para_attn_server.plugin``, and of
   each only the names its ``__all__`` lists: never another submodule.
@@ -52,7 +52,7 @@ RULES = (
         "core/client/para_attn_client",
         "para_attn_client",
         "the client distribution",
-        forbidden=("para_attn_server", "pluggy", "litestar", "torch"),
+        forbidden=("para_attn_server", "pluggy", "litestar", "torch", "PIL"),
     ),
     Rule("plugins/para_attn_plugins", "para_attn_plugins", "a plugin", faces_only=True),
     Rule("contrib_predictors/para_attn_predictors", "para_attn_predictors", "a predictor", faces_only=True),

@@ -2,13 +2,17 @@
 ``Client`` (blocking) and ``AsyncClient`` over httpx, and the ``para-attn-client generate``
 command. ::
 
+    from pathlib import Path
+
     from para_attn_client import Client
 
     with Client("http://127.0.0.1:5000") as client:
         client.generate(prompt="a cat in a hat", seed=7).save("cat.png")
+        client.generate(prompt="a cat in a hat", image=Path("cat.png"), strength=0.6)
 
 ``client`` holds the two clients, ``types`` what they return and raise, ``wire`` the job
-views as the server sends them, ``generate`` the command.
+views as the server sends them, ``media`` files and images as request fields (data URLs),
+``generate`` the command.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from para_attn_client.client import (
     ServerUnreachable,
     Unauthorized,
 )
+from para_attn_client.media import data_url, media_value
 from para_attn_client.wire import TERMINAL, JobState
 
 __all__ = [
@@ -60,4 +65,6 @@ __all__ = [
     "ServerError",
     "ServerUnreachable",
     "Unauthorized",
+    "data_url",
+    "media_value",
 ]

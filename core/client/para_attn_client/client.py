@@ -31,6 +31,7 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
 
+from para_attn_client.media import has_media, media_inputs
 from para_attn_client.types import (
     ClientError,
     Conflict,
@@ -168,8 +169,10 @@ class Client(_Settings):
         """Queue a job with ``inputs`` and/or keyword fields (a field named like one of
         these options goes in ``inputs``). ``job_id``: your own UUID (default: a new one);
         the same id and inputs again return the same job. ``wait``: seconds the server
-        may hold the answer until the job ends."""
-        body = job_inputs(inputs, fields)
+        may hold the answer until the job ends. A picture or video field's value may be a
+        ``Path``, bytes, a binary file or a PIL image (or a list of them): it is sent as a
+        ``data:`` URL (``para_attn_client.media``); a string (a URL, ``job:<id>``) as it is."""
+        body = media_inputs(job_inputs(inputs, fields))
         url = _path(job_id or str(uuid.uuid4()))
         response = self._request("PUT", url, json=body, params={"wait": wait}, timeout=self._timeout(wait))
         return decode(response, Job)
@@ -301,8 +304,10 @@ class AsyncClient(_Settings):
     async def submit(
         self, inputs: Mapping[str, Any] | None = None, /, *, job_id: str | None = None, wait: float = 0, **fields: Any
     ) -> Job:
-        """See ``Client.submit``."""
+        """See ``Client.submit``: files are read and images encoded in a thread."""
         body = job_inputs(inputs, fields)
+        if has_media(body):
+            body = await asyncio.to_thread(media_inputs, body)
         url = _path(job_id or str(uuid.uuid4()))
         response = await self._request("PUT", url, json=body, params={"wait": wait}, timeout=self._timeout(wait))
         return decode(response, Job)

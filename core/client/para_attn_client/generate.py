@@ -1,6 +1,7 @@
 """``para-attn-client generate URL -p prompt="a cat" -p seed=7 -o cat.png`` (also
 ``para-attn-server generate``): run one job on a server through ``para_attn_client.Client``,
-show its progress, write its output.
+show its progress, write its output. ``-p image=@cat.png`` sends a file (as a ``data:``
+URL); ``-p image=job:<id>`` an earlier job's output.
 
 Exit status: 0 the output was written; 1 the job failed or was cancelled elsewhere, or the
 server could not be reached; 2 bad input (the command line, or inputs the server refused,
@@ -17,6 +18,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -51,20 +53,39 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def parse_param(text: str) -> tuple[str, Any]:
+@dataclass(frozen=True)
+class Param:
+    """One ``-p``: its field, its value, and whether it adds an item to a list (``+=``)."""
+
+    key: str
+    value: Any
+    append: bool = False
+
+
+def parse_param(text: str) -> Param:
     """``KEY=VALUE``: the value as JSON when it is JSON (``seed=7``, ``tags=["a"]``), else
-    the text itself (``prompt=a cat``)."""
+    the text itself (``prompt=a cat``). ``KEY=@FILE``: the file (a ``Path``, read before
+    the job is sent; ``@@`` for text that starts with ``@``). ``KEY+=VALUE``: VALUE added
+    to the list KEY (``-p images+=@a.png -p images+=@b.png``)."""
     key, sep, value = text.partition("=")
-    if not sep or not key.strip():
+    append = key.endswith("+")
+    key = key.removesuffix("+").strip()
+    if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if value.startswith("@@"):
+        return Param(key, value[1:], append)
+    if value.startswith("@"):
+        if not value[1:]:
+            raise argparse.ArgumentTypeError(f"{key}: expected @FILE, got '@' alone (a literal '@' is '@@')")
+        return Param(key, Path(value[1:]).expanduser(), append)
 
     def not_a_number(constant: str) -> Any:
         raise ValueError(constant)  # NaN and Infinity are words here, not floats
 
     try:
-        return key.strip(), json.loads(value, parse_constant=not_a_number)
+        return Param(key, json.loads(value, parse_constant=not_a_number), append)
     except ValueError:
-        return key.strip(), value
+        return Param(key, value, append)
 
 
 def _uuid(text: str) -> str:
@@ -88,7 +109,8 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a request field, repeatable; VALUE is read as JSON when it is JSON, else as text",
+        help="a request field, repeatable; VALUE is read as JSON when it is JSON, else as text; "
+        "@FILE sends the file (a picture: -p image=@cat.png; @@ for a leading @); KEY+=VALUE adds to the list KEY",
     )
     p.add_argument(
         "-o", "--output", type=Path, help="where to write the output (a directory: named after the job there)"
@@ -171,13 +193,29 @@ def main(argv: Sequence[str], prog: str = PROG) -> int:
     return _written(prog, result, target, args.json)
 
 
-def _inputs(params: list[tuple[str, Any]]) -> dict[str, Any]:
+def _inputs(params: list[Param]) -> dict[str, Any]:
+    """The request's fields; each ``@FILE`` read here, so a missing file is a usage error
+    before anything is sent (the client sends the bytes as a ``data:`` URL)."""
     inputs: dict[str, Any] = {}
-    for key, value in params:
-        if key in inputs:
-            raise UsageError(f"-p {key}: given twice")
-        inputs[key] = value
+    for param in params:
+        value = _read(param.key, param.value) if isinstance(param.value, Path) else param.value
+        if param.append:
+            items = inputs.setdefault(param.key, [])
+            if not isinstance(items, list):
+                raise UsageError(f"-p {param.key}+=: {param.key} is not a list")
+            items.append(value)
+        elif param.key in inputs:
+            raise UsageError(f"-p {param.key}: given twice (to send a list: -p {param.key}+=VALUE, repeated)")
+        else:
+            inputs[param.key] = value
     return inputs
+
+
+def _read(key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"-p {key}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def _url(text: str) -> str:

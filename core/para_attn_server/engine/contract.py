@@ -43,8 +43,10 @@ class Group(Protocol):
         timeout: float | None,
         on_progress: ProgressCallback,
         on_preview: PreviewCallback | None = None,
+        media: dict[str, bytes] | None = None,
     ) -> JobOutcome:
-        """Run one job on every rank; how it ended, a fault included."""
+        """Run one job on every rank (``media``: its input pictures' bytes by checksum);
+        how it ended, a fault included."""
 
     def cancel(self, job_id: str) -> bool: ...
 

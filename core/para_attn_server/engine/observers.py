@@ -9,13 +9,19 @@ logged and swallowed: it must never break the job it watches.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
+from para_attn_server.errors import LimitError
+
 if TYPE_CHECKING:
+    from para_attn_server.engine.registry import Job, JobEvent
     from para_attn_server.plugin.manager import Plugins
     from para_attn_server.records import JobRecord
+    from para_attn_server.settings import JobSettings
 
 log = logging.getLogger("para_attn_server.jobs")
 
@@ -48,3 +54,30 @@ class JobObservers:
                 observer(kind, record)
             except Exception:
                 log.exception("job listener %r failed on a %s event", observer, kind)
+
+
+class EventStreams:
+    """The event streams (SSE) open on jobs, within their caps: in all and per job."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+        self.open_count = 0
+
+    def open(self, job: Job, retry_after: int) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[JobEvent]]:
+        """A queue of the job's events while the context lasts; LimitError past a cap."""
+        if self.open_count >= self.settings.max_event_streams:
+            raise LimitError(f"too many event streams open ({self.open_count})", retry_after)
+        if len(job.subscribers) >= self.settings.max_event_streams_per_job:
+            raise LimitError(f"too many event streams open for this job ({len(job.subscribers)})", 1)
+        return self._subscription(job)
+
+    @contextlib.asynccontextmanager
+    async def _subscription(self, job: Job) -> AsyncIterator[asyncio.Queue[JobEvent]]:
+        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        job.subscribers.append(queue)
+        self.open_count += 1
+        try:
+            yield queue
+        finally:
+            self.open_count -= 1
+            job.subscribers.remove(queue)

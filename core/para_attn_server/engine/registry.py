@@ -9,6 +9,7 @@ holds each job's latest preview too, and drops it with the job.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from para_attn_server.engine.order import CreationOrder
 from para_attn_server.engine.previews import PreviewStore
 from para_attn_server.errors import InputError
 from para_attn_server.records import TERMINAL, JobRecord, JobState
+from para_attn_server.storage.inputs import InputStore
 
 if TYPE_CHECKING:
     from para_attn_server.settings import JobSettings
@@ -33,6 +35,7 @@ log = logging.getLogger("para_attn_server.jobs")
 JobEvent = tuple[str, dict[str, Any]]
 FILE_TYPE = re.compile(r"[A-Za-z0-9]+")  # it becomes a file name's suffix and a header value
 GONE = "the output is gone"
+MAX_RECOVERIES = 2  # server restarts a queued or running job is queued again after
 
 
 class Job:
@@ -105,6 +108,7 @@ class JobRegistry:
         self.jobs: dict[str, Job] = {}
         self.order = CreationOrder()  # the ids of ``jobs``, for listing
         self.previews = PreviewStore(settings.preview_memory_bytes)
+        self.inputs = InputStore(store)
         self._ended: deque[Job] = deque()  # terminal jobs in the order they ended
 
     def add(self, record: JobRecord) -> Job:
@@ -139,28 +143,40 @@ class JobRegistry:
         while len(self._ended) > self.settings.max_records:
             self.forget(self._ended.popleft())
 
-    def recover(self, now: float) -> int:
-        """Load the jobs an earlier run of the server recorded; those it left queued or
-        running failed with it. Returns how many jobs were loaded."""
+    def recover(self, now: float) -> tuple[int, builtins.list[Job]]:
+        """Load the jobs an earlier run of the server recorded. Those it left queued or
+        running are queued again (in the order they were created), unless they already
+        were ``MAX_RECOVERIES`` times: then they fail with "server restarted", so that a job
+        that brings the server down cannot do it forever. Returns how many jobs were
+        loaded, and the jobs to queue."""
         if self.journal is None:
-            return 0
-        recovered = []
+            return 0, []
+        recovered, requeued = [], []
         for loaded in sorted(self.journal.load(), key=lambda r: r.created_at):
             record = loaded
-            if not record.terminal:
+            if not record.terminal and record.recoveries < MAX_RECOVERIES:
+                record = record.evolve(
+                    state=JobState.QUEUED, started_at=None, group=None, step=None, total=None,
+                    recoveries=record.recoveries + 1,
+                )  # fmt: skip
+            elif not record.terminal:
                 record = record.evolve(state=JobState.FAILED, error="server restarted", finished_at=now)
             elif record.state is JobState.SUCCEEDED and record.output_file is not None:
                 record = self._checked(record)
             if record is not loaded:
                 self.journal.record(record)
-            recovered.append(self.add(record))
-            recovered[-1].done.set()
+            job = self.add(record)
+            if record.terminal:
+                recovered.append(job)
+                job.done.set()
+            else:
+                requeued.append(job)
         for job in sorted(recovered, key=lambda job: job.record.finished_at or 0.0):
             self.ended(job)
         count = len(self.jobs)
         # Records whose TTL ran out while the server was down go now, with their files.
         self.expire(now)
-        return count
+        return count, requeued
 
     def _checked(self, record: JobRecord) -> JobRecord:
         """A loaded succeeded record, its output kept only if it names the file this server
@@ -209,6 +225,8 @@ class JobRegistry:
         if self.journal is not None:
             self.journal.forget(job.id)
         record = job.record
+        if record.media:
+            self.inputs.delete(job.id)
         if record.output_file is not None and record.output_path is None:
             self.store.delete_behind(Path(record.output_file))  # queued after its own write-behind
         elif record.output_file is not None:

@@ -16,26 +16,29 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from para_attn_server.engine.dispatcher import Dispatcher
-from para_attn_server.engine.observers import JobObserver, JobObservers
+from para_attn_server.engine.inputs import Fetch, InputResolver
+from para_attn_server.engine.observers import EventStreams, JobObserver, JobObservers
 from para_attn_server.engine.registry import FILE_TYPE, Job, JobEvent, JobRegistry
 from para_attn_server.engine.saver import OutputSaver
 from para_attn_server.engine.supervisor import supervise
-from para_attn_server.errors import IdConflictError, JournalError, LimitError, NotReadyError, QueueFullError
+from para_attn_server.errors import IdConflictError, JournalError, NotReadyError, QueueFullError
 from para_attn_server.plugin.manager import version
 from para_attn_server.records import TERMINAL, JobRecord, JobState, public_error
 from para_attn_server.schema import OUTPUT_PATH
 from para_attn_server.settings import JobSettings
+from para_attn_server.storage.inputs import InputGoneError
 from para_attn_server.storage.outputs import Held, OutputCache
 from para_attn_server.views import JobView, MetricsSnapshot, RankRow, ServerStatus, job_view
 
 if TYPE_CHECKING:
     from para_attn_server.engine.contract import Group
+    from para_attn_server.media import MediaInfo
     from para_attn_server.plugin.manager import Plugins
     from para_attn_server.predictor import Predictor
     from para_attn_server.schema import InputSchema
@@ -56,6 +59,7 @@ class JobService:
         schema: InputSchema,
         settings: JobSettings,
         journal: JobJournal | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
         self.groups = list(groups)
         self.journal = journal
@@ -69,6 +73,7 @@ class JobService:
         self.saver = OutputSaver(store, self.outputs, predictor.replies_with_output_path, self._settled)
         self.jobs = self.registry.jobs
         self.previews = self.registry.previews  # each job's latest (step, jpeg)
+        self.media = InputResolver(schema.media_fields, settings, fetch, self.registry, self.outputs, store)
         self.queue: deque[Job] = deque()
         self.accepting = False  # True once the first setup succeeded, until draining
         self.started = False
@@ -77,7 +82,7 @@ class JobService:
         self.run_seconds_ewma: float | None = None
         self.dispatcher: Dispatcher[Job] = Dispatcher(self.groups, self.queue, self._execute)
         self._tasks: list[asyncio.Task[None]] = []
-        self._streams = 0  # event streams open
+        self.streams = EventStreams(settings)
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
         self.observers = JobObservers(plugins)
 
@@ -89,8 +94,12 @@ class JobService:
     # ---- lifecycle --------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Load the jobs an earlier run of the server recorded (see ``JobRegistry``)."""
-        return self.registry.recover(time.time())
+        """Load the jobs an earlier run of the server recorded and queue again those it left
+        unfinished (see ``JobRegistry``); how many were loaded."""
+        count, requeued = self.registry.recover(time.time())
+        self.queue.extend(requeued)
+        self.registry.inputs.sweep(set(self.jobs))
+        return count
 
     async def start(self) -> None:
         """First start of every worker group; raises ``SetupError`` if any fails."""
@@ -136,9 +145,12 @@ class JobService:
 
     # ---- client operations ------------------------------------------------------------
 
-    def submit(self, inputs: dict[str, Any], job_id: str | None = None) -> tuple[Job, bool]:
+    def submit(
+        self, inputs: dict[str, Any], job_id: str | None = None, media: tuple[MediaInfo, ...] = ()
+    ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). An existing id with the same inputs returns
-        that job (idempotent submit); with other inputs it is an IdConflictError."""
+        that job (idempotent submit); with other inputs it is an IdConflictError. ``media``:
+        what its input pictures are (``accept`` stores their bytes first)."""
         fingerprint = self._encoder.encode(inputs)
         if job_id is not None:
             existing = self.jobs.get(job_id)
@@ -162,6 +174,7 @@ class JobService:
             created_at=time.time(),
             output_path=inputs.get(OUTPUT_PATH),
             output_file=output_file,
+            media=media,
         )
         job = self.registry.add(record)
         self.queue.append(job)
@@ -173,7 +186,14 @@ class JobService:
     async def accept(self, inputs: dict[str, Any], job_id: str | None = None) -> tuple[Job, bool]:
         """``submit``, answered once the job's record is committed to the journal, so a
         job a client was told about survives a crash right after the answer."""
-        job, created = self.submit(inputs, job_id)
+        media: tuple[MediaInfo, ...] = ()
+        if self.media.wants(inputs):  # pictures: checked and on disk before the job exists
+            inputs, job_id, media = await self.media.admit(inputs, job_id)
+        try:
+            job, created = self.submit(inputs, job_id, media)
+        except BaseException:
+            self.media.discard(job_id, media)  # a job that was not queued keeps no inputs
+            raise
         if self.journal is not None:
             try:
                 await self.journal.committed()
@@ -231,22 +251,7 @@ class JobService:
     def subscribe(self, job: Job) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[JobEvent]]:
         """A queue of the job's events while the context lasts; LimitError when too many
         streams are open (in all, or for this job)."""
-        if self._streams >= self.settings.max_event_streams:
-            raise LimitError(f"too many event streams open ({self._streams})", self.retry_after())
-        if len(job.subscribers) >= self.settings.max_event_streams_per_job:
-            raise LimitError(f"too many event streams open for this job ({len(job.subscribers)})", 1)
-        return self._subscription(job)
-
-    @contextlib.asynccontextmanager
-    async def _subscription(self, job: Job) -> AsyncIterator[asyncio.Queue[JobEvent]]:
-        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
-        job.subscribers.append(queue)
-        self._streams += 1
-        try:
-            yield queue
-        finally:
-            self._streams -= 1
-            job.subscribers.remove(queue)
+        return self.streams.open(job, self.retry_after())
 
     def view(self, job: Job) -> JobView:
         position = None
@@ -317,7 +322,7 @@ class JobService:
         meanwhile must not look for it in the queue), and what it returns runs it."""
         job.record = job.record.evolve(state=JobState.RUNNING, started_at=time.time(), group=group.index)
         # Not journaled: a job the server lost while it ran recovers exactly as a queued one
-        # ("server restarted"), so this would be a transaction per job for nothing.
+        # (queued again), so this would be a transaction per job for nothing.
         self._changed(job, journal=False)
         return self._run(job, group)
 
@@ -332,10 +337,13 @@ class JobService:
             self.observers.notify("progress", job.record)
 
         try:
+            media = await self.media.read(job.record)
             inputs = self.schema.rank_inputs(job.record.inputs)
             on_preview = functools.partial(self.registry.preview, job)
-            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress, on_preview)
+            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress, on_preview, media)
             await self._complete(job, outcome)
+        except InputGoneError as exc:
+            self._finish(job, JobState.FAILED, str(exc))
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("job %s: internal error", job.id)
             self._finish(job, JobState.FAILED, f"internal server error: {type(exc).__name__}")

@@ -63,4 +63,5 @@ def create_app(
     # The body decoder refuses unknown fields; say so in the document too.
     closed = None if service.schema.accepts_extra else service.schema.type.__name__
     openapi.finish(app, api_key=bool(api_key), closed_body=closed)
+    openapi.mark_media(app, service.schema.type.__name__, service.schema.media_fields)
     return app

@@ -32,6 +32,7 @@ from litestar.openapi.spec import (
 from litestar.routes import HTTPRoute
 
 from para_attn_server.http.schemas import ErrorBody
+from para_attn_server.media import MediaField
 from para_attn_server.plugin.manager import version
 
 RETRY_AFTER = OpenAPIHeader(
@@ -63,6 +64,7 @@ class Doc:
     headers: dict[str, dict[str, OpenAPIHeader]] = field(default_factory=dict)
     content: dict[str, dict[str, Schema]] = field(default_factory=dict)
     request_body: RequestBody | None = None
+    inputs_body: bool = False  # the request schema, as JSON or as a multipart form (file parts for pictures)
 
 
 def spec(container: Any, description: str, media_type: str = "application/json") -> ResponseSpec:
@@ -137,6 +139,8 @@ def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
                 if operation is None:
                     continue
                 _apply(operation, doc)
+                if doc.inputs_body and closed_body:
+                    operation.request_body = _inputs_body(closed_body)
                 if public:
                     operation.security = []
                 elif api_key and operation.responses is not None:
@@ -144,6 +148,39 @@ def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
     schemas = document.components.schemas or {} if document.components else {}
     if closed_body and closed_body in schemas:
         schemas[closed_body].additional_properties = False
+
+
+def mark_media(app: Litestar, body: str, fields: dict[str, MediaField]) -> None:
+    """Mark the request schema's picture fields with standard JSON Schema keywords (Litestar
+    drops msgspec's ``extra_json_schema``): ``format`` "image", "mask" or "video" and a
+    ``contentMediaType``, on the string itself (inside a list's items, beside null)."""
+    components = app.openapi_schema.components
+    schema = (components.schemas or {}).get(body) if components else None
+    if schema is None or not schema.properties:
+        return
+    for name, spec in fields.items():
+        node = schema.properties.get(name)
+        for string in _strings(node):
+            string.format = spec.kind  # type: ignore[assignment]  # JSON Schema's format is open-ended
+            string.content_media_type = "video/*" if spec.kind == "video" else "image/*"
+
+
+def _strings(node: Any) -> list[Schema]:
+    if not isinstance(node, Schema):
+        return []
+    if node.type == OpenAPIType.STRING:
+        return [node]
+    return [found for child in [node.items, *(node.one_of or []), *(node.any_of or [])] for found in _strings(child)]
+
+
+def _inputs_body(name: str) -> RequestBody:
+    inputs = Reference(ref=f"#/components/schemas/{name}")
+    return RequestBody(
+        required=True,
+        description="The job's inputs: JSON (pictures as data: URLs, base64, allowed URLs or job:<id>), or a "
+        "multipart form whose file parts are the pictures and whose text parts are the other fields",
+        content={media: OpenAPIMediaType(schema=inputs) for media in ("application/json", "multipart/form-data")},
+    )
 
 
 def _apply(operation: Any, doc: Doc) -> None:

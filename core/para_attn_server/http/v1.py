@@ -15,7 +15,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from para_attn_server.engine.registry import Job
 from para_attn_server.errors import InputError
-from para_attn_server.http.bodies import INPUTS, Inputs
+from para_attn_server.http.bodies import INPUTS, SUBMISSION, Inputs
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.errors import Conflict
 from para_attn_server.http.openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
@@ -52,9 +52,13 @@ class JobsController(Controller):
         "and a job that succeeds within `wait`, the answer is the output bytes themselves, with an X-Job-Id header.",
         responses={201: spec(JobView, "Queued (or ended, with wait)"), **SUBMIT_ERRORS, **errors(410)},
         opt={
-            "openapi": Doc(headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}}, content={"201": {"*/*": BINARY}})
+            "openapi": Doc(
+                headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}},
+                content={"201": {"*/*": BINARY}},
+                inputs_body=True,
+            )
         },
-        dependencies=INPUTS,
+        dependencies=SUBMISSION,
     )
     async def create_job(
         self, request: Request[Any, Any, Any], service: Service, inputs: Inputs, wait: WaitSeconds = 0

@@ -12,7 +12,8 @@ a plugin module is found through the ``para_attn_server`` entry-point group::
 Every plugin
     ``hookimpl`` (mark hook implementations; also ``para_attn_server.hookimpl``),
     ``version()`` (the server's version), ``secret_from_file(path)`` (a secret setting kept
-    out of ``ps``: a file's first line, as ``--api-key-file`` reads it).
+    out of ``ps``: a file's first line, as ``--api-key-file`` reads it), ``parse_host(entry,
+    setting)`` (an allow-list entry, ``HOST`` or ``HOST:PORT``, as (host, port or None)).
 
 Executor plugins (``register_executors``)
     ``Executor`` (the contract to subclass), ``RankSpec`` (what each rank gets) and
@@ -50,6 +51,7 @@ from para_attn_server.plugin.markers import hookimpl
 if TYPE_CHECKING:
     from para_attn_server.cluster.spec import agent_command
     from para_attn_server.engine.registry import Job
+    from para_attn_server.hosts import parse_host
     from para_attn_server.http.bodies import invalid
     from para_attn_server.http.dependencies import JobsDependency
     from para_attn_server.http.errors import HANDLERS as ERROR_HANDLERS
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "version": "para_attn_server.plugin.manager:version",
     "secret_from_file": "para_attn_server.settings:secret_from_file",
+    "parse_host": "para_attn_server.hosts:parse_host",
     # executor plugins
     "Executor": "para_attn_server.workers.executor:Executor",
     "RankSpec": "para_attn_server.workers.executor:RankSpec",
@@ -122,6 +125,7 @@ __all__ = [
     "job_view",
     "listening_socket",
     "output_response",
+    "parse_host",
     "rank_main",
     "secret_from_file",
     "spec",

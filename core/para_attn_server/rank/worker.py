@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from para_attn_server.errors import JobCancelled
 from para_attn_server.legacy import as_predictor
+from para_attn_server.media import decode_inputs
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import JobContext, Output, RankContext, running
 from para_attn_server.protocol import (
@@ -244,7 +245,7 @@ class RankWorker:
         # would be read as another job's.
         self.decisions.begin_job()
         try:
-            inputs = self.schema.convert(message.inputs)
+            inputs = decode_inputs(self.schema.convert(message.inputs), self.schema.media_fields, message.media)
             decider = StepDecider(job_id, self.rank, self.link, self.decisions)
             previews = functools.partial(self.previews.submit, job_id) if self.rank == 0 else None
             job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider, previews)

@@ -1,6 +1,6 @@
 """Job records on disk (SQLite under the output directory), so a restarted server still
 knows its jobs: finished outputs stay downloadable until their TTL, and jobs that were
-queued or running when the server stopped report failed with 'server restarted'.
+queued or running when the server stopped are queued again (see ``JobRegistry.recover``).
 
 Writes are group commits: everything recorded during one turn of the event loop goes in
 one transaction at the next turn (no timer), so an idle server commits at once and a busy

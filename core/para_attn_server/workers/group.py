@@ -188,6 +188,7 @@ class WorkerGroup:
         timeout: float | None,
         on_progress: ProgressCallback,
         on_preview: PreviewCallback | None = None,
+        media: dict[str, bytes] | None = None,
     ) -> JobOutcome:
         """Run one job on every rank and return how it ended. Never raises for job faults:
         a fault fails the job with its reason and leaves the group FAULTED."""
@@ -197,7 +198,7 @@ class WorkerGroup:
         running = self._running = RunningJob(job_id, on_progress, on_preview)
         self.state = GroupState.BUSY
         try:
-            self._send_all(RunJob(job_id, inputs))  # the same frame, in the same order, to every rank
+            self._send_all(RunJob(job_id, inputs, media or {}))  # the same frame, in the same order, to every rank
             deadline = None if timeout is None else loop.time() + timeout
             while not running.decided.done():
                 waits = [] if deadline is None else [deadline - loop.time()]

@@ -3,14 +3,18 @@ so the official ``openai`` SDK (and tools that speak it) generate with this serv
 
 - ``POST /v1/images/generations`` for predictors whose ``predict`` takes a ``prompt``:
   ``n`` jobs (``--max-n``), ``size`` -> width/height, ``response_format`` b64_json or url;
-- ``/v1/videos`` for video predictors (``prompt``, ``num_frames`` and ``fps``: ``wan``);
+- ``POST /v1/images/edits`` (a multipart form): the same, with the ``image`` part(s) and
+  ``mask`` as the predictor's picture fields (``image``, ``mask_image``);
+- ``/v1/videos`` for video predictors (``prompt``, ``num_frames`` and ``fps``: ``wan``), an
+  ``input_reference`` as the predictor's ``image``;
 - ``GET /v1/models``: the served model under its ``--model`` name.
 
 Jobs go through the app's ``Jobs`` (``para_attn_server.plugin``) as every route's do (same
 checks, same queue), and any field of the predictor's ``predict`` is accepted beside
 OpenAI's (the SDK's ``extra_body``). Errors are in OpenAI's shape (``errors``). Modules by
-role: ``mapping`` (fields, no HTTP), ``schemas`` (bodies), ``images``, ``videos``,
-``models`` (controllers), ``errors``, ``context`` (what handlers share), ``settings``.
+role: ``mapping`` (fields, no HTTP), ``schemas`` (bodies), ``forms`` (JSON or form bodies,
+file parts as bytes), ``images``, ``videos``, ``models`` (controllers), ``errors``,
+``context`` (what handlers share), ``settings``.
 """
 
 from __future__ import annotations

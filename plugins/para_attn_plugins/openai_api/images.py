@@ -1,5 +1,7 @@
-"""``POST /v1/images/generations``: ``n`` jobs of the served image predictor, submitted at
-once (they queue), answered when all succeeded as OpenAI's ``ImagesResponse``.
+"""``POST /v1/images/generations`` and ``POST /v1/images/edits``: ``n`` jobs of the served
+image predictor, submitted at once (they queue), answered when all succeeded as OpenAI's
+``ImagesResponse``. An edit is a multipart form (as the SDK sends it; JSON works too): its
+``image`` part(s) and ``mask`` go to the predictor's picture fields (``mapping.edit_media``).
 
 A job that fails ends the request at once: the others are cancelled and the answer is a
 500 with ``x-should-retry: false``, so the SDK (which retries a 500 twice by default) does
@@ -15,17 +17,41 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, post
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import JSONBody
 
-from para_attn_server.plugin import Job, JobsDependency, JobState, spec
+from para_attn_server.plugin import Doc, Job, Jobs, JobsDependency, JobState, spec
 
-from .context import Api
+from .context import Api, OpenAIContext
 from .errors import OpenAIError, responses
-from .mapping import image_inputs, size_of, split
-from .schemas import ImageData, ImageRequest, ImagesResponse
+from .forms import request_fields
+from .mapping import edit_inputs, image_inputs, openai_params, refuse_files, size_of, split, take_images
+from .schemas import ImageData, ImageEditRequest, ImageRequest, ImagesResponse
 
 log = logging.getLogger("para_attn_plugins.openai_api")
 NO_RETRY = {"x-should-retry": "false"}
+_TEXT = Schema(type=OpenAPIType.STRING)
+_FILE = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+_EDIT_FIELDS = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["image", "prompt"],
+    properties={
+        "image": Schema(
+            one_of=[_FILE, Schema(type=OpenAPIType.ARRAY, items=_FILE)],
+            description="The picture (PNG, JPEG, WebP); several as image[] for a predictor that takes a list",
+        ),
+        "mask": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description="For the mask_image field"),
+        "prompt": _TEXT,
+        "model": _TEXT,
+        "n": Schema(type=OpenAPIType.INTEGER, minimum=1),
+        "size": Schema(type=OpenAPIType.STRING, description='"WIDTHxHEIGHT" or "auto"'),
+        "response_format": Schema(type=OpenAPIType.STRING, enum=["b64_json", "url"]),
+        "output_format": Schema(type=OpenAPIType.STRING, enum=["png", "jpeg", "webp"]),
+    },
+    additional_properties=True,
+    description="OpenAI's fields; any field of POST /v1/jobs (strength, seed, num_inference_steps, ...) beside them",
+)
+EDIT_BODY = RequestBody(content={"multipart/form-data": OpenAPIMediaType(schema=_EDIT_FIELDS)}, required=True)
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, the log does
 
 
@@ -46,29 +72,69 @@ class ImagesController(Controller):
     ) -> ImagesResponse:
         # ``data``: Litestar checks and documents OpenAI's fields; the body is read again
         # whole, with the predictor's fields beside them.
-        if not api.fields.makes_images:
-            why = "makes videos: use /v1/videos" if api.fields.makes_videos else "takes no prompt"
-            raise OpenAIError(404, f"the served model ({api.served}) {why}")
-        request_fields, extras = split(msgspec.json.decode(await request.body()), ImageRequest, api.fields)
-        planned = image_inputs(request_fields, extras, api.fields, api.served, api.settings.max_n, api.rng)
-        inputs = [api.checked(each, request_fields.size) for each in planned]
-        submitted: list[Job] = []
-        try:
-            for each in inputs:
-                submitted.append((await jobs.accept(each))[0])
-            ids = " ".join(job.id for job in submitted)
-            log.info("POST /v1/images/generations: %d job(s): %s", len(submitted), ids)
-            await wait_all(submitted, request)
-        finally:
-            for job in submitted:  # the rest, when one failed or the client went away; no-op for ended jobs
-                jobs.cancel(job.id)
-        if request_fields.response_format == "url":
-            base = str(request.base_url).rstrip("/")
-            items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in submitted]
-        else:
-            items = [ImageData(b64_json=await api.output_base64(job)) for job in submitted]
-        first = submitted[0].record
-        return ImagesResponse(int(time.time()), items, first.file_type, size_of(first.inputs))
+        _require_images(api)
+        fields, extras = split(msgspec.json.decode(await request.body()), ImageRequest, api.fields)
+        planned = image_inputs(fields, extras, api.fields, api.served, api.settings.max_n, api.rng)
+        inputs = [api.checked(each, fields.size) for each in planned]
+        return await run_images(request, jobs, api, inputs, fields.response_format, "generations")
+
+    @post(
+        "/edits",
+        status_code=200,
+        summary="Edit images (OpenAI's images API)",
+        description="A multipart form: image (one part, or several as image[] for a predictor whose image field "
+        "is a list), optional mask, prompt, n, size, response_format, ... The pictures go to the predictor's image "
+        "and mask_image fields; n jobs (seeds seed, seed+1, ...), answered once all succeeded. Fields of "
+        "POST /v1/jobs (strength, seed, ...) are accepted beside OpenAI's.",
+        responses={200: spec(ImagesResponse, "The images"), **responses(400, 404, 410, 413, 429, 500, 503)},
+        opt={"openapi": Doc(request_body=EDIT_BODY)},
+    )
+    async def edit_images(self, request: Request[Any, Any, Any], jobs: JobsDependency, api: Api) -> ImagesResponse:
+        _require_images(api)
+        body, form = await request_fields(request)
+        images, mask = take_images(body), body.pop("mask", None)
+        fields, extras = split(body, ImageEditRequest, api.fields, form=form)
+        refuse_files(extras, api.fields)
+        planned, names = edit_inputs(
+            fields, images, mask, extras, api.fields, api.served, api.settings.max_n, api.rng
+        )  # fmt: skip
+        with openai_params(names):
+            inputs = [api.checked(each, fields.size, form=form) for each in planned]
+            return await run_images(request, jobs, api, inputs, fields.response_format, "edits")
+
+
+def _require_images(api: OpenAIContext) -> None:
+    if not api.fields.makes_images:
+        why = "makes videos: use /v1/videos" if api.fields.makes_videos else "takes no prompt"
+        raise OpenAIError(404, f"the served model ({api.served}) {why}")
+
+
+async def run_images(
+    request: Request[Any, Any, Any],
+    jobs: Jobs,
+    api: OpenAIContext,
+    inputs: list[dict[str, Any]],
+    response_format: str | None,
+    route: str,
+) -> ImagesResponse:
+    """Submit the jobs of ``inputs``, wait until all succeeded, answer their images."""
+    submitted: list[Job] = []
+    try:
+        for each in inputs:
+            submitted.append((await jobs.accept(each))[0])
+        ids = " ".join(job.id for job in submitted)
+        log.info("POST /v1/images/%s: %d job(s): %s", route, len(submitted), ids)
+        await wait_all(submitted, request)
+    finally:
+        for job in submitted:  # the rest, when one failed or the client went away; no-op for ended jobs
+            jobs.cancel(job.id)
+    if response_format == "url":
+        base = str(request.base_url).rstrip("/")
+        items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in submitted]
+    else:
+        items = [ImageData(b64_json=await api.output_base64(job)) for job in submitted]
+    first = submitted[0].record
+    return ImagesResponse(int(time.time()), items, first.file_type, size_of(first.inputs))
 
 
 async def wait_all(jobs: list[Job], request: Request[Any, Any, Any]) -> None:

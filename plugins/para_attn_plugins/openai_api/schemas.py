@@ -41,6 +41,15 @@ class ImageRequest(msgspec.Struct, kw_only=True):
     safety_identifier: str | None = None
 
 
+class ImageEditRequest(ImageRequest, kw_only=True):
+    """OpenAI's text fields of ``POST /v1/images/edits`` (a multipart form; its ``image`` and
+    ``mask`` parts are taken out before): those of a generation, and ``input_fidelity``
+    (accepted and ignored). Any field of the served predictor (``strength``, ``seed``, ...)
+    is accepted beside them."""
+
+    input_fidelity: str | None = None
+
+
 class VideoRequest(msgspec.Struct, kw_only=True):
     """OpenAI's fields of ``POST /v1/videos`` (JSON or multipart form). Any field of the
     served predictor (``num_inference_steps``, ``fps``, ``seed``, ...) is accepted beside them."""
@@ -52,7 +61,13 @@ class VideoRequest(msgspec.Struct, kw_only=True):
         msgspec.Meta(description="Length: frames = seconds x fps, to the nearest count the model accepts"),
     ] = None
     size: Annotated[str | None, msgspec.Meta(description='"WIDTHxHEIGHT" (the predictor\'s width and height)')] = None
-    input_reference: Annotated[Any, msgspec.Meta(description="Only for models with an image input")] = None
+    input_reference: Annotated[
+        Any,
+        msgspec.Meta(
+            description="A picture file (or {image_url}) the video starts from: for models whose predict "
+            "takes an image only"
+        ),
+    ] = None
 
 
 # ---- answers --------------------------------------------------------------------------

@@ -8,11 +8,11 @@ import msgspec
 
 
 class OpenAISettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The OpenAI-compatible API: /v1/images/generations, /v1/videos, /v1/models."""
+    """The OpenAI-compatible API: /v1/images/generations and /edits, /v1/videos, /v1/models."""
 
     max_n: Annotated[
         int,
-        msgspec.Meta(ge=1, le=64, description="most images one /v1/images/generations request may ask for (n)"),
+        msgspec.Meta(ge=1, le=64, description="most images one images request (generations, edits) may ask for (n)"),
     ] = 4
     video_poll_after_ms: Annotated[
         int,

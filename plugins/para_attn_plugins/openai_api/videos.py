@@ -5,7 +5,8 @@ its id is the job's id.
 (with ``openai-poll-after-ms`` while it runs: the SDK's ``videos.poll()`` waits that long),
 ``GET /v1/videos`` (``after``, ``limit``, ``order``), ``GET /v1/videos/{id}/content``
 (``variant=video``, or ``thumbnail``: the first frame as WebP, as OpenAI serves it) and
-``DELETE /v1/videos/{id}`` (cancels the job and forgets it).
+``DELETE /v1/videos/{id}`` (cancels the job and forgets it). An ``input_reference`` (a file
+part, or ``{"image_url": ...}``) is the predictor's ``image`` where it has one.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import asyncio
 import io
 from typing import Annotated, Any, Literal
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post, route
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter
 
 from para_attn_server import InputError
@@ -24,11 +24,11 @@ from para_attn_server.plugin import Doc, Job, JobsDependency, JobState, output_r
 
 from .context import Api, OpenAIContext
 from .errors import OpenAIError, responses
-from .mapping import split, video_inputs, video_object
+from .forms import request_fields
+from .mapping import fold_reference, openai_params, refuse_files, split, video_inputs, video_media_names, video_object
 from .schemas import Video, VideoDeleted, VideoList, VideoRequest
 
 POLL_HEADER = "openai-poll-after-ms"  # read by the SDK's videos.poll() (openai/resources/videos.py)
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 PageCursor = Annotated[str | None, QueryParameter(description="A page's last_id: the videos after it")]
 PageLimit = Annotated[int, QueryParameter(ge=1, le=100, description="At most this many videos")]
 Order = Annotated[Literal["asc", "desc"], QueryParameter(description="By creation time")]
@@ -40,7 +40,17 @@ _TEXT = Schema(type=OpenAPIType.STRING)
 _FIELDS = Schema(
     type=OpenAPIType.OBJECT,
     required=["prompt"],
-    properties={"prompt": _TEXT, "model": _TEXT, "seconds": _TEXT, "size": _TEXT},
+    properties={
+        "prompt": _TEXT,
+        "model": _TEXT,
+        "seconds": _TEXT,
+        "size": _TEXT,
+        "input_reference": Schema(
+            type=OpenAPIType.STRING,
+            format=OpenAPIFormat.BINARY,
+            description="A picture the video starts from, for models whose predict takes an image",
+        ),
+    },
     additional_properties=True,
     description="OpenAI's fields; any field of POST /v1/jobs (fps, num_inference_steps, seed, ...) beside them",
 )
@@ -76,10 +86,13 @@ class VideosController(Controller):
     )
     async def create_video(self, request: Request[Any, Any, Any], jobs: JobsDependency, api: Api) -> Response[Video]:
         _require_videos(api)
-        body, form = await _fields(request)
-        request_fields, extras = split(body, VideoRequest, api.fields)
-        inputs = video_inputs(request_fields, extras, api.fields, api.served, jobs.predictor)
-        job, _ = await jobs.accept(api.checked(inputs, request_fields.size, form=form))
+        body, form = await request_fields(request)
+        fold_reference(body)
+        fields, extras = split(body, VideoRequest, api.fields)
+        refuse_files(extras, api.fields)
+        inputs = video_inputs(fields, extras, api.fields, api.served, jobs.predictor)
+        with openai_params(video_media_names(fields, api.fields)):
+            job, _ = await jobs.accept(api.checked(inputs, fields.size, form=form))
         return _answer(api, job)
 
     @get(
@@ -170,20 +183,6 @@ def _answer(api: OpenAIContext, job: Job) -> Response[Video]:
     video = video_object(job.record, api.served, api.result_ttl)
     running = video.status in ("queued", "in_progress")
     return Response(video, headers={POLL_HEADER: str(api.settings.video_poll_after_ms)} if running else None)
-
-
-async def _fields(request: Request[Any, Any, Any]) -> tuple[dict[str, Any], bool]:
-    """The request's fields, and whether they came as a form (text values to convert)."""
-    if request.headers.get("content-type", "").startswith(FORM_TYPES):
-        form = await request.form()
-        return dict(form.items()), True
-    try:
-        body = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError:
-        raise InputError("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InputError("a JSON object (or a multipart form) is required as the request body")
-    return body, False
 
 
 def first_frame(mp4: bytes) -> bytes:

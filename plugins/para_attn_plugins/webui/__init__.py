@@ -3,7 +3,9 @@
 The page is plain HTML, CSS and JavaScript under ``static/`` (no build step, nothing
 loaded from another host, so it works offline). It builds its form from the server's
 OpenAPI document, follows a job through ``/v1/jobs/{id}/events`` and shows the output.
-``/`` answers the page; ``/ui/...`` its scripts and styles.
+``/`` answers the page; ``/ui/...`` its scripts and styles. A picture or video field is a
+file picker (a drop or a paste too) whose file goes in the JSON body as a ``data:`` URL;
+"Use as input" puts a finished job's image in the form as ``job:<id>``.
 
 With ``--api-key`` the page asks for the key once, keeps it in the browser's session
 storage, and sends it as ``Authorization: Bearer`` on every request, the event stream

@@ -34,13 +34,14 @@ def test_importing_the_client_loads_nothing_of_the_server() -> None:
     # Here, where the server and torch are installed: they could be imported, and are not.
     code = (
         "import json, sys\n"
-        "import para_attn_client, para_attn_client.cli, para_attn_client.generate\n"
+        "import para_attn_client, para_attn_client.cli, para_attn_client.generate, para_attn_client.media\n"
         "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
     )
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                            text=True, timeout=60).stdout))  # fmt: skip
 
     assert loaded & (SERVER_ONLY | {"para_attn_server", "para_attn_plugins", "para_attn_predictors"}) == set()
+    assert "PIL" not in loaded  # pictures are sent as bytes; a PIL image only needs its own save()
 
 
 def test_para_attn_server_client_is_the_same_client() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from para_attn_client import cli
-from para_attn_client.generate import main, parse_param
+from para_attn_client.generate import Param, _inputs, main, parse_param
 
 PREFIX = "para-attn-client generate: error: "
 
@@ -34,10 +34,10 @@ PREFIX = "para-attn-client generate: error: "
     ],
 )
 def test_param_values_are_json_when_they_parse_else_text(text: str, expected: tuple[str, object]) -> None:
-    assert parse_param(text) == expected
+    assert parse_param(text) == Param(*expected)
 
 
-@pytest.mark.parametrize("text", ["seed", "=7", " =7"])
+@pytest.mark.parametrize("text", ["seed", "=7", " =7", "+=7"])
 def test_a_param_without_a_key_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=VALUE"):
         parse_param(text)
@@ -47,7 +47,10 @@ def test_a_param_without_a_key_is_refused(text: str) -> None:
     ("argv", "message"),
     [
         (["http://127.0.0.1:9", "-p", "seed"], "argument -p/--param: expected KEY=VALUE, got 'seed'"),
-        (["http://127.0.0.1:9", "-p", "seed=1", "-p", "seed=2"], "-p seed: given twice"),
+        (
+            ["http://127.0.0.1:9", "-p", "seed=1", "-p", "seed=2"],
+            "-p seed: given twice (to send a list: -p seed+=VALUE, repeated)",
+        ),
         (["ftp://127.0.0.1:9"], "URL: expected http://HOST:PORT, got 'ftp://127.0.0.1:9'"),
         (["http://"], "URL: expected http://HOST:PORT, got 'http://'"),
         ([], "the following arguments are required: URL"),
@@ -99,3 +102,58 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# ---- files and lists --------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("image=@cat.png", Param("image", Path("cat.png"))),
+        ("image=@dir/a b.png", Param("image", Path("dir/a b.png"))),
+        ("image=@~/cat.png", Param("image", Path.home() / "cat.png")),
+        ("prompt=@@home", Param("prompt", "@home")),  # @@: text that starts with @
+        ('prompt="@home"', Param("prompt", "@home")),  # so does JSON text
+        ("image=job:6f1f0c1e-8c3a-4c8e-9a53-0d6f2a1b9e11", Param("image", "job:6f1f0c1e-8c3a-4c8e-9a53-0d6f2a1b9e11")),
+        ("image=https://example.com/cat.png", Param("image", "https://example.com/cat.png")),
+        ("images+=@a.png", Param("images", Path("a.png"), append=True)),
+        ("tags+=7", Param("tags", 7, append=True)),
+    ],
+)
+def test_at_file_is_a_file_and_plus_equals_adds_to_a_list(text: str, expected: Param) -> None:
+    assert parse_param(text) == expected
+
+
+def test_files_are_read_before_the_job_is_sent_and_lists_collect_their_items(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "b.png").write_bytes(PNG + b"b")
+    params = [
+        parse_param(f"image=@{tmp_path / 'a.png'}"),
+        parse_param(f"images+=@{tmp_path / 'a.png'}"),
+        parse_param(f"images+=@{tmp_path / 'b.png'}"),
+        parse_param("images+=job:x"),
+        parse_param("prompt=a cat"),
+    ]
+    assert _inputs(params) == {"image": PNG, "images": [PNG, PNG + b"b", "job:x"], "prompt": "a cat"}
+    assert _inputs([parse_param('tags=["a"]'), parse_param("tags+=b")]) == {"tags": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-p", "image=@missing.png"], "-p image: cannot read 'missing.png': No such file or directory"),
+        (["-p", "image=@"], "argument -p/--param: image: expected @FILE, got '@' alone (a literal '@' is '@@')"),
+        (["-p", "image=@."], "-p image: cannot read '.': Is a directory"),
+        (["-p", "image=a", "-p", "image=b"], "-p image: given twice (to send a list: -p image+=VALUE, repeated)"),
+        (["-p", "seed=1", "-p", "seed+=2"], "-p seed+=: seed is not a list"),
+    ],
+)
+def test_a_file_that_cannot_be_read_is_a_usage_error_before_anything_is_sent(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["http://127.0.0.1:9", *argv]) == 2  # port 9: nothing is sent there
+    assert capsys.readouterr().err == f"{PREFIX}{message}\n"

@@ -4,18 +4,22 @@
 // of jobs. Every request carries the API key, if the server wants one, as a header: the
 // event stream is read with fetch() (EventSource cannot send headers), and outputs and
 // previews are fetched as blobs, so the key never goes into a URL (nor into a log).
+// A picture or video field (its schema says so with contentMediaType and its kind as format)
+// is a file picker that also takes a drop or a paste; the file goes in the JSON
+// body as a data: URL, and "Use as input" puts a finished job's image there as job:<id>.
 
 const KEY = "para-attn-server.api-key";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 // A path on the server, and where the server posts the job's events (the webhooks plugin):
 // the server's own fields, not the model's, and not a browser's business.
 const SKIPPED = new Set(["output_path", "webhook", "webhook_events_filter"]);
+const MEDIA_KINDS = new Set(["image", "mask", "video"]);
 const LIST_LIMIT = 20;
 const REFRESH_MS = 2000;
 const $ = (id) => document.getElementById(id);
 
 const page = {
-  fields: new Map(), // name -> {kind, nullable, required, input, error}
+  fields: new Map(), // name -> {kind, nullable, required, input, error, media?, values?, thumbs?}
   job: null, // the job view shown
   stream: null, // AbortController of the shown job's event stream
   cancelling: null, // id of the job whose cancel was sent
@@ -136,7 +140,26 @@ function flatten(doc, schema) {
   return { ...merged, nullable };
 }
 
-function kindOf(schema) {
+// The kind of picture or video a string schema takes ("image", "mask", "video"), or null.
+function mediaMark(schema) {
+  const mark = schema.contentMediaType ? schema.format : undefined;
+  return MEDIA_KINDS.has(mark) ? mark : null;
+}
+
+// {kind, many, accept} for a picture or video field (one, or a list of them), else null.
+function mediaOf(doc, schema) {
+  const one = mediaMark(schema);
+  if (one) return { kind: one, many: false, accept: schema.contentMediaType };
+  if (schema.type === "array" && schema.items) {
+    const item = flatten(doc, schema.items);
+    const kind = mediaMark(item);
+    if (kind) return { kind, many: true, accept: item.contentMediaType };
+  }
+  return null;
+}
+
+function kindOf(schema, media) {
+  if (media) return "media";
   if (schema.enum) return "enum";
   return ["string", "integer", "number", "boolean"].includes(schema.type) ? schema.type : "json";
 }
@@ -144,8 +167,13 @@ function kindOf(schema) {
 // Bounds such as 2**63 - 1 lose their last digits as JS numbers: show them rounded.
 const number = (n) => (Math.abs(n) >= 1e15 ? n.toExponential(2) : String(n));
 
-function limits(schema, kind) {
+function limits(schema, kind, media) {
   const parts = [];
+  if (media) {
+    const what = media.kind === "video" ? "a video" : media.kind === "mask" ? "a mask picture" : "a picture";
+    const files = media.many ? `${what}, or several` : what;
+    return `${files}: choose a file, drop it here or paste it`;
+  }
   if (kind === "enum") parts.push(`one of ${schema.enum.join(", ")}`);
   else if (kind === "json") parts.push(`JSON (${schema.type || "any"})`);
   else parts.push(kind === "string" ? "text" : kind);
@@ -192,6 +220,141 @@ function makeInput(name, schema, kind) {
   return input;
 }
 
+// ---- picture and video fields ---------------------------------------------------------
+
+// The file picker of a media field, in a zone that also takes a dropped or pasted file,
+// with a thumbnail of each value and a Clear button.
+function makeMediaInput(name, media, field) {
+  const zone = document.createElement("div");
+  zone.className = "media-zone";
+  zone.id = `zone-${name}`;
+  zone.tabIndex = 0; // focusable, so a paste can target it
+  const input = document.createElement("input");
+  input.type = "file";
+  input.accept = media.kind === "video" ? "video/*,image/gif" : media.accept || "image/*";
+  input.multiple = media.many;
+  const thumbs = document.createElement("div");
+  thumbs.className = "thumbs";
+  thumbs.id = `thumbs-${name}`;
+  const clear = document.createElement("button");
+  clear.type = "button";
+  clear.className = "clear";
+  clear.id = `clear-${name}`;
+  clear.textContent = "Clear";
+  clear.hidden = true;
+  clear.setAttribute("aria-label", `Clear ${name}`);
+  zone.append(input, thumbs, clear);
+  Object.assign(field, { input, zone, thumbs, clear, media, values: [] });
+
+  input.addEventListener("change", () => run(() => addFiles(field, [...input.files])));
+  clear.addEventListener("click", () => setMedia(field, []));
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    run(() => addFiles(field, [...(event.dataTransfer?.files || [])]));
+  });
+  return zone;
+}
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// Files chosen, dropped or pasted: each sent as a data: URL (a list field keeps adding).
+async function addFiles(field, files) {
+  if (!files.length) return;
+  const chosen = field.media.many ? files : files.slice(0, 1);
+  const values = [];
+  for (const file of chosen) {
+    const value = await readAsDataUrl(file);
+    values.push({ value, url: URL.createObjectURL(file), type: file.type, label: file.name });
+  }
+  setMedia(field, field.media.many ? [...field.values, ...values] : values);
+  field.input.value = ""; // the values are kept here; choosing the same file again still fires
+}
+
+// A media field's values: each {value (what the body sends), url (its thumbnail), type, label}.
+function setMedia(field, values) {
+  for (const old of field.values) if (!values.includes(old)) URL.revokeObjectURL(old.url);
+  field.values = values;
+  field.error.textContent = "";
+  field.input.removeAttribute("aria-invalid");
+  field.thumbs.replaceChildren(...values.map((item) => thumbnail(item, field.media.kind)));
+  field.clear.hidden = values.length === 0;
+}
+
+function thumbnail(item, kind) {
+  const figure = document.createElement("figure");
+  figure.className = "thumb";
+  const video = kind === "video" && !(item.type || "").startsWith("image/");
+  const element = document.createElement(video ? "video" : "img");
+  element.src = item.url;
+  if (video) element.muted = true;
+  else element.alt = item.label;
+  const caption = document.createElement("figcaption");
+  caption.textContent = item.label;
+  figure.append(element, caption);
+  return figure;
+}
+
+// The media field a file of this type goes to when it is pasted outside any field: the
+// one that holds the focus, else the first empty one of its kind, else the first of its kind.
+function pasteTarget(type) {
+  const fields = [...page.fields.values()].filter((field) => field.media);
+  const focused = fields.find((field) => field.zone.contains(document.activeElement));
+  if (focused) return focused;
+  const video = type.startsWith("video/");
+  const fits = fields.filter((field) => (field.media.kind === "video") === video);
+  return fits.find((field) => field.values.length === 0) || fits[0] || null;
+}
+
+document.addEventListener("paste", (event) => {
+  const files = [...(event.clipboardData?.files || [])];
+  if (!files.length || $("main").hidden) return;
+  // Text pasted into a text field stays text there, even when the clipboard holds a picture too.
+  const typing = document.activeElement?.matches("textarea, input:not([type=file])");
+  if (typing && event.clipboardData.types.includes("text/plain")) return;
+  const field = pasteTarget(files[0].type || "");
+  if (!field) return;
+  event.preventDefault();
+  run(() => addFiles(field, files));
+});
+
+// A file dropped beside a field would make the browser open it, leaving the page.
+for (const type of ["dragover", "drop"]) {
+  document.addEventListener(type, (event) => {
+    if (event.dataTransfer?.types.includes("Files")) event.preventDefault();
+  });
+}
+
+// The first field that takes a picture (named "image" first, as diffusers names it).
+function imageField() {
+  const fields = [...page.fields.entries()].filter(([, field]) => field.media?.kind === "image");
+  const named = fields.find(([name]) => name === "image");
+  return (named || fields[0] || [])[1] || null;
+}
+
+// "Use as input": the job's output (already fetched) as job:<id> in the first picture field.
+function useAsInput(view, blob) {
+  const field = imageField();
+  if (!field) return;
+  const label = `job ${view.id.slice(0, 8)}`;
+  const item = { value: `job:${view.id}`, url: URL.createObjectURL(blob), type: blob.type, label };
+  setMedia(field, field.media.many ? [...field.values, item] : [item]);
+  field.zone.scrollIntoView({ block: "nearest" });
+  field.zone.focus();
+}
+
 function buildForm(doc) {
   const operation = doc.paths["/v1/jobs"].post;
   const body = resolve(doc, operation.requestBody.content["application/json"].schema);
@@ -201,28 +364,34 @@ function buildForm(doc) {
   names.sort((a, b) => (b === "prompt") - (a === "prompt")); // the prompt first, the rest in order
   const container = $("fields");
   container.replaceChildren();
+  for (const field of page.fields.values()) if (field.media) setMedia(field, []);
   page.fields.clear();
   for (const name of names) {
     const schema = flatten(doc, body.properties[name]);
-    const kind = kindOf(schema);
+    const media = mediaOf(doc, schema);
+    const kind = kindOf(schema, media);
     const row = document.createElement("div");
     row.className = `field field-${kind}`;
     const label = document.createElement("label");
     label.htmlFor = `field-${name}`;
     label.textContent = name + (required.has(name) ? " (required)" : "");
-    const input = makeInput(name, schema, kind);
     const hint = document.createElement("small");
     hint.id = `hint-${name}`;
     hint.className = "hint";
-    hint.textContent = limits(schema, kind);
+    hint.textContent = limits(schema, kind, media);
     const error = document.createElement("p");
     error.id = `error-${name}`;
     error.className = "field-error error";
     error.setAttribute("role", "alert");
-    input.setAttribute("aria-describedby", `hint-${name} error-${name}`);
-    row.append(label, input, hint, error);
+    const field = { kind, nullable: schema.nullable, required: required.has(name), error };
+    const control = media ? makeMediaInput(name, media, field) : makeInput(name, schema, kind);
+    field.input ??= control;
+    field.input.id = `field-${name}`;
+    field.input.name = name;
+    field.input.setAttribute("aria-describedby", `hint-${name} error-${name}`);
+    row.append(label, control, hint, error);
     container.append(row);
-    page.fields.set(name, { kind, nullable: schema.nullable, required: required.has(name), input, error });
+    page.fields.set(name, field);
   }
 }
 
@@ -239,6 +408,12 @@ function collect() {
   const inputs = {};
   for (const [name, field] of page.fields) {
     const { kind, input } = field;
+    if (kind === "media") {
+      // Left out when empty: the server's default applies, or it names a required field.
+      const values = field.values.map((item) => item.value);
+      if (values.length) inputs[name] = field.media.many ? values : values[0];
+      continue;
+    }
     if (kind === "boolean") {
       inputs[name] = input.checked;
       continue;
@@ -268,7 +443,7 @@ function clearErrors() {
 }
 
 function showFieldError(name, message) {
-  const field = page.fields.get(name);
+  const field = page.fields.get(name.split("[")[0]); // images[1]: the second of a list
   field.error.textContent = message;
   field.input.setAttribute("aria-invalid", "true");
   field.input.focus();
@@ -296,7 +471,7 @@ async function submit() {
       page.mine.set(body.id, body);
       watch(body);
       await refreshJobs();
-    } else if (response.status === 400 && page.fields.has(body.field)) {
+    } else if (response.status === 400 && page.fields.has(String(body.field).split("[")[0])) {
       showFieldError(body.field, body.error);
     } else {
       const retry = response.headers.get("Retry-After");
@@ -460,6 +635,16 @@ async function showOutput(view) {
   }
   $("result").replaceChildren(...(element ? [element] : []));
   $("result-caption").replaceChildren(info, link);
+  if (blob.type.startsWith("image/") && imageField()) {
+    const use = document.createElement("button");
+    use.type = "button";
+    use.id = "use-as-input";
+    use.className = "secondary";
+    use.textContent = "Use as input";
+    use.title = `Put job:${view.id} in the form's picture field`;
+    use.addEventListener("click", () => useAsInput(view, blob));
+    $("result-caption").append(" ", use);
+  }
   $("preview-box").hidden = true;
   $("result-box").hidden = false;
 }
