@@ -28,7 +28,8 @@ import msgspec
 
 MediaKind = Literal["image", "mask", "video"]
 REF_PREFIX = "media:"
-IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+# MPO: the JPEGs of phones that carry a second picture (a depth or gain map) after the first.
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"})
 
 
 class Image:
@@ -125,38 +126,36 @@ def digest(data: bytes) -> str:
 # ---- the server's side: what the bytes are, checked before a job is accepted -------------------
 
 
-def check(data: bytes, kind: MediaKind, max_pixels: int) -> MediaInfo:
+def check(data: bytes, kind: MediaKind, max_pixels: int, budget: int) -> MediaInfo:
     """The ``MediaInfo`` of an input's bytes, or ValueError saying why they cannot be one.
 
-    The dimensions come from the header and are checked against ``max_pixels`` before any
-    pixel is decoded (a small file can claim a huge picture); only then is it decoded in
-    full, bounded by that cap, so that a truncated or corrupt file is refused here and not
-    on the ranks. Blocking: call it in a thread."""
+    The dimensions come from the header and are checked against ``max_pixels`` (per picture
+    or frame) before any pixel is decoded: a small file can claim a huge picture. Then it is
+    decoded exactly as the ranks will decode it (``decode``), within that cap and ``budget``
+    (the pixels the request may still bring, frames included), so a file that would fail on
+    the ranks is refused here instead. Blocking: call it in a thread."""
     if not data:
         raise ValueError("is empty")
     if kind == "video":
-        return _check_video(data, max_pixels)
-    import warnings
-
+        return _check_video(data, max_pixels, budget)
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(data)) as opened:
-                width, height = opened.size
-                if opened.format not in IMAGE_FORMATS:
-                    raise ValueError(f"is a {opened.format} picture; send PNG, JPEG, WebP, GIF, BMP or TIFF")
-                _check_pixels(width, height, max_pixels)
-                opened.load()
-                fmt = opened.format
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        with PILImage.open(io.BytesIO(data)) as opened:
+            width, height, fmt = *opened.size, opened.format
+        if fmt not in IMAGE_FORMATS:
+            raise ValueError(f"is a {fmt} picture; send PNG, JPEG, WebP, GIF, BMP or TIFF")
+        _check_pixels(width, height, min(max_pixels, budget))
+        decode(data, kind)
+    except PILImage.DecompressionBombError:
         raise ValueError(f"is too large a picture (more than {max_pixels} pixels)") from None
     except UnidentifiedImageError:
         raise ValueError("is not a picture this server can read (PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
-    except (OSError, SyntaxError) as exc:  # Pillow's words for a truncated or corrupt file
-        raise ValueError(f"is not a readable picture ({exc})") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # Pillow's ways to say truncated or corrupt: OSError, SyntaxError, KeyError...
+        raise ValueError(f"is not a readable picture ({exc or type(exc).__name__})") from None
     return MediaInfo(sha256=digest(data), size=len(data), format=fmt, width=width, height=height)
 
 
@@ -165,23 +164,41 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise ValueError(f"is {width}x{height} pixels, more than the {max_pixels} this server takes")
 
 
-def _check_video(data: bytes, max_pixels: int) -> MediaInfo:
+def video_format(data: bytes) -> str:
+    """The container of a video, from its first bytes: only these are opened (FFmpeg would
+    otherwise guess among all it knows, text playlists that name local files included)."""
+    if data[4:8] == b"ftyp":
+        return "mov"  # MP4 and QuickTime
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"  # WebM
+    if data[:4] == b"GIF8":
+        return "gif"
+    raise ValueError("is not a video this server can read (MP4, WebM or animated GIF)")
+
+
+def _check_video(data: bytes, max_pixels: int, budget: int) -> MediaInfo:
     import av
 
+    fmt = video_format(data)
+    frames = width = height = 0
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
             if not container.streams.video:
                 raise ValueError("has no video stream")
-            stream = container.streams.video[0]
-            _check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
-            frames = sum(1 for _frame in container.decode(video=0))
-            fmt = container.format.name.split(",")[0].upper()
-            width, height = stream.codec_context.width, stream.codec_context.height
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"is not a readable video ({exc.strerror or type(exc).__name__})") from None
+            for frame in container.decode(video=0):  # each frame's own size: not the header's claim
+                width, height = frame.width, frame.height
+                _check_pixels(width, height, max_pixels)
+                frames += 1
+                budget -= width * height
+                if budget < 0:
+                    raise ValueError("has more frames than this server takes in one request (--max-input-pixels)")
+    except ValueError:
+        raise
+    except Exception as exc:  # FFmpeg's errors, and PyAV's on what it cannot decode
+        raise ValueError(f"is not a readable video ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
     if frames == 0:
         raise ValueError("is a video without frames")
-    return MediaInfo(sha256=digest(data), size=len(data), format=fmt, width=width, height=height, frames=frames)
+    return MediaInfo(sha256=digest(data), size=len(data), format=fmt.upper(), width=width, height=height, frames=frames)
 
 
 # ---- the rank's side: bytes into what predict receives ----------------------------------------
@@ -202,7 +219,7 @@ def decode(data: bytes, kind: MediaKind) -> Any:
 def decode_video(data: bytes) -> list[Any]:
     import av
 
-    with av.open(io.BytesIO(data), mode="r") as container:
+    with av.open(io.BytesIO(data), mode="r", format=video_format(data)) as container:
         return [frame.to_image().convert("RGB") for frame in container.decode(video=0)]  # type: ignore[no-untyped-call]
 
 

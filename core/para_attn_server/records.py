@@ -38,7 +38,8 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     output_sha256: str | None = None
     reply_with_path: bool = False  # the original API answers with output_path instead of base64
     media: tuple[MediaInfo, ...] = ()  # the input pictures, kept under storage/inputs by checksum
-    recoveries: int = 0  # server restarts this job was queued again after
+    interrupted: int = 0  # runs cut short by the server's own end (it is queued again after a restart)
+    cancel_requested: bool = False  # a cancel asked while it ran: a restart ends it cancelled
 
     @property
     def terminal(self) -> bool:

@@ -261,6 +261,31 @@ def test_a_decompression_bomb_is_refused_before_its_pixels_exist(server: Server)
     assert process.memory_info().rss - before < 50 * 1024 * 1024
 
 
+def test_an_unknown_charset_is_a_400_and_an_empty_file_input_is_no_picture(server: Server) -> None:
+    boundary = "b0undary"
+    head = f'--{boundary}\r\ncontent-disposition: form-data; name="{{}}"{{}}\r\n'
+    body = (
+        (head.format("image", '; filename="a.png"') + "content-type: image/png\r\n\r\n").encode()
+        + png()
+        + (
+            "\r\n"
+            + head.format("mask_image", "")
+            + "\r\n\r\n"  # a browser's empty file input
+            + head.format("answer", "")
+            + "content-type: text/plain; charset=bogus\r\n\r\njson\r\n"
+            + f"--{boundary}--\r\n"
+        ).encode()
+    )
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    refused = server.http.post("/v1/jobs", content=body, headers=headers)
+    assert refused.status_code == 400, refused.text
+    assert "charset" in refused.json()["error"]
+
+    accepted = server.http.post("/v1/jobs", content=body.replace(b"; charset=bogus", b""), headers=headers)
+    assert accepted.status_code == 201, accepted.text
+    assert answer(server, accepted.json()["id"])["mask_image"] is None
+
+
 def test_a_file_for_a_field_that_is_not_a_picture_is_refused(server: Server) -> None:
     response = server.http.post("/v1/jobs", files={"image": ("a.png", png(), "image/png"), "answer": ("x", b"json")})
     assert response.status_code == 400, response.text

@@ -56,9 +56,7 @@ def test_sigkill_requeues_unfinished_jobs_and_keeps_outputs_until_their_ttl(
     running = first.submit(tag="running", hold=str(hold))
     first.wait_running(running)
     queued = first.submit(tag="queued")
-    # The running job's record stays "queued" on disk: running is not journaled (it would
-    # recover the same way), so the journal says queued for both unfinished jobs.
-    expected = {done["id"]: "succeeded", named["id"]: "succeeded", running: "queued", queued: "queued"}
+    expected = {done["id"]: "succeeded", named["id"]: "succeeded", running: "running", queued: "queued"}
     # Records are written in batches (every 50 ms): kill once these are on disk.
     until(lambda: journal_states(first) == expected, 10, "journal written")
     ranks = first.rank_pids()

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 Fetch = Callable[[str, int], Awaitable[bytes]]
 
 JOB_PREFIX = "job:"
+# Pixels one request may bring in all, as multiples of --max-input-pixels (a video's frames count).
+PIXELS_PER_REQUEST = 8
 _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
 
 
@@ -68,6 +70,7 @@ class InputResolver:
         self.inputs = registry.inputs
         self.outputs = outputs
         self.store = store
+        self.admitting: set[str] = set()  # ids whose inputs are being received now
 
     def wants(self, inputs: dict[str, Any]) -> bool:
         return any(inputs.get(name) is not None for name in self.fields)
@@ -79,21 +82,29 @@ class InputResolver:
         The bytes of a new job are on disk, durably, when this returns (under the id it
         chose when none was given); a known id's are not written again (an idempotent
         resubmit compares the references). NotReadyError if they cannot be written."""
-        resolved = await self.resolve(inputs)
-        if job_id is not None and job_id in self.jobs:
-            return resolved.inputs, job_id, tuple(resolved.media)
+        if job_id is not None and job_id in self.admitting:
+            # The same id twice at once (a client's retry): each would clean up the other's files.
+            raise NotReadyError("a submit with this id is still being received; try again")
         job_id = job_id or str(uuid.uuid4())
+        self.admitting.add(job_id)
         try:
-            await asyncio.to_thread(self.inputs.save, job_id, resolved.blobs)
-        except OSError as exc:
-            await asyncio.to_thread(self.inputs.delete, job_id)
-            raise NotReadyError(f"could not store the job's inputs ({exc.strerror or type(exc).__name__})") from None
-        return resolved.inputs, job_id, tuple(resolved.media)
+            resolved = await self.resolve(inputs)
+            if job_id in self.jobs:
+                return resolved.inputs, job_id, tuple(resolved.media)
+            try:
+                await asyncio.to_thread(self.inputs.save, job_id, resolved.blobs)
+            except OSError as exc:
+                await asyncio.to_thread(self.inputs.delete, job_id)
+                why = exc.strerror or type(exc).__name__
+                raise NotReadyError(f"could not store the job's inputs ({why})") from None
+            return resolved.inputs, job_id, tuple(resolved.media)
+        finally:
+            self.admitting.discard(job_id)
 
-    def discard(self, job_id: str | None, media: tuple[MediaInfo, ...]) -> None:
+    async def discard(self, job_id: str | None, media: tuple[MediaInfo, ...]) -> None:
         """Delete what ``admit`` stored for a job that was then not queued."""
         if media and job_id is not None and job_id not in self.jobs:
-            self.inputs.delete(job_id)
+            await asyncio.to_thread(self.inputs.delete, job_id)
 
     async def read(self, record: JobRecord) -> dict[str, bytes] | None:
         """A job's input bytes by checksum, for its ranks (None: it has none); InputGoneError."""
@@ -104,6 +115,8 @@ class InputResolver:
     async def resolve(self, inputs: dict[str, Any]) -> ResolvedInputs:
         resolved = ResolvedInputs(dict(inputs))
         budget = self.max_bytes
+        # Decoded pixels in all (frames included): what the ranks will hold in memory.
+        pixels = PIXELS_PER_REQUEST * self.max_pixels
         for name, spec in self.fields.items():
             value = inputs.get(name)
             if value is None:
@@ -117,11 +130,13 @@ class InputResolver:
                     if len(data) > budget:
                         raise ValueError(self._too_large())
                     budget -= len(data)
-                    info = await asyncio.to_thread(check, data, spec.kind, self.max_pixels)
+                    info = await asyncio.to_thread(check, data, spec.kind, self.max_pixels, pixels)
+                    pixels -= info.width * info.height * info.frames
                 except ValueError as exc:
                     raise InputError(str(exc), where) from None
-                resolved.blobs[info.sha256] = data
-                resolved.media.append(info)
+                if info.sha256 not in resolved.blobs:  # the same picture twice is kept and sent once
+                    resolved.blobs[info.sha256] = data
+                    resolved.media.append(info)
                 refs.append(info.ref)
             resolved.inputs[name] = refs if many else refs[0]
         return resolved
@@ -132,7 +147,7 @@ class InputResolver:
         if not isinstance(value, str):
             raise ValueError(f"must be a picture, not {type(value).__name__}")
         if value.startswith(JOB_PREFIX):
-            return await self.output_of(value.removeprefix(JOB_PREFIX))
+            return await self.output_of(value.removeprefix(JOB_PREFIX), budget)
         if value.startswith(("http://", "https://")):
             if self.fetch is None:
                 raise ValueError("is a URL, and this server fetches none (its operator allows no --input-allow-host)")
@@ -145,26 +160,21 @@ class InputResolver:
             text = value[match.end() :]
         if len(text) > 4 * -(-budget // 3) + 4:  # refused before decoding what cannot fit
             raise ValueError(self._too_large())
-        try:
-            return b64.decode(text.encode("ascii"))
-        except (binascii.Error, UnicodeEncodeError):
-            pass
-        try:  # base64 as tools wrap it, in lines
-            return b64.decode("".join(text.split()).encode("ascii"))
-        except (binascii.Error, UnicodeEncodeError):
-            raise ValueError("is not base64, a data: URL, an http(s):// URL or job:<id>") from None
+        return await asyncio.to_thread(_base64, text)
 
-    async def output_of(self, job_id: str) -> bytes:
+    async def output_of(self, job_id: str, budget: int) -> bytes:
         """The output of an earlier job of this server (``job:<id>``), or ValueError."""
         job = self.jobs.get(job_id)
         if job is None:
             raise ValueError("names no job this server knows (job:<id>, of a job that succeeded here)")
         if job.state is not JobState.SUCCEEDED:
             raise ValueError(f"names a job that has not succeeded (it is {job.state.value})")
+        record = job.record
+        if (record.output_size or 0) > budget:
+            raise ValueError(self._too_large())
         held = self.outputs.get(job.id)
         if held is not None:
             return await asyncio.to_thread(held.raw)
-        record = job.record
         if record.output_file is None:
             raise ValueError("names a job whose output is gone")
         try:
@@ -178,3 +188,17 @@ class InputResolver:
 
     def _too_large(self) -> str:
         return f"takes the request past --max-input-bytes ({self.max_bytes} bytes of pictures in all)"
+
+
+def _base64(text: str) -> bytes:
+    """Strict base64, also as tools wrap it in lines. Blocking (tens of MB)."""
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("is not base64, a data: URL, an http(s):// URL or job:<id>") from None
+    for attempt in (data, data.translate(None, b" \t\r\n\f\v")):
+        try:
+            return b64.decode(attempt)
+        except binascii.Error:
+            continue
+    raise ValueError("is not base64, a data: URL, an http(s):// URL or job:<id>")

@@ -35,7 +35,7 @@ log = logging.getLogger("para_attn_server.jobs")
 JobEvent = tuple[str, dict[str, Any]]
 FILE_TYPE = re.compile(r"[A-Za-z0-9]+")  # it becomes a file name's suffix and a header value
 GONE = "the output is gone"
-MAX_RECOVERIES = 2  # server restarts a queued or running job is queued again after
+MAX_INTERRUPTIONS = 2  # runs of a job the server's end may cut short before it is given up
 
 
 class Job:
@@ -145,22 +145,24 @@ class JobRegistry:
 
     def recover(self, now: float) -> tuple[int, builtins.list[Job]]:
         """Load the jobs an earlier run of the server recorded. Those it left queued or
-        running are queued again (in the order they were created), unless they already
-        were ``MAX_RECOVERIES`` times: then they fail with "server restarted", so that a job
-        that brings the server down cannot do it forever. Returns how many jobs were
-        loaded, and the jobs to queue."""
+        running are queued again (in the order they were created); but one whose run the
+        server's end cut short ``MAX_INTERRUPTIONS`` times fails with "server restarted" (a
+        job that brings the server down cannot do it forever), and one that a client had
+        asked to cancel ends cancelled. Returns how many jobs were loaded, and those to queue."""
         if self.journal is None:
             return 0, []
         recovered, requeued = [], []
         for loaded in sorted(self.journal.load(), key=lambda r: r.created_at):
             record = loaded
-            if not record.terminal and record.recoveries < MAX_RECOVERIES:
-                record = record.evolve(
-                    state=JobState.QUEUED, started_at=None, group=None, step=None, total=None,
-                    recoveries=record.recoveries + 1,
-                )  # fmt: skip
-            elif not record.terminal:
+            interrupted = record.interrupted + (record.state is JobState.RUNNING)
+            if not record.terminal and record.cancel_requested:
+                record = record.evolve(state=JobState.CANCELLED, error="cancelled", finished_at=now)
+            elif not record.terminal and interrupted >= MAX_INTERRUPTIONS:
                 record = record.evolve(state=JobState.FAILED, error="server restarted", finished_at=now)
+            elif not record.terminal:
+                record = record.evolve(
+                    state=JobState.QUEUED, started_at=None, group=None, step=None, total=None, interrupted=interrupted
+                )
             elif record.state is JobState.SUCCEEDED and record.output_file is not None:
                 record = self._checked(record)
             if record is not loaded:
@@ -226,7 +228,7 @@ class JobRegistry:
             self.journal.forget(job.id)
         record = job.record
         if record.media:
-            self.inputs.delete(job.id)
+            self.inputs.delete_behind(job.id)
         if record.output_file is not None and record.output_path is None:
             self.store.delete_behind(Path(record.output_file))  # queued after its own write-behind
         elif record.output_file is not None:

@@ -26,15 +26,15 @@ from para_attn_server.engine.inputs import Fetch, InputResolver
 from para_attn_server.engine.observers import EventStreams, JobObserver, JobObservers
 from para_attn_server.engine.registry import FILE_TYPE, Job, JobEvent, JobRegistry
 from para_attn_server.engine.saver import OutputSaver
+from para_attn_server.engine.status import metrics_snapshot, server_status
 from para_attn_server.engine.supervisor import supervise
 from para_attn_server.errors import IdConflictError, JournalError, NotReadyError, QueueFullError
-from para_attn_server.plugin.manager import version
 from para_attn_server.records import TERMINAL, JobRecord, JobState, public_error
 from para_attn_server.schema import OUTPUT_PATH
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.inputs import InputGoneError
 from para_attn_server.storage.outputs import Held, OutputCache
-from para_attn_server.views import JobView, MetricsSnapshot, RankRow, ServerStatus, job_view
+from para_attn_server.views import JobView, MetricsSnapshot, ServerStatus, job_view
 
 if TYPE_CHECKING:
     from para_attn_server.engine.contract import Group
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from para_attn_server.workers.outcome import JobOutcome
 
 log = logging.getLogger("para_attn_server.jobs")
+CANCELLED = (JobState.CANCELLED, "cancelled before it started")
 
 
 class JobService:
@@ -192,7 +193,7 @@ class JobService:
         try:
             job, created = self.submit(inputs, job_id, media)
         except BaseException:
-            self.media.discard(job_id, media)  # a job that was not queued keeps no inputs
+            await self.media.discard(job_id, media)  # a job that was not queued keeps no inputs
             raise
         if self.journal is not None:
             try:
@@ -221,7 +222,9 @@ class JobService:
         if job.state is JobState.QUEUED:
             self.queue.remove(job)
             self._finish(job, JobState.CANCELLED, "cancelled before it started")
-        else:
+        else:  # on record: a restart before it stops must not run it again
+            job.record = job.record.evolve(cancel_requested=True)
+            self._changed(job, notify=False)
             group = self._group_of(job)
             if group is not None:
                 group.cancel(job.id)
@@ -284,30 +287,10 @@ class JobService:
         return None if unwritable is None else f"the output directory cannot be written: {unwritable}"
 
     def status(self) -> ServerStatus:
-        groups = [group.status() for group in self.groups]
-        ranks: list[RankRow] = [row for group in groups for row in group.ranks]
-        faults = [group.last_fault for group in self.groups if group.last_fault]
-        return ServerStatus(
-            status="server is running" if self.ready else ("restarting" if self.started else "starting"),
-            ready=self.ready,
-            version=version(),
-            ranks=ranks,
-            queue_length=len(self.queue),
-            busy=bool(self.dispatcher.running()),
-            restarts=self.counters["restarts"],
-            last_fault=faults[-1] if faults else None,
-            groups=groups,
-        )
+        return server_status(self)
 
     def metrics(self) -> MetricsSnapshot:
-        return MetricsSnapshot(
-            submitted=self.counters["submitted"],
-            rejected_queue_full=self.counters["rejected_queue_full"],
-            finished=dict(self.finished_by_state),
-            queue_length=len(self.queue),
-            running=len(self.dispatcher.running()),
-            groups=[group.status() for group in self.groups],
-        )
+        return metrics_snapshot(self)
 
     # ---- running a job ----------------------------------------------------------------
 
@@ -321,14 +304,14 @@ class JobService:
         """The dispatcher took the job from the queue: it is running from now on (a cancel
         meanwhile must not look for it in the queue), and what it returns runs it."""
         job.record = job.record.evolve(state=JobState.RUNNING, started_at=time.time(), group=group.index)
-        # Not journaled: a job the server lost while it ran recovers exactly as a queued one
-        # (queued again), so this would be a transaction per job for nothing.
-        self._changed(job, journal=False)
+        # Journaled (in the next group commit): after a crash a job that was running counts a
+        # run cut short, one that was queued does not (``JobRegistry.recover``).
+        self._changed(job)
         return self._run(job, group)
 
     async def _run(self, job: Job, group: Group) -> None:
         if job.cancel_requested:  # cancelled before its group had it: it never runs
-            self._finish(job, JobState.CANCELLED, "cancelled before it started")
+            self._finish(job, *CANCELLED)
             return
 
         def on_progress(step: int, total: int | None) -> None:
@@ -338,6 +321,10 @@ class JobService:
 
         try:
             media = await self.media.read(job.record)
+            if job.cancel_requested or not group.ready:  # while its pictures were read
+                fault = (JobState.FAILED, group.last_fault or "its worker group failed")
+                self._finish(job, *(CANCELLED if job.cancel_requested else fault))
+                return
             inputs = self.schema.rank_inputs(job.record.inputs)
             on_preview = functools.partial(self.registry.preview, job)
             outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress, on_preview, media)

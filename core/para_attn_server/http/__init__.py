@@ -60,8 +60,8 @@ def create_app(
         openapi_config=openapi.config(api_key=bool(api_key)),
         debug=debug,
     )
-    # The body decoder refuses unknown fields; say so in the document too.
-    closed = None if service.schema.accepts_extra else service.schema.type.__name__
-    openapi.finish(app, api_key=bool(api_key), closed_body=closed)
-    openapi.mark_media(app, service.schema.type.__name__, service.schema.media_fields)
+    # The body decoder refuses unknown fields (unless predict takes **kwargs): the document says so too.
+    body = service.schema.type.__name__
+    openapi.finish(app, api_key=bool(api_key), body=body, closed=not service.schema.accepts_extra)
+    openapi.mark_media(app, body, service.schema.media_fields)
     return app

@@ -53,12 +53,16 @@ async def decode_form(service: JobService, request: Request[Any, Any, Any]) -> d
     bytes of media fields; a field given twice is a list."""
     media = service.schema.media_fields
     parts: dict[str, list[Any]] = {}
-    for name, part in (await request.form()).multi_items():
+    try:
+        form = await request.form()
+    except LookupError:  # a part naming a charset Python does not know
+        raise InputError("a part of the form names an unknown charset") from None
+    for name, part in form.multi_items():
         if isinstance(part, UploadFile):
             if name not in media:
                 raise InputError("is a file, and only picture fields take files", name)
             parts.setdefault(name, []).append(await part.read())
-        else:
+        elif not (name in media and part == ""):  # a browser's file input left empty
             parts.setdefault(name, []).append(_form_text(part))
     raw = {
         name: values if len(values) > 1 or (name in media and media[name].many) else values[0]

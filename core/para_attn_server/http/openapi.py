@@ -120,9 +120,9 @@ def config(api_key: bool) -> OpenAPIConfig:
     )
 
 
-def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
-    """Apply every handler's ``Doc``, the 401 answer of protected routes, and (``closed_body``:
-    the request body's schema name) that the body takes no fields beyond its own."""
+def finish(app: Litestar, *, api_key: bool, body: str, closed: bool) -> None:
+    """Apply every handler's ``Doc``, the 401 answer of protected routes, and (``closed``) that
+    the request body (the schema named ``body``) takes no fields beyond its own."""
     document = app.openapi_schema
     error_body = Reference(ref=f"#/components/schemas/{ErrorBody.__name__}")
     unauthorized = OpenAPIResponse(
@@ -139,15 +139,15 @@ def finish(app: Litestar, *, api_key: bool, closed_body: str | None) -> None:
                 if operation is None:
                     continue
                 _apply(operation, doc)
-                if doc.inputs_body and closed_body:
-                    operation.request_body = _inputs_body(closed_body)
+                if doc.inputs_body:
+                    operation.request_body = _inputs_body(body)
                 if public:
                     operation.security = []
                 elif api_key and operation.responses is not None:
                     operation.responses.setdefault("401", handler.opt.get("unauthorized_response", unauthorized))
     schemas = document.components.schemas or {} if document.components else {}
-    if closed_body and closed_body in schemas:
-        schemas[closed_body].additional_properties = False
+    if closed and body in schemas:
+        schemas[body].additional_properties = False
 
 
 def mark_media(app: Litestar, body: str, fields: dict[str, MediaField]) -> None:

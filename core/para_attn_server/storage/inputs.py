@@ -8,6 +8,7 @@ checked against that checksum when it is read for the ranks.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -29,6 +30,7 @@ class InputStore:
     def __init__(self, store: OutputStore) -> None:
         self.store = store
         self.root = store.jobs_dir / INPUTS_DIR
+        self._deleting: set[asyncio.Future[None]] = set()
 
     def path(self, job_id: str, sha256: str) -> Path:
         return self.root / job_id / sha256
@@ -53,6 +55,20 @@ class InputStore:
     def delete(self, job_id: str) -> None:
         """Remove a job's inputs (its record is forgotten). Blocking."""
         shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    def delete_behind(self, job_id: str) -> None:
+        """``delete`` in a worker thread when called on the event loop (expiry forgets jobs
+        there); ``settled()`` waits for those under way."""
+        try:
+            deleting = asyncio.get_running_loop().run_in_executor(None, self.delete, job_id)
+        except RuntimeError:  # no loop: a test, or shutdown
+            self.delete(job_id)
+            return
+        self._deleting.add(deleting)
+        deleting.add_done_callback(self._deleting.discard)
+
+    async def settled(self) -> None:
+        await asyncio.gather(*self._deleting)
 
     def sweep(self, known: set[str]) -> int:
         """Remove the inputs of jobs that have no record (a crash between the two writes);

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image as PILImage
 
 from para_attn_server import Image, InputError, Mask, Output, Predictor
-from para_attn_server.engine.registry import MAX_RECOVERIES
+from para_attn_server.engine.registry import MAX_INTERRUPTIONS
 from para_attn_server.engine.service import JobService
 from para_attn_server.records import JobState
 from para_attn_server.settings import JobSettings
@@ -165,6 +165,7 @@ async def test_a_refused_submit_keeps_no_inputs_and_a_forgotten_job_takes_them_a
     await deadline(job.done.wait())
     assert (store.jobs_dir / "inputs" / job.id).is_dir()
     pictures.registry.forget(job)
+    await deadline(pictures.registry.inputs.settled())
     assert not (store.jobs_dir / "inputs" / job.id).exists()
 
 
@@ -185,34 +186,59 @@ async def test_inputs_changed_on_disk_fail_the_job_and_reach_no_rank(
 
 
 async def test_unfinished_jobs_are_queued_again_after_a_restart_with_their_pictures(
-    make_service: MakeService, group: FakeGroup, store: OutputStore, settings: JobSettings, plugins: Any, tmp_path: Path
+    group: FakeGroup, store: OutputStore, settings: JobSettings, plugins: Any, tmp_path: Path
 ) -> None:
     from para_attn_server.legacy import as_predictor
     from para_attn_server.schema import InputSchema
 
     predictor = as_predictor(Pictures())
     path = tmp_path / "jobs.sqlite3"
+    services: list[JobService] = []
 
-    def service_over(journal: JobJournal) -> JobService:
-        return JobService([group], store, plugins, predictor, InputSchema(predictor), settings, journal)
+    async def restart() -> JobService:
+        """A server on the journal: the last one died (nothing of it runs on)."""
+        service = JobService([group], store, plugins, predictor, InputSchema(predictor), settings, JobJournal(path))
+        services.append(service)
+        service.recover()
+        await service.start()
+        return service
 
-    first = service_over(JobJournal(path))
+    first = await restart()
+    picture, queued_picture = png(), png(color="blue")
+    running, _ = await first.accept({"image": picture})
+    queued, _ = await first.accept({"image": queued_picture})
+    await group.next_run()  # ``running`` runs when the server dies; ``queued`` waits
+    await first.journal.committed()  # type: ignore[union-attr]
+
+    for death in range(1, MAX_INTERRUPTIONS):
+        again = await restart()
+        assert (await group.next_run()).media == {hashlib.sha256(picture).hexdigest(): picture}
+        record = again.jobs[running.id].record
+        assert (record.state, record.interrupted) == (JobState.RUNNING, death)  # queued again, and running again
+        await again.journal.committed()  # type: ignore[union-attr]
+
+    last = await restart()  # the server died under it MAX_INTERRUPTIONS times: given up
+    assert (last.jobs[running.id].state, last.jobs[running.id].record.error) == (JobState.FAILED, "server restarted")
+    # The job that never ran was queued again each time without counting, and runs now.
+    assert (await group.next_run()).media == {hashlib.sha256(queued_picture).hexdigest(): queued_picture}
+    assert (last.jobs[queued.id].record.interrupted, last.jobs[queued.id].state) == (0, JobState.RUNNING)
+
+
+async def test_a_job_asked_to_cancel_ends_cancelled_after_a_restart(
+    group: FakeGroup, store: OutputStore, settings: JobSettings, plugins: Any, tmp_path: Path
+) -> None:
+    from para_attn_server.legacy import as_predictor
+    from para_attn_server.schema import InputSchema
+
+    predictor = as_predictor(Pictures())
+    group.stop_on_cancel = False  # the ranks have not stopped yet when the server dies
+    first = JobService([group], store, plugins, predictor, InputSchema(predictor), settings, JobJournal(tmp_path / "j"))
     await first.start()
-    picture = png()
-    job, _ = await first.accept({"image": picture})
-    await group.next_run()  # it runs when the server dies
-    await first.journal.close()  # type: ignore[union-attr]
+    job, _ = await first.accept({"image": png()})
+    await group.next_run()
+    first.cancel(job.id)
+    await first.journal.committed()  # type: ignore[union-attr]
 
-    for recovery in range(1, MAX_RECOVERIES + 2):
-        journal = JobJournal(path)
-        again = service_over(journal)
-        assert again.recover() == 1
-        record = again.jobs[job.id].record
-        if recovery <= MAX_RECOVERIES:
-            queued = [j.id for j in again.queue]
-            assert (record.state, record.recoveries, queued) == (JobState.QUEUED, recovery, [job.id])
-            assert await again.media.read(record) == {hashlib.sha256(picture).hexdigest(): picture}
-        else:  # the server died under it too often: given up
-            assert (record.state, record.error, list(again.queue)) == (JobState.FAILED, "server restarted", [])
-        await journal.committed()
-        await journal.close()
+    again = JobService([group], store, plugins, predictor, InputSchema(predictor), settings, JobJournal(tmp_path / "j"))
+    again.recover()
+    assert (again.jobs[job.id].state, list(again.queue)) == (JobState.CANCELLED, [])

@@ -1,0 +1,39 @@
+"""What the job service shows of itself: the server's status and a metrics snapshot."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from para_attn_server.plugin.manager import version
+from para_attn_server.views import MetricsSnapshot, RankRow, ServerStatus
+
+if TYPE_CHECKING:
+    from para_attn_server.engine.service import JobService
+
+
+def server_status(service: JobService) -> ServerStatus:
+    groups = [group.status() for group in service.groups]
+    ranks: list[RankRow] = [row for group in groups for row in group.ranks]
+    faults = [group.last_fault for group in service.groups if group.last_fault]
+    return ServerStatus(
+        status="server is running" if service.ready else ("restarting" if service.started else "starting"),
+        ready=service.ready,
+        version=version(),
+        ranks=ranks,
+        queue_length=len(service.queue),
+        busy=bool(service.dispatcher.running()),
+        restarts=service.counters["restarts"],
+        last_fault=faults[-1] if faults else None,
+        groups=groups,
+    )
+
+
+def metrics_snapshot(service: JobService) -> MetricsSnapshot:
+    return MetricsSnapshot(
+        submitted=service.counters["submitted"],
+        rejected_queue_full=service.counters["rejected_queue_full"],
+        finished=dict(service.finished_by_state),
+        queue_length=len(service.queue),
+        running=len(service.dispatcher.running()),
+        groups=[group.status() for group in service.groups],
+    )
