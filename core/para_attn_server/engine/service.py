@@ -28,7 +28,7 @@ from para_attn_server.engine.registry import FILE_TYPE, Job, JobEvent, JobRegist
 from para_attn_server.engine.saver import OutputSaver
 from para_attn_server.engine.status import metrics_snapshot, server_status
 from para_attn_server.engine.supervisor import supervise
-from para_attn_server.errors import IdConflictError, JournalError, NotReadyError, QueueFullError
+from para_attn_server.errors import IdConflictError, InputError, JournalError, NotReadyError, QueueFullError
 from para_attn_server.records import TERMINAL, JobRecord, JobState, public_error
 from para_attn_server.schema import OUTPUT_PATH
 from para_attn_server.settings import JobSettings
@@ -84,6 +84,7 @@ class JobService:
         self.dispatcher: Dispatcher[Job] = Dispatcher(self.groups, self.queue, self._execute)
         self._tasks: list[asyncio.Task[None]] = []
         self.streams = EventStreams(settings)
+        self._cancel_asked: set[str] = set()  # ids cancelled while their submit was being received
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
         self.observers = JobObservers(plugins)
 
@@ -95,10 +96,15 @@ class JobService:
     # ---- lifecycle --------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Load the jobs an earlier run of the server recorded and queue again those it left
-        unfinished (see ``JobRegistry``); how many were loaded."""
+        """Load an earlier run's records, queue again what it left unfinished; how many loaded."""
         count, requeued = self.registry.recover(time.time())
-        self.queue.extend(requeued)
+        for job in requeued:
+            try:  # the model served now may not be the one the job was accepted for
+                self.schema.convert(self.schema.rank_inputs(job.record.inputs))
+            except (msgspec.ValidationError, InputError) as exc:
+                self._finish(job, JobState.FAILED, f"after a restart its inputs no longer fit this model ({exc})")
+            else:
+                self.queue.append(job)
         self.registry.inputs.sweep(set(self.jobs))
         return count
 
@@ -188,13 +194,18 @@ class JobService:
         """``submit``, answered once the job's record is committed to the journal, so a
         job a client was told about survives a crash right after the answer."""
         media: tuple[MediaInfo, ...] = ()
-        if self.media.wants(inputs):  # pictures: checked and on disk before the job exists
-            inputs, job_id, media = await self.media.admit(inputs, job_id)
         try:
-            job, created = self.submit(inputs, job_id, media)
-        except BaseException:
-            await self.media.discard(job_id, media)  # a job that was not queued keeps no inputs
-            raise
+            if self.media.wants(inputs):  # pictures: checked and on disk before the job exists
+                inputs, job_id, media = await self.media.admit(inputs, job_id)
+            try:
+                job, created = self.submit(inputs, job_id, media)
+            except BaseException:
+                await self.media.discard(job_id, media)  # a job that was not queued keeps no inputs
+                raise
+            if created and job.id in self._cancel_asked:  # while its pictures arrived
+                self.cancel(job.id)
+        finally:
+            self._cancel_asked.discard(job_id)
         if self.journal is not None:
             try:
                 await self.journal.committed()
@@ -216,6 +227,8 @@ class JobService:
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job at once, or ask the ranks to stop a running one."""
         job = self.jobs.get(job_id)
+        if job is None and job_id in self.media.admitting:
+            self._cancel_asked.add(job_id)  # the job is cancelled as soon as it exists
         if job is None or job.terminal:
             return None
         job.cancel_requested = True

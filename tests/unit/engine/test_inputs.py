@@ -4,10 +4,12 @@ refusal is an InputError naming the field, and then nothing is queued or kept.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import struct
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from PIL import Image as PILImage
 from para_attn_server import Image, InputError, Mask, Output, Predictor
 from para_attn_server.engine.registry import MAX_INTERRUPTIONS
 from para_attn_server.engine.service import JobService
+from para_attn_server.errors import NotReadyError
 from para_attn_server.records import JobState
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.journal import JobJournal
@@ -242,3 +245,45 @@ async def test_a_job_asked_to_cancel_ends_cancelled_after_a_restart(
     again = JobService([group], store, plugins, predictor, InputSchema(predictor), settings, JobJournal(tmp_path / "j"))
     again.recover()
     assert (again.jobs[job.id].state, list(again.queue)) == (JobState.CANCELLED, [])
+
+
+async def test_a_cancel_while_the_pictures_arrive_cancels_the_job_as_soon_as_it_exists(pictures: JobService) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def fetch(url: str, budget: int) -> bytes:
+        arrived.set()
+        await release.wait()
+        return png()
+
+    pictures.media.fetch = fetch
+    job_id = str(uuid.uuid4())
+    submit = asyncio.create_task(pictures.accept({"image": "https://pics.test/cat.png"}, job_id))
+    await deadline(arrived.wait())
+    with pytest.raises(NotReadyError, match="still being received"):  # a retry of the same id meanwhile
+        await pictures.accept({"image": png()}, job_id)
+    assert pictures.cancel(job_id) is None  # not there yet: the client hears 404
+    release.set()
+
+    job, created = await deadline(submit)
+    assert (created, job.state, list(pictures.queue)) == (True, JobState.CANCELLED, [])
+
+
+async def test_a_recovered_job_whose_inputs_no_longer_fit_the_model_fails_saying_so(
+    group: FakeGroup, store: OutputStore, settings: JobSettings, plugins: Any, tmp_path: Path
+) -> None:
+    from para_attn_server.legacy import as_predictor
+    from para_attn_server.records import JobRecord
+    from para_attn_server.schema import InputSchema
+
+    journal = JobJournal(tmp_path / "jobs.sqlite3")
+    journal.record(JobRecord(id=str(uuid.uuid4()), inputs={"prompt": "a cat"}, fingerprint=b"", created_at=1.0))
+    await journal.committed()
+    await journal.close()
+
+    predictor = as_predictor(Pictures())  # the server now serves a model that needs an image
+    service = JobService([group], store, plugins, predictor, InputSchema(predictor), settings, JobJournal(journal.path))
+    assert service.recover() == 1
+    (job,) = service.jobs.values()
+    assert job.state is JobState.FAILED
+    assert job.record.error is not None
+    assert job.record.error.startswith("after a restart its inputs no longer fit this model")
