@@ -50,8 +50,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from para_attn_server import ConfigurationError, InputError, Predictor, RankContext, current_job
+from para_attn_server import ConfigurationError, InputError, Lora, Predictor, RankContext, current_job
 
+from .loras import LoadedLoras
 from .previews import Previewer, StepCallback, latent_image, make_previewer, preview_callback
 
 if TYPE_CHECKING:
@@ -64,9 +65,9 @@ Prompt = Annotated[str, msgspec.Meta(max_length=2000, description="What to gener
 Side = Annotated[int, msgspec.Meta(ge=16, le=2048, multiple_of=16, description="Pixels, a multiple of 16")]
 Steps = Annotated[int, msgspec.Meta(ge=1, le=100, description="Denoising steps")]
 Guidance = Annotated[float, msgspec.Meta(ge=0, le=30)]
-Seed = Annotated[
-    int, msgspec.Meta(ge=0, le=2**63 - 1, description="Same seed, same output; omitted: a random one")
-] | None
+Seed = (
+    Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1, description="Same seed, same output; omitted: a random one")] | None
+)
 Strength = Annotated[
     float,
     msgspec.Meta(
@@ -147,6 +148,7 @@ class DiffusersPredictor(Predictor):
     component_dtypes: ClassVar[dict[str, str]] = {}  # per-component dtypes that override ``dtype``
     warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2}
     video: ClassVar[bool] = False  # latents [B, C, F, H, W]: previews show the first frame
+    supports_loras = True  # requests may name adapters; ``generate`` applies them (``loras``)
 
     # ---- hooks for subclasses ---------------------------------------------------------------
 
@@ -210,6 +212,8 @@ class DiffusersPredictor(Predictor):
             pipe, device_type=context.device.type, parallelize_vae=settings.parallel_vae
         )
         self.variants = {name: self._variant(spec) for name, spec in self.variant_classes().items()}
+        # The variants share the loaded pipeline's models, hence its adapters: one bookkeeping.
+        self.loras = LoadedLoras(pipe, context.max_loaded_loras)
         self.transformers: list[torch.nn.Module] = [
             t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None
         ]
@@ -261,19 +265,22 @@ class DiffusersPredictor(Predictor):
                 # run would leave residuals that the next run's first steps compare against.
                 transformer._reset_stateful_cache()  # type: ignore[operator]
         callback: StepCallback | None
+        loras: tuple[Lora, ...] = ()
         try:
-            callback = current_job().diffusers_callback
+            job = current_job()
+            callback, loras = job.diffusers_callback, job.loras
         except RuntimeError:  # the warm-up in setup runs outside any job
             callback = None
         if callback is not None and preview_every and self.previewer is not None:
             callback = self._with_previews(callback, preview_every, call)
-        result = pipe(
-            **call,
-            generator=torch.Generator("cpu").manual_seed(self._shared_seed(seed)),
-            # The others skip the decode, unless the VAE is split and needs them all.
-            output_type="np" if self.rank == 0 or self.decode_on_every_rank else "latent",
-            callback_on_step_end=callback,
-        )
+        with self.loras.applied(loras):  # the job's adapters; the base model again afterwards
+            result = pipe(
+                **call,
+                generator=torch.Generator("cpu").manual_seed(self._shared_seed(seed)),
+                # The others skip the decode, unless the VAE is split and needs them all.
+                output_type="np" if self.rank == 0 or self.decode_on_every_rank else "latent",
+                callback_on_step_end=callback,
+            )
         return result if self.rank == 0 else None
 
     # ---- internals ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import msgspec
 from para_attn_server import Image, Output, Predictor, RankContext, current_job, hookimpl
 
 from .diffusers_base import Strength, check_strength
+from .loras import LoadedLoras
 from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_previewer, preview_callback
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
@@ -34,6 +35,7 @@ Side = Annotated[int, msgspec.Meta(ge=16, le=256, multiple_of=16, description="P
 
 class TinyFluxPredictor(Predictor):
     max_sequence_length = 64  # T5 tokens; must divide by the world size too
+    supports_loras = True  # requests may name adapters (``--lora``): see ``loras``
 
     def setup(self, context: RankContext) -> None:
         from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline
@@ -54,6 +56,8 @@ class TinyFluxPredictor(Predictor):
         self.img2img = FluxImg2ImgPipeline(**self.pipe.components)
         self.img2img.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]
         parallelize_like(self.img2img, self.pipe)
+        # Adapters load into the transformer both pipelines share: one bookkeeping for both.
+        self.loras = LoadedLoras(self.pipe, context.max_loaded_loras)
 
     def validate(self, inputs: dict[str, Any]) -> None:
         if inputs.get("image") is not None:
@@ -76,7 +80,8 @@ class TinyFluxPredictor(Predictor):
         import numpy as np
         import torch
 
-        callback: StepCallback = current_job().diffusers_callback
+        job = current_job()
+        callback: StepCallback = job.diffusers_callback
         if preview_every and self.previewer is not None:
             previewer, pipe = self.previewer, self.pipe
             callback = preview_callback(
@@ -84,19 +89,20 @@ class TinyFluxPredictor(Predictor):
             )
         # ``image`` arrives as a PIL image in RGB, alike on every rank.
         pipeline, picture = (self.pipe, {}) if image is None else (self.img2img, {"image": image, "strength": strength})
-        result = pipeline(
-            **picture,
-            prompt=prompt,
-            width=width,
-            height=height,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            max_sequence_length=self.max_sequence_length,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            # Only rank 0 needs pixels; the others skip the (unsplit) VAE decode.
-            output_type="np" if self.rank == 0 else "latent",
-            callback_on_step_end=callback,
-        )
+        with self.loras.applied(job.loras):  # the job's adapters; the base model again afterwards
+            result = pipeline(
+                **picture,
+                prompt=prompt,
+                width=width,
+                height=height,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                max_sequence_length=self.max_sequence_length,
+                generator=torch.Generator("cpu").manual_seed(seed),
+                # Only rank 0 needs pixels; the others skip the (unsplit) VAE decode.
+                output_type="np" if self.rank == 0 else "latent",
+                callback_on_step_end=callback,
+            )
         if self.rank != 0:
             return None
         pixels = result.images[0]  # HxWx3 float32 in [0, 1]

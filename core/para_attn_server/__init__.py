@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from para_attn_server.adapters import Lora
 from para_attn_server.errors import ConfigurationError, InputError, JobCancelled, SetupError
 from para_attn_server.media import Image, Mask, Video
 from para_attn_server.plugin.markers import hookimpl
@@ -18,6 +19,7 @@ __all__ = [
     "InputError",
     "JobCancelled",
     "JobContext",
+    "Lora",
     "Mask",
     "Output",
     "ParaAttentionServer",

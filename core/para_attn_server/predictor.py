@@ -14,7 +14,9 @@ Inside ``predict``, ``current_job()`` gives the job's context: call ``job.step(k
 at every step boundary on every rank (or pass ``job.diffusers_callback`` as a diffusers
 pipeline's ``callback_on_step_end``) to report progress and to stop all ranks together at
 the same step when the job is cancelled. ``job.preview(image)`` publishes a picture of the
-state at the current step (rank 0 only; no collective).
+state at the current step (rank 0 only; no collective). A predictor whose class says
+``supports_loras = True`` gets the server's ``loras`` request field: ``job.loras`` holds the
+adapters the job applies (name, scale, path), the same on every rank.
 
 Classes that do not derive from ``Predictor`` are predictors written for the original
 server; ``legacy.as_predictor`` wraps them in a ``Predictor`` when they are loaded, so the
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,8 @@ from para_attn_server.errors import JobCancelled
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
+
+    from para_attn_server.adapters import Lora
 
 #: Pixels on the long side of a preview at most (``JobContext.preview``): a predictor that
 #: shrinks its picture on the device itself shrinks it to this.
@@ -92,6 +96,7 @@ class RankContext:
     local_rank: int
     device: torch.device
     options: dict[str, str] = field(default_factory=dict)
+    max_loaded_loras: int = 8  # adapters this rank keeps loaded (--max-loaded-loras)
 
     @property
     def is_leader(self) -> bool:
@@ -109,6 +114,7 @@ class JobContext:
         world_size: int,
         decide: Callable[[int, int | None], bool],
         publish_preview: Callable[[int, Any], None] | None = None,
+        loras: Sequence[Lora] = (),
     ) -> None:
         self.job_id = job_id
         self.inputs = inputs
@@ -117,6 +123,8 @@ class JobContext:
         self._decide = decide
         self._publish_preview = publish_preview  # rank 0's (step, image) sender; None elsewhere
         self.steps_done = 0
+        #: The adapters this job applies, in the request's order (none: the base model).
+        self.loras: tuple[Lora, ...] = tuple(loras)
 
     def step(self, step: int, total: int | None = None) -> None:
         """Mark a step boundary: report progress and apply a pending cancellation.
@@ -169,6 +177,9 @@ class Predictor:
     #: that path instead of the output's base64 (what the original did for predictors that
     #: wrote the file themselves).
     replies_with_output_path: bool = False
+    #: True when ``predict`` applies ``current_job().loras``: the request schema then has the
+    #: server's ``loras`` field (adapters chosen by name, see ``para_attn_server.adapters``).
+    supports_loras: bool = False
 
     def request_function(self) -> Callable[..., Any]:
         """The callable whose signature is the request schema: ``predict``."""

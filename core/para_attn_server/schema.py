@@ -7,6 +7,8 @@ the field; Litestar renders the same type into the OpenAPI document.
 Besides ``predict``'s parameters every schema has the server's own fields: ``output_path``
 and the fields plugins add (``register_request_fields``, such as ``webhook``). Those are
 the server's: they are checked when a request is decoded and never reach ``predict``.
+A predictor that ``supports_loras`` gets one more, ``loras`` (see ``adapters``): the server
+checks its names and the ranks receive each adapter with its path (``JobContext.loras``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from para_attn_server.adapters import LORAS, Adapters, Lora, request_annotation
 from para_attn_server.errors import ConfigurationError, InputError
 from para_attn_server.media import MediaField, media_field, wire_annotation
 
@@ -58,7 +61,11 @@ class RequestField:
 class InputSchema:
     """The request type of one predictor and how its fields map onto ``predict``."""
 
-    def __init__(self, predictor: object, request_fields: Sequence[RequestField] = ()) -> None:
+    def __init__(
+        self, predictor: object, request_fields: Sequence[RequestField] = (), adapters: Adapters | None = None
+    ) -> None:
+        """``adapters``: the server's registered adapters (its schema checks ``loras``'
+        names); None on a rank, whose ``loras`` carry their paths."""
         source = getattr(predictor, "request_function", None)
         predict = source() if callable(source) else getattr(predictor, "predict", None)
         if not callable(predict):
@@ -96,13 +103,20 @@ class InputSchema:
             fields.append((OUTPUT_PATH, OutputPathField, None))
         self.server_fields = {field.name: field for field in request_fields}
         for field in request_fields:
-            if field.name in self.predict_params or field.name == OUTPUT_PATH:
+            if field.name in self.predict_params or field.name in (OUTPUT_PATH, LORAS):
                 owner = f"{type(getattr(predict, '__self__', predictor)).__qualname__}.predict"
                 raise ConfigurationError(
                     f"request field {field.name!r} of plugin {field.plugin!r} clashes with a parameter of {owner}: "
                     "rename the parameter or leave that plugin out"
                 )
             fields.append((field.name, field.annotation, _default(field.default)))
+        self.adapters = adapters
+        self.takes_loras = bool(getattr(predictor, "supports_loras", False))
+        if self.takes_loras:
+            if LORAS in self.predict_params:
+                raise ConfigurationError(f"{type(predictor).__name__} supports_loras: predict must not take {LORAS!r}")
+            annotation = request_annotation(adapters.max_per_request) if adapters is not None else list[Lora]
+            fields.append((LORAS, annotation, _default([])))
         self.type: type[msgspec.Struct] = msgspec.defstruct(
             f"{type(getattr(predict, '__self__', predictor)).__name__}Input",
             fields,
@@ -121,6 +135,8 @@ class InputSchema:
     def check_fields(self, inputs: dict[str, Any]) -> None:
         """Run the plugins' checks of their fields (a webhook's host, ...): every way a
         request's inputs come in must pass here. ``InputError`` names the field refused."""
+        if self.adapters is not None and inputs.get(LORAS):
+            self.adapters.check(inputs[LORAS])
         for field in self.server_fields.values():
             if field.check is not None:
                 try:
@@ -129,10 +145,19 @@ class InputSchema:
                     raise InputError(str(exc), field.name) from None
 
     def rank_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The inputs the ranks get: without the fields plugins added for the server."""
-        if not self.server_fields:
-            return inputs
-        return {k: v for k, v in inputs.items() if k not in self.server_fields}
+        """The inputs the ranks get: without the fields plugins added for the server, and
+        with each adapter's path (``InputError`` if one is no longer registered)."""
+        sent = {k: v for k, v in inputs.items() if k not in self.server_fields} if self.server_fields else inputs
+        if self.adapters is not None and sent.get(LORAS):
+            sent = sent | {LORAS: self.adapters.resolve(sent[LORAS])}
+        return sent
+
+    def check_stored(self, inputs: dict[str, Any]) -> None:
+        """Check a stored job's inputs against this schema (a job recovered after a restart:
+        the model and adapters served now may differ); raises as ``convert`` and ``check_fields``."""
+        self.convert({k: v for k, v in inputs.items() if k not in self.server_fields})
+        if self.adapters is not None and inputs.get(LORAS):
+            self.adapters.check(inputs[LORAS])
 
     def convert(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Rebuild typed inputs from plain values: their msgpack form on the ranks, a
@@ -154,7 +179,10 @@ class InputSchema:
 
     @staticmethod
     def to_inputs(obj: msgspec.Struct) -> dict[str, Any]:
-        return {name: getattr(obj, name) for name in obj.__struct_fields__}
+        inputs = {name: getattr(obj, name) for name in obj.__struct_fields__}
+        if inputs.get(LORAS):  # plain values, as the journal keeps them and the ranks get them
+            inputs[LORAS] = msgspec.to_builtins(inputs[LORAS])
+        return inputs
 
     def predict_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The subset of ``inputs`` that ``predict`` accepts (drops the server's own fields)."""
@@ -162,6 +190,8 @@ class InputSchema:
             kwargs = dict(inputs)
             if not self.predict_takes_output_path:
                 kwargs.pop(OUTPUT_PATH, None)
+            if self.takes_loras:  # the job's (``JobContext.loras``), never a keyword of predict
+                kwargs.pop(LORAS, None)
             return kwargs
         return {k: v for k, v in inputs.items() if k in self.predict_params}
 

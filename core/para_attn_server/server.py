@@ -17,6 +17,7 @@ import msgspec
 import uvicorn
 
 from para_attn_server import settings as settings_tree
+from para_attn_server.adapters import Adapters
 from para_attn_server.cluster.rendezvous import ClusterHost
 from para_attn_server.cluster.spec import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
 from para_attn_server.engine.inputs import Fetch
@@ -95,12 +96,13 @@ class ParaAttentionServer:
         settings_tree.check_unique(plugins.settings_sections())
         predictor, predictor_pickle = self._predictor(plugins)
         fetch_input = input_fetch(settings)  # a bad --input-allow-host fails before any rank starts
+        adapters = _adapters(settings, predictor)  # so does a missing --lora path
         cluster = self._cluster(plugins)
         groups = self._groups(plugins, predictor, predictor_pickle, cluster)
         if cluster is not None:
             cluster.open()
             cluster.attach(groups[0])
-        schema = InputSchema(predictor, plugins.request_fields(settings))  # refuses a field predict has
+        schema = InputSchema(predictor, plugins.request_fields(settings), adapters)  # refuses a field predict has
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
         service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal, fetch_input)
@@ -246,3 +248,15 @@ def input_fetch(settings: Settings) -> Fetch | None:
         return (await fetch(url, allowed, max_bytes))[0]
 
     return fetch_input
+
+
+def _adapters(settings: Settings, predictor: Predictor) -> Adapters | None:
+    """The adapters requests may apply (None: the predictor applies none); refuses
+    ``--lora`` and ``--lora-dir`` for a predictor that cannot apply them."""
+    model = settings.model
+    adapters = Adapters.from_settings(model.loras, model.lora_dir, model.max_loras_per_request)
+    if not getattr(predictor, "supports_loras", False):
+        if adapters.paths:
+            raise ConfigurationError(f"--lora, --lora-dir: {type(predictor).__name__} does not apply adapters")
+        return None
+    return adapters

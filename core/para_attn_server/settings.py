@@ -63,6 +63,22 @@ class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     plugins: Annotated[
         list[str], _help("extra plugin module to load, repeatable", flags=["--plugin"], metavar="MODULE")
     ] = []
+    loras: Annotated[
+        dict[str, str],
+        _help(
+            "adapter (LoRA) requests may apply by NAME: a directory or .safetensors file as diffusers' "
+            "load_lora_weights reads it, repeatable",
+            flags=["--lora"],
+            metavar="NAME=PATH",
+        ),
+    ] = {}
+    lora_dir: Annotated[
+        str | None,
+        _help("offer every adapter in this directory: each .safetensors file by its stem, each folder of one by name"),
+    ] = None
+    max_loras_per_request: Annotated[
+        int, msgspec.Meta(ge=1, le=64), _help("adapters one request may apply at once (its loras field)")
+    ] = 4
 
     def predictor_options(self) -> dict[str, str]:
         """``options`` with ``model_path`` added when it is set."""
@@ -201,6 +217,12 @@ class RankSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fro
     heartbeat_interval: Annotated[Seconds, _help("seconds between a rank's heartbeats")] = 1.0
     collective_timeout: Annotated[Seconds, _help("torch.distributed collective timeout in seconds")] = 1800.0
     max_output_bytes: Annotated[Bytes, _help("largest output a job may return")] = 1 << 30
+    max_loaded_loras: Annotated[
+        int, msgspec.Meta(ge=1), _help("adapters each worker group keeps loaded (the least recently used leave)")
+    ] = 8
+    max_lora_rank: Annotated[
+        int, msgspec.Meta(ge=1), _help("largest adapter rank to reserve room for when adapters hotswap (compile)")
+    ] = 64
 
 
 CORE_SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -228,6 +250,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         self.log_level = level
+        if self.rank.max_loaded_loras < self.model.max_loras_per_request:
+            raise ValueError(
+                f"--max-loaded-loras ({self.rank.max_loaded_loras}) must be at least --max-loras-per-request "
+                f"({self.model.max_loras_per_request}): a job's adapters are all loaded at once"
+            )
 
     def section(self, cls: type[_S]) -> _S:
         """A plugin's own section (its defaults when nothing set it)."""

@@ -113,3 +113,24 @@ def build(cls: type[DiffusersPredictor], path: Path, **options: str) -> Diffuser
     predictor.configure(1, options)
     predictor.setup(RankContext(0, 1, 0, torch.device("cpu"), options))
     return predictor
+
+
+def make_lora(path: Path, seed: int) -> Path:
+    """A LoRA of rank 4 for the tiny Flux transformer (the ``tiny`` predictor's and
+    ``make_tiny flux``'s: the same modules), weights drawn from ``seed`` (large
+    enough to change the picture), saved as diffusers saves one (a directory)."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
+
+    transformer = build_tiny_flux_pipeline(seed=0).transformer
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in transformer.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    FluxPipeline.save_lora_weights(str(path), transformer_lora_layers=get_peft_model_state_dict(transformer))
+    return path

@@ -100,7 +100,7 @@ class JobService:
         count, requeued = self.registry.recover(time.time())
         for job in requeued:
             try:  # the model served now may not be the one the job was accepted for
-                self.schema.convert(self.schema.rank_inputs(job.record.inputs))
+                self.schema.check_stored(job.record.inputs)
             except (msgspec.ValidationError, InputError) as exc:
                 self._finish(job, JobState.FAILED, f"after a restart its inputs no longer fit this model ({exc})")
             else:

@@ -31,6 +31,7 @@ import msgspec
 import torch
 import torch.distributed as dist
 
+from para_attn_server.adapters import LORAS, Lora
 from para_attn_server.errors import JobCancelled
 from para_attn_server.legacy import as_predictor
 from para_attn_server.media import decode_inputs
@@ -206,7 +207,14 @@ class RankWorker:
                 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         if not self.predictor.initializes_process_group:
             self._init_process_group(device)
-        context = RankContext(self.rank, self.world_size, self.local_rank, device, dict(self.spec.options))
+        context = RankContext(
+            self.rank,
+            self.world_size,
+            self.local_rank,
+            device,
+            dict(self.spec.options),
+            max_loaded_loras=self.spec.settings.max_loaded_loras,
+        )
         self.plugins.setup(self.predictor, context)
         if not dist.is_initialized():
             self._init_process_group(device)
@@ -248,7 +256,9 @@ class RankWorker:
             inputs = decode_inputs(self.schema.convert(message.inputs), self.schema.media_fields, message.media)
             decider = StepDecider(job_id, self.rank, self.link, self.decisions)
             previews = functools.partial(self.previews.submit, job_id) if self.rank == 0 else None
-            job = JobContext(job_id, self.schema.predict_kwargs(inputs), self.rank, self.world_size, decider, previews)
+            loras = msgspec.convert(inputs.get(LORAS) or [], list[Lora]) if self.schema.takes_loras else []
+            kwargs = self.schema.predict_kwargs(inputs)
+            job = JobContext(job_id, kwargs, self.rank, self.world_size, decider, previews, loras)
             with running(job):
                 output = self.plugins.predict(self.predictor, job)
             decider.report_last()
