@@ -346,6 +346,9 @@ def test_cancelling_the_task_of_an_async_generate_cancels_its_job(server: Server
 
 
 def test_generate_with_the_tiny_model_returns_its_png(tiny_server: Server) -> None:
+    # A longer job holds the group while generate's event stream opens: a 2-step job alone
+    # could end before its stream is there to see the steps (it did once on a clean clone).
+    longer = tiny_server.submit(prompt="ahead in the queue", num_inference_steps=40)
     with Client(tiny_server.url) as client:
         steps: list[int] = []
         result = client.generate(
@@ -356,6 +359,7 @@ def test_generate_with_the_tiny_model_returns_its_png(tiny_server: Server) -> No
     assert png_size(result.output) == (32, 32)
     assert result.output == tiny_server.output(result.job.id)
     assert steps == [1, 2]
+    assert (tiny_server.wait(longer)["finished_at"] or 0) <= (result.job.started_at or 0)  # it did run first
 
 
 def test_pictures_go_as_paths_bytes_or_pil_images_and_job_ids_chain_outputs(
