@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,16 @@ def make_lora(path: Path, seed: int) -> Path:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
     FluxPipeline.save_lora_weights(str(path), transformer_lora_layers=get_peft_model_state_dict(transformer))
     return path
+
+
+def apply_loras(pipe: Any, applied: list[tuple[str, float]], paths: Mapping[str, str | Path]) -> None:
+    """What diffusers' own users do to apply adapters (the reference the predictors must equal):
+    ``load_lora_weights`` each (a ``.safetensors`` file by its folder and name), then ``set_adapters``."""
+    for name, _ in applied:
+        path = Path(paths[name])
+        if path.is_file():
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+        else:
+            pipe.load_lora_weights(str(path), adapter_name=name)
+    if applied:
+        pipe.set_adapters([name for name, _ in applied], [scale for _, scale in applied])

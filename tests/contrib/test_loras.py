@@ -18,7 +18,7 @@ from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
 from para_attn_server import JobCancelled, Lora, Output, RankContext
 from para_attn_server.predictor import JobContext, running
 from para_attn_server.schema import InputSchema
-from tests.contrib.support import make_lora, npy, picture
+from tests.contrib.support import apply_loras, make_lora, npy, picture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,14 +73,7 @@ def direct(
     """diffusers itself: a fresh pipeline of the same weights, the adapters loaded and set."""
     pipe = pipeline(**build_tiny_flux_pipeline(seed=0).components)
     pipe.set_progress_bar_config(disable=True)
-    for name, _ in applied:
-        path = Path(paths[name])
-        if path.is_file():
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-        else:
-            pipe.load_lora_weights(str(path), adapter_name=name)
-    if applied:
-        pipe.set_adapters([name for name, _ in applied], [scale for _, scale in applied])
+    apply_loras(pipe, applied, paths)
     result = pipe(**CALL, **extra, generator=torch.Generator("cpu").manual_seed(7), output_type="np")
     return np.asarray(result.images[0])
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from para_attn_server.testing import Server
-from tests.contrib.support import assert_rejected, generate, make_lora, npy
+from tests.contrib.support import apply_loras, assert_rejected, generate, make_lora, npy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,14 +51,7 @@ def direct(flux_dir: Path, adapters: dict[str, Path], applied: list[tuple[str, f
 
     pipe = FluxPipeline.from_pretrained(str(flux_dir))
     pipe.set_progress_bar_config(disable=True)
-    for name, _ in applied:
-        path = adapters[name]
-        if path.is_file():
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-        else:
-            pipe.load_lora_weights(str(path), adapter_name=name)
-    if applied:
-        pipe.set_adapters([name for name, _ in applied], [scale for _, scale in applied])
+    apply_loras(pipe, applied, adapters)
     result = pipe(**CALL, generator=torch.Generator("cpu").manual_seed(3), output_type="np")
     return np.asarray(result.images[0])
 
