@@ -8,10 +8,12 @@ import statistics
 import time
 from typing import Any
 
+from .batching import batching
 from .compare import compare
 from .direct import DirectRanks, direct_call_times
 from .harness import Client, Report, Stat, client, drive_wait_jobs, server, timed
 from .inputs import inputs as picture_inputs
+from .loras import loras
 from .micro import micro
 from .scale import scale
 
@@ -293,4 +295,6 @@ SUITES = {
     "scale": scale,
     "micro": micro,
     "inputs": picture_inputs,
+    "loras": loras,
+    "batching": batching,
 }

@@ -21,12 +21,17 @@ chosen dtype, para-attn context parallelism and parallel VAE over all ranks, dif
 first-block cache, ``torch.compile`` with a warm-up generation before the server reports
 ready, one generator per request seeded alike on every rank, the job's step callback
 (progress and cancellation), and previews every ``preview_every`` steps (a request field
-the subclass passes to ``generate``; see ``previews``). Operators tune it with
+the subclass passes to ``generate``; see ``previews``), and batches: jobs that differ only
+in ``per_job_fields`` (prompt, negative prompt, seed, output encoding, previews) and carry no
+picture run as one pipeline call (``batch_key``, ``predict_batch``), each with its own prompt
+and its own generator, so each output is what the job gives alone. Operators tune it with
 ``--option key=value``:
 
     dtype=auto|bfloat16|float16|float32   auto: bfloat16 on CUDA, float32 on CPU
     cache_threshold=0.08                   first-block cache; 0 (default) turns it off
     compile=1  compile_mode=MODE  compile_backend=inductor
+                                           with compile, adapters (LoRA) hotswap into
+                                           --max-loaded-loras slots of --max-lora-rank: no recompile
     warmup=0|1|{"width": 512, ...}         one generation in setup; default: on with compile
     parallel_vae=1                         split the VAE decode across ranks (tiles large images)
     vae_tiling=0                           decode large outputs in tiles on one rank (less memory)
@@ -40,17 +45,28 @@ the subclass passes to ``generate``; see ``previews``). Operators tune it with
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import logging
 import os
 import random
 import time
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from para_attn_server import ConfigurationError, InputError, Lora, Predictor, RankContext, current_job
+from para_attn_server import (
+    AdapterFit,
+    ConfigurationError,
+    InputError,
+    Lora,
+    Output,
+    Predictor,
+    RankContext,
+    current_job,
+)
 
 from .loras import LoadedLoras
 from .previews import Previewer, StepCallback, latent_image, make_previewer, preview_callback
@@ -93,6 +109,47 @@ def check_strength(inputs: dict[str, Any]) -> None:
         raise InputError(
             f"{strength} x {steps} steps leaves no denoising step: raise strength or num_inference_steps", "strength"
         )
+
+
+# What each job of a batch keeps its own: the pipeline takes lists of the prompts and of
+# the generators, and outputs are encoded (and previews sent) per job after the call.
+PER_JOB_FIELDS = frozenset({"prompt", "negative_prompt", "seed", "output_format", "preview_every", "fps"})
+# Pictures a job may bring: such a job runs alone (its key is None), as its picture's
+# preprocessing is not shared; at batch-key time they are only references.
+PICTURE_FIELDS = ("image", "mask_image", "video")
+
+
+def batch_key_of(predictor: Predictor, inputs: dict[str, Any], per_job: Iterable[str]) -> Hashable | None:
+    """A key that equals another job's when the two differ only in ``per_job`` fields: every
+    other parameter of ``predict`` and the adapters with their scales (``loras``). None (run
+    alone) for a job with a picture."""
+    if any(inputs.get(name) is not None for name in PICTURE_FIELDS):
+        return None
+    shared = sorted(set(inspect.signature(predictor.predict).parameters) - set(per_job) - set(PICTURE_FIELDS))
+    adapters = tuple((_field(lora, "name"), float(_field(lora, "scale"))) for lora in inputs.get("loras") or ())
+    return (type(predictor).__name__, tuple((name, _hashable(inputs.get(name))) for name in shared), adapters)
+
+
+def check_shared(batch: Sequence[dict[str, Any]], per_job: Iterable[str]) -> None:
+    """Refuse a batch whose jobs differ in a field the call shares (a batch key that let them
+    in was wrong): one pipeline call cannot honour both."""
+    own = set(per_job)
+    lead = batch[0]
+    for name in lead:
+        if name not in own and any(job.get(name) != lead[name] for job in batch[1:]):
+            raise ValueError(f"the jobs of a batch differ in {name!r}, which they share in one pipeline call")
+
+
+def _field(value: Any, name: str) -> Any:
+    return value[name] if isinstance(value, dict) else getattr(value, name)
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):
+        return tuple(sorted((key, _hashable(item)) for key, item in value.items()))
+    return value  # type: ignore[no-any-return]
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -149,6 +206,7 @@ class DiffusersPredictor(Predictor):
     warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2}
     video: ClassVar[bool] = False  # latents [B, C, F, H, W]: previews show the first frame
     supports_loras = True  # requests may name adapters; ``generate`` applies them (``loras``)
+    per_job_fields: ClassVar[frozenset[str]] = PER_JOB_FIELDS  # what jobs of one batch may differ in
 
     # ---- hooks for subclasses ---------------------------------------------------------------
 
@@ -164,6 +222,16 @@ class DiffusersPredictor(Predictor):
     def warmup_media(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Pictures the warm-up request needs (a model that cannot run without one), by field."""
         return {}
+
+    def pipeline_call(self, fields: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The pipeline (one of ``self.variants``, or None: the loaded one) and its keyword
+        arguments for one job's request fields, without the generator and the step callback
+        (``generate`` adds them); ``predict_batch`` passes each job's prompt as a list."""
+        raise NotImplementedError
+
+    def encode(self, result: Any, index: int, fields: dict[str, Any]) -> Output:
+        """Job ``index``'s output, from the pipeline's output object, as its fields ask."""
+        raise NotImplementedError
 
     # ---- the Predictor contract ---------------------------------------------------------
 
@@ -213,7 +281,9 @@ class DiffusersPredictor(Predictor):
         )
         self.variants = {name: self._variant(spec) for name, spec in self.variant_classes().items()}
         # The variants share the loaded pipeline's models, hence its adapters: one bookkeeping.
-        self.loras = LoadedLoras(pipe, context.max_loaded_loras)
+        # Compiled, adapters are hotswapped into fixed slots (armed before compiling): no recompiles.
+        max_rank = context.max_lora_rank if settings.compile else None
+        self.loras = LoadedLoras(pipe, context.max_loaded_loras, max_rank=max_rank)
         self.transformers: list[torch.nn.Module] = [
             t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None
         ]
@@ -236,6 +306,34 @@ class DiffusersPredictor(Predictor):
                 "height",
             )
 
+    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+        """Jobs that differ only in ``per_job_fields`` share one call (see ``batch_key_of``);
+        none does with the first-block cache on, whose skip decisions span the batch."""
+        if self.settings.cache_threshold > 0:
+            return None
+        return batch_key_of(self, inputs, self.per_job_fields)
+
+    def predict_batch(self, batch: list[dict[str, Any]]) -> list[Output | None]:
+        """The jobs as one pipeline call: the shared fields are the first job's (alike in
+        all: ``check_shared``), each job keeps its prompts, seed, previews and encoding."""
+        check_shared(batch, self.per_job_fields)
+        pipe, call = self.pipeline_call(batch[0])
+        if len(batch) > 1:  # a lone job calls the pipeline exactly as before: a str, one generator
+            for name in ("prompt", "negative_prompt"):
+                if name in call:
+                    call[name] = [job[name] for job in batch]
+        seeds = [job.get("seed") for job in batch]
+        previews = [job.get("preview_every", 0) for job in batch]
+        result = self.generate_batch(seeds, previews, pipe=pipe, **call)
+        if result is None:
+            return [None] * len(batch)
+        return [self.encode(result, index, job) for index, job in enumerate(batch)]
+
+    def adapter_fit(self) -> AdapterFit:
+        """The pipeline's layers adapters may target, and with compile (adapters hotswap
+        into fixed slots) the rank reserved: the server refuses a larger one up front."""
+        return AdapterFit(self.loras.targets(), self.loras.max_rank)
+
     # ---- the work, for subclasses' predict ----------------------------------------------
 
     def load_pipeline(self, dtype: torch.dtype) -> Any:
@@ -256,6 +354,14 @@ class DiffusersPredictor(Predictor):
         reports progress and stops every rank at the same step on cancel (before decode);
         on rank 0 it also sends a preview every ``preview_every`` steps (0: none).
         """
+        return self.generate_batch([seed], [preview_every], pipe=pipe, **call)
+
+    def generate_batch(
+        self, seeds: Sequence[int | None], previews_every: Sequence[int], *, pipe: Any = None, **call: Any
+    ) -> Any | None:
+        """``generate`` for the jobs of a batch (``call``'s prompts: lists of theirs): one
+        generator per job, seeded as that job alone seeds it, and job ``i``'s previews every
+        ``previews_every[i]`` steps."""
         import torch
 
         pipe = self.pipe if pipe is None else pipe
@@ -271,12 +377,15 @@ class DiffusersPredictor(Predictor):
             callback, loras = job.diffusers_callback, job.loras
         except RuntimeError:  # the warm-up in setup runs outside any job
             callback = None
-        if callback is not None and preview_every and self.previewer is not None:
-            callback = self._with_previews(callback, preview_every, call)
+        for index, every in enumerate(previews_every):
+            if callback is not None and every and self.previewer is not None:
+                callback = self._with_previews(callback, every, call, index)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in self._shared_seeds(seeds)]
         with self.loras.applied(loras):  # the job's adapters; the base model again afterwards
             result = pipe(
                 **call,
-                generator=torch.Generator("cpu").manual_seed(self._shared_seed(seed)),
+                # A list draws each job's noise from its own generator, as that job alone would.
+                generator=generators[0] if len(generators) == 1 else generators,
                 # The others skip the decode, unless the VAE is split and needs them all.
                 output_type="np" if self.rank == 0 or self.decode_on_every_rank else "latent",
                 callback_on_step_end=callback,
@@ -307,22 +416,25 @@ class DiffusersPredictor(Predictor):
         parallelize_like(pipe, self.pipe)
         return pipe
 
-    def _with_previews(self, callback: StepCallback, every: int, call: dict[str, Any]) -> StepCallback:
+    def _with_previews(self, callback: StepCallback, every: int, call: dict[str, Any], index: int) -> StepCallback:
         previewer, pipe = self.previewer, self.pipe
         assert previewer is not None
         height, width = call.get("height", 0), call.get("width", 0)  # Flux unpacks its tokens with them
-        return preview_callback(callback, every, lambda latents: previewer(latent_image(pipe, latents, height, width)))
+        return preview_callback(
+            callback, every, lambda latents: previewer(latent_image(pipe, latents, height, width, index)), index
+        )
 
-    def _shared_seed(self, seed: int | None) -> int:
-        if seed is not None:
-            return seed
+    def _shared_seeds(self, seeds: Sequence[int | None]) -> list[int]:
+        """The seeds, each missing one drawn on rank 0 for every rank (one broadcast for all)."""
+        if all(seed is not None for seed in seeds):
+            return [seed for seed in seeds if seed is not None]
         import torch
         import torch.distributed as dist
 
-        drawn = torch.tensor([random.randrange(2**63)], dtype=torch.int64, device=self.device)
+        drawn = torch.tensor([random.randrange(2**63) for _ in seeds], dtype=torch.int64, device=self.device)
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast(drawn, src=0)  # rank 0's draw for everyone: one noise, split
-        return int(drawn.item())
+        return [int(d) if seed is None else seed for seed, d in zip(seeds, drawn.tolist(), strict=True)]
 
     @staticmethod
     def _dtype(name: str, device: torch.device) -> torch.dtype:

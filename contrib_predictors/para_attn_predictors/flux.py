@@ -93,12 +93,30 @@ class FluxPredictor(DiffusersPredictor):
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
         # ``image`` and ``mask_image`` arrive as PIL images (RGB and "L"), alike on every rank.
-        call: dict[str, Any] = {
+        fields = {
             "prompt": prompt,
+            "image": image,
+            "mask_image": mask_image,
+            "strength": strength,
             "width": width,
             "height": height,
             "num_inference_steps": num_inference_steps,
             "guidance_scale": guidance_scale,
+            "seed": seed,
+            "output_format": output_format,
+            "preview_every": preview_every,
+        }
+        return self.predict_batch([fields])[0]  # a lone job is a batch of one: one code path
+
+    def pipeline_call(self, fields: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        image, mask_image = fields.get("image"), fields.get("mask_image")
+        width, height = fields["width"], fields["height"]
+        call: dict[str, Any] = {
+            "prompt": fields["prompt"],
+            "width": width,
+            "height": height,
+            "num_inference_steps": fields["num_inference_steps"],
+            "guidance_scale": fields["guidance_scale"],
             "max_sequence_length": self.max_sequence_length,
         }
         pipe = None  # the loaded pipeline: text to image, or Kontext
@@ -109,11 +127,13 @@ class FluxPredictor(DiffusersPredictor):
                 call["image"], call["_auto_resize"] = self.kontext_picture(cast("Picture", image)), False
         elif image is not None:
             pipe = self.variants["img2img" if mask_image is None else "inpaint"]
-            call.update(image=image, strength=strength)
+            call.update(image=image, strength=fields["strength"])
             if mask_image is not None:
                 call["mask_image"] = mask_image
-        result = self.generate(seed, preview_every, pipe=pipe, **call)
-        return None if result is None else encode_image(result.images[0], output_format)
+        return pipe, call
+
+    def encode(self, result: Any, index: int, fields: dict[str, Any]) -> Output:
+        return encode_image(result.images[index], fields["output_format"])
 
     def kontext_picture(self, picture: Picture) -> Picture:
         """The picture as Kontext reads it: at the trained resolution nearest its aspect ratio

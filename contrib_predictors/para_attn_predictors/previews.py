@@ -163,28 +163,33 @@ def make_previewer(pipe: Any, device: torch.device, preview_vae: str | None, *, 
     return previewer
 
 
-def latent_image(pipe: Any, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The first latent image ``[C, H, W]`` of a step's latents: Flux's packed tokens
-    unpacked; a video's first frame (which its VAE decodes to the first video frame)."""
+def latent_image(pipe: Any, latents: torch.Tensor, height: int, width: int, index: int = 0) -> torch.Tensor:
+    """The latent image ``[C, H, W]`` of a step's latents for the batch's job ``index`` (the
+    first): Flux's packed tokens unpacked; a video's first frame (which its VAE decodes to the
+    first video frame)."""
     if latents.ndim == 3:  # Flux packs 2 x 2 latent pixels per token
-        unpacked: torch.Tensor = pipe._unpack_latents(latents[:1], height, width, pipe.vae_scale_factor)
+        unpacked: torch.Tensor = pipe._unpack_latents(latents[index : index + 1], height, width, pipe.vae_scale_factor)
         return unpacked[0]
-    return latents[0, :, 0] if latents.ndim == 5 else latents[0]
+    return latents[index, :, 0] if latents.ndim == 5 else latents[index]
 
 
-def preview_callback(callback: StepCallback, every: int, render: Callable[[torch.Tensor], Any]) -> StepCallback:
+def preview_callback(
+    callback: StepCallback, every: int, render: Callable[[torch.Tensor], Any], index: int = 0
+) -> StepCallback:
     """``callback`` (the job's step callback), then every ``every`` steps ``render`` of the
-    step's latents sent as the job's preview. Use it on rank 0 only: the others send none.
+    step's latents sent as the preview of the batch's job ``index`` (a lone job: 0). Use it
+    on rank 0 only: the others send none. Wrapped once per job of a batch, the step
+    callback still runs once a step.
 
     ``render`` runs on the preview sender's thread, not in the loop: the pipelines make new
     latents at each step (none changes them in place), so the step's stay as they were.
     """
 
-    def step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        tensors = callback(pipe, index, timestep, tensors)  # raises on cancel: no preview then
-        if (index + 1) % every == 0:
+    def step(pipe: Any, step_index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        tensors = callback(pipe, step_index, timestep, tensors)  # raises on cancel: no preview then
+        if (step_index + 1) % every == 0:
             latents = tensors["latents"]
-            current_job().preview(lambda: render(latents))
+            current_job().preview(lambda: render(latents), index=index)
         return tensors
 
     return step

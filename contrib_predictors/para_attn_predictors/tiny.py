@@ -9,6 +9,10 @@ With ``image`` it runs image to image (``FluxImg2ImgPipeline``, built from the s
 components and split the same way): the picture is resized to ``width`` x ``height`` and
 ``strength`` of the schedule repaints it.
 
+Jobs without a picture that differ only in prompt, seed, output format and previews run as
+one pipeline call (``batch_key``, ``predict_batch``), each with its own generator: each
+output is what the job gives alone.
+
 ``preview_every`` > 0 sends a preview every that many steps: rank 0 projects the latents
 to RGB with factors fitted at setup to the pipeline's own (random) VAE, or decodes them
 with the small VAE that ``-o preview_vae=DIR`` names (see ``previews``).
@@ -17,14 +21,14 @@ with the small VAE that ``-o preview_vae=DIR`` names (see ``previews``).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from para_attn_server import Image, Output, Predictor, RankContext, current_job, hookimpl
+from para_attn_server import AdapterFit, Image, Output, Predictor, RankContext, current_job, hookimpl
 
-from .diffusers_base import Strength, check_strength
+from .diffusers_base import PER_JOB_FIELDS, Strength, batch_key_of, check_shared, check_strength
 from .loras import LoadedLoras
 from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_previewer, preview_callback
 
@@ -63,6 +67,9 @@ class TinyFluxPredictor(Predictor):
         if inputs.get("image") is not None:
             check_strength(inputs)
 
+    def adapter_fit(self) -> AdapterFit:
+        return AdapterFit(self.loras.targets(), None)
+
     def predict(
         self,
         *,
@@ -77,35 +84,72 @@ class TinyFluxPredictor(Predictor):
         output_format: Literal["png", "jpeg", "webp", "npy"] = "png",
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
-        import numpy as np
+        fields = {
+            "prompt": prompt,
+            "image": image,
+            "strength": strength,
+            "width": width,
+            "height": height,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "output_format": output_format,
+            "preview_every": preview_every,
+        }
+        return self.predict_batch([fields])[0]  # a lone job is a batch of one: one code path
+
+    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+        """Jobs without a picture that differ only in prompt, seed, output format and
+        previews (and apply the same adapters) run as one call."""
+        return batch_key_of(self, inputs, PER_JOB_FIELDS)
+
+    def predict_batch(self, batch: list[dict[str, Any]]) -> list[Output | None]:
         import torch
 
+        check_shared(batch, PER_JOB_FIELDS)
+        lead = batch[0]
         job = current_job()
         callback: StepCallback = job.diffusers_callback
-        if preview_every and self.previewer is not None:
-            previewer, pipe = self.previewer, self.pipe
-            callback = preview_callback(
-                callback, preview_every, lambda latents: previewer(latent_image(pipe, latents, height, width))
-            )
+        for index, fields in enumerate(batch):
+            if fields["preview_every"] and self.previewer is not None:
+                callback = self._with_previews(callback, fields["preview_every"], lead, index)
         # ``image`` arrives as a PIL image in RGB, alike on every rank.
-        pipeline, picture = (self.pipe, {}) if image is None else (self.img2img, {"image": image, "strength": strength})
+        image = lead["image"]
+        picture = {} if image is None else {"image": image, "strength": lead["strength"]}
+        prompts = [fields["prompt"] for fields in batch]
+        # One generator per job, seeded as the job alone seeds it: each draws its own noise.
+        generators = [torch.Generator("cpu").manual_seed(fields["seed"]) for fields in batch]
         with self.loras.applied(job.loras):  # the job's adapters; the base model again afterwards
-            result = pipeline(
+            result = (self.pipe if image is None else self.img2img)(
                 **picture,
-                prompt=prompt,
-                width=width,
-                height=height,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
+                prompt=prompts[0] if len(batch) == 1 else prompts,
+                width=lead["width"],
+                height=lead["height"],
+                num_inference_steps=lead["num_inference_steps"],
+                guidance_scale=lead["guidance_scale"],
                 max_sequence_length=self.max_sequence_length,
-                generator=torch.Generator("cpu").manual_seed(seed),
+                generator=generators[0] if len(batch) == 1 else generators,
                 # Only rank 0 needs pixels; the others skip the (unsplit) VAE decode.
                 output_type="np" if self.rank == 0 else "latent",
                 callback_on_step_end=callback,
             )
         if self.rank != 0:
-            return None
-        pixels = result.images[0]  # HxWx3 float32 in [0, 1]
+            return [None] * len(batch)
+        images = result.images  # B x H x W x 3, float32 in [0, 1]
+        return [self._encode(pixels, fields["output_format"]) for pixels, fields in zip(images, batch, strict=True)]
+
+    def _with_previews(self, callback: StepCallback, every: int, lead: dict[str, Any], index: int) -> StepCallback:
+        previewer, pipe = self.previewer, self.pipe
+        assert previewer is not None
+        height, width = lead["height"], lead["width"]
+        return preview_callback(
+            callback, every, lambda latents: previewer(latent_image(pipe, latents, height, width, index)), index
+        )
+
+    @staticmethod
+    def _encode(pixels: Any, output_format: str) -> Output:
+        import numpy as np
+
         if output_format == "npy":
             buffer = io.BytesIO()
             np.save(buffer, pixels)

@@ -111,21 +111,39 @@ class WanPredictor(DiffusersPredictor):
         output_format: Literal["mp4", "npy"] = "mp4",
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
+        fields = {
+            "prompt": prompt,
+            "image": image,
+            "negative_prompt": negative_prompt,
+            "width": width,
+            "height": height,
+            "num_frames": num_frames,
+            "fps": fps,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "seed": seed,
+            "output_format": output_format,
+            "preview_every": preview_every,
+        }
+        return self.predict_batch([fields])[0]  # a lone job is a batch of one: one code path
+
+    def pipeline_call(self, fields: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        image = fields.get("image")
         call: dict[str, Any] = {"image": image} if image is not None else {}  # a PIL image, RGB
-        result = self.generate(
-            seed,
-            preview_every,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            width=width,
-            height=height,
-            num_frames=num_frames,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+        call.update(
+            prompt=fields["prompt"],
+            negative_prompt=fields["negative_prompt"],
+            width=fields["width"],
+            height=fields["height"],
+            num_frames=fields["num_frames"],
+            num_inference_steps=fields["num_inference_steps"],
+            guidance_scale=fields["guidance_scale"],
             max_sequence_length=self.max_sequence_length,
-            **call,
         )
-        return None if result is None else encode_video(result.frames[0], fps, output_format)
+        return None, call
+
+    def encode(self, result: Any, index: int, fields: dict[str, Any]) -> Output:
+        return encode_video(result.frames[index], fields["fps"], fields["output_format"])
 
 
 @hookimpl

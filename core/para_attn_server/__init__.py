@@ -2,8 +2,9 @@
 
 from typing import TYPE_CHECKING, Any
 
-from para_attn_server.adapters import Lora
+from para_attn_server.adapters import AdapterReport, Lora
 from para_attn_server.errors import ConfigurationError, InputError, JobCancelled, SetupError
+from para_attn_server.lorafiles import AdapterFit
 from para_attn_server.media import Image, Mask, Video
 from para_attn_server.plugin.markers import hookimpl
 from para_attn_server.predictor import PREVIEW_MAX_SIDE, JobContext, Output, Predictor, RankContext, current_job
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREVIEW_MAX_SIDE",
+    "AdapterFit",
+    "AdapterReport",
     "ConfigurationError",
     "Image",
     "InputError",

@@ -18,6 +18,17 @@ state at the current step (rank 0 only; no collective). A predictor whose class 
 ``supports_loras = True`` gets the server's ``loras`` request field: ``job.loras`` holds the
 adapters the job applies (name, scale, path), the same on every rank.
 
+Batches: a predictor may run several compatible jobs as one pipeline call. ``batch_key``
+(server process, on a job's inputs as ``validate`` gets them) says which may share one:
+queued jobs whose keys are equal and not None may be handed to one group together, and
+every rank then calls ``predict_batch`` once with each job's ``predict`` keyword arguments,
+leader first; rank 0 returns one ``Output`` (or None: that job failed) per job, in order.
+Inside it ``current_job()`` is the batch's: ``job.batch`` holds every job's arguments,
+``job.job_ids`` their ids, ``job.step`` is one boundary for the whole batch (a cancel of the
+batch stops it all), ``job.preview(image, index=i)`` shows job ``i``'s picture, and
+``job.loras`` are the batch's adapters: the key must tell apart jobs with other adapters.
+The default key, None, never batches a job.
+
 Classes that do not derive from ``Predictor`` are predictors written for the original
 server; ``legacy.as_predictor`` wraps them in a ``Predictor`` when they are loaded, so the
 rest of the server only ever sees this contract.
@@ -27,7 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +52,8 @@ if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
 
-    from para_attn_server.adapters import Lora
+    from para_attn_server.adapters import AdapterReport, Lora
+    from para_attn_server.lorafiles import AdapterFit
 
 #: Pixels on the long side of a preview at most (``JobContext.preview``): a predictor that
 #: shrinks its picture on the device itself shrinks it to this.
@@ -97,6 +109,7 @@ class RankContext:
     device: torch.device
     options: dict[str, str] = field(default_factory=dict)
     max_loaded_loras: int = 8  # adapters this rank keeps loaded (--max-loaded-loras)
+    max_lora_rank: int = 64  # the rank hotswapped adapters may have at most (--max-lora-rank)
 
     @property
     def is_leader(self) -> bool:
@@ -115,6 +128,10 @@ class JobContext:
         decide: Callable[[int, int | None], bool],
         publish_preview: Callable[[int, Any], None] | None = None,
         loras: Sequence[Lora] = (),
+        *,
+        batch: Sequence[dict[str, Any]] = (),
+        job_ids: Sequence[str] = (),
+        send_preview: Callable[[str, int, Any], None] | None = None,
     ) -> None:
         self.job_id = job_id
         self.inputs = inputs
@@ -122,9 +139,21 @@ class JobContext:
         self.world_size = world_size
         self._decide = decide
         self._publish_preview = publish_preview  # rank 0's (step, image) sender; None elsewhere
+        self._send_preview = send_preview  # rank 0's (job id, step, image) sender, any job of a batch
+        #: A batch's jobs: each one's ``predict`` keyword arguments, leader first (empty: a lone job).
+        self.batch: tuple[dict[str, Any], ...] = tuple(batch)
+        #: The ids of the jobs this call runs, leader (``job_id``) first.
+        self.job_ids: tuple[str, ...] = tuple(job_ids) or (job_id,)
         self.steps_done = 0
         #: The adapters this job applies, in the request's order (none: the base model).
         self.loras: tuple[Lora, ...] = tuple(loras)
+        self.adapters: AdapterReport | None = None
+
+    def report_adapters(self, report: AdapterReport) -> None:
+        """Say what the adapter cache holds after this job and what it loaded (with the
+        seconds each took) and evicted for it; rank 0's report reaches the server, which
+        prefers a group that holds a job's adapters and counts loads and evictions."""
+        self.adapters = report
 
     def step(self, step: int, total: int | None = None) -> None:
         """Mark a step boundary: report progress and apply a pending cancellation.
@@ -148,7 +177,7 @@ class JobContext:
         self.step(step_index + 1, getattr(pipe, "num_timesteps", None))
         return callback_kwargs
 
-    def preview(self, image: Any) -> None:
+    def preview(self, image: Any, index: int = 0) -> None:
         """Publish a picture of the job's state after the last step: a PIL image, an HxWx3
         array or tensor (uint8, or floats in [0, 1]), or a function of no arguments that
         returns one (so that making the picture, too, happens off the denoising loop).
@@ -158,9 +187,13 @@ class JobContext:
         event), made and encoded on a thread of its own: do not change what you hand over
         afterwards. When that thread falls behind, a preview that a newer one replaced is
         dropped. On the other ranks it does nothing. Not a collective: call it on rank 0
-        alone if you like.
+        alone if you like. In a batch, ``index`` says whose picture it is (``job_ids[index]``).
         """
-        if self._publish_preview is not None:
+        if not 0 <= index < len(self.job_ids):
+            raise IndexError(f"preview index {index} is outside a batch of {len(self.job_ids)} job(s)")
+        if self._send_preview is not None:
+            self._send_preview(self.job_ids[index], self.steps_done, image)
+        elif self._publish_preview is not None and index == 0:
             self._publish_preview(self.steps_done, image)
 
 
@@ -199,17 +232,36 @@ class Predictor:
     def validate(self, inputs: dict[str, Any]) -> None:
         """Reject inputs the schema cannot express; raise ``InputError(message, field)``."""
 
+    def adapter_fit(self) -> AdapterFit | None:
+        """After ``setup``, on rank 0 of a predictor that ``supports_loras``: the model's
+        layers an adapter may target, with their features, and the largest rank it can
+        load, so the server refuses an adapter that would not load before a job needs it.
+        None: the server checks only that each adapter's file is a LoRA."""
+        return None
+
     def predict(self, *args: Any, **inputs: Any) -> Output | None:
         """Run one job on this rank; rank 0 returns the output. Subclasses declare their
         request fields as keyword parameters (``(*args, **inputs)`` lets them, for mypy)."""
         raise NotImplementedError
+
+    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+        """In the server process, on a job's inputs as ``validate`` gets them (the server's
+        fields, such as ``loras``, included): jobs whose keys are equal and not None may run
+        as one ``predict_batch`` call. None (the default): this job always runs alone."""
+        return None
+
+    def predict_batch(self, batch: list[dict[str, Any]]) -> list[Output | None]:
+        """Run several jobs as one call on this rank: each dict is what ``predict`` would get
+        as keyword arguments, leader first. Rank 0 returns one output per job, in order (None
+        fails that job alone); the other ranks return ``[None] * len(batch)``."""
+        raise NotImplementedError(f"{type(self).__name__} gives batch keys but has no predict_batch")
 
 
 _current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("para_attn_job")
 
 
 def current_job() -> JobContext:
-    """The job this rank is running; only valid inside ``predict``."""
+    """The job (or batch) this rank is running; only valid inside ``predict`` and ``predict_batch``."""
     try:
         return _current_job.get()
     except LookupError:

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from para_attn_server.adapters import AdapterReport
+from para_attn_server.lorafiles import AdapterFit
+
 # ---- rank -> server -------------------------------------------------------------------
 
 
@@ -30,6 +33,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True):
 
 class SetupDone(msgspec.Struct, tag="setup_done", frozen=True):
     rank: int
+    adapter_fit: AdapterFit | None = None  # rank 0's, when the predictor applies adapters
 
 
 class SetupFailed(msgspec.Struct, tag="setup_failed", frozen=True):
@@ -67,6 +71,7 @@ class JobEnded(msgspec.Struct, tag="job_ended", frozen=True):
     file_type: str | None = None
     base64: bool = False  # ``output`` is base64 text (see predictor.Output)
     output_size: int = 0  # on the wire: this many bytes of output follow the frame
+    adapters: AdapterReport | None = None  # rank 0's adapter cache after the job, when it has one
 
 
 RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview | JobEnded
@@ -74,10 +79,25 @@ RankMessage = Hello | SetupDone | SetupFailed | Heartbeat | Progress | Preview |
 # ---- server -> rank -------------------------------------------------------------------
 
 
-class RunJob(msgspec.Struct, tag="run", frozen=True):
+class BatchItem(msgspec.Struct, frozen=True):
+    """A job that runs in the same pipeline call as a ``RunJob``'s own (its leader's)."""
+
     job_id: str
     inputs: dict[str, Any]
-    media: dict[str, bytes] = {}  # the input pictures' bytes by SHA-256 (``media:<sha256>`` in inputs)
+
+
+class RunJob(msgspec.Struct, tag="run", frozen=True):
+    """A job for every rank; with ``batch``, the leader of the jobs run as one call.
+
+    A batch's progress reports carry the leader's id; its previews, the id of the job they
+    show. Rank 0 ends a batch that ran with each other job's ``JobEnded`` (its own output,
+    or failed), then the leader's; the other ranks end it with the leader's alone.
+    """
+
+    job_id: str
+    inputs: dict[str, Any]
+    media: dict[str, bytes] = {}  # the input pictures' bytes by SHA-256 (``media:<sha256>`` in inputs), all jobs'
+    batch: list[BatchItem] = []  # the jobs beside the leader, in order
 
 
 class CancelJob(msgspec.Struct, tag="cancel", frozen=True):

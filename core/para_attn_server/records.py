@@ -40,6 +40,7 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     media: tuple[MediaInfo, ...] = ()  # the input pictures, kept under storage/inputs by checksum
     interrupted: int = 0  # runs cut short by the server's own end (it is queued again after a restart)
     cancel_requested: bool = False  # a cancel asked while it ran: a restart ends it cancelled
+    batch_size: int | None = None  # jobs that shared its pipeline call, once it started
 
     @property
     def terminal(self) -> bool:

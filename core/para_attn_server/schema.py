@@ -28,6 +28,9 @@ from para_attn_server.errors import ConfigurationError, InputError
 from para_attn_server.media import MediaField, media_field, wire_annotation
 
 OUTPUT_PATH = "output_path"
+# The scheduling fields every request has (the core's built-in plugin registers them).
+PRIORITY = "priority"
+MAX_QUEUE_SECONDS = "max_queue_seconds"
 # Added to every schema: the server writes the output there, confined to --output-dir.
 OutputPathField = (
     Annotated[

@@ -106,6 +106,8 @@ class ParaAttentionServer:
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
         service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal, fetch_input)
+        if adapters is not None:  # before recovery: a job accepted for an adapter added at run time
+            adapters.restore(store.jobs_dir / "loras.json")
         recovered = service.recover()
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
@@ -129,6 +131,8 @@ class ParaAttentionServer:
                 start_task.cancel()
                 return
             start_task.result()  # raises SetupError
+            if adapters is not None:  # ConfigurationError: an adapter that cannot load into this model
+                adapters.fits(next((group.adapter_fit for group in groups if group.adapter_fit), None))
             ranks = sum(group.world_size for group in groups)
             log.info("ready: %d rank(s) of %r%s", ranks, settings.model.model or repr(predictor), _layout(groups))
             http.on_signal = lambda: asyncio.ensure_future(_drain_then_exit(service, http))

@@ -166,6 +166,20 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_input_pixels: Annotated[
         int, msgspec.Meta(ge=1), _help("pixels one input picture (or video frame) may have, checked before decoding")
     ] = 4096 * 4096
+    max_priority: Annotated[
+        int, msgspec.Meta(ge=-100, le=100), _help("the highest priority a request may ask (its priority field)")
+    ] = 100
+    max_queue_seconds: Annotated[
+        Annotated[float, msgspec.Meta(gt=0)] | None,
+        _help("seconds a job may wait to start before it expires, for requests that give no max_queue_seconds"),
+    ] = None
+    max_batch: Annotated[
+        int, msgspec.Meta(ge=1, le=256), _help("compatible jobs one pipeline call may run at once (1: no batching)")
+    ] = 1
+    batch_wait_ms: Annotated[
+        Annotated[float, msgspec.Meta(ge=0, le=60_000)],
+        _help("milliseconds a job may wait for others to batch with (0: only what is already queued)"),
+    ] = 0.0
     input_allow_hosts: Annotated[
         list[str],
         _help(

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import msgspec
 
-from para_attn_client.wire import JobList, JobView
+from para_attn_client.wire import AppliedLora, JobList, JobView
+from para_attn_server.adapters import LORAS, AdapterStats
 from para_attn_server.records import JobRecord, JobState
+from para_attn_server.schema import PRIORITY
 
 __all__ = ["GroupStatus", "JobList", "JobView", "MetricsSnapshot", "RankRow", "ServerStatus", "job_view"]
 
@@ -17,6 +19,7 @@ __all__ = ["GroupStatus", "JobList", "JobView", "MetricsSnapshot", "RankRow", "S
 def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
     """The record as the /v1 API shows it (``JobView`` and ``JobList`` are the client's
     wire types: the client decodes exactly what is sent)."""
+    applied = record.inputs.get(LORAS)
     return JobView(
         id=record.id,
         state=record.state.value,
@@ -32,6 +35,9 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         file_type=record.file_type,
         output_path=record.output_path,
         output_url=f"/v1/jobs/{record.id}/output" if record.state is JobState.SUCCEEDED else None,
+        loras=[AppliedLora(lora["name"], lora.get("scale", 1.0)) for lora in applied] if applied else None,
+        priority=record.inputs.get(PRIORITY) or 0,
+        batch_size=record.batch_size,
     )
 
 
@@ -51,6 +57,7 @@ class GroupStatus(msgspec.Struct):
     restarts: int
     last_fault: str | None
     ranks: list[RankRow]
+    adapters: AdapterStats = msgspec.field(default_factory=AdapterStats)  # its adapter cache
 
 
 class ServerStatus(msgspec.Struct):
@@ -74,3 +81,5 @@ class MetricsSnapshot(msgspec.Struct):
     queue_length: int
     running: int
     groups: list[GroupStatus]
+    queued_by_priority: dict[int, int] = {}  # jobs waiting, by priority
+    batch_sizes: dict[int, int] = {}  # pipeline calls started, by how many jobs they ran

@@ -6,7 +6,9 @@ process (tests, an embedding program) never share or clash on a metric. What it 
 - the job service's counters and gauges, read from ``Jobs.metrics()`` at each scrape:
   jobs submitted, rejected (queue full) and finished by state; jobs waiting and running
   (also as ``num_requests_waiting`` / ``num_requests_running``, the names load-balancing
-  routers read); per worker group: ready, ranks up, ranks, restarts;
+  routers read), waiting by priority, pipeline calls by batch size (a histogram); per
+  worker group: ready, ranks up, ranks, restarts, and its adapter (LoRA) cache: adapters
+  loaded, loads, evictions, and load seconds (a histogram);
 - histograms fed by a job listener (``Jobs.add_listener``): queue wait, run time by
   final state, and time between a job's progress steps;
 - HTTP request metrics (``para_attn_http_*``: count, duration, in progress, 5xx) from
@@ -24,6 +26,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, cast
 
 from litestar import Litestar, Response, get
@@ -32,14 +35,15 @@ from litestar.plugins import InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.types import ASGIApp
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
-from para_attn_server.plugin import JobRecord, Jobs, JobState, hookimpl
+from para_attn_server.plugin import ADAPTER_LOAD_BUCKETS, GroupStatus, JobRecord, Jobs, JobState, hookimpl
 
 HTTP_PREFIX = "para_attn_http"
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -147,6 +151,13 @@ class _ServiceCollector:
             finished.add_metric([state], count)
         yield finished
         yield GaugeMetricFamily("para_attn_queue_length", "Jobs waiting in the queue.", value=m.queue_length)
+        by_priority = GaugeMetricFamily(
+            "para_attn_queue_length_by_priority", "Jobs waiting in the queue, by priority.", labels=["priority"]
+        )
+        for priority, count in sorted(m.queued_by_priority.items()):
+            by_priority.add_metric([str(priority)], count)
+        yield by_priority
+        yield _batch_sizes(m.batch_sizes)
         yield GaugeMetricFamily("para_attn_jobs_running", "Jobs running on a worker group.", value=m.running)
         yield GaugeMetricFamily("num_requests_waiting", "Jobs waiting (the name routers read).", value=m.queue_length)
         yield GaugeMetricFamily("num_requests_running", "Jobs running (the name routers read).", value=m.running)
@@ -167,6 +178,37 @@ class _ServiceCollector:
             ranks.add_metric(label, len(group.ranks))
             restarts.add_metric(label, group.restarts)
         yield from (ready, up, ranks, restarts)
+        yield from _adapter_metrics(m.groups)
+
+
+def _batch_sizes(sizes: dict[int, int]) -> Metric:
+    """Pipeline calls by how many jobs each ran (1: a job alone)."""
+    buckets = [(str(float(bound)), sum(n for size, n in sizes.items() if size <= bound)) for bound in BATCH_BUCKETS]
+    return HistogramMetricFamily(
+        "para_attn_batch_size", "Jobs that shared one pipeline call (1: a job alone).",
+        buckets=[*buckets, ("+Inf", sum(sizes.values()))], sum_value=sum(size * n for size, n in sizes.items()),
+    )  # fmt: skip
+
+
+def _adapter_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
+    """Each group's adapter (LoRA) cache, as its ranks reported it."""
+    loaded = GaugeMetricFamily("para_attn_adapters_loaded", "Adapters the group holds loaded.", labels=["group"])
+    loads = CounterMetricFamily("para_attn_adapter_loads", "Adapters the group loaded.", labels=["group"])
+    evictions = CounterMetricFamily(
+        "para_attn_adapter_evictions", "Adapters the group evicted to load others.", labels=["group"]
+    )
+    seconds = HistogramMetricFamily(
+        "para_attn_adapter_load_seconds", "Seconds the group took to load an adapter.", labels=["group"]
+    )
+    for group in groups:
+        label, stats = [str(group.group)], group.adapters
+        loaded.add_metric(label, len(stats.loaded))
+        loads.add_metric(label, stats.loads)
+        evictions.add_metric(label, stats.evictions)
+        bounds = [*(str(float(bound)) for bound in ADAPTER_LOAD_BUCKETS), "+Inf"]
+        seconds.add_metric(label, list(zip(bounds, accumulate(stats.load_seconds_counts), strict=True)),
+                           sum_value=stats.load_seconds_sum)  # fmt: skip
+    yield from (loaded, loads, evictions, seconds)
 
 
 @dataclass

@@ -137,6 +137,15 @@ def is_media(spec: dict[str, Any]) -> bool:
     return False
 
 
+def folded(spec: dict[str, Any]) -> dict[str, Any]:
+    """A property's schema with an optional type (X or null) folded into X, as the page folds it."""
+    choices = spec.get("oneOf") or spec.get("anyOf") or []
+    rest = [choice for choice in choices if choice.get("type") != "null"]
+    if len(rest) != 1 or len(rest) == len(choices):
+        return spec
+    return {**rest[0], **{key: value for key, value in spec.items() if key not in ("oneOf", "anyOf")}}
+
+
 def input_type(name: str, spec: dict[str, Any]) -> str:
     """The form control a field should get, as the DOM's ``type`` names it."""
     if is_media(spec):
@@ -146,6 +155,12 @@ def input_type(name: str, spec: dict[str, Any]) -> str:
     if spec.get("type") == "string":
         return "textarea" if "prompt" in name else "text"
     return {"integer": "number", "number": "number", "boolean": "checkbox"}.get(spec.get("type", ""), "textarea")
+
+
+def offered(server: Server) -> list[str]:
+    """The adapters the server offers ([] where /v1/loras is absent: a model that applies none)."""
+    response = server.http.get("/v1/loras")
+    return [item["name"] for item in response.json()["data"]] if response.status_code == 200 else []
 
 
 def request_schema(server: Server) -> dict[str, Any]:
@@ -164,7 +179,9 @@ def test_form_has_every_field_with_its_default_and_limits_prompt_first(
     if which == "noop_server":
         enter_key(page)
     schema = request_schema(server)
-    names = [name for name in schema["properties"] if name not in SERVER_FIELDS]
+    # tiny takes loras, but this server offers no adapters: the field is left off (see below).
+    assert offered(server) == []
+    names = [name for name in schema["properties"] if name not in SERVER_FIELDS | {"loras"}]
     expect(page.locator("#fields .field")).to_have_count(len(names))
 
     shown = page.locator("#fields :is(input, select, textarea)").evaluate_all("els => els.map(e => e.name)")
@@ -172,7 +189,7 @@ def test_form_has_every_field_with_its_default_and_limits_prompt_first(
     if "prompt" in names:
         assert shown[0] == "prompt"
     for name in names:
-        spec = schema["properties"][name]
+        spec = folded(schema["properties"][name])
         field = page.get_by_label(re.compile(rf"^{name}( \(required\))?$"))
         hint = page.locator(f"#hint-{name}")
         default = spec.get("default")
@@ -299,7 +316,7 @@ def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(
 
 
 def test_the_page_files_load_without_the_key_and_the_api_does_not(noop_server: Server) -> None:
-    for path in ("/", "/ui/app.js", "/ui/style.css"):
+    for path in ("/", "/ui/app.js", "/ui/adapters.js", "/ui/style.css"):
         assert httpx.get(noop_server.url + path).status_code == 200, path
     assert httpx.get(noop_server.url + "/ui/missing.js").status_code == 404
     for path in ("/schema/openapi.json", "/v1/jobs/x", "/server_status"):
@@ -425,3 +442,71 @@ def test_a_file_that_is_no_picture_is_a_400_under_its_field(
     expect(page.locator("#error-image")).not_to_be_empty()
     expect(page.locator("#field-image")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#job-detail")).to_be_hidden()
+
+
+# ---- adapters (LoRA) -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_server(launch: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory) -> Server:
+    """tiny on 2 ranks offering two adapters (rank-4 LoRAs of its transformer)."""
+    from tests.contrib.support import make_lora  # torch and diffusers, for this fixture only
+
+    root = tmp_path_factory.mktemp("loras")
+    a, b = make_lora(root / "a", seed=1), make_lora(root / "b", seed=2)
+    return launch("--model", "tiny", "--num-devices", "2", "--lora", f"a={a}", "--lora", f"b={b}")
+
+
+def test_the_offered_adapters_are_a_field_and_a_chosen_one_is_applied(
+    lora_server: Server, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = open_page(lora_server)
+    bodies = submitted_bodies(page)
+    expect(page.locator("#field-loras legend")).to_have_text("loras")
+    assert page.locator("#field-loras input[type=checkbox]").evaluate_all("els => els.map(e => e.value)") == ["a", "b"]
+    expect(page.get_by_label("scale of b")).to_have_value("1")
+
+    page.get_by_label("a", exact=True).check()
+    page.get_by_label("scale of a").fill("0.8")
+    adapted = generate(page, prompt="a red cat", width=32, height=32, num_inference_steps=2, seed=3)
+    expect_job_state(page, lora_server, adapted, "succeeded")
+    assert bodies[-1]["loras"] == [{"name": "a", "scale": 0.8}]
+    assert lora_server.http.get(f"/v1/jobs/{adapted}").json()["loras"] == [{"name": "a", "scale": 0.8}]
+    expect(page.locator("#job-loras")).to_have_text("Adapters: a × 0.8")
+    save_screenshot(page, tmp_path / "webui-adapters.png")
+
+    page.get_by_label("a", exact=True).uncheck()  # the same request, on the base model
+    base = generate_next(page, adapted)
+    expect_job_state(page, lora_server, base, "succeeded")
+    assert "loras" not in bodies[-1]
+    assert "loras" not in lora_server.http.get(f"/v1/jobs/{base}").json()
+    expect(page.locator("#job-loras")).to_be_hidden()
+    assert lora_server.output(adapted) != lora_server.output(base)
+
+
+def test_a_400_about_an_adapter_shows_under_the_field(lora_server: Server, open_page: Callable[..., Page]) -> None:
+    expected = lora_server.http.post("/v1/jobs", json={"prompt": "x", "loras": [{"name": "b", "scale": 11}]})
+    assert expected.status_code == 400  # above the scale's limit, 10
+    assert expected.json()["field"].split("[")[0] == "loras"
+    page = open_page(lora_server)
+    page.get_by_label("b", exact=True).check()
+    page.get_by_label("scale of b").fill("11")
+    page.locator("#field-prompt").fill("x")
+    page.get_by_role("button", name="Generate").click()
+
+    expect(page.locator("#error-loras")).to_have_text(expected.json()["error"])
+    expect(page.locator("#field-loras")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#job-detail")).to_be_hidden()
+
+
+def test_without_adapters_offered_the_form_has_no_adapters_field(
+    tiny_server: Server, open_page: Callable[..., Page]
+) -> None:
+    assert "loras" in request_schema(tiny_server)["properties"]
+    assert tiny_server.http.get("/v1/loras").json()["data"] == []  # the route is there, and lists none
+    page = open_page(tiny_server)
+    bodies = submitted_bodies(page)
+    expect_job_state(page, tiny_server, generate(page, prompt="a red square", num_inference_steps=1), "succeeded")
+
+    expect(page.locator("#field-loras")).to_have_count(0)
+    assert "loras" not in bodies[-1]

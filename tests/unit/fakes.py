@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from para_attn_server import InputError, Output, Predictor, RankContext, hookimpl
+from para_attn_server.adapters import AdapterStats
 from para_attn_server.engine.registry import Job
 from para_attn_server.engine.service import JobService
 from para_attn_server.errors import SetupError
+from para_attn_server.lorafiles import AdapterFit
 from para_attn_server.settings import GroupSettings
 from para_attn_server.views import GroupStatus, RankRow
 from para_attn_server.workers.exactreader import STAGING, ExactReader
-from para_attn_server.workers.outcome import JobOutcome
+from para_attn_server.workers.outcome import BatchMember, JobOutcome
 
 # ---- predictors -------------------------------------------------------------------------
 
@@ -105,6 +107,7 @@ class FakeRun:
     outcome: asyncio.Future[JobOutcome]
     on_preview: Callable[[int, bytes], None] | None = None
     media: dict[str, bytes] | None = None
+    batch: Sequence[BatchMember] = ()  # the jobs beside this one in its pipeline call
 
     def finish(self, outcome: JobOutcome) -> None:
         self.outcome.set_result(outcome)
@@ -141,6 +144,8 @@ class FakeGroup:
         self.current: FakeRun | None = None
         self.cancelled: list[str] = []
         self._fault: asyncio.Future[str] | None = None
+        self.adapter_fit: AdapterFit | None = None
+        self.adapters = AdapterStats()  # a test sets ``loaded`` to say what its cache holds
 
     @property
     def fault(self) -> asyncio.Future[str]:
@@ -170,10 +175,11 @@ class FakeGroup:
         on_progress: Callable[[int, int | None], None],
         on_preview: Callable[[int, bytes], None] | None = None,
         media: dict[str, bytes] | None = None,
+        batch: Sequence[BatchMember] = (),
     ) -> JobOutcome:
         assert self.ready, "run() on a group that is not ready"
         outcome = asyncio.get_running_loop().create_future()
-        run = FakeRun(job_id, inputs, timeout, on_progress, outcome, on_preview, media)
+        run = FakeRun(job_id, inputs, timeout, on_progress, outcome, on_preview, media, batch)
         self.current = run
         self.runs.put_nowait(run)
         try:

@@ -11,6 +11,7 @@ import pytest
 from para_attn_server import ConfigurationError, InputError, Lora
 from para_attn_server.adapters import Adapters
 from para_attn_server.cli import parse
+from para_attn_server.lorafiles import AdapterFit
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import build
 from tests.unit.fakes import EchoPredictor, KwargsPredictor
@@ -128,3 +129,92 @@ def test_too_many_adapters_a_wild_scale_or_a_path_are_refused(body: bytes, says:
     schema = InputSchema(LoraPredictor(), adapters=Adapters({"a": "/a", "b": "/b", "c": "/c"}, 2))
     with pytest.raises(msgspec.ValidationError, match=says.replace("[", r"\[").replace("$", r"\$")):
         schema.decode_json(body)
+
+
+# ---- registered at run time (POST /v1/loras) --------------------------------------------
+
+
+@pytest.fixture
+def offered(tmp_path: Path) -> Adapters:
+    """``--lora-dir`` offering ``style``; in its hidden ``.more/`` (which the scan skips)
+    adapters to add at run time: a folder of one, and one for another model."""
+    from tests.unit.test_lorafiles import lora
+
+    root = tmp_path / "offered"
+    (root / ".more" / "folder").mkdir(parents=True)
+    lora(root / "style.safetensors")
+    lora(root / ".more" / "folder" / "pytorch_lora_weights.safetensors")
+    lora(root / ".more" / "wide.safetensors", features=(48, 64))
+    lora(tmp_path / "outside.safetensors")
+    (root / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    adapters = Adapters.from_settings({}, str(root))
+    adapters.remove("link")  # the scan found it; here it stands for a link planted later
+    adapters.fits(AdapterFit({"transformer.blocks.0.to_q": (32, 64)}))
+    return adapters
+
+
+def test_an_adapter_under_lora_dir_is_added_by_a_relative_or_absolute_path(offered: Adapters) -> None:
+    assert offered.names() == ["style"]
+    assert offered.lora_dir is not None
+    info = offered.add("mine", ".more/folder/pytorch_lora_weights.safetensors")
+    assert (info.name, info.source, info.rank) == ("mine", "api", 4)
+    offered.add("again", str(offered.lora_dir / ".more" / "folder"))
+    assert offered.resolve([{"name": "again"}])[0]["path"] == str(offered.lora_dir / ".more" / "folder")
+    assert offered.remove("mine")
+    assert not offered.remove("mine")
+    with pytest.raises(InputError, match="no adapter is named 'mine'"):
+        offered.check([{"name": "mine"}])
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "field", "reason"),
+    [
+        ("x", "../outside.safetensors", "path", "must lie under --lora-dir"),
+        ("x", "/etc/passwd", "path", "must lie under --lora-dir"),
+        ("x", ".", "path", "must lie under --lora-dir"),
+        ("x", "link.safetensors", "path", "must lie under --lora-dir"),  # a symlink out of it
+        ("x", "missing.safetensors", "path", "does not exist"),
+        ("x", ".more/wide.safetensors", "path", "another base model"),
+        ("style", ".more/folder", "name", "already named"),
+        ("a.b", ".more/folder", "name", "letters, digits"),
+    ],
+)
+def test_what_cannot_be_added_is_an_input_error_naming_the_field(
+    offered: Adapters, name: str, path: str, field: str, reason: str
+) -> None:
+    with pytest.raises(InputError, match=reason) as raised:
+        offered.add(name, path)
+    assert raised.value.field == field
+    assert offered.names() == ["style"]
+
+
+def test_without_lora_dir_nothing_is_added(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="only from --lora-dir") as raised:
+        Adapters.from_settings({}, None).add("x", str(tmp_path))
+    assert raised.value.field == "path"
+
+
+def test_an_adapter_of_the_flags_that_does_not_fit_fails_the_start(offered: Adapters) -> None:
+    assert offered.lora_dir is not None
+    wide = Adapters.from_settings({"wide": str(offered.lora_dir / ".more" / "wide.safetensors")}, None)
+    with pytest.raises(ConfigurationError, match=r"--lora wide: cannot load it: .*another base model"):
+        wide.fits(AdapterFit({"transformer.blocks.0.to_q": (32, 64)}))
+
+
+def test_what_was_added_is_registered_again_after_a_restart_unless_it_no_longer_fits(
+    offered: Adapters, tmp_path: Path
+) -> None:
+    assert offered.lora_dir is not None
+    offered.restore(tmp_path / "loras.json")
+    offered.add("kept", ".more/folder")
+    offered.add("spoiled", ".more/folder/pytorch_lora_weights.safetensors")
+    again = Adapters.from_settings({}, str(offered.lora_dir))
+    again.remove("link")
+    again.restore(tmp_path / "loras.json")
+    # Before the ranks are up it holds them (a job recovered for one stays valid)...
+    assert again.names() == ["kept", "spoiled", "style"]
+    # ... then checks them against the model: one that no longer loads is dropped.
+    (offered.lora_dir / ".more" / "folder" / "pytorch_lora_weights.safetensors").write_bytes(b"not a LoRA")
+    again.fits(AdapterFit({"transformer.blocks.0.to_q": (32, 64)}))
+    assert again.names() == ["style"]
+    assert msgspec.json.decode((tmp_path / "loras.json").read_bytes()) == {}  # nor will the next start

@@ -20,6 +20,7 @@ re-raises. Errors are ``ClientError`` subclasses (see ``types``).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import time
@@ -58,31 +59,16 @@ from para_attn_client.types import (
     retry_delay,
     unreachable,
 )
+from para_attn_client.wire import Adapter, AdapterList
 
 __all__ = [
-    "API_KEY_ENV",
-    "AsyncClient",
-    "Client",
-    "ClientError",
-    "Conflict",
-    "Event",
-    "InputRejected",
-    "Job",
-    "JobCancelled",
-    "JobFailed",
-    "JobPage",
-    "NotFound",
-    "NotReady",
-    "Progress",
-    "QueueFull",
-    "Result",
-    "RetryLater",
-    "ServerError",
-    "ServerUnreachable",
-    "Unauthorized",
-]
+    "API_KEY_ENV", "Adapter", "AsyncClient", "Client", "ClientError", "Conflict", "Event", "InputRejected", "Job",
+    "JobCancelled", "JobFailed", "JobPage", "NotFound", "NotReady", "Progress", "QueueFull", "Result", "RetryLater",
+    "ServerError", "ServerUnreachable", "Unauthorized",
+]  # fmt: skip
 
 API_KEY_ENV = "PARA_ATTN_SERVER_API_KEY"  # the server's own variable
+LORAS_PATH = "/v1/loras"
 OnEvent = Callable[[Event], object]
 
 
@@ -171,7 +157,9 @@ class Client(_Settings):
         the same id and inputs again return the same job. ``wait``: seconds the server
         may hold the answer until the job ends. A picture or video field's value may be a
         ``Path``, bytes, a binary file or a PIL image (or a list of them): it is sent as a
-        ``data:`` URL (``para_attn_client.media``); a string (a URL, ``job:<id>``) as it is."""
+        ``data:`` URL (``para_attn_client.media``); a string (a URL, ``job:<id>``) as it is.
+        ``loras``: the adapters to apply, as ``{"a": 0.8}``, ``[("a", 0.8)]`` or the server's
+        ``[{"name": "a", "scale": 0.8}]`` (``types.lora_list``)."""
         body = media_inputs(job_inputs(inputs, fields))
         url = _path(job_id or str(uuid.uuid4()))
         response = self._request("PUT", url, json=body, params={"wait": wait}, timeout=self._timeout(wait))
@@ -256,6 +244,12 @@ class Client(_Settings):
         job ``after`` names (a page's ``last_id``)."""
         response = self._request("GET", "/v1/jobs", params=self._list_params(state, limit, after))
         return decode(response, JobPage)
+
+    def loras(self) -> builtins.list[Adapter]:
+        """The adapters (LoRA) a job may apply by name (``loras=``); [] where the model applies none."""
+        with contextlib.suppress(NotFound):  # no /v1/loras: a predictor without adapters
+            return decode(self._request("GET", LORAS_PATH), AdapterList).data
+        return []
 
 
 class AsyncClient(_Settings):
@@ -387,3 +381,9 @@ class AsyncClient(_Settings):
         """See ``Client.list``."""
         response = await self._request("GET", "/v1/jobs", params=self._list_params(state, limit, after))
         return decode(response, JobPage)
+
+    async def loras(self) -> builtins.list[Adapter]:
+        """See ``Client.loras``."""
+        with contextlib.suppress(NotFound):
+            return decode(await self._request("GET", LORAS_PATH), AdapterList).data
+        return []

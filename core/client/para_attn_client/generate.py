@@ -1,7 +1,8 @@
 """``para-attn-client generate URL -p prompt="a cat" -p seed=7 -o cat.png`` (also
 ``para-attn-server generate``): run one job on a server through ``para_attn_client.Client``,
 show its progress, write its output. ``-p image=@cat.png`` sends a file (as a ``data:``
-URL); ``-p image=job:<id>`` an earlier job's output.
+URL); ``-p image=job:<id>`` an earlier job's output; ``-p loras='{"a": 0.8}'`` applies
+adapter ``a`` at scale 0.8 (as ``Client.submit`` takes ``loras``).
 
 Exit status: 0 the output was written; 1 the job failed or was cancelled elsewhere, or the
 server could not be reached; 2 bad input (the command line, or inputs the server refused,
@@ -110,7 +111,8 @@ def parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="a request field, repeatable; VALUE is read as JSON when it is JSON, else as text; "
-        "@FILE sends the file (a picture: -p image=@cat.png; @@ for a leading @); KEY+=VALUE adds to the list KEY",
+        "@FILE sends the file (a picture: -p image=@cat.png; @@ for a leading @); KEY+=VALUE adds to the list KEY; "
+        """adapters (LoRA): -p loras='{"a": 0.8}' or -p loras='[{"name": "a", "scale": 0.8}]'""",
     )
     p.add_argument(
         "-o", "--output", type=Path, help="where to write the output (a directory: named after the job there)"

@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from para_attn_client.wire import JobList, JobView
+from para_attn_client.wire import AppliedLora, JobList, JobView
 
 # The client reads exactly what the server sends: one definition of each (wire.py).
 Job = JobView
 JobPage = JobList
 MAX_RETRY_WAIT = 30.0  # seconds: a longer Retry-After is capped
+LORAS = "loras"  # the request field naming the adapters a job applies
 T = TypeVar("T")
 _NAMED = re.compile(r"([A-Za-z_][\w.\[\]]*): ")  # "steps: Expected `int` >= 0"
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")  # "Object contains unknown field `colour`"
@@ -217,5 +218,27 @@ def decode(response: httpx.Response, kind: type[T]) -> T:
 
 
 def job_inputs(inputs: Mapping[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
-    """A request body from a mapping and keyword fields (the keywords win)."""
-    return {**(inputs or {}), **fields}
+    """A request body from a mapping and keyword fields (the keywords win), its ``loras`` as
+    the server takes them (``lora_list``)."""
+    body = {**(inputs or {}), **fields}
+    if LORAS in body:
+        body[LORAS] = lora_list(body[LORAS])
+    return body
+
+
+def lora_list(value: Any) -> Any:
+    """The ``loras`` field as the server takes it, ``[{"name": ..., "scale": ...}]``, from a
+    dict of name -> scale (``{"a": 0.8}``), or a list of such dicts, of (name, scale) pairs
+    (``[("a", 0.8)]``) or of a job's ``AppliedLora`` (``loras=job.loras`` applies them again).
+    Anything else goes as it is, for the server to refuse naming the field."""
+    if isinstance(value, Mapping):
+        return [{"name": name, "scale": scale} for name, scale in value.items()]
+    return [_lora(item) for item in value] if isinstance(value, list | tuple) else value
+
+
+def _lora(item: Any) -> Any:
+    if isinstance(item, AppliedLora):
+        return {"name": item.name, "scale": item.scale}
+    if isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str):
+        return {"name": item[0], "scale": item[1]}
+    return item

@@ -19,16 +19,40 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not started within its max_queue_seconds: it never ran
 
 
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
+
+
+class Adapter(msgspec.Struct, frozen=True):
+    """An adapter (LoRA) the server offers (``GET /v1/loras``): a request applies it by
+    ``name`` (``loras=``). ``source``: ``--lora``, ``--lora-dir`` or ``api`` (added at run
+    time); ``rank``: read from its file; ``loaded_by``: the worker groups that hold it now."""
+
+    name: str
+    source: str
+    rank: int | None = None
+    loaded_by: list[int] = []
+
+
+class AdapterList(msgspec.Struct, frozen=True):
+    data: list[Adapter]
+    object: str = "list"  # as OpenAI's lists say
+
+
+class AppliedLora(msgspec.Struct, frozen=True):
+    """An adapter (LoRA) a job applies, as its request named it."""
+
+    name: str
+    scale: float = 1.0
 
 
 class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
     """A job as the /v1 API shows it (and ``para_attn_client`` reads it)."""
 
     id: Annotated[str, Meta(description="The job's id, a UUID")]
-    state: Annotated[str, Meta(description="queued, running, succeeded, failed or cancelled")]
+    state: Annotated[str, Meta(description="queued, running, succeeded, failed, cancelled or expired")]
     created_at: Annotated[float, Meta(description="When the server took the job (Unix time, seconds)")]
     started_at: Annotated[float | None, Meta(description="When a worker group started it")] = None
     finished_at: Annotated[float | None, Meta(description="When it ended")] = None
@@ -47,10 +71,17 @@ class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
         str | None, Meta(description="The output_path it was submitted with, under the server's output directory")
     ] = None
     output_url: Annotated[str | None, Meta(description="Once it succeeded: where to download its output")] = None
+    loras: Annotated[
+        list[AppliedLora] | None, Meta(description="The adapters (LoRA) it applies, in order, with their scales")
+    ] = None
+    priority: Annotated[int, Meta(description="Its priority: higher runs first, first come first among equals")] = 0
+    batch_size: Annotated[
+        int | None, Meta(description="Once started: how many jobs shared its pipeline call (itself included)")
+    ] = None
 
     @property
     def done(self) -> bool:
-        """True once the job ended: succeeded, failed or cancelled."""
+        """True once the job ended: succeeded, failed, cancelled or expired."""
         return self.state in TERMINAL
 
 

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Sequence
 
+    from para_attn_server.adapters import AdapterStats
+    from para_attn_server.lorafiles import AdapterFit
     from para_attn_server.settings import GroupSettings
     from para_attn_server.views import GroupStatus
-    from para_attn_server.workers.outcome import JobOutcome, PreviewCallback, ProgressCallback
+    from para_attn_server.workers.outcome import BatchMember, JobOutcome, PreviewCallback, ProgressCallback
 
 
 class Group(Protocol):
@@ -22,6 +25,8 @@ class Group(Protocol):
     restarts: int  # the supervisor counts them
     settings: GroupSettings
     last_fault: str | None
+    adapter_fit: AdapterFit | None  # what adapters must fit, once set up (None: not said)
+    adapters: AdapterStats  # its adapter cache, as its ranks reported it
 
     @property
     def ready(self) -> bool:
@@ -44,9 +49,11 @@ class Group(Protocol):
         on_progress: ProgressCallback,
         on_preview: PreviewCallback | None = None,
         media: dict[str, bytes] | None = None,
+        batch: Sequence[BatchMember] = (),
     ) -> JobOutcome:
         """Run one job on every rank (``media``: its input pictures' bytes by checksum);
-        how it ended, a fault included."""
+        how it ended, a fault included. ``batch``: the jobs that run in the same call beside
+        it (its outcome's ``members`` holds theirs)."""
 
     def cancel(self, job_id: str) -> bool: ...
 

@@ -1,18 +1,28 @@
-"""The dispatcher: which group runs the next job.
+"""The dispatcher: which jobs run next, and on which group.
 
-One FIFO queue feeds every worker group: the job at the head goes to the first idle, ready
-group. This is the only place that pairs jobs with groups, so that a later policy (lend
-several idle groups to one wide job, split a wide group when the queue is deep) changes this
-module only.
+One queue (priority first, then arrival: ``queue.JobQueue``) feeds every worker group. The
+job at the head goes to an idle, ready group, preferably one that holds the adapters (LoRA)
+the job applies (``wants``), so it need not load them. When no idle group holds them but one
+holds every adapter of the job behind it, that job goes first: a job is overtaken this way
+once at most, so affinity never delays a job by more than one other.
+
+Batching (``Batching``, off at ``max_size`` 1): the jobs queued with the head's batch key
+(the predictor's ``batch_key``; None: never batched) go with it, up to ``max_size``, in
+queue order. With ``wait`` > 0 a head whose batch is not full waits up to that long since
+it arrived for more; with 0 a lone job never waits. This is the only place that pairs jobs
+with groups, so that a later policy changes this module only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
+
+from para_attn_server.engine.queue import JobQueue
 
 if TYPE_CHECKING:
     from para_attn_server.engine.contract import Group
@@ -21,38 +31,110 @@ log = logging.getLogger("para_attn_server.dispatch")
 J = TypeVar("J")
 
 
+@dataclass(frozen=True)
+class Batching(Generic[J]):
+    max_size: int = 1
+    wait: float = 0.0  # seconds a head job may wait for others to fill its batch
+    key: Callable[[J], Hashable | None] = lambda job: None
+    arrived: Callable[[J], float] = lambda job: 0.0  # when it was queued (time.time())
+
+
 class Dispatcher(Generic[J]):
-    """``execute(job, group)`` is called as the job leaves the queue, and what it returns is
-    awaited in a task of its own: whatever ``execute`` does before returning (marking the job
-    running) is done before anything else can see the job out of the queue."""
+    """``execute(jobs, group)`` is called as the jobs (one, or a batch) leave the queue, and
+    what it returns is awaited in a task of its own: whatever ``execute`` does before
+    returning (marking them running) is done before anything else can see them out of the queue."""
 
     def __init__(
-        self, groups: Sequence[Group], queue: deque[J], execute: Callable[[J, Group], Awaitable[None]]
+        self,
+        groups: Sequence[Group],
+        queue: JobQueue[J],
+        execute: Callable[[list[J], Group], Awaitable[None]],
+        wants: Callable[[J], Collection[str]] = lambda job: (),
+        batching: Batching[J] | None = None,
     ) -> None:
         self.groups = groups
         self.queue = queue
         self._execute = execute
-        self._busy: dict[int, J] = {}  # group index -> the job it runs
+        self._wants = wants  # the adapters a job applies
+        self.batching: Batching[J] = batching or Batching()
+        self._overtaken: set[int] = set()  # id() of queued jobs another went ahead of
+        self._busy: dict[int, list[J]] = {}  # group index -> the jobs it runs
         self._idle = {group.index: asyncio.Event() for group in groups}
         for event in self._idle.values():
             event.set()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
         """Something changed: a job was queued, a group became ready, a job ended."""
         self._wake.set()
 
     def pick(self) -> Group | None:
-        """The group for the job at the head of the queue: the first idle, ready one."""
-        for group in self.groups:
-            if group.ready and group.index not in self._busy:
-                return group
-        return None
+        """The group for the job at the head of the queue: an idle, ready one, the one
+        holding most of its adapters first (the first such by index)."""
+        idle = self._idle_groups()
+        if not idle or not self.queue:
+            return idle[0] if idle else None
+        wants = self._wants(self.queue[0])
+        return max(idle, key=lambda group: len(_held(group, wants))) if wants else idle[0]
 
-    def running(self) -> dict[int, J]:
-        """Group index -> the job it runs now."""
-        return dict(self._busy)
+    def take(self) -> tuple[list[J], Group] | None:
+        """The next jobs to start (one, or a batch) and their group, out of the queue
+        (None: nothing can start now)."""
+        group = self.pick()
+        if group is None or not self.queue:
+            return None
+        head = self.queue[0]
+        wants = self._wants(head)
+        if wants and len(_held(group, wants)) < len(wants) and len(self.queue) > 1 and id(head) not in self._overtaken:
+            second = self.queue[1]
+            behind = self._wants(second)
+            holder = next((g for g in self._idle_groups() if behind and len(_held(g, behind)) == len(behind)), None)
+            if holder is not None:
+                self._overtaken.add(id(head))
+                return self._batch(second), holder
+        jobs = self._batch(head, hold=True)
+        if not jobs:
+            return None  # the head waits for its batch to fill
+        self._overtaken.discard(id(head))
+        if len(self._overtaken) > len(self.queue):  # jobs cancelled while overtaken
+            self._overtaken &= {id(job) for job in self.queue}
+        return jobs, group
+
+    def _batch(self, first: J, *, hold: bool = False) -> list[J]:
+        """``first`` and the queued jobs with its batch key, out of the queue; with ``hold``,
+        none when the batch is not full and ``first`` may still wait for more."""
+        batching = self.batching
+        key = batching.key(first) if batching.max_size > 1 else None
+        jobs = [first]
+        if key is not None:
+            alike = [job for job in self.queue if job is not first and batching.key(job) == key]
+            jobs += alike[: batching.max_size - 1]
+            waited = time.time() - batching.arrived(first)
+            if hold and len(jobs) < batching.max_size and waited < batching.wait:
+                self._wake_in(batching.wait - waited)
+                return []
+        for job in jobs:
+            self.queue.remove(job)
+        return jobs
+
+    def _wake_in(self, seconds: float) -> None:
+        if self._timer is None or self._timer.when() > asyncio.get_running_loop().time() + seconds:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(seconds, self.wake)
+
+    def _idle_groups(self) -> list[Group]:
+        return [group for group in self.groups if group.ready and group.index not in self._busy]
+
+    def running(self) -> dict[int, list[J]]:
+        """Group index -> the jobs it runs now (one, or a batch)."""
+        return {index: list(jobs) for index, jobs in self._busy.items()}
+
+    def running_jobs(self) -> list[J]:
+        """Every job running now."""
+        return [job for jobs in self._busy.values() for job in jobs]
 
     async def idle(self, group: Group) -> None:
         """Return once ``group`` runs no job."""
@@ -61,14 +143,14 @@ class Dispatcher(Generic[J]):
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            while self.queue and (group := self.pick()) is not None:
-                self._start(self.queue.popleft(), group)
+            while (taken := self.take()) is not None:
+                self._start(*taken)
             await self._wake.wait()
 
-    def _start(self, job: J, group: Group) -> None:
-        self._busy[group.index] = job
+    def _start(self, jobs: list[J], group: Group) -> None:
+        self._busy[group.index] = jobs
         self._idle[group.index].clear()
-        task = asyncio.create_task(self._run(self._execute(job, group), group))
+        task = asyncio.create_task(self._run(self._execute(jobs, group), group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -81,3 +163,8 @@ class Dispatcher(Generic[J]):
             del self._busy[group.index]
             self._idle[group.index].set()
             self.wake()
+
+
+def _held(group: Group, wants: Collection[str]) -> set[str]:
+    """Which of ``wants`` the group holds loaded."""
+    return set(wants).intersection(group.adapters.loaded)

@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from para_attn_server.adapters import names_in
 from para_attn_server.engine.order import CreationOrder
 from para_attn_server.engine.previews import PreviewStore
 from para_attn_server.errors import InputError
@@ -38,6 +39,14 @@ GONE = "the output is gone"
 MAX_INTERRUPTIONS = 2  # runs of a job the server's end may cut short before it is given up
 
 
+NOT_ASKED: Any = object()  # a job's batch key before the predictor was asked for it
+
+
+def adapters_of(job: Job) -> list[str]:
+    """The adapters (LoRA) the job applies, by name: what the dispatcher matches groups by."""
+    return names_in(job.record.inputs)
+
+
 class Job:
     """A job while the server holds it: its latest record, and what waits on it."""
 
@@ -46,6 +55,7 @@ class Job:
         self.done = asyncio.Event()
         self.cancel_requested = False
         self.subscribers: list[asyncio.Queue[JobEvent]] = []
+        self.batch_key: Any = NOT_ASKED  # the predictor's batch_key of its inputs, once asked
 
     @property
     def id(self) -> str:

@@ -1,4 +1,4 @@
-"""The job service: job records, the bounded FIFO queue, states, outputs and events.
+"""The job service: job records, the bounded queue (priority, then arrival), states, outputs and events.
 
 It knows nothing about processes: the dispatcher hands each queued job to an idle, ready
 worker group, the supervisor restarts a group that faulted, and this service turns what a
@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from para_attn_server.engine.dispatcher import Dispatcher
+from para_attn_server.engine.dispatcher import Batching, Dispatcher
 from para_attn_server.engine.inputs import Fetch, InputResolver
 from para_attn_server.engine.observers import EventStreams, JobObserver, JobObservers
-from para_attn_server.engine.registry import FILE_TYPE, Job, JobEvent, JobRegistry
+from para_attn_server.engine.queue import JobQueue
+from para_attn_server.engine.registry import NOT_ASKED, Job, JobEvent, JobRegistry, adapters_of
+from para_attn_server.engine.running import JobRunning
 from para_attn_server.engine.saver import OutputSaver
 from para_attn_server.engine.status import metrics_snapshot, server_status
 from para_attn_server.engine.supervisor import supervise
 from para_attn_server.errors import IdConflictError, InputError, JournalError, NotReadyError, QueueFullError
-from para_attn_server.records import TERMINAL, JobRecord, JobState, public_error
-from para_attn_server.schema import OUTPUT_PATH
+from para_attn_server.records import TERMINAL, JobRecord, JobState
+from para_attn_server.schema import MAX_QUEUE_SECONDS, OUTPUT_PATH, PRIORITY
 from para_attn_server.settings import JobSettings
-from para_attn_server.storage.inputs import InputGoneError
 from para_attn_server.storage.outputs import Held, OutputCache
 from para_attn_server.views import JobView, MetricsSnapshot, ServerStatus, job_view
 
@@ -44,13 +43,11 @@ if TYPE_CHECKING:
     from para_attn_server.schema import InputSchema
     from para_attn_server.storage.journal import JobJournal
     from para_attn_server.storage.outputs import OutputStore
-    from para_attn_server.workers.outcome import JobOutcome
 
 log = logging.getLogger("para_attn_server.jobs")
-CANCELLED = (JobState.CANCELLED, "cancelled before it started")
 
 
-class JobService:
+class JobService(JobRunning):
     def __init__(
         self,
         groups: Sequence[Group],
@@ -75,13 +72,15 @@ class JobService:
         self.jobs = self.registry.jobs
         self.previews = self.registry.previews  # each job's latest (step, jpeg)
         self.media = InputResolver(schema.media_fields, settings, fetch, self.registry, self.outputs, store)
-        self.queue: deque[Job] = deque()
+        self.queue: JobQueue[Job] = JobQueue(lambda job: job.record.inputs.get(PRIORITY) or 0)
         self.accepting = False  # True once the first setup succeeded, until draining
         self.started = False
         self.counters: dict[str, int] = {"submitted": 0, "rejected_queue_full": 0, "restarts": 0}
         self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
         self.run_seconds_ewma: float | None = None
-        self.dispatcher: Dispatcher[Job] = Dispatcher(self.groups, self.queue, self._execute)
+        batching = Batching(settings.max_batch, settings.batch_wait_ms / 1000, self._batch_key, _arrived)
+        self.dispatcher: Dispatcher[Job] = Dispatcher(self.groups, self.queue, self._execute, adapters_of, batching)
+        self.batch_sizes: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.streams = EventStreams(settings)
         self._cancel_asked: set[str] = set()  # ids cancelled while their submit was being received
@@ -117,6 +116,8 @@ class JobService:
                 raise result
         self.started = True
         self.accepting = True
+        for job in self.queue:  # recovered: their deadlines count from when they were accepted
+            self._deadline(job)
         self._tasks = [asyncio.create_task(self.dispatcher.run()), asyncio.create_task(self._expire_loop())]
         for group in self.groups:
             self._tasks.append(asyncio.create_task(self._supervise(group)))
@@ -140,7 +141,7 @@ class JobService:
         self.accepting = False
         while self.queue:
             self._finish(self.queue.popleft(), JobState.CANCELLED, "server shutting down")
-        running = list(self.dispatcher.running().values())
+        running = self.dispatcher.running_jobs()
         if running:
             waits = [job.done.wait() for job in running]
             with contextlib.suppress(TimeoutError):
@@ -185,6 +186,8 @@ class JobService:
         )
         job = self.registry.add(record)
         self.queue.append(job)
+        if self.started:
+            self._deadline(job)
         self.counters["submitted"] += 1
         self._changed(job)
         self.dispatcher.wake()
@@ -238,23 +241,21 @@ class JobService:
         else:  # on record: a restart before it stops must not run it again
             job.record = job.record.evolve(cancel_requested=True)
             self._changed(job, notify=False)
-            group = self._group_of(job)
-            if group is not None:
-                group.cancel(job.id)
+            self.cancel_running(job)
         return job
 
     async def cancel_and_wait(self, job_id: str) -> Job | None:
         """Cancel, then give a running job its group's cancel grace to stop (past that the
         group restarts to stop it). None when there was nothing to cancel."""
-        group = self._group_of(self.jobs[job_id]) if job_id in self.jobs else None
+        found = self.group_of(self.jobs[job_id]) if job_id in self.jobs else None
         job = self.cancel(job_id)
-        if job is not None and group is not None:
-            await self.wait(job, group.settings.cancel_grace + 1)
+        if job is not None and found is not None:
+            await self.wait(job, found[0].settings.cancel_grace + 1)
         return job
 
     def oldest_running(self) -> Job | None:
         """The running job that started first: what the original's ``/cancel`` stops."""
-        running = self.dispatcher.running().values()
+        running = self.dispatcher.running_jobs()
         return min(running, key=lambda job: job.record.started_at or 0.0, default=None)
 
     async def wait(self, job: Job, timeout: float) -> bool:
@@ -307,62 +308,6 @@ class JobService:
 
     # ---- running a job ----------------------------------------------------------------
 
-    def _group_of(self, job: Job) -> Group | None:
-        for index, running in self.dispatcher.running().items():
-            if running is job:
-                return self.groups[index]
-        return None
-
-    def _execute(self, job: Job, group: Group) -> Awaitable[None]:
-        """The dispatcher took the job from the queue: it is running from now on (a cancel
-        meanwhile must not look for it in the queue), and what it returns runs it."""
-        job.record = job.record.evolve(state=JobState.RUNNING, started_at=time.time(), group=group.index)
-        # Journaled (in the next group commit): after a crash a job that was running counts a
-        # run cut short, one that was queued does not (``JobRegistry.recover``).
-        self._changed(job)
-        return self._run(job, group)
-
-    async def _run(self, job: Job, group: Group) -> None:
-        if job.cancel_requested:  # cancelled before its group had it: it never runs
-            self._finish(job, *CANCELLED)
-            return
-
-        def on_progress(step: int, total: int | None) -> None:
-            job.record = job.record.evolve(step=step, total=total)
-            job.publish("progress", {"step": step, "total": total})
-            self.observers.notify("progress", job.record)
-
-        try:
-            media = await self.media.read(job.record)
-            if job.cancel_requested or not group.ready:  # while its pictures were read
-                fault = (JobState.FAILED, group.last_fault or "its worker group failed")
-                self._finish(job, *(CANCELLED if job.cancel_requested else fault))
-                return
-            inputs = self.schema.rank_inputs(job.record.inputs)
-            on_preview = functools.partial(self.registry.preview, job)
-            outcome = await group.run(job.id, inputs, self.settings.job_timeout, on_progress, on_preview, media)
-            await self._complete(job, outcome)
-        except InputGoneError as exc:
-            self._finish(job, JobState.FAILED, str(exc))
-        except Exception as exc:  # a bug here must not kill the dispatcher
-            log.exception("job %s: internal error", job.id)
-            self._finish(job, JobState.FAILED, f"internal server error: {type(exc).__name__}")
-
-    async def _complete(self, job: Job, outcome: JobOutcome) -> None:
-        if outcome.status == "cancelled":
-            self._finish(job, JobState.CANCELLED, public_error(outcome.error) or "cancelled")
-        elif outcome.status != "succeeded":
-            if outcome.error and public_error(outcome.error) != outcome.error:
-                log.info("job %s failed: %s", job.id, outcome.error)  # the operator keeps the paths
-            self._finish(job, JobState.FAILED, public_error(outcome.error) or "failed")
-        elif outcome.output is None:
-            self._finish(job, JobState.FAILED, "the predictor returned no output")
-        elif not FILE_TYPE.fullmatch(outcome.file_type or "bin"):
-            self._finish(job, JobState.FAILED, "the predictor returned a file type that is not [A-Za-z0-9]+")
-        else:
-            error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
-            self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
-
     def _finish(self, job: Job, state: JobState, error: str | None = None, *, journal: bool = True) -> None:
         now = time.time()
         job.record = job.record.evolve(state=state, error=error, finished_at=now)
@@ -389,6 +334,30 @@ class JobService:
         if notify:
             self.observers.notify("state", job.record)
 
+    # ---- scheduling -------------------------------------------------------------------
+
+    def _batch_key(self, job: Job) -> Hashable:
+        """Jobs with equal keys (not None) may share a pipeline call (``Predictor.batch_key``)."""
+        if job.batch_key is NOT_ASKED:
+            try:
+                job.batch_key = self.plugins.batch_key(self.predictor, job.record.inputs)
+            except Exception:  # a predictor's bug: the job runs alone
+                log.exception("job %s: batch_key failed; it runs alone", job.id)
+                job.batch_key = None
+        return cast(Hashable, job.batch_key)
+
+    def _deadline(self, job: Job) -> None:
+        """A job not started within its max_queue_seconds ends expired, never run."""
+        seconds = job.record.inputs.get(MAX_QUEUE_SECONDS) or self.settings.max_queue_seconds
+        if seconds:
+            delay = max(0.0, job.record.created_at + seconds - time.time())
+            asyncio.get_running_loop().call_later(delay, self._expire_queued, job, seconds)
+
+    def _expire_queued(self, job: Job, seconds: float) -> None:
+        if job.state is JobState.QUEUED and self.jobs.get(job.id) is job:
+            self.queue.remove(job)
+            self._finish(job, JobState.EXPIRED, f"not started within {seconds:g} s (max_queue_seconds)")
+
     # ---- expiry -----------------------------------------------------------------------
 
     async def _expire_loop(self) -> None:
@@ -398,3 +367,7 @@ class JobService:
 
     def expire(self, now: float) -> None:
         self.registry.expire(now)
+
+
+def _arrived(job: Job) -> float:
+    return job.record.created_at

@@ -34,6 +34,8 @@ def metrics_snapshot(service: JobService) -> MetricsSnapshot:
         rejected_queue_full=service.counters["rejected_queue_full"],
         finished=dict(service.finished_by_state),
         queue_length=len(service.queue),
-        running=len(service.dispatcher.running()),
+        running=len(service.dispatcher.running_jobs()),
         groups=[group.status() for group in service.groups],
+        queued_by_priority=service.queue.by_priority(),
+        batch_sizes=dict(service.batch_sizes),
     )

@@ -2,7 +2,7 @@
 the service's answers into responses. Every decision is the service's.
 
 - ``original``: the original server's endpoints, with the codes its clients rely on;
-- ``v1``: the resource API under ``/v1/jobs``;
+- ``v1``: the resource API under ``/v1/jobs``; ``loras``: the adapters under ``/v1/loras``;
 - ``health``: liveness and readiness probes;
 - ``errors``: exceptions to answers, keyed by type; ``auth``: the API key;
 - ``openapi``: the document at /schema; ``bodies``: strict request decoding.
@@ -24,6 +24,7 @@ from para_attn_server.http import errors, openapi
 from para_attn_server.http.auth import api_key_middleware
 from para_attn_server.http.dependencies import provide
 from para_attn_server.http.health import HealthController
+from para_attn_server.http.loras import LorasController
 from para_attn_server.http.original import OriginalController
 from para_attn_server.http.v1 import JobsController
 from para_attn_server.plugin.jobs import Jobs
@@ -49,6 +50,8 @@ def create_app(
     routes = [obj for obj in added if not isinstance(obj, InitPluginProtocol)]
     if cluster is not None:
         routes.append(ClusterController)
+    if service.schema.adapters is not None:
+        routes.append(LorasController)
     app = Litestar(
         [OriginalController, JobsController, HealthController, *routes],
         plugins=litestar_plugins,

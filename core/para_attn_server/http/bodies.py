@@ -99,9 +99,10 @@ def decode(service: JobService, body: bytes) -> dict[str, Any]:
 
 
 def invalid(exc: msgspec.ValidationError) -> InputError:
-    """msgspec's message, and the top-level field its path names (None when it names none)."""
+    """msgspec's message, and the field its path names, items and their keys included
+    (``loras[0].scale``; None when it names none)."""
     message, _, where = str(exc).partition(" - at `$.")
-    return InputError(message, where.rstrip("`").split(".")[0].split("[")[0] or None)
+    return InputError(message, where.rstrip("`") or None)
 
 
 def _integral(value: Any) -> Any:

@@ -128,7 +128,7 @@ async def result(service: Service, request_id: str) -> Response[Any]:
         return Response(PendingBody(record.state.value, progress), status_code=202)  # type: ignore[arg-type]
     if record.state is JobState.CANCELLED:
         return error(404, "the request was cancelled", state="cancelled")
-    if record.state is JobState.FAILED:
+    if record.state in (JobState.FAILED, JobState.EXPIRED):  # expired: never started, a failure to this API
         return error(500, record.error or "failed", state="failed")
     assert record.file_type is not None
     if record.reply_with_path:

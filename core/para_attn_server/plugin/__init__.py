@@ -24,8 +24,9 @@ Executor plugins (``register_executors``)
 
 Route plugins (``register_routes``)
     ``Jobs`` (the app's jobs: submit, find, wait for, cancel and forget them, read their
-    outputs) and ``JobsDependency`` (what a handler annotates its ``jobs`` parameter with
-    to get it), ``Job`` (a job handle), ``InputSchema`` (the request schema's type);
+    outputs, ``jobs.adapters``: the ``Adapters`` (LoRA) requests may apply) and
+    ``JobsDependency`` (what a handler annotates its ``jobs`` parameter with to get it),
+    ``Job`` (a job handle), ``InputSchema`` (the request schema's type);
     ``decode(jobs, body)`` and ``invalid(validation_error)`` (request bodies checked as
     every route checks them, ``InputError`` naming the field), ``output_response(jobs, job)``
     and ``file_of(jobs, job)`` (a job's output, from memory or its checked file);
@@ -35,7 +36,8 @@ Route plugins (``register_routes``)
 
 Listener plugins (``job_state_changed``, ``Jobs.add_listener``)
     ``JobRecord`` (a job's immutable record), ``JobState``, ``JobView`` and ``job_view``
-    (a record as ``GET /v1/jobs/{id}`` shows it).
+    (a record as ``GET /v1/jobs/{id}`` shows it); ``GroupStatus`` (a worker group in
+    ``Jobs.metrics()``) and ``ADAPTER_LOAD_BUCKETS`` (its adapter load-time counts' bounds).
 
 Names load on first use (``__getattr__``): rank processes import this package for the
 markers and must not load Litestar or the job service with it.
@@ -49,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 from para_attn_server.plugin.markers import hookimpl
 
 if TYPE_CHECKING:
+    from para_attn_server.adapters import LOAD_BUCKETS as ADAPTER_LOAD_BUCKETS
+    from para_attn_server.adapters import Adapters
     from para_attn_server.cluster.spec import agent_command
     from para_attn_server.engine.registry import Job
     from para_attn_server.hosts import parse_host
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
     from para_attn_server.records import JobRecord, JobState
     from para_attn_server.schema import InputSchema
     from para_attn_server.settings import secret_from_file
-    from para_attn_server.views import JobView, job_view
+    from para_attn_server.views import GroupStatus, JobView, job_view
     from para_attn_server.workers.executor import RANK_SPEC_ENV, Executor, RankSpec, hosted_store, listening_socket
 
 # name -> "module:attribute" where it is defined; imported on first access.
@@ -82,6 +86,7 @@ _LAZY = {
     "rank_main": "para_attn_server.rank.worker:main",
     # route plugins
     "Jobs": "para_attn_server.plugin.jobs:Jobs",
+    "Adapters": "para_attn_server.adapters:Adapters",
     "JobsDependency": "para_attn_server.http.dependencies:JobsDependency",
     "Job": "para_attn_server.engine.registry:Job",
     "InputSchema": "para_attn_server.schema:InputSchema",
@@ -99,15 +104,20 @@ _LAZY = {
     "JobState": "para_attn_server.records:JobState",
     "JobView": "para_attn_server.views:JobView",
     "job_view": "para_attn_server.views:job_view",
+    "GroupStatus": "para_attn_server.views:GroupStatus",
+    "ADAPTER_LOAD_BUCKETS": "para_attn_server.adapters:LOAD_BUCKETS",
 }
 
 __all__ = [
+    "ADAPTER_LOAD_BUCKETS",
     "ERROR_DESCRIPTIONS",
     "ERROR_HANDLERS",
     "NAMED_FIELD",
     "RANK_SPEC_ENV",
+    "Adapters",
     "Doc",
     "Executor",
+    "GroupStatus",
     "InputSchema",
     "Job",
     "JobRecord",

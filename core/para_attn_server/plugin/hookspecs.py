@@ -7,10 +7,11 @@ A plugin is a module or object whose functions are marked with
     [project.entry-points.para_attn_server]
     my_model = "my_package.my_plugin"
 
-Hooks run in two places. The *server process* calls ``register_*``, ``validate`` and
-``job_state_changed``. Every *rank process* calls ``register_predictors``, ``setup`` and
-``predict``. A predictor itself is a plain class (see ``para_attn_server.Predictor``);
-core's built-in plugin turns its ``setup``/``validate``/``predict`` methods into the hook
+Hooks run in two places. The *server process* calls ``register_*``, ``validate``,
+``batch_key`` and ``job_state_changed``. Every *rank process* calls ``register_predictors``,
+``setup``, ``predict`` and ``predict_batch``. A predictor itself is a plain class (see
+``para_attn_server.Predictor``); core's built-in plugin turns its
+``setup``/``validate``/``batch_key``/``predict``/``predict_batch`` methods into the hook
 calls below, so other plugins can add validators or wrap ``predict``
 (``@hookimpl(wrapper=True)``, ``result = yield``) for timing, metrics or safety filters.
 
@@ -20,7 +21,7 @@ What a plugin may import is ``para_attn_server`` and the face ``para_attn_server
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from para_attn_server.plugin.markers import hookspec
@@ -126,6 +127,21 @@ def validate(predictor: Any, inputs: dict[str, Any]) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def batch_key(predictor: Any, inputs: dict[str, Any]) -> Hashable | None:
+    """Say which queued jobs may run together as one ``predict_batch`` call. The first
+    non-None result wins; the built-in implementation, which runs last, asks the predictor
+    (``Predictor.batch_key``), so a plugin's key overrides it and a wrapper
+    (``@hookimpl(wrapper=True)``) may replace whatever the others said, None included.
+
+    :param predictor: the predictor instance the server process holds (never set up).
+    :param inputs: a validated job's inputs, as ``validate`` gets them; mutate nothing.
+    :returns: a hashable key: jobs whose keys are equal may share one call (None: never).
+
+    Runs in the server process, after ``validate``: keep it fast.
+    """
+
+
 @hookspec
 def setup(predictor: Any, context: RankContext) -> None:
     """Prepare one rank: build the pipeline, move it to the device, parallelize it.
@@ -150,6 +166,22 @@ def predict(predictor: Any, job: JobContext) -> Output | None:
 
     Runs on every rank with the same inputs; every rank must make the same sequence of
     collective calls. Wrappers (``@hookimpl(wrapper=True)``) see every rank's call.
+    """
+
+
+@hookspec(firstresult=True)
+def predict_batch(predictor: Any, job: JobContext) -> list[Output | None] | None:
+    """Run a batch of jobs as one call on this rank. The first non-None result wins.
+
+    :param predictor: this rank's predictor instance.
+    :param job: the batch's context: ``job.batch`` holds each job's ``predict`` keyword
+        arguments and ``job.job_ids`` their ids, leader first; ``job.step(k, total)`` is one
+        step boundary for the whole batch (a cancel stops all of it).
+    :returns: on rank 0, one ``Output`` per job, in order (None fails that job alone); on
+        other ranks, a list of None (or None).
+
+    Runs on every rank with the same inputs, as ``predict`` does, for the jobs that
+    ``batch_key`` put together; every rank must make the same sequence of collective calls.
     """
 
 

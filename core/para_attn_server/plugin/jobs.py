@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from para_attn_server.adapters import Adapters
     from para_attn_server.engine.observers import JobObserver
     from para_attn_server.engine.registry import Job
     from para_attn_server.engine.service import JobService
@@ -43,6 +44,12 @@ class Jobs:
         """The request schema derived from the predictor's ``predict`` (with the fields
         plugins add): ``schema.type`` is its msgspec Struct."""
         return self._service.schema
+
+    @property
+    def adapters(self) -> Adapters | None:
+        """The adapters (LoRA) requests may apply by name (``names()``), None when the
+        predictor applies none. Read it; ``/v1/loras`` changes it."""
+        return self._service.schema.adapters
 
     @property
     def predictor(self) -> Predictor:

@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import os
 import types
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -157,12 +157,22 @@ class Plugins:
     def validate(self, predictor: Predictor, inputs: dict[str, Any]) -> None:
         self.pm.hook.validate(predictor=predictor, inputs=inputs)
 
+    def batch_key(self, predictor: Predictor, inputs: dict[str, Any]) -> Hashable | None:
+        """The key of the jobs ``inputs`` may share a ``predict_batch`` call with (None: none)."""
+        key: Hashable | None = self.pm.hook.batch_key(predictor=predictor, inputs=inputs)
+        return key
+
     def setup(self, predictor: Predictor, context: RankContext) -> None:
         self.pm.hook.setup(predictor=predictor, context=context)
 
     def predict(self, predictor: Predictor, job: JobContext) -> Output | None:
         result: Output | None = self.pm.hook.predict(predictor=predictor, job=job)
         return result
+
+    def predict_batch(self, predictor: Predictor, job: JobContext) -> list[Output | None]:
+        """Every job of ``job.batch`` run as one call: rank 0's outputs, one per job."""
+        results: list[Output | None] | None = self.pm.hook.predict_batch(predictor=predictor, job=job)
+        return [None] * len(job.batch) if results is None else results
 
     def job_state_changed(self, job: JobRecord) -> None:
         self.pm.hook.job_state_changed(job=job)

@@ -66,8 +66,9 @@ def _uint8_pixels(array: Any) -> Any:
 class PreviewSender:
     """Rank 0's previews, encoded and sent by one thread of their own.
 
-    Only the newest preview waits: one that was not taken before the next arrived is
-    dropped, so a slow encoder costs previews, never steps. ``flush`` waits for the one in
+    Only the newest preview of each job waits (a batch previews several jobs): one that was
+    not taken before the same job's next arrived is dropped, so a slow encoder costs
+    previews, never steps. ``flush`` waits for the one in
     hand; the rank calls it before it reports a job's end, so a job's previews reach the
     server before its end (they share one connection, in order).
     """
@@ -75,7 +76,7 @@ class PreviewSender:
     def __init__(self, send: Callable[[Preview], None]) -> None:
         self._send = send
         self._changed = threading.Condition()
-        self._pending: tuple[str, int, Any] | None = None
+        self._pending: dict[str, tuple[int, Any]] = {}  # job id -> (step, image), oldest first
         self._busy = False
         self._thread: threading.Thread | None = None
 
@@ -87,7 +88,8 @@ class PreviewSender:
         if not callable(image):
             check_image(image)
         with self._changed:
-            self._pending = (job_id, step, image)
+            self._pending.pop(job_id, None)  # the replaced one's turn goes too: jobs take turns
+            self._pending[job_id] = (step, image)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="previews", daemon=True)
                 self._thread.start()
@@ -96,14 +98,14 @@ class PreviewSender:
     def flush(self) -> None:
         """Wait until every preview submitted so far was sent (or dropped)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._pending is None and not self._busy)
+            self._changed.wait_for(lambda: not self._pending and not self._busy)
 
     def _run(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._pending is not None)
-                assert self._pending is not None
-                (job_id, step, image), self._pending = self._pending, None
+                self._changed.wait_for(lambda: bool(self._pending))
+                job_id = next(iter(self._pending))
+                step, image = self._pending.pop(job_id)
                 self._busy = True
             try:
                 if callable(image):

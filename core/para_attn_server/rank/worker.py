@@ -6,25 +6,20 @@ its socket, never inside a collective, so it cannot die of a collective timeout 
 long it idles (a known way for other multi-GPU servers to die after ~10 idle minutes).
 Rank 0 is the leader of each job: at every step boundary it decides continue/stop and sends
 that to every rank (``decisions``; never over the model's own group, which may be NCCL),
-and it alone reports progress and the output.
+and it alone reports progress and the output. A batch (jobs a predictor said may share one
+call, ``Predictor.batch_key``) runs as one job led by its first: one ``predict_batch`` call,
+one decision per step, progress under the leader's id, and rank 0 reports each job's output.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
 import logging
 import os
 import pickle
-import queue
-import select
 import signal
-import socket
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Callable
 from datetime import timedelta
 
 import msgspec
@@ -37,22 +32,9 @@ from para_attn_server.legacy import as_predictor
 from para_attn_server.media import decode_inputs
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import JobContext, Output, RankContext, running
-from para_attn_server.protocol import (
-    CancelJob,
-    Heartbeat,
-    Hello,
-    JobEnded,
-    Progress,
-    RankMessage,
-    RunJob,
-    ServerMessage,
-    SetupDone,
-    SetupFailed,
-    Shutdown,
-    recv_server_message,
-    wire,
-)
+from para_attn_server.protocol import JobEnded, Progress, RunJob, SetupDone, SetupFailed, Shutdown
 from para_attn_server.rank.decisions import DecisionChannel, open_channel
+from para_attn_server.rank.link import ControlLink
 from para_attn_server.rank.previews import PreviewSender
 from para_attn_server.schema import InputSchema
 from para_attn_server.workers.executor import RANK_SPEC_ENV, RankSpec, die_with_parent
@@ -65,103 +47,6 @@ PROGRESS_INTERVAL = 0.005  # seconds between progress reports (200 a second at m
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-class ControlLink:
-    """This rank's connection to the server: sends reports, receives jobs and cancels.
-
-    A rank reads its connection on its main thread: while idle it waits on the socket
-    itself, and rank 0 polls for a cancel at each step boundary without blocking, so a job
-    reaches a rank without a thread hand-off. Only a predictor that is cancelled by
-    interrupt (``Predictor.cancel_by_interrupt``) needs the background reader, which
-    applies a cancel the moment it arrives, on every rank.
-    """
-
-    def __init__(self, spec: RankSpec, rank: int) -> None:
-        self.rank = rank
-        self.cancelled: set[str] = set()
-        self._pending: collections.deque[RunJob | Shutdown] = collections.deque()
-        self._inbox: queue.Queue[RunJob | Shutdown] | None = None  # set in threaded mode
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.sock = socket.create_connection((spec.control_host, spec.control_port), timeout=60)
-        self.sock.settimeout(None)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        pid, host = os.getpid(), socket.gethostname()
-        self.send(Hello(rank, spec.world_size, spec.token, spec.generation, pid, host, spec.node, spec.join_token))
-        beat = threading.Thread(target=self._beat, args=(spec.settings.heartbeat_interval,), daemon=True)
-        beat.start()
-
-    def send(self, message: RankMessage) -> None:
-        frame, output = wire(message)
-        try:
-            with self._lock:
-                self.sock.sendall(frame)
-                if output is not None:
-                    self.sock.sendall(output)
-        except OSError:
-            self._server_gone()
-
-    def start_reader(self, on_cancel: Callable[[str], None]) -> None:
-        """Read in a background thread and call ``on_cancel`` as soon as a cancel arrives."""
-        inbox: queue.Queue[RunJob | Shutdown] = queue.Queue()
-        self._inbox = inbox
-
-        def read() -> None:
-            while True:
-                message = self._recv()
-                if isinstance(message, CancelJob):
-                    self.cancelled.add(message.job_id)
-                    on_cancel(message.job_id)
-                else:
-                    inbox.put(message)
-
-        threading.Thread(target=read, name="control-reader", daemon=True).start()
-
-    def receive(self) -> RunJob | Shutdown:
-        """The next job or shutdown (cancels that arrive first are taken on the way)."""
-        if self._inbox is not None:
-            return self._inbox.get()
-        while not self._pending:
-            self._take(self._recv())
-        return self._pending.popleft()
-
-    def poll_cancels(self) -> None:
-        """Take whatever the server sent, without waiting (a step boundary on rank 0)."""
-        if self._inbox is None:
-            while select.select([self.sock], [], [], 0)[0]:
-                self._take(self._recv())
-
-    def _take(self, message: ServerMessage) -> None:
-        if isinstance(message, CancelJob):
-            self.cancelled.add(message.job_id)
-        else:
-            self._pending.append(message)
-
-    def _recv(self) -> ServerMessage:
-        try:
-            message = recv_server_message(self.sock)
-        except (OSError, msgspec.DecodeError):
-            message = None
-        if message is None:
-            self._server_gone()
-            raise SystemExit(3)
-        return message
-
-    def _beat(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.send(Heartbeat(self.rank))
-
-    def _server_gone(self) -> None:
-        if self._stop.is_set():
-            return
-        # Nobody is left to report to: exit at once rather than linger as an orphan.
-        log.error("rank %d: lost the connection to the server, exiting", self.rank)
-        os._exit(3)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
 
 
 class RankWorker:
@@ -214,6 +99,7 @@ class RankWorker:
             device,
             dict(self.spec.options),
             max_loaded_loras=self.spec.settings.max_loaded_loras,
+            max_lora_rank=self.spec.settings.max_lora_rank,
         )
         self.plugins.setup(self.predictor, context)
         if not dist.is_initialized():
@@ -247,40 +133,73 @@ class RankWorker:
             self.run(message)
 
     def run(self, message: RunJob) -> None:
+        """Run one job, or a batch of them as one call (``message.batch``), and report how
+        it ended: a failure or a cancel ends every job of a batch alike."""
         job_id = message.job_id
-        ended: JobEnded
+        ended: list[JobEnded]
+        job: JobContext | None = None
         # First, whatever follows: every rank must count every job, or a rank's decisions
         # would be read as another job's.
         self.decisions.begin_job()
         try:
-            inputs = decode_inputs(self.schema.convert(message.inputs), self.schema.media_fields, message.media)
-            decider = StepDecider(job_id, self.rank, self.link, self.decisions)
-            previews = functools.partial(self.previews.submit, job_id) if self.rank == 0 else None
-            loras = msgspec.convert(inputs.get(LORAS) or [], list[Lora]) if self.schema.takes_loras else []
-            kwargs = self.schema.predict_kwargs(inputs)
-            job = JobContext(job_id, kwargs, self.rank, self.world_size, decider, previews, loras)
+            job, decider = self._job_context(message)
             with running(job):
-                output = self.plugins.predict(self.predictor, job)
+                if message.batch:
+                    outputs = self.plugins.predict_batch(self.predictor, job)
+                else:
+                    outputs = [self.plugins.predict(self.predictor, job)]
             decider.report_last()
-            ended = self._ended(job_id, output)
+            ended = self._ended(job.job_ids, outputs)
         except JobCancelled:
-            ended = JobEnded(job_id, self.rank, "cancelled")
+            ended = [JobEnded(job_id, self.rank, "cancelled")]
         except Exception as exc:
             log.error("rank %d: job %s failed:\n%s", self.rank, job_id, traceback.format_exc())
-            ended = JobEnded(job_id, self.rank, "failed", error=f"rank {self.rank}: {describe(exc)}")
+            ended = [JobEnded(job_id, self.rank, "failed", error=f"rank {self.rank}: {describe(exc)}")]
         finally:
             # A cancel is only ever sent for the running job, before the next job: none
             # left now can concern a later one.
             self.link.cancelled.clear()
         if self.rank == 0:
             self.previews.flush()  # the job's last preview reaches the server before its end
-        self.link.send(ended)
+            if job is not None and job.adapters is not None:  # a failed job may have loaded some too
+                ended[-1] = msgspec.structs.replace(ended[-1], adapters=job.adapters)
+        for end in ended:  # the leader's last: its end is what ends the batch
+            self.link.send(end)
 
-    def _ended(self, job_id: str, output: Output | None) -> JobEnded:
+    def _job_context(self, message: RunJob) -> tuple[JobContext, StepDecider]:
+        """The job's context (a batch's: the leader's id, every job's arguments)."""
+        job_id = message.job_id
+        jobs = [message.inputs] + [item.inputs for item in message.batch]
+        inputs = [decode_inputs(self.schema.convert(raw), self.schema.media_fields, message.media) for raw in jobs]
+        decider = StepDecider(job_id, self.rank, self.link, self.decisions)
+        # Jobs of a batch share their adapters (their batch key says so): the leader's.
+        loras = msgspec.convert(inputs[0].get(LORAS) or [], list[Lora]) if self.schema.takes_loras else []
+        kwargs = [self.schema.predict_kwargs(one) for one in inputs]
+        ids = [job_id] + [item.job_id for item in message.batch]
+        job = JobContext(
+            job_id,
+            kwargs[0],
+            self.rank,
+            self.world_size,
+            decider,
+            loras=loras,
+            batch=kwargs if message.batch else (),
+            job_ids=ids,
+            send_preview=self.previews.submit if self.rank == 0 else None,  # each job's under its own id
+        )
+        return job, decider
+
+    def _ended(self, job_ids: tuple[str, ...], outputs: list[Output | None]) -> list[JobEnded]:
+        """Rank 0: each job's end, the leader's last; the others: the leader's alone."""
         if self.rank != 0:
-            return JobEnded(job_id, self.rank, "succeeded")
+            return [JobEnded(job_ids[0], self.rank, "succeeded")]
+        call = "predict_batch" if len(job_ids) > 1 else "predict"
+        ended = [self._output_ended(job_id, output, call) for job_id, output in zip(job_ids, outputs, strict=True)]
+        return ended[1:] + ended[:1]
+
+    def _output_ended(self, job_id: str, output: Output | None, call: str) -> JobEnded:
         if output is None:
-            return JobEnded(job_id, 0, "failed", error="predict returned no output on rank 0")
+            return JobEnded(job_id, 0, "failed", error=f"{call} returned no output on rank 0")
         limit = self.spec.settings.max_output_bytes
         if len(output.data) > limit:
             error = f"output too large: {len(output.data)} bytes exceeds the limit of {limit} bytes"
@@ -336,12 +255,13 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
     try:
         worker = RankWorker(spec, rank, local_rank, link)
         worker.setup()
+        fit = worker.predictor.adapter_fit() if rank == 0 and worker.schema.takes_loras else None
     except BaseException as exc:
         log.error("rank %d: setup failed:\n%s", rank, traceback.format_exc())
         link.send(SetupFailed(rank, describe(exc)))
         link.close()
         sys.exit(1)
-    link.send(SetupDone(rank))
+    link.send(SetupDone(rank, fit))
     try:
         worker.serve()
     finally:

@@ -23,13 +23,16 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
+from para_attn_server.adapters import AdapterStats
 from para_attn_server.errors import SetupError
+from para_attn_server.lorafiles import AdapterFit
 from para_attn_server.protocol import (
+    BatchItem,
     CancelJob,
     Heartbeat,
     Hello,
@@ -46,7 +49,14 @@ from para_attn_server.settings import GroupSettings
 from para_attn_server.views import GroupStatus, RankRow
 from para_attn_server.workers.control import ControlListener, RankLink
 from para_attn_server.workers.executor import Executor, RankSpec
-from para_attn_server.workers.outcome import JobOutcome, PreviewCallback, ProgressCallback, RunningJob, decide_outcome
+from para_attn_server.workers.outcome import (
+    BatchMember,
+    JobOutcome,
+    PreviewCallback,
+    ProgressCallback,
+    RunningJob,
+    decide_outcome,
+)
 
 log = logging.getLogger("para_attn_server.group")
 # After a rank's connection closes, how long the executor may take to say how it ended
@@ -88,6 +98,8 @@ class WorkerGroup:
         self._running: RunningJob | None = None
         self.on_launch: Callable[[RankSpec], None] | None = None
         self._local_loss: asyncio.Future[str] | None = None  # the generation in which a rank here went
+        self.adapter_fit: AdapterFit | None = None  # what adapters must fit, from rank 0's setup
+        self.adapters = AdapterStats()
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -118,6 +130,7 @@ class WorkerGroup:
         self._fault = loop.create_future()
         self._setup = loop.create_future()
         self.links = {}
+        self.adapters.loaded = []  # new ranks hold no adapter
         self.state = GroupState.STARTING
         s = self.settings
         spec = msgspec.structs.replace(
@@ -189,16 +202,23 @@ class WorkerGroup:
         on_progress: ProgressCallback,
         on_preview: PreviewCallback | None = None,
         media: dict[str, bytes] | None = None,
+        batch: Sequence[BatchMember] = (),
     ) -> JobOutcome:
         """Run one job on every rank and return how it ended. Never raises for job faults:
-        a fault fails the job with its reason and leaves the group FAULTED."""
+        a fault fails the job with its reason and leaves the group FAULTED.
+
+        With ``batch``, the jobs beside this one (its leader) run in the same call
+        (``Predictor.predict_batch``; ``media``: all their pictures): each gets every step's
+        progress and its own previews, and the outcome holds each one's in ``members``. A
+        cancel of the leader stops them all; a fault or a timeout fails them all."""
         assert self.state is GroupState.READY, self.state
         loop = asyncio.get_running_loop()
         fault = self.fault
-        running = self._running = RunningJob(job_id, on_progress, on_preview)
+        running = self._running = RunningJob(job_id, on_progress, on_preview, batch)
         self.state = GroupState.BUSY
         try:
-            self._send_all(RunJob(job_id, inputs, media or {}))  # the same frame, in the same order, to every rank
+            # The same frame, in the same order, to every rank.
+            self._send_all(RunJob(job_id, inputs, media or {}, [BatchItem(m.job_id, m.inputs) for m in batch]))
             deadline = None if timeout is None else loop.time() + timeout
             while not running.decided.done():
                 waits = [] if deadline is None else [deadline - loop.time()]
@@ -215,16 +235,16 @@ class WorkerGroup:
                 if running.decided.done():
                     break
                 if fault.done():
-                    return JobOutcome("failed", error=fault.result())
+                    return running.with_members(JobOutcome("failed", error=fault.result()), reported=False)
                 if deadline is not None and loop.time() >= deadline:
                     self._set_fault(f"job timed out after {timeout:g} s")
-                    return JobOutcome(
-                        "failed", error=f"job timed out after {timeout:g} s; the worker group was restarted"
-                    )
+                    error = f"job timed out after {timeout:g} s; the worker group was restarted"
+                    return running.with_members(JobOutcome("failed", error=error), reported=False)
                 if running.cancel_requested_at is not None:
                     self._set_fault(f"a cancelled job did not stop within {self.settings.cancel_grace:g} s")
-                    return JobOutcome("cancelled", error="cancelled; the worker group was restarted to stop it")
-            return await self._outcome(running, fault)
+                    error = "cancelled; the worker group was restarted to stop it"
+                    return running.with_members(JobOutcome("cancelled", error=error), reported=False)
+            return running.with_members(await self._outcome(running, fault))
         finally:
             self._running = None
             if self.state is GroupState.BUSY:
@@ -257,7 +277,8 @@ class WorkerGroup:
 
     def status(self) -> GroupStatus:
         busy = self.state is GroupState.BUSY
-        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows())
+        adapters = msgspec.structs.replace(self.adapters, loaded=list(self.adapters.loaded))
+        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows(), adapters)
 
     def rank_rows(self) -> list[RankRow]:
         now = time.monotonic()
@@ -316,24 +337,19 @@ class WorkerGroup:
             case Heartbeat():
                 pass
             case Progress(job_id=job_id, step=step, total=total):
-                running = self._running
-                if running is not None and running.job_id == job_id:
-                    running.on_progress(step, total)
+                if self._running is not None:
+                    self._running.progress(job_id, step, total)
             case Preview(job_id=job_id, step=step, jpeg=jpeg):
+                if self._running is not None:
+                    self._running.preview(job_id, step, jpeg)
+            case JobEnded():
                 running = self._running
-                if running is not None and running.job_id == job_id and running.on_preview is not None:
-                    running.on_preview(step, jpeg)
-            case JobEnded(job_id=job_id):
-                running = self._running
-                if running is None or running.job_id != job_id:
-                    return True
-                running.ended[message.rank] = message
-                if not running.decided.done() and (message.rank == 0 or message.status != "succeeded"):
-                    running.decided.set_result(None)
-                if len(running.ended) == self.world_size and not running.all_ended.done():
-                    running.all_ended.set_result(None)
+                if running is not None and running.report(message, self.world_size) and message.adapters is not None:
+                    self.adapters.add(message.adapters)
             case SetupDone(rank=rank):
                 link.setup_done = True
+                if rank == 0:
+                    self.adapter_fit = message.adapter_fit
                 if (
                     self._setup is not None
                     and not self._setup.done()

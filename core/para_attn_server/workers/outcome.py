@@ -6,13 +6,19 @@ before the end still wins). Otherwise every rank must have left the job: one tha
 within ``error_grace`` is stuck in a collective its peers abandoned, and the group must be
 restarted. A fault of the group meanwhile (a rank died) is the cause, and the other ranks'
 errors only echo it.
+
+A batch (jobs run as one call) is one job to the ranks, its leader's: the leader's outcome
+is the batch's. Each other job gets its own from rank 0's report of it (its output, or the
+reason it has none) when the batch ended normally; a cancel, a fault or a timeout ends them
+all alike (``RunningJob.with_members``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from para_attn_server.protocol import JobEnded
 
@@ -27,16 +33,37 @@ class JobOutcome:
     output: bytes | None = None
     file_type: str | None = None
     base64: bool = False  # ``output`` is base64 text
+    # A batch's leader: each other job's own outcome, by id (empty for a lone job).
+    members: dict[str, JobOutcome] = field(default_factory=dict)
+
+
+@dataclass
+class BatchMember:
+    """A job that runs in the same pipeline call as the one ``WorkerGroup.run`` was given."""
+
+    job_id: str
+    inputs: dict[str, Any]
+    on_progress: ProgressCallback
+    on_preview: PreviewCallback | None = None
 
 
 class RunningJob:
-    """What the group knows of the job it runs: each rank's report, and when it decided."""
+    """What the group knows of the job (or batch) it runs: each rank's report, and when it
+    decided; it routes the ranks' messages about it to the callbacks of the job they concern."""
 
-    def __init__(self, job_id: str, on_progress: ProgressCallback, on_preview: PreviewCallback | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        on_progress: ProgressCallback,
+        on_preview: PreviewCallback | None = None,
+        batch: Sequence[BatchMember] = (),
+    ) -> None:
         self.job_id = job_id
         self.on_progress = on_progress
         self.on_preview = on_preview
-        self.ended: dict[int, JobEnded] = {}
+        self.members = {member.job_id: member for member in batch}  # the jobs beside the leader
+        self.member_ended: dict[str, JobEnded] = {}  # rank 0's report of each of them
+        self.ended: dict[int, JobEnded] = {}  # each rank's end of the leader's job
         self.decided = asyncio.get_running_loop().create_future()
         self.all_ended = asyncio.get_running_loop().create_future()
         self.cancel_requested_at: float | None = None
@@ -44,6 +71,54 @@ class RunningJob:
 
     def failures(self) -> list[JobEnded]:
         return sorted((e for e in self.ended.values() if e.status == "failed"), key=lambda e: e.rank)
+
+    def progress(self, job_id: str, step: int, total: int | None) -> None:
+        """A step of the batch (reported under the leader's id): every job of it moved."""
+        if job_id != self.job_id:
+            return  # an earlier job's late report
+        self.on_progress(step, total)
+        for member in self.members.values():
+            member.on_progress(step, total)
+
+    def preview(self, job_id: str, step: int, jpeg: bytes) -> None:
+        """A preview, to the job whose id it carries."""
+        member = self.members.get(job_id)
+        callback = self.on_preview if job_id == self.job_id else member.on_preview if member else None
+        if callback is not None:
+            callback(step, jpeg)
+
+    def report(self, message: JobEnded, world_size: int) -> bool:
+        """Take a rank's end of a job of this run; False when it concerns another job."""
+        if message.job_id in self.members:
+            if message.rank == 0:  # only rank 0 reports the other jobs of a batch
+                self.member_ended[message.job_id] = message
+            return True
+        if message.job_id != self.job_id:
+            return False
+        self.ended[message.rank] = message
+        if not self.decided.done() and (message.rank == 0 or message.status != "succeeded"):
+            self.decided.set_result(None)
+        if len(self.ended) == world_size and not self.all_ended.done():
+            self.all_ended.set_result(None)
+        return True
+
+    def with_members(self, outcome: JobOutcome, *, reported: bool = True) -> JobOutcome:
+        """The leader's ``outcome`` with every other job's in ``members``. ``reported``: the
+        batch ended as the ranks reported (not by a fault or a timeout), so each job that
+        rank 0 reported gets its own outcome, unless the batch was cancelled."""
+        for job_id in self.members:
+            end = self.member_ended.get(job_id) if reported and outcome.status != "cancelled" else None
+            if end is None:
+                missing = outcome.status == "succeeded"  # rank 0 ended the batch without this job's report
+                error = "rank 0 did not report this job of the batch" if missing else outcome.error
+                outcome.members[job_id] = JobOutcome("failed" if missing else outcome.status, error=error)
+            elif end.status == "succeeded":
+                outcome.members[job_id] = JobOutcome(
+                    "succeeded", output=end.output, file_type=end.file_type, base64=end.base64
+                )
+            else:
+                outcome.members[job_id] = JobOutcome(end.status, error=end.error)
+        return outcome
 
 
 async def decide_outcome(

@@ -7,14 +7,16 @@ so the official ``openai`` SDK (and tools that speak it) generate with this serv
   ``mask`` as the predictor's picture fields (``image``, ``mask_image``);
 - ``/v1/videos`` for video predictors (``prompt``, ``num_frames`` and ``fps``: ``wan``), an
   ``input_reference`` as the predictor's ``image``;
-- ``GET /v1/models``: the served model under its ``--model`` name.
+- ``GET /v1/models``: the served model under its ``--model`` name, and each adapter (LoRA)
+  the server offers as a model whose ``parent`` it is: ``model="<adapter>"`` in the other
+  routes applies that adapter at scale 1.
 
 Jobs go through the app's ``Jobs`` (``para_attn_server.plugin``) as every route's do (same
 checks, same queue), and any field of the predictor's ``predict`` is accepted beside
 OpenAI's (the SDK's ``extra_body``). Errors are in OpenAI's shape (``errors``). Modules by
 role: ``mapping`` (fields, no HTTP), ``schemas`` (bodies), ``forms`` (JSON or form bodies,
-file parts as bytes), ``images``, ``videos``, ``models`` (controllers), ``errors``,
-``context`` (what handlers share), ``settings``.
+file parts as bytes), ``adapters`` (adapters as models, no HTTP), ``images``, ``videos``,
+``models`` (controllers), ``errors``, ``context`` (what handlers share), ``settings``.
 """
 
 from __future__ import annotations

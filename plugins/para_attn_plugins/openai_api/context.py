@@ -24,7 +24,7 @@ from .settings import OpenAISettings
 class OpenAIContext:
     jobs: Jobs
     settings: OpenAISettings
-    served: str  # the --model name: what GET /v1/models lists and ``model`` must equal
+    served: str  # the --model name: what GET /v1/models lists first and ``model`` names by default
     result_ttl: float
     fields: ModelFields
     started: int = field(default_factory=lambda: int(time.time()))
@@ -33,6 +33,13 @@ class OpenAIContext:
     @classmethod
     def of(cls, jobs: Jobs, settings: OpenAISettings, served: str, result_ttl: float) -> OpenAIContext:
         return cls(jobs, settings, served, result_ttl, ModelFields.of(jobs.schema))
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters (LoRA) offered now, by name: models of their own, whose parent is the
+        served model (read at each request: ``/v1/loras`` adds and removes them)."""
+        offered = self.jobs.adapters
+        return [] if offered is None else [name for name in offered.names() if name != self.served]
 
     def checked(self, inputs: dict[str, Any], size: str | None, *, form: bool = False) -> dict[str, Any]:
         """``inputs`` checked against the predictor's schema as every route checks them

@@ -42,7 +42,7 @@ _EDIT_FIELDS = Schema(
         ),
         "mask": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description="For the mask_image field"),
         "prompt": _TEXT,
-        "model": _TEXT,
+        "model": Schema(type=OpenAPIType.STRING, description="The served model, or an adapter (GET /v1/models)"),
         "n": Schema(type=OpenAPIType.INTEGER, minimum=1),
         "size": Schema(type=OpenAPIType.STRING, description='"WIDTHxHEIGHT" or "auto"'),
         "response_format": Schema(type=OpenAPIType.STRING, enum=["b64_json", "url"]),
@@ -74,7 +74,7 @@ class ImagesController(Controller):
         # whole, with the predictor's fields beside them.
         _require_images(api)
         fields, extras = split(msgspec.json.decode(await request.body()), ImageRequest, api.fields)
-        planned = image_inputs(fields, extras, api.fields, api.served, api.settings.max_n, api.rng)
+        planned = image_inputs(fields, extras, api.fields, api.served, api.settings.max_n, api.rng, api.adapters)
         inputs = [api.checked(each, fields.size) for each in planned]
         return await run_images(request, jobs, api, inputs, fields.response_format, "generations")
 
@@ -96,7 +96,7 @@ class ImagesController(Controller):
         fields, extras = split(body, ImageEditRequest, api.fields, form=form)
         refuse_files(extras, api.fields)
         planned, names = edit_inputs(
-            fields, images, mask, extras, api.fields, api.served, api.settings.max_n, api.rng
+            fields, images, mask, extras, api.fields, api.served, api.settings.max_n, api.rng, api.adapters
         )  # fmt: skip
         with openai_params(names):
             inputs = [api.checked(each, fields.size, form=form) for each in planned]

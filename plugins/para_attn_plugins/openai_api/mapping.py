@@ -8,6 +8,8 @@ schema, so the unit tests call them directly.
 - ``seconds`` -> ``num_frames`` through the request's (or the predictor's default) ``fps``,
   to the nearest frame count the predictor accepts;
 - ``output_format`` -> the predictor's ``output_format`` where it offers that format;
+- ``model`` naming an adapter the server offers -> ``loras`` applying it at scale 1
+  (``adapters``);
 - an edit's ``image`` (one or several) and ``mask`` -> the predictor's picture fields (its
   ``image`` and ``mask_image``, or the first field of that kind), a video's
   ``input_reference`` -> its ``image``: bytes of an uploaded file, or a string (a ``data:``
@@ -20,7 +22,7 @@ import contextlib
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ import msgspec
 from para_attn_server import InputError
 from para_attn_server.plugin import NAMED_FIELD, InputSchema, JobRecord, JobState, invalid
 
+from .adapters import model_adapter, with_adapter
 from .schemas import ImageEditRequest, ImageRequest, Video, VideoError, VideoRequest
 
 MISSING: Any = msgspec.NODEFAULT
@@ -50,6 +53,7 @@ VIDEO_STATUS = {
     JobState.SUCCEEDED: "completed",
     JobState.FAILED: "failed",
     JobState.CANCELLED: "failed",
+    JobState.EXPIRED: "failed",
 }
 
 
@@ -165,11 +169,6 @@ def input_error(exc: msgspec.ValidationError) -> InputError:
     return InputError(error.message, named[1]) if named else error
 
 
-def check_model(model: str | None, served: str) -> None:
-    if model is not None and model != served:
-        raise InputError(f"this server serves {served!r} only (GET /v1/models)", "model")
-
-
 def parse_size(size: str | None) -> tuple[int, int] | None:
     """``"1024x768"`` -> (1024, 768); ``"auto"`` or None -> None."""
     if size is None or size == "auto":
@@ -206,17 +205,24 @@ def seeds(extras: dict[str, Any], fields: ModelFields, n: int, rng: random.Rando
 
 
 def image_inputs(
-    request: ImageRequest, extras: dict[str, Any], fields: ModelFields, served: str, max_n: int, rng: random.Random
+    request: ImageRequest,
+    extras: dict[str, Any],
+    fields: ModelFields,
+    served: str,
+    max_n: int,
+    rng: random.Random,
+    adapters: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """The inputs of each of the ``n`` jobs of one images request (as JSON values, to be
-    checked against the predictor's schema)."""
-    check_model(request.model, served)
+    checked against the predictor's schema). ``model`` may name one of ``adapters``, the
+    adapters offered now: the jobs apply it (``adapters.with_adapter``)."""
+    adapter = model_adapter(request.model, served, adapters)
     n = 1 if request.n is None else request.n
     if not 1 <= n <= max_n:
         raise InputError(f"must be between 1 and {max_n} (--max-n)", "n")
     if request.stream:
         raise InputError("streaming is not offered: leave it out or false", "stream")
-    base = {**extras, "prompt": request.prompt, **sides(request.size, extras, fields)}
+    base = with_adapter({**extras, "prompt": request.prompt, **sides(request.size, extras, fields)}, adapter)
     if request.output_format is not None:
         offered = [value for value in fields.literals.get("output_format", ()) if value in ("png", "jpeg", "webp")]
         if request.output_format not in offered:
@@ -289,11 +295,12 @@ def edit_inputs(
     served: str,
     max_n: int,
     rng: random.Random,
+    adapters: Collection[str] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The inputs of each of the ``n`` jobs of one edits request, and OpenAI's name of each
     picture field (``{"mask_image": "mask"}``), for errors the server gives about them."""
     media, names = edit_media(images, mask, extras, fields)
-    planned = image_inputs(request, extras, fields, served, max_n, rng)
+    planned = image_inputs(request, extras, fields, served, max_n, rng, adapters)
     return [{**each, **media} for each in planned], names
 
 
@@ -331,12 +338,17 @@ def frame_count(seconds: float, fps: int, fields: ModelFields, predictor: object
 
 
 def video_inputs(
-    request: VideoRequest, extras: dict[str, Any], fields: ModelFields, served: str, predictor: object
+    request: VideoRequest,
+    extras: dict[str, Any],
+    fields: ModelFields,
+    served: str,
+    predictor: object,
+    adapters: Collection[str] = (),
 ) -> dict[str, Any]:
     """The inputs of the job of one videos request (as JSON values and uploaded bytes, to be
     checked against the predictor's schema). An ``input_reference`` goes to the predictor's
-    image field (see ``video_media_names``)."""
-    check_model(request.model, served)
+    image field (see ``video_media_names``); ``model`` may name one of ``adapters``."""
+    adapter = model_adapter(request.model, served, adapters)
     media = {}
     if request.input_reference is not None:
         field = fields.media_field("image", "image")
@@ -347,7 +359,7 @@ def video_inputs(
         media[field] = picture([reference(request.input_reference)], fields.media[field], "input_reference")
     if extras.get("output_format", "mp4") != "mp4":
         raise InputError("the videos API serves MP4 only", "output_format")
-    inputs = {**extras, "prompt": request.prompt, **sides(request.size, extras, fields), **media}
+    inputs = with_adapter({**extras, "prompt": request.prompt, **sides(request.size, extras, fields), **media}, adapter)
     if request.seconds is not None:
         if "num_frames" in extras:
             raise InputError("give seconds or num_frames, not both", "seconds")
@@ -407,7 +419,8 @@ def progress(record: JobRecord) -> int:
 
 def video_object(record: JobRecord, served: str, result_ttl: float) -> Video:
     """The job as OpenAI's ``Video``: queued, in_progress (``progress`` from the step
-    hook), completed, or failed (a cancelled job too, with code ``cancelled``)."""
+    hook), completed, or failed (a cancelled job too, with code ``cancelled``; an expired
+    one with ``expired``)."""
     inputs = record.inputs
     frames, fps = inputs.get("num_frames"), inputs.get("fps")
     seconds = f"{frames / fps:.4g}" if isinstance(frames, int) and isinstance(fps, int) and fps else ""
@@ -416,6 +429,8 @@ def video_object(record: JobRecord, served: str, result_ttl: float) -> Video:
         error = VideoError("job_failed", record.error or "failed")
     elif record.state is JobState.CANCELLED:
         error = VideoError("cancelled", record.error or "cancelled")
+    elif record.state is JobState.EXPIRED:  # never started within its max_queue_seconds
+        error = VideoError("expired", record.error or "expired")
     finished = record.finished_at
     return Video(
         id=record.id,

@@ -9,6 +9,8 @@ import msgspec
 
 # ---- requests -------------------------------------------------------------------------
 
+MODEL = "The served model's name, or an adapter's: that adapter (LoRA) applied at scale 1 (GET /v1/models)"
+
 
 class ImageRequest(msgspec.Struct, kw_only=True):
     """OpenAI's fields of ``POST /v1/images/generations``. Any field of the served
@@ -16,7 +18,7 @@ class ImageRequest(msgspec.Struct, kw_only=True):
     ``extra_body``) and checked as ``POST /v1/jobs`` checks it."""
 
     prompt: Annotated[str, msgspec.Meta(description="What to generate")]
-    model: Annotated[str | None, msgspec.Meta(description="The served model's name (GET /v1/models)")] = None
+    model: Annotated[str | None, msgspec.Meta(description=MODEL)] = None
     n: Annotated[int | None, msgspec.Meta(description="Images: 1 to --max-n (default 1), seeds seed, seed+1, ...")] = (
         None
     )
@@ -55,7 +57,7 @@ class VideoRequest(msgspec.Struct, kw_only=True):
     served predictor (``num_inference_steps``, ``fps``, ``seed``, ...) is accepted beside them."""
 
     prompt: Annotated[str, msgspec.Meta(description="What to generate")]
-    model: Annotated[str | None, msgspec.Meta(description="The served model's name (GET /v1/models)")] = None
+    model: Annotated[str | None, msgspec.Meta(description=MODEL)] = None
     seconds: Annotated[
         str | float | None,
         msgspec.Meta(description="Length: frames = seconds x fps, to the nearest count the model accepts"),
@@ -137,10 +139,13 @@ class VideoDeleted(msgspec.Struct):
 
 
 class Model(msgspec.Struct):
+    """The served model, or an adapter (LoRA) it offers: then ``parent`` is the served model's id."""
+
     id: str
     created: int
     owned_by: str
     object: Literal["model"] = "model"
+    parent: str | None = None
 
 
 class ModelList(msgspec.Struct):

@@ -42,7 +42,7 @@ _FIELDS = Schema(
     required=["prompt"],
     properties={
         "prompt": _TEXT,
-        "model": _TEXT,
+        "model": Schema(type=OpenAPIType.STRING, description="The served model, or an adapter (GET /v1/models)"),
         "seconds": _TEXT,
         "size": _TEXT,
         "input_reference": Schema(
@@ -90,7 +90,7 @@ class VideosController(Controller):
         fold_reference(body)
         fields, extras = split(body, VideoRequest, api.fields)
         refuse_files(extras, api.fields)
-        inputs = video_inputs(fields, extras, api.fields, api.served, jobs.predictor)
+        inputs = video_inputs(fields, extras, api.fields, api.served, jobs.predictor, api.adapters)
         with openai_params(video_media_names(fields, api.fields)):
             job, _ = await jobs.accept(api.checked(inputs, fields.size, form=form))
         return _answer(api, job)

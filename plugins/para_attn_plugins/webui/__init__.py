@@ -5,7 +5,9 @@ loaded from another host, so it works offline). It builds its form from the serv
 OpenAPI document, follows a job through ``/v1/jobs/{id}/events`` and shows the output.
 ``/`` answers the page; ``/ui/...`` its scripts and styles. A picture or video field is a
 file picker (a drop or a paste too) whose file goes in the JSON body as a ``data:`` URL;
-"Use as input" puts a finished job's image in the form as ``job:<id>``.
+"Use as input" puts a finished job's image in the form as ``job:<id>``. When the server
+offers adapters (LoRA: ``GET /v1/loras`` lists some), ``loras`` is a checkbox and a scale
+per adapter (``static/adapters.js``); otherwise it is left off the form.
 
 With ``--api-key`` the page asks for the key once, keeps it in the browser's session
 storage, and sends it as ``Authorization: Bearer`` on every request, the event stream

@@ -31,10 +31,12 @@ from para_attn_client.types import (
     backoff,
     decode_event,
     error_from,
+    job_inputs,
     retry_after,
     retry_delay,
     unreachable,
 )
+from para_attn_client.wire import AppliedLora
 
 JOB = {"id": "6f1f0c1e-8c3a-4c8e-9a53-0d6f2a1b9e11", "state": "running", "created_at": 1.0, "step": 2}
 
@@ -146,3 +148,28 @@ def test_result_saves_to_a_file_or_names_it_after_the_job_in_a_directory(tmp_pat
     named = result.save(tmp_path)
     assert named == tmp_path / f"{JOB['id']}.png"
     assert named.read_bytes() == b"\x89PNG..."
+
+
+# ---- adapters: the loras field ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"a": 0.8, "b": -0.5},
+        [("a", 0.8), ("b", -0.5)],
+        [["a", 0.8], ["b", -0.5]],  # as JSON has pairs (-p loras='[["a", 0.8], ...]')
+        [{"name": "a", "scale": 0.8}, {"name": "b", "scale": -0.5}],
+        [AppliedLora("a", 0.8), AppliedLora("b", -0.5)],  # a job's own: loras=job.loras
+    ],
+)
+def test_loras_are_sent_as_the_server_takes_them(given: Any) -> None:
+    expected = [{"name": "a", "scale": 0.8}, {"name": "b", "scale": -0.5}]
+    assert job_inputs({"prompt": "p"}, {"loras": given}) == {"prompt": "p", "loras": expected}
+    assert msgspec.json.encode(job_inputs({"loras": given}, {})) == msgspec.json.encode({"loras": expected})
+
+
+def test_loras_of_another_shape_go_as_they_are_for_the_server_to_refuse() -> None:
+    assert job_inputs(None, {"loras": "a"}) == {"loras": "a"}
+    assert job_inputs(None, {"loras": [{"name": "a"}, 7]}) == {"loras": [{"name": "a"}, 7]}
+    assert job_inputs(None, {"prompt": "p"}) == {"prompt": "p"}

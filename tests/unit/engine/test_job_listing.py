@@ -213,6 +213,6 @@ async def test_options_on_the_jobs_collection_names_both_methods(client: httpx.A
 async def test_the_openapi_document_lists_the_parameters_and_their_limits(client: httpx.AsyncClient) -> None:
     operation = (await client.get("/schema/openapi.json")).json()["paths"]["/v1/jobs"]["get"]
     params = {param["name"]: param["schema"] for param in operation["parameters"]}
-    assert params["state"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert params["state"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled", "expired"]
     assert (params["limit"]["minimum"], params["limit"]["maximum"], params["limit"]["default"]) == (1, 100, 20)
     assert set(params) == {"state", "limit", "after"}

@@ -218,7 +218,7 @@ def test_describe_lists_each_plugin_with_its_hooks_and_registrations() -> None:
         "module": "para_attn_server.plugin.builtins",
         "distribution": "para-attn-server",
         "version": version(),
-        "hooks": ["predict", "setup", "validate"],
+        "hooks": ["batch_key", "predict", "predict_batch", "register_request_fields", "setup", "validate"],
         "predictors": [],
         "executors": [],
     }
@@ -314,7 +314,8 @@ def test_request_fields_know_their_plugin_and_get_the_settings() -> None:
     plugins = Plugins.load([plugin], autoload=False)
     settings = Settings()
 
-    (field,) = plugins.request_fields(settings)
+    builtin, field = plugins.request_fields(settings)[:2], plugins.request_fields(settings)[-1]
+    assert [found.name for found in builtin] == ["priority", "max_queue_seconds"]  # every request's
 
     assert (field.name, field.annotation, field.default, field.check) == ("tag", str, "none", None)
     assert field.plugin == plugins.pm.get_name(plugin)

@@ -7,9 +7,10 @@
 // A picture or video field (its schema says so with contentMediaType and its kind as format)
 // is a file picker that also takes a drop or a paste; the file goes in the JSON
 // body as a data: URL, and "Use as input" puts a finished job's image there as job:<id>.
+// The adapters (LoRA) the server offers are a field of their own: adapters.js.
 
 const KEY = "para-attn-server.api-key";
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
 // A path on the server, and where the server posts the job's events (the webhooks plugin):
 // the server's own fields, not the model's, and not a browser's business.
 const SKIPPED = new Set(["output_path", "webhook", "webhook_events_filter"]);
@@ -355,12 +356,17 @@ function useAsInput(view, blob) {
   field.zone.focus();
 }
 
+// The schema of POST /v1/jobs's JSON body.
+function requestBody(doc) {
+  return resolve(doc, doc.paths["/v1/jobs"].post.requestBody.content["application/json"].schema);
+}
+
 function buildForm(doc) {
-  const operation = doc.paths["/v1/jobs"].post;
-  const body = resolve(doc, operation.requestBody.content["application/json"].schema);
+  const body = requestBody(doc);
   $("model").textContent = (body.title || "").replace(/Input$/, "");
   const required = new Set(body.required || []);
-  const names = Object.keys(body.properties || {}).filter((name) => !SKIPPED.has(name));
+  // The adapters are offered apart, when the server lists some (adapters.js).
+  const names = Object.keys(body.properties || {}).filter((name) => !SKIPPED.has(name) && name !== ADAPTERS);
   names.sort((a, b) => (b === "prompt") - (a === "prompt")); // the prompt first, the rest in order
   const container = $("fields");
   container.replaceChildren();
@@ -408,6 +414,11 @@ function collect() {
   const inputs = {};
   for (const [name, field] of page.fields) {
     const { kind, input } = field;
+    if (field.collect) {
+      const value = field.collect(); // a field of its own making (the adapters)
+      if (value !== undefined) inputs[name] = value;
+      continue;
+    }
     if (kind === "media") {
       // Left out when empty: the server's default applies, or it names a required field.
       const values = field.values.map((item) => item.value);
@@ -558,6 +569,7 @@ function showJob(view) {
   $("job-state").textContent = view.state;
   $("job-state").dataset.state = view.state;
   $("job-error").textContent = view.error || "";
+  showJobAdapters(view);
   $("cancel").disabled = TERMINAL.has(view.state) || page.cancelling === view.id;
   if (view.step != null) showProgress(view.step, view.total);
   else $("progress-text").textContent = progressText(view);
@@ -733,6 +745,7 @@ let refresher = null;
 async function start() {
   const doc = await json(await api("/schema/openapi.json"));
   buildForm(doc);
+  await offerAdapters(doc, requestBody(doc));
   $("page-error").hidden = true;
   $("main").hidden = false;
   await refreshJobs();
