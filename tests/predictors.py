@@ -29,6 +29,17 @@ from para_attn_server import Image, Mask, Output, Predictor, RankContext, Video,
 Fault = Literal["none", "raise", "exit", "kill", "freeze", "hang_collective", "hang_outside"]
 
 
+def _take(marker: str | None) -> bool:
+    """True without a marker; with one, True for the one caller that renames it away."""
+    if marker is None:
+        return True
+    try:
+        os.rename(marker, f"{marker}.taken")
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def wait_for_file(path: str | os.PathLike[str]) -> None:
     while not os.path.exists(path):
         time.sleep(0.01)
@@ -45,6 +56,8 @@ class Faulty(Predictor):
     - hang_outside: waits forever outside any collective (its peers wait in the all_reduce)
 
     ``pad`` adds that many bytes to the output (to exceed ``--max-output-bytes``). With
+    ``fault_once=PATH`` the fault strikes only in the run whose faulting rank takes PATH
+    (an atomic rename): a job's first run faults, its next attempt does not. With
     ``-o setup_fault_marker=PATH``, the next setup of rank 1 that finds PATH takes it (an
     atomic rename, so exactly one setup does) and raises: a test arms a restart to fail once.
     """
@@ -78,6 +91,7 @@ class Faulty(Predictor):
         hold: str | None = None,
         tag: str = "",
         pad: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 0,
+        fault_once: str | None = None,
     ) -> Output | None:
         import torch
         import torch.distributed as dist
@@ -88,7 +102,7 @@ class Faulty(Predictor):
         for step in range(1, steps + 1):
             if step_seconds:
                 time.sleep(step_seconds)
-            if step == fault_step and fault_rank in (-1, self.rank):
+            if step == fault_step and fault_rank in (-1, self.rank) and _take(fault_once):
                 self._inject(fault)
             if self.world_size > 1:
                 dist.all_reduce(torch.ones(1))

@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 
 # The job states travel to clients: defined once, with the views, in the client's wire module.
-from para_attn_client.wire import TERMINAL, JobState
+from para_attn_client.wire import TERMINAL, Attempt, JobState
 from para_attn_server.media import MediaInfo
 
-__all__ = ["TERMINAL", "JobRecord", "JobState", "public_error"]
+__all__ = ["TERMINAL", "Attempt", "JobRecord", "JobState", "public_error"]
 
 
 class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +41,16 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     interrupted: int = 0  # runs cut short by the server's own end (it is queued again after a restart)
     cancel_requested: bool = False  # a cancel asked while it ran: a restart ends it cancelled
     batch_size: int | None = None  # jobs that shared its pipeline call, once it started
+    host: str | None = None  # the host of the group that runs or ran it
+    attempts: tuple[Attempt, ...] = ()  # its runs cut short by a lost rank or host, in order
+
+    def runs(self) -> tuple[Attempt, ...]:
+        """Every run: those cut short, then the current or last one (when it is not one of them)."""
+        if self.started_at is None or self.group is None:
+            return self.attempts
+        if self.attempts and self.attempts[-1].started_at == self.started_at:
+            return self.attempts  # its last run was cut short too, and it ran no more
+        return (*self.attempts, Attempt(self.group, self.host, self.started_at, self.finished_at))
 
     @property
     def terminal(self) -> bool:

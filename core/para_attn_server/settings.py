@@ -173,6 +173,11 @@ class JobSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Annotated[float, msgspec.Meta(gt=0)] | None,
         _help("seconds a job may wait to start before it expires, for requests that give no max_queue_seconds"),
     ] = None
+    max_attempts: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=10),
+        _help("runs a job may have in all when its group loses a rank or host mid-job (1: no retry)"),
+    ] = 2
     max_batch: Annotated[
         int, msgspec.Meta(ge=1, le=256), _help("compatible jobs one pipeline call may run at once (1: no batching)")
     ] = 1

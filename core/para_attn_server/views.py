@@ -38,6 +38,7 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         loras=[AppliedLora(lora["name"], lora.get("scale", 1.0)) for lora in applied] if applied else None,
         priority=record.inputs.get(PRIORITY) or 0,
         batch_size=record.batch_size,
+        attempts=list(record.runs()) if record.attempts else None,
     )
 
 
@@ -83,3 +84,4 @@ class MetricsSnapshot(msgspec.Struct):
     groups: list[GroupStatus]
     queued_by_priority: dict[int, int] = {}  # jobs waiting, by priority
     batch_sizes: dict[int, int] = {}  # pipeline calls started, by how many jobs they ran
+    requeued: int = 0  # runs cut short by a lost rank or host that were queued again

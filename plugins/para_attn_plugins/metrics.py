@@ -10,7 +10,8 @@ process (tests, an embedding program) never share or clash on a metric. What it 
   worker group: ready, ranks up, ranks, restarts, and its adapter (LoRA) cache: adapters
   loaded, loads, evictions, and load seconds (a histogram);
 - histograms fed by a job listener (``Jobs.add_listener``): queue wait, run time by
-  final state, and time between a job's progress steps;
+  final state, runs per job (``para_attn_job_attempts``), and time between a job's
+  progress steps; requeues (a counter) come with the service's counters;
 - HTTP request metrics (``para_attn_http_*``: count, duration, in progress, 5xx) from
   Litestar's Prometheus middleware, by method, route template and status.
 
@@ -43,6 +44,7 @@ from para_attn_server.plugin import ADAPTER_LOAD_BUCKETS, GroupStatus, JobRecord
 HTTP_PREFIX = "para_attn_http"
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -115,6 +117,12 @@ class JobMetrics:
             buckets=STEP_BUCKETS,
             registry=registry,
         )
+        self.attempts = Histogram(
+            "para_attn_job_attempts",
+            "Runs a job took (more than 1: a lost rank or host cut a run short), jobs that ran only.",
+            buckets=ATTEMPT_BUCKETS,
+            registry=registry,
+        )
         self._last_step: dict[str, float] = {}  # job id -> when its last progress step came
         registry.register(_ServiceCollector(jobs))
 
@@ -132,6 +140,8 @@ class JobMetrics:
             if record.started_at is not None and record.finished_at is not None:
                 took = max(0.0, record.finished_at - record.started_at)
                 self.duration.labels(record.state.value).observe(took)
+            if record.runs():
+                self.attempts.observe(len(record.runs()))
 
 
 class _ServiceCollector:
@@ -150,6 +160,9 @@ class _ServiceCollector:
         for state, count in sorted(m.finished.items()):
             finished.add_metric([state], count)
         yield finished
+        yield CounterMetricFamily(
+            "para_attn_job_requeues", "Runs cut short by a lost rank or host, queued again.", value=m.requeued
+        )
         yield GaugeMetricFamily("para_attn_queue_length", "Jobs waiting in the queue.", value=m.queue_length)
         by_priority = GaugeMetricFamily(
             "para_attn_queue_length_by_priority", "Jobs waiting in the queue, by priority.", labels=["priority"]

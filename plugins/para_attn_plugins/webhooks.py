@@ -1,10 +1,11 @@
 """The ``webhooks`` plugin: a job's events POSTed to a URL its request names.
 
 A request may carry ``webhook`` (a URL) and ``webhook_events_filter`` (any of ``start``,
-``progress``, ``completed``: Cog's names; all three by default). The server then POSTs the
-job, as ``GET /v1/jobs/{id}`` shows it, when it starts running, at its progress steps (at
-most one a second, and the last one before it ends is never dropped) and when it ended
-(succeeded, failed or cancelled). Each delivery is signed as Standard Webhooks specify
+``progress``, ``completed``, Cog's names, and ``requeued``; all by default). The server then
+POSTs the job, as ``GET /v1/jobs/{id}`` shows it, when it starts running, at its progress
+steps (at most one a second, and the last one before it ends is never dropped), when a run
+of it was cut short by a lost rank or host and it was queued again, and when it ended
+(succeeded, failed, cancelled or expired). Each delivery is signed as Standard Webhooks specify
 (``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` headers; verify them with
 ``standardwebhooks.Webhook(secret).verify(body, headers)``), and tried again with back-off
 on a connection error or a 5xx (``--webhook-tries``, 3); a 4xx or a redirect is final.
@@ -56,11 +57,11 @@ log = logging.getLogger("para_attn_plugins.webhooks")
 
 SECRET_ENV = "PARA_ATTN_SERVER_WEBHOOK_SECRET"
 OLD_SECRET_ENV = "PARA_ATTN_WEBHOOK_SECRET"  # still read, with a warning: not the server's prefix
-EVENTS = ("start", "progress", "completed")
+EVENTS = ("start", "progress", "completed", "requeued")
 PROGRESS_INTERVAL = 1.0  # seconds between two progress deliveries of one job, at least
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-EventName = Literal["start", "progress", "completed"]
+EventName = Literal["start", "progress", "completed", "requeued"]
 WebhookField = (
     Annotated[
         str,
@@ -217,8 +218,8 @@ class WebhooksPlugin(InitPluginProtocol):
 
 def event_name(kind: str, record: JobRecord) -> str | None:
     """The webhook event a job event is, if any."""
-    if kind == "progress":
-        return "progress"
+    if kind in ("progress", "requeued"):
+        return kind
     if kind == "state" and record.state is JobState.RUNNING:
         return "start"
     if kind == "state" and record.terminal:

@@ -23,6 +23,7 @@ def server(launch) -> Server:
     return launch(
         "--model", "tests.predictors:Faulty", "--num-devices", "2", "--job-timeout", str(JOB_TIMEOUT),
         "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT), "--cancel-grace", "2",
+        "--max-attempts", "1",  # each fault fails its job (test_requeue.py runs them again)
     )  # fmt: skip
 
 

@@ -60,7 +60,9 @@ def test_two_groups_run_two_jobs_at_the_same_time(server: Server) -> None:
     assert span < STEPS * STEP_SECONDS * 2
 
 
-def test_a_rank_killed_in_one_group_leaves_the_other_serving(server: Server, tmp_path: Path) -> None:
+def test_a_rank_killed_in_one_group_leaves_the_other_serving_and_its_job_runs_again(
+    server: Server, tmp_path: Path
+) -> None:
     restarts = [group_of(server, 0)["restarts"], group_of(server, 1)["restarts"]]
     keep, lose = tmp_path / "keep", tmp_path / "lose"
     kept = server.submit(hold=str(keep), tag="kept")  # the first idle group: group 0
@@ -72,11 +74,16 @@ def test_a_rank_killed_in_one_group_leaves_the_other_serving(server: Server, tmp
     victim = group_of(server, 1)["ranks"][0]["pid"]
     since = len(server.log.lines)
     os.kill(victim, signal.SIGKILL)
+    lose.touch()  # its next attempt may finish
 
-    failed = server.wait(lost)
-    assert failed["state"] == "failed"
-    assert failed["group"] == 1
-    assert f"rank 0 (pid {victim}) killed by SIGKILL" in failed["error"]
+    again = server.wait(lost)  # requeued at the head: it runs before the queued job
+    assert again["state"] == "succeeded"
+    first, second = again["attempts"]
+    assert first["group"] == 1
+    assert f"rank 0 (pid {victim}) killed by SIGKILL" in first["fault"]
+    assert second["fault"] is None
+    assert second["started_at"] >= first["ended_at"]
+    assert json.loads(server.output(lost))["tag"] == "lost"
     keep.touch()
     job = server.wait(kept)
     assert (job["state"], job["group"]) == ("succeeded", 0)

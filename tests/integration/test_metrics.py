@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def server(launch) -> Server:
-    return launch("--model", "tests.predictors:Faulty", "--num-devices", "2", "--max-queue", "1")
+    return launch("--model", "tests.predictors:Faulty", "--num-devices", "2", "--max-queue", "1", "--max-attempts", "1")
 
 
 def test_metrics_after_jobs_a_fault_and_a_refused_job(server: Server) -> None:

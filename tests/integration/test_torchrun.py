@@ -16,7 +16,9 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def server(launch) -> Server:
-    return launch("--model", "tests.predictors:Faulty", "--num-devices", "2", "--executor", "torchrun")
+    return launch(
+        "--model", "tests.predictors:Faulty", "--num-devices", "2", "--executor", "torchrun", "--max-attempts", "1"
+    )  # fmt: skip
 
 
 def test_jobs_run_on_ranks_started_by_torchrun(server: Server) -> None:

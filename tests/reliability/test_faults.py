@@ -44,6 +44,7 @@ def server(launch: Callable[..., Server], marker: Path) -> Server:
     return launch(
         "--model", "tests.predictors:Faulty", "--num-devices", "2", "--job-timeout", str(JOB_TIMEOUT),
         "--max-output-bytes", str(MAX_OUTPUT_BYTES), "-o", f"setup_fault_marker={marker}",
+        "--max-attempts", "1",  # what a fault does to its job (a second attempt is test_requeue.py's)
     )  # fmt: skip
 
 

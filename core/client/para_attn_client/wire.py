@@ -48,6 +48,16 @@ class AppliedLora(msgspec.Struct, frozen=True):
     scale: float = 1.0
 
 
+class Attempt(msgspec.Struct, frozen=True):
+    """One run of a job: where and when, and the fault that cut it short (None: it was not)."""
+
+    group: int
+    host: str | None
+    started_at: float
+    ended_at: float | None = None
+    fault: str | None = None
+
+
 class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
     """A job as the /v1 API shows it (and ``para_attn_client`` reads it)."""
 
@@ -77,6 +87,10 @@ class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
     priority: Annotated[int, Meta(description="Its priority: higher runs first, first come first among equals")] = 0
     batch_size: Annotated[
         int | None, Meta(description="Once started: how many jobs shared its pipeline call (itself included)")
+    ] = None
+    attempts: Annotated[
+        list[Attempt] | None,
+        Meta(description="When a run was cut short by a lost rank or host and the job ran again: every run, in order"),
     ] = None
 
     @property

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("para_attn_server.jobs")
 
-#: ``observer(kind, record)``: ``kind`` is ``"state"`` (the record entered a new state) or
-#: ``"progress"`` (a step boundary passed: ``record.step`` of ``record.total``); more kinds
-#: may come (previews), so an observer ignores kinds it does not know.
+#: ``observer(kind, record)``: ``kind`` is ``"state"`` (the record entered a new state),
+#: ``"progress"`` (a step boundary passed: ``record.step`` of ``record.total``) or
+#: ``"requeued"`` (its run was cut short by a lost rank or host and it is queued again:
+#: ``record.attempts[-1]`` says where and why; a ``"state"`` event follows); more kinds may
+#: come (previews), so an observer ignores kinds it does not know.
 JobObserver = Callable[[str, "JobRecord"], None]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
+REQUEUED = -1000  # sorts before any priority (-100..100 negated)
 
 
 class JobQueue(Generic[J]):
@@ -25,6 +26,14 @@ class JobQueue(Generic[J]):
     def append(self, job: J) -> None:
         """Queue ``job`` behind every job of its priority or higher."""
         key = (-self._priority(job), next(self._arrivals))
+        place = bisect.bisect_right(self._keys, key)
+        self._keys.insert(place, key)
+        self._jobs.insert(place, job)
+
+    def requeue(self, job: J) -> None:
+        """Queue ``job`` ahead of every job waiting, whatever their priorities (a job whose
+        run was cut short goes next), behind any requeued before it."""
+        key = (REQUEUED, next(self._arrivals))
         place = bisect.bisect_right(self._keys, key)
         self._keys.insert(place, key)
         self._jobs.insert(place, job)
@@ -47,10 +56,11 @@ class JobQueue(Generic[J]):
         raise ValueError("not queued")
 
     def by_priority(self) -> dict[int, int]:
-        """Jobs waiting, by priority."""
+        """Jobs waiting, by priority (a requeued job by its own)."""
         counts: dict[int, int] = {}
-        for negated, _ in self._keys:
-            counts[-negated] = counts.get(-negated, 0) + 1
+        for job in self._jobs:
+            priority = self._priority(job)
+            counts[priority] = counts.get(priority, 0) + 1
         return counts
 
     def __getitem__(self, place: int) -> J:

@@ -3,6 +3,8 @@ call, on one group; and each job's end from what the group reported.
 
 A mixin of ``JobService`` (its attributes are the service's): the queue and the records
 are the service's; this is only the part of its work that starts when jobs leave the queue.
+A job whose group lost a rank or its host mid-run (``JobOutcome.lost``), as opposed to one
+that failed by itself, runs again at the head of the queue, up to ``--max-attempts`` runs.
 Each job of a batch keeps its own progress, previews, outcome and output. A job of a running
 batch that is cancelled ends at once, its output dropped when the batch ends; the batch
 itself is stopped only when no job of it is left to finish (``cancel_running``).
@@ -16,9 +18,11 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from para_attn_server.engine.registry import FILE_TYPE, Job
 from para_attn_server.errors import InputError
-from para_attn_server.records import JobState, public_error
+from para_attn_server.records import Attempt, JobState, public_error
 from para_attn_server.storage.inputs import InputGoneError
 from para_attn_server.workers.outcome import BatchMember, JobOutcome, ProgressCallback
 
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from para_attn_server.engine.dispatcher import Dispatcher
     from para_attn_server.engine.inputs import InputResolver
     from para_attn_server.engine.observers import JobObservers
+    from para_attn_server.engine.queue import JobQueue
     from para_attn_server.engine.registry import JobRegistry
     from para_attn_server.engine.saver import OutputSaver
     from para_attn_server.schema import InputSchema
@@ -38,6 +43,8 @@ CANCELLED = (JobState.CANCELLED, "cancelled before it started")
 
 class JobRunning:
     dispatcher: Dispatcher[Job]
+    queue: JobQueue[Job]
+    counters: dict[str, int]
     media: InputResolver
     schema: InputSchema
     settings: JobSettings
@@ -56,9 +63,11 @@ class JobRunning:
         """The dispatcher took the jobs from the queue: they are running from now on (a
         cancel meanwhile must not look for them in the queue), and what it returns runs them."""
         now = time.time()
+        ranks = group.status().ranks
+        host = ranks[0].hostname if ranks else None
         for job in jobs:
             job.record = job.record.evolve(
-                state=JobState.RUNNING, started_at=now, group=group.index, batch_size=len(jobs)
+                state=JobState.RUNNING, started_at=now, group=group.index, host=host, batch_size=len(jobs)
             )
             # Journaled (in the next group commit): after a crash a job that was running counts a
             # run cut short, one that was queued does not (``JobRegistry.recover``).
@@ -84,9 +93,9 @@ class JobRunning:
             live = [(job, inputs) for job, inputs in live if not job.terminal]  # cancelled while read
             if not live:
                 return
-            if not group.ready:
+            if not group.ready:  # it faulted while their pictures were read: they run elsewhere
                 for job, _ in live:
-                    self._finish(job, JobState.FAILED, group.last_fault or "its worker group failed")
+                    self._lost(job, group.last_fault or "its worker group failed")
                 return
             (leader, inputs), rest = live[0], live[1:]
             members = [BatchMember(job.id, sent, self._progress(job), self._preview(job)) for job, sent in rest]
@@ -96,7 +105,8 @@ class JobRunning:
             )  # fmt: skip
             await self._complete(leader, outcome)
             for job, _ in rest:
-                await self._complete(job, outcome.members.get(job.id, JobOutcome(outcome.status, outcome.error)))
+                alike = JobOutcome(outcome.status, outcome.error, lost=outcome.lost)
+                await self._complete(job, outcome.members.get(job.id, alike))
         except Exception as exc:  # a bug here must not kill the dispatcher
             log.exception("jobs %s: internal error", ", ".join(job.id for job in jobs))
             for job in jobs:
@@ -119,7 +129,9 @@ class JobRunning:
     async def _complete(self, job: Job, outcome: JobOutcome) -> None:
         if job.terminal:  # cancelled out of its batch: its output is dropped
             return
-        if outcome.status == "cancelled":
+        if outcome.status == "failed" and outcome.lost and not job.cancel_requested:
+            self._lost(job, public_error(outcome.error) or "its worker group failed")
+        elif outcome.status == "cancelled":
             self._finish(job, JobState.CANCELLED, public_error(outcome.error) or "cancelled")
         elif outcome.status != "succeeded":
             if outcome.error and public_error(outcome.error) != outcome.error:
@@ -132,6 +144,29 @@ class JobRunning:
         else:
             error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
             self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
+
+    def _lost(self, job: Job, fault: str) -> None:
+        """Its group lost a rank or host mid-run: the job goes back to the head of the queue
+        for its next attempt, or fails with every attempt's reason after ``max_attempts``."""
+        record = job.record
+        attempt = Attempt(record.group or 0, record.host, record.started_at or time.time(), time.time(), fault)
+        attempts = (*record.attempts, attempt)
+        if len(attempts) >= self.settings.max_attempts:
+            job.record = record.evolve(attempts=attempts)
+            reasons = "; ".join(f"attempt {n} (group {a.group}): {a.fault}" for n, a in enumerate(attempts, 1))
+            self._finish(job, JobState.FAILED, reasons if len(attempts) > 1 else fault)
+            return
+        job.record = record.evolve(
+            state=JobState.QUEUED, attempts=attempts, started_at=None, group=None, host=None, step=None, total=None,
+            batch_size=None,
+        )  # fmt: skip
+        self.queue.requeue(job)
+        self.counters["requeued"] += 1
+        log.warning("job %s: its run was cut short (%s); queued again for attempt %d", job.id, fault, len(attempts) + 1)
+        job.publish("requeued", msgspec.to_builtins(attempt))
+        self.observers.notify("requeued", job.record)
+        self._changed(job)
+        self.dispatcher.wake()
 
     # ---- cancelling -------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ class JobService(JobRunning):
         self.queue: JobQueue[Job] = JobQueue(lambda job: job.record.inputs.get(PRIORITY) or 0)
         self.accepting = False  # True once the first setup succeeded, until draining
         self.started = False
-        self.counters: dict[str, int] = {"submitted": 0, "rejected_queue_full": 0, "restarts": 0}
+        self.counters: dict[str, int] = {"submitted": 0, "rejected_queue_full": 0, "restarts": 0, "requeued": 0}
         self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
         self.run_seconds_ewma: float | None = None
         batching = Batching(settings.max_batch, settings.batch_wait_ms / 1000, self._batch_key, _arrived)
@@ -354,7 +354,7 @@ class JobService(JobRunning):
             asyncio.get_running_loop().call_later(delay, self._expire_queued, job, seconds)
 
     def _expire_queued(self, job: Job, seconds: float) -> None:
-        if job.state is JobState.QUEUED and self.jobs.get(job.id) is job:
+        if job.state is JobState.QUEUED and self.jobs.get(job.id) is job and not job.record.attempts:
             self.queue.remove(job)
             self._finish(job, JobState.EXPIRED, f"not started within {seconds:g} s (max_queue_seconds)")
 

@@ -38,4 +38,5 @@ def metrics_snapshot(service: JobService) -> MetricsSnapshot:
         groups=[group.status() for group in service.groups],
         queued_by_priority=service.queue.by_priority(),
         batch_sizes=dict(service.batch_sizes),
+        requeued=service.counters["requeued"],
     )

@@ -60,7 +60,7 @@ class LorasController(Controller):
         adapters = _adapters(service)
         if name not in adapters.paths:
             raise NotFoundException(f"no adapter is named {name!r}")
-        waiting = [*service.queue, *service.dispatcher.running().values()]
+        waiting = [*service.queue, *service.dispatcher.running_jobs()]
         using = sum(name in adapters_of(job) for job in waiting)
         if using:
             raise Conflict(f"{using} queued or running job(s) apply {name!r}: remove it once they ended")

@@ -235,7 +235,8 @@ class WorkerGroup:
                 if running.decided.done():
                     break
                 if fault.done():
-                    return running.with_members(JobOutcome("failed", error=fault.result()), reported=False)
+                    lost = JobOutcome("failed", error=fault.result(), lost=True)
+                    return running.with_members(lost, reported=False)
                 if deadline is not None and loop.time() >= deadline:
                     self._set_fault(f"job timed out after {timeout:g} s")
                     error = f"job timed out after {timeout:g} s; the worker group was restarted"

@@ -33,6 +33,9 @@ class JobOutcome:
     output: bytes | None = None
     file_type: str | None = None
     base64: bool = False  # ``output`` is base64 text
+    # The group lost a rank or its host while it ran (a process died, a connection closed,
+    # heartbeats stopped): not the job's own doing, so it may run again elsewhere.
+    lost: bool = False
     # A batch's leader: each other job's own outcome, by id (empty for a lone job).
     members: dict[str, JobOutcome] = field(default_factory=dict)
 
@@ -111,7 +114,8 @@ class RunningJob:
             if end is None:
                 missing = outcome.status == "succeeded"  # rank 0 ended the batch without this job's report
                 error = "rank 0 did not report this job of the batch" if missing else outcome.error
-                outcome.members[job_id] = JobOutcome("failed" if missing else outcome.status, error=error)
+                status = "failed" if missing else outcome.status
+                outcome.members[job_id] = JobOutcome(status, error=error, lost=outcome.lost and not missing)
             elif end.status == "succeeded":
                 outcome.members[job_id] = JobOutcome(
                     "succeeded", output=end.output, file_type=end.file_type, base64=end.base64
@@ -144,4 +148,5 @@ async def decide_outcome(
         stuck = f"{f'{error}; ' if error else ''}rank(s) {missing} did not leave the job (stuck in a collective)"
         if error:
             error = f"{error} (rank(s) {missing} were left waiting in a collective; the worker group was restarted)"
-    return (JobOutcome("failed", error=error) if failures else JobOutcome("cancelled")), stuck
+    lost = fault.done() and bool(error)  # a rank died or left: the others' errors only echo it
+    return (JobOutcome("failed", error=error, lost=lost) if failures else JobOutcome("cancelled")), stuck

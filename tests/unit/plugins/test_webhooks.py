@@ -336,7 +336,7 @@ async def test_the_fields_are_documented_in_the_schema(client: httpx.AsyncClient
     fields = document["components"]["schemas"]["EchoPredictorInput"]["properties"]
 
     assert "--webhook-allow-host" in str(fields["webhook"])
-    assert fields["webhook_events_filter"]["items"]["enum"] == ["start", "progress", "completed"]
+    assert fields["webhook_events_filter"]["items"]["enum"] == ["start", "progress", "completed", "requeued"]
     assert "All three when left out" in fields["webhook_events_filter"]["description"]
 
 
