@@ -216,7 +216,8 @@ def two_ranks(rank: int, model: str, model_path: str, port: int, out: str) -> No
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("model", ["tiny", "flux", "wan"])
+# tiny on 2 ranks is served so in tests/integration/test_batching.py.
+@pytest.mark.parametrize("model", ["flux", "wan"])
 def test_a_batch_of_four_on_two_ranks_is_each_job_alone(model: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "outputs.npz"
     path = "" if model == "tiny" else str(tiny_dirs[model])
