@@ -28,8 +28,10 @@ def test_a_rank_killed_mid_job_costs_the_job_nothing_it_succeeds_on_its_second_r
     once = tmp_path / "once"
     once.touch()  # the first run takes it and its rank 1 is killed at step 2; the second runs clean
     pid = server.rank_pids()[1]
-    job_id = server.submit(fault="kill", fault_rank=1, fault_step=2, fault_once=str(once), tag="survivor")
-    events = [(event, data) for event, data in server.events(job_id)]
+    # Its steps take 0.3 s: the event stream is open well before step 2.
+    job_id = server.submit(fault="kill", fault_rank=1, fault_step=2, fault_once=str(once), tag="survivor",
+                           step_seconds=0.3)  # fmt: skip
+    events = list(server.events(job_id))
     view = server.wait(job_id)
     assert view["state"] == "succeeded"
     first, second = view["attempts"]
