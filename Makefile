@@ -31,7 +31,7 @@ serve: $(VENV)/.installed
 	$(BIN)/para-attn-server $(ARGS)
 
 test: $(VENV)/.installed chromium
-	PARA_ATTN_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+	PARA_ATTN_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Installs chromium when it is missing and this user can (root); otherwise
 # tests/integration/test_webui.py fails with the command to run.
