@@ -93,19 +93,8 @@ class FluxPredictor(DiffusersPredictor):
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
         # ``image`` and ``mask_image`` arrive as PIL images (RGB and "L"), alike on every rank.
-        fields = {
-            "prompt": prompt,
-            "image": image,
-            "mask_image": mask_image,
-            "strength": strength,
-            "width": width,
-            "height": height,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "seed": seed,
-            "output_format": output_format,
-            "preview_every": preview_every,
-        }
+        fields = dict(locals())  # the request's fields, as predict_batch takes each job's
+        del fields["self"]
         return self.predict_batch([fields])[0]  # a lone job is a batch of one: one code path
 
     def pipeline_call(self, fields: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

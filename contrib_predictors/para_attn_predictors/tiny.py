@@ -84,18 +84,8 @@ class TinyFluxPredictor(Predictor):
         output_format: Literal["png", "jpeg", "webp", "npy"] = "png",
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
-        fields = {
-            "prompt": prompt,
-            "image": image,
-            "strength": strength,
-            "width": width,
-            "height": height,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "seed": seed,
-            "output_format": output_format,
-            "preview_every": preview_every,
-        }
+        fields = dict(locals())  # the request's fields, as predict_batch takes each job's
+        del fields["self"]
         return self.predict_batch([fields])[0]  # a lone job is a batch of one: one code path
 
     def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:

@@ -111,20 +111,8 @@ class WanPredictor(DiffusersPredictor):
         output_format: Literal["mp4", "npy"] = "mp4",
         preview_every: PreviewEvery = 0,
     ) -> Output | None:
-        fields = {
-            "prompt": prompt,
-            "image": image,
-            "negative_prompt": negative_prompt,
-            "width": width,
-            "height": height,
-            "num_frames": num_frames,
-            "fps": fps,
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "seed": seed,
-            "output_format": output_format,
-            "preview_every": preview_every,
-        }
+        fields = dict(locals())  # the request's fields, as predict_batch takes each job's
+        del fields["self"]
         return self.predict_batch([fields])[0]  # a lone job is a batch of one: one code path
 
     def pipeline_call(self, fields: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
