@@ -18,7 +18,7 @@ from para_attn_plugins.openai_api import mapping
 from para_attn_plugins.openai_api.adapters import model_adapter, with_adapter
 from para_attn_plugins.openai_api.mapping import ModelFields
 from para_attn_plugins.openai_api.schemas import ImageRequest, VideoRequest
-from para_attn_server import InputError, Output, Predictor
+from para_attn_server import Output, Predictor
 from para_attn_server.adapters import Adapters
 from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
@@ -27,6 +27,7 @@ from para_attn_server.schema import InputSchema
 from para_attn_server.settings import ModelSettings, Settings
 from para_attn_server.workers.group import JobOutcome
 from tests.unit.fakes import FakeGroup, MakeService, deadline
+from tests.unit.plugins.checks import rejected
 
 SETTINGS = Settings(model=ModelSettings(model="painter"))
 A, B = {"name": "a", "scale": 1.0}, {"name": "b", "scale": 0.5}
@@ -44,13 +45,6 @@ class Animator(Predictor):
 
     def predict(self, prompt: str, num_frames: int = 9, fps: int = 8) -> Output:
         raise NotImplementedError
-
-
-def rejected(call: Any, field: str) -> str:
-    with pytest.raises(InputError) as caught:
-        call()
-    assert caught.value.field == field, caught.value
-    return caught.value.message
 
 
 # ---- the mapping ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from para_attn_server.schema import InputSchema
 from para_attn_server.settings import ModelSettings, Settings
 from para_attn_server.workers.group import JobOutcome
 from tests.unit.fakes import FakeGroup, MakeService, deadline
+from tests.unit.plugins.checks import rejected
 
 Side = Annotated[int, msgspec.Meta(ge=16, le=256, multiple_of=16)]
 
@@ -94,13 +95,6 @@ def edits(
     request, extras = mapping.split(body, ImageEditRequest, fields, form=form)
     mapping.refuse_files(extras, fields)
     return mapping.edit_inputs(request, images, mask, extras, fields, "m", 4, random.Random(0))
-
-
-def rejected(call: Any, field: str) -> str:
-    with pytest.raises(InputError) as caught:
-        call()
-    assert caught.value.field == field, caught.value
-    return caught.value.message
 
 
 # ---- which fields take pictures -----------------------------------------------------------

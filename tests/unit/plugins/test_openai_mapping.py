@@ -17,9 +17,10 @@ from para_attn_predictors.flux import FluxPredictor
 from para_attn_predictors.noop import NoopPredictor
 from para_attn_predictors.tiny import TinyFluxPredictor
 from para_attn_predictors.wan import WanPredictor
-from para_attn_server import InputError, Output, Predictor
+from para_attn_server import Output, Predictor
 from para_attn_server.records import JobRecord, JobState
 from para_attn_server.schema import InputSchema
+from tests.unit.plugins.checks import rejected
 
 TINY = ModelFields.of(InputSchema(TinyFluxPredictor()))
 FLUX = ModelFields.of(InputSchema(FluxPredictor()))  # seed: optional, None by default
@@ -36,13 +37,6 @@ class Styled(Predictor):
 def images(body: dict[str, Any], fields: ModelFields = TINY, max_n: int = 4, seed: int = 0) -> list[dict[str, Any]]:
     request, extras = mapping.split(body, ImageRequest, fields)
     return mapping.image_inputs(request, extras, fields, "tiny", max_n, random.Random(seed))
-
-
-def rejected(call: Any, field: str) -> str:
-    with pytest.raises(InputError) as caught:
-        call()
-    assert caught.value.field == field, caught.value
-    return caught.value.message
 
 
 def wan_predictor() -> WanPredictor:
