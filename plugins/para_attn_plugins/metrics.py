@@ -140,8 +140,8 @@ class JobMetrics:
             if record.started_at is not None and record.finished_at is not None:
                 took = max(0.0, record.finished_at - record.started_at)
                 self.duration.labels(record.state.value).observe(took)
-            if record.runs():
-                self.attempts.observe(len(record.runs()))
+            if runs := record.runs():
+                self.attempts.observe(len(runs))
 
 
 class _ServiceCollector:
