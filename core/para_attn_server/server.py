@@ -18,6 +18,7 @@ import uvicorn
 
 from para_attn_server import settings as settings_tree
 from para_attn_server.adapters import Adapters
+from para_attn_server.cluster.fleet import Fleet
 from para_attn_server.cluster.rendezvous import ClusterHost
 from para_attn_server.cluster.spec import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
 from para_attn_server.engine.inputs import Fetch
@@ -34,7 +35,8 @@ from para_attn_server.schema import InputSchema
 from para_attn_server.settings import Settings
 from para_attn_server.storage.journal import JobJournal
 from para_attn_server.storage.outputs import OutputStore
-from para_attn_server.workers.executor import RankSpec, Rendezvous
+from para_attn_server.views import HostStatus
+from para_attn_server.workers.executor import Executor, RankSpec, Rendezvous
 from para_attn_server.workers.group import WorkerGroup
 
 log = logging.getLogger("para_attn_server")
@@ -98,7 +100,7 @@ class ParaAttentionServer:
         fetch_input = input_fetch(settings)  # a bad --input-allow-host fails before any rank starts
         adapters = _adapters(settings, predictor)  # so does a missing --lora path
         cluster = self._cluster(plugins)
-        groups = self._groups(plugins, predictor, predictor_pickle, cluster)
+        groups, spec = self._groups(plugins, predictor, predictor_pickle, cluster)
         if cluster is not None:
             cluster.open()
             cluster.attach(groups[0])
@@ -106,6 +108,10 @@ class ParaAttentionServer:
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
         service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal, fetch_input)
+        fleet = self._fleet(plugins, service, spec)
+        if groups:
+            name = groups[0].host
+            service.hosts[name] = HostStatus(name, "local", [], len(groups) * spec.world_size, spec.world_size)
         if adapters is not None:  # before recovery: a job accepted for an adapter added at run time
             adapters.restore(store.jobs_dir / "loras.json")
         recovered = service.recover()
@@ -115,7 +121,12 @@ class ParaAttentionServer:
         sock = bind(settings.http.host, settings.http.port)
         self.port = sock.getsockname()[1]
         app = create_app(
-            service, settings, api_key=settings.http.key(), max_body_bytes=settings.http.max_body_bytes, cluster=cluster
+            service,
+            settings,
+            api_key=settings.http.key(),
+            max_body_bytes=settings.http.max_body_bytes,
+            cluster=cluster,
+            fleet=fleet,
         )
         http = HttpServer(listener_config(app, settings.http, settings.log_level))
         await asyncio.gather(*(group.open() for group in groups))
@@ -123,7 +134,11 @@ class ParaAttentionServer:
         log.info("para-attn-server listening on http://%s:%d", settings.http.host, self.port)
         if cluster is not None:
             hosts = settings.group.nnodes - 1
-            log.info("waiting for %d more host(s); on each run: %s", hosts, self._join_command(cluster))
+            log.info(
+                "waiting for %d more host(s); on each run: %s",
+                hosts,
+                self._join_command(cluster.join_token, f"--num-devices {cluster.nproc_per_node}"),
+            )
         try:
             start_task = asyncio.create_task(service.start())
             await asyncio.wait({start_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,6 +150,10 @@ class ParaAttentionServer:
                 adapters.fits(next((group.adapter_fit for group in groups if group.adapter_fit), None))
             ranks = sum(group.world_size for group in groups)
             log.info("ready: %d rank(s) of %r%s", ranks, settings.model.model or repr(predictor), _layout(groups))
+            if fleet is not None:
+                fleet.start()
+                command = self._join_command(fleet.join_token, f"--group-size {spec.world_size}")
+                log.info("hosts may join with their own groups; on each run: %s", command)
             http.on_signal = lambda: asyncio.ensure_future(_drain_then_exit(service, http))
             await http_task
         finally:
@@ -146,6 +165,8 @@ class ParaAttentionServer:
             await journal.close()
             if cluster is not None:
                 cluster.close()
+            if fleet is not None:
+                await fleet.close()
 
     def _predictor(self, plugins: Plugins) -> tuple[Predictor, bytes | None]:
         if isinstance(self.predictor, str):
@@ -160,15 +181,14 @@ class ParaAttentionServer:
             return None
         endpoint = group.rdzv_endpoint or join_endpoint(group.control_host, DEFAULT_RDZV_PORT)
         token = self.settings.http.join_token or secrets.token_urlsafe(24)
-        per_host = group.num_devices or default_num_devices()
-        return ClusterHost(endpoint, token, installed_plugins(plugins), per_host)
+        return ClusterHost(endpoint, token, installed_plugins(plugins), _num_devices(self.settings))
 
-    def _join_command(self, cluster: ClusterHost) -> str:
+    def _join_command(self, join_token: str, tail: str) -> str:
         settings = self.settings
         host = socket.gethostname() if settings.http.host in WILDCARDS else settings.http.host
         # A token the operator chose is theirs to hand out; one generated here is only known from this line.
-        token = '"$PARA_ATTN_SERVER_JOIN_TOKEN"' if settings.http.join_token else cluster.join_token
-        return f"para-attn-server join http://{host}:{self.port} --token {token} --num-devices {cluster.nproc_per_node}"
+        token = '"$PARA_ATTN_SERVER_JOIN_TOKEN"' if settings.http.join_token else join_token
+        return f"para-attn-server join http://{host}:{self.port} --token {token} {tail}"
 
     def _spans_hosts(self, cluster: ClusterHost) -> dict[str, Any]:
         """The RankSpec fields of a group across hosts."""
@@ -180,13 +200,15 @@ class ParaAttentionServer:
 
     def _groups(
         self, plugins: Plugins, predictor: Predictor, predictor_pickle: bytes | None, cluster: ClusterHost | None
-    ) -> list[WorkerGroup]:
+    ) -> tuple[list[WorkerGroup], RankSpec]:
+        """This host's groups (none with ``--num-devices 0``), and the spec every group's
+        ranks start from (a joined host's too)."""
         settings = self.settings
         nnodes = settings.group.nnodes
         # The cluster already counted this host's devices (counting imports torch).
-        per_host = cluster.nproc_per_node if cluster else (settings.group.num_devices or default_num_devices())
+        per_host = cluster.nproc_per_node if cluster else _num_devices(settings)
         num_devices = per_host * nnodes
-        size = settings.group.group_size or num_devices
+        size = settings.group.group_size or num_devices or 1
         across = f" x --nnodes {nnodes}" if nnodes > 1 else ""
         if num_devices % size:
             raise ConfigurationError(f"--num-devices {per_host}{across} is not a multiple of --group-size {size}")
@@ -218,7 +240,7 @@ class ParaAttentionServer:
             log_level=settings.log_level,
             **(self._spans_hosts(cluster) if cluster else {}),
         )
-        return [
+        groups = [
             WorkerGroup(
                 index,
                 executor(size // nnodes, executor_options),
@@ -227,9 +249,37 @@ class ParaAttentionServer:
             )
             for index in range(num_devices // size)
         ]
+        return groups, spec
+
+    def _fleet(self, plugins: Plugins, service: JobService, spec: RankSpec) -> Fleet | None:
+        """Hosts joining with their own groups: with a join token, or on a front (``--num-devices 0``)."""
+        settings = self.settings
+        if settings.group.nnodes > 1 or not (settings.http.join_token or settings.group.num_devices == 0):
+            return None
+        token = settings.http.join_token or secrets.token_urlsafe(24)
+        spec = msgspec.structs.replace(spec, join_token=token)
+
+        def new_group(index: int, executor: Executor, host: str, local: int) -> WorkerGroup:
+            offset = local * spec.world_size
+            ranks = msgspec.structs.replace(spec, group=index, device_offset=offset, node=host)
+            return WorkerGroup(index, executor, settings.group, ranks, host=host)
+
+        return Fleet(
+            service, token, installed_plugins(plugins), new_group, group_size=spec.world_size,
+            executor=settings.group.executor, executor_options=settings.group.executor_options,
+            host_timeout=settings.group.host_timeout, drain_timeout=settings.jobs.drain_timeout,
+            first_index=len(service.groups),
+        )  # fmt: skip
+
+
+def _num_devices(settings: Settings) -> int:
+    num = settings.group.num_devices
+    return default_num_devices() if num is None else num
 
 
 def _layout(groups: list[WorkerGroup]) -> str:
+    if not groups:
+        return " (none here: a front for hosts that join with their groups)"
     return "" if len(groups) == 1 else f" in {len(groups)} groups of {groups[0].world_size}"
 
 

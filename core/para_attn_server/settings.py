@@ -107,7 +107,11 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keepalive_timeout: Annotated[int, msgspec.Meta(ge=1), _help("seconds an idle kept-alive connection stays open")] = 5
     join_token: Annotated[
         str | None,
-        _help("token that 'para-attn-server join' must present (--nnodes > 1; default: generated)", env=JOIN_TOKEN_ENV),
+        _help(
+            "token that 'para-attn-server join' must present; hosts may join with their own groups when it is set "
+            "or --num-devices is 0 (default: generated for --nnodes > 1 and --num-devices 0)",
+            env=JOIN_TOKEN_ENV,
+        ),
     ] = None
 
     def key(self) -> str | None:
@@ -204,7 +208,8 @@ class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How worker groups are started and watched."""
 
     num_devices: Annotated[
-        Annotated[int, msgspec.Meta(ge=1)] | None, _help("ranks to start on this host (default: CUDA devices, or 1)")
+        Annotated[int, msgspec.Meta(ge=0)] | None,
+        _help("ranks to start on this host (default: CUDA devices, or 1; 0: none, a front for joined hosts)"),
     ] = None
     group_size: Annotated[
         Annotated[int, msgspec.Meta(ge=1)] | None,
@@ -222,6 +227,9 @@ class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         str | None,
         _help("HOST:PORT of the c10d rendezvous this server hosts for --nnodes > 1 (default: --control-host:29400)"),
     ] = None
+    host_timeout: Annotated[Seconds, _help("seconds a joined host may go without polling before it counts as lost")] = (
+        15.0
+    )
     setup_timeout: Annotated[Seconds, _help("seconds a group's setup may take")] = 1800.0
     heartbeat_timeout: Annotated[Seconds, _help("seconds of rank silence before a restart")] = 30.0
     cancel_grace: Annotated[Seconds, _help("seconds a cancelled job may take to stop before a restart")] = 10.0

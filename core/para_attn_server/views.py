@@ -27,6 +27,7 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         started_at=record.started_at,
         finished_at=record.finished_at,
         group=record.group,
+        host=record.host,
         step=record.step,
         total=record.total,
         total_steps=record.total,
@@ -59,6 +60,21 @@ class GroupStatus(msgspec.Struct):
     last_fault: str | None
     ranks: list[RankRow]
     adapters: AdapterStats = msgspec.field(default_factory=AdapterStats)  # its adapter cache
+    host: str = ""  # the host its ranks run on
+
+
+class HostStatus(msgspec.Struct):
+    """A host that serves: the server's own (``local``) or one that joined with its groups."""
+
+    name: str
+    state: str  # local, serving, draining, left, lost, refused
+    groups: list[int]  # its groups serving now
+    devices: int
+    group_size: int
+    runs: int = 0  # job runs (attempts) its groups started
+    joined_at: float | None = None
+    last_seen_s: float | None = None  # seconds since it last asked for its orders
+    reason: str | None = None  # why it left, was lost or refused
 
 
 class ServerStatus(msgspec.Struct):
@@ -71,6 +87,7 @@ class ServerStatus(msgspec.Struct):
     restarts: int
     last_fault: str | None
     groups: list[GroupStatus]
+    hosts: list[HostStatus] = []
 
 
 class MetricsSnapshot(msgspec.Struct):
@@ -85,3 +102,4 @@ class MetricsSnapshot(msgspec.Struct):
     queued_by_priority: dict[int, int] = {}  # jobs waiting, by priority
     batch_sizes: dict[int, int] = {}  # pipeline calls started, by how many jobs they ran
     requeued: int = 0  # runs cut short by a lost rank or host that were queued again
+    hosts: list[HostStatus] = []

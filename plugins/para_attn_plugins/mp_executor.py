@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -26,11 +27,16 @@ from para_attn_server.plugin import Executor, RankSpec, hookimpl, hosted_store, 
 STORE_HOST = "127.0.0.1"
 
 
-def _rank_main(spec: RankSpec, rank: int, local_rank: int) -> None:
+def _rank_main(spec: RankSpec, rank: int, local_rank: int, launcher: int) -> None:
     """A rank's process. The rank module (torch) is imported here, never at the top: the
-    fork server preloads it, and the server process itself has no use for torch."""
-    from para_attn_server.plugin import rank_main
+    fork server preloads it, and the server process itself has no use for torch.
 
+    It dies with ``launcher``, the process that asked for it (the server, or a ``join``):
+    its parent is the fork server, which outlives both. So a ``join`` killed by SIGKILL
+    takes its ranks along instead of leaving them in the server's group."""
+    from para_attn_server.plugin import die_with, rank_main
+
+    die_with(launcher)
     rank_main(spec, rank, local_rank)
 
 
@@ -80,7 +86,9 @@ class MultiprocessingExecutor(Executor):
         port = self._store[0].getsockname()[1]
         spec = msgspec.structs.replace(spec, master_addr=STORE_HOST, master_port=port, external_store=True)
         self._processes = [
-            self._context.Process(target=_rank_main, args=(spec, rank, rank), name=f"para-attn-rank-{rank}")
+            self._context.Process(
+                target=_rank_main, args=(spec, rank, rank, os.getpid()), name=f"para-attn-rank-{rank}"
+            )
             for rank in range(self.num_ranks)
         ]
         # Starting pickles the spec and waits for the fork server: keep it off the event loop.

@@ -127,8 +127,11 @@ class FakeGroup:
     - ``start_called`` is set whenever ``start()`` is entered.
     """
 
-    def __init__(self, *, cancel_grace: float = 5.0, stop_on_cancel: bool = True, index: int = 0) -> None:
+    def __init__(
+        self, *, cancel_grace: float = 5.0, stop_on_cancel: bool = True, index: int = 0, host: str = "fake-host"
+    ) -> None:
         self.index = index
+        self.host = host
         self.world_size = 2
         self.settings = GroupSettings(cancel_grace=cancel_grace)
         self.stop_on_cancel = stop_on_cancel

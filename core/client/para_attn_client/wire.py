@@ -49,13 +49,16 @@ class AppliedLora(msgspec.Struct, frozen=True):
 
 
 class Attempt(msgspec.Struct, frozen=True):
-    """One run of a job: where and when, and the fault that cut it short (None: it was not)."""
+    """One run of a job: where and when, and the fault that cut it short (None: it was not).
+    ``planned``: a drain stopped it (its host left on purpose); it does not count toward the
+    server's ``--max-attempts``."""
 
     group: int
     host: str | None
     started_at: float
     ended_at: float | None = None
     fault: str | None = None
+    planned: bool = False
 
 
 class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
@@ -67,6 +70,7 @@ class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
     started_at: Annotated[float | None, Meta(description="When a worker group started it")] = None
     finished_at: Annotated[float | None, Meta(description="When it ended")] = None
     group: Annotated[int | None, Meta(description="The worker group that runs or ran it")] = None
+    host: Annotated[str | None, Meta(description="The host that group's ranks run on (a joined host's name)")] = None
     step: Annotated[int | None, Meta(description="The last step boundary it passed")] = None
     total: Annotated[
         int | None, Meta(description="Its total steps, when the predictor says (as progress events call it)")

@@ -1,5 +1,8 @@
-"""``para-attn-server join URL --token T --num-devices N``: this host's node of a group that
-spans hosts (the server runs with ``--nnodes`` > 1 and ``--executor torchrun``).
+"""``para-attn-server join URL --token T --num-devices N``: this host's part of a server.
+
+Against a server whose one group spans hosts (``--nnodes`` > 1, ``--executor torchrun``) it
+runs this host's node of that group (below). Otherwise (``--group-size``, or a server without
+``--nnodes``) the host brings groups of its own: ``hostagent.serve_host``.
 
 It fetches the group's ``JoinSpec`` from the server (``cluster.JOIN_ROUTE``, authenticated
 by the join token), refuses when this host's plugins or their versions differ from the
@@ -15,6 +18,7 @@ its node out of the group at once; running ``join`` again brings it back.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -31,6 +35,7 @@ import msgspec
 from para_attn_server.cluster.spec import (
     JOIN_ROUTE,
     JOIN_TOKEN_HEADER,
+    JoinRefusedError,
     JoinSpec,
     agent_command,
     installed_plugins,
@@ -45,9 +50,10 @@ from para_attn_server.workers.executor import RANK_SPEC_ENV, die_with_parent
 
 PROG = "para-attn-server join"
 DESCRIPTION = (
-    "Run this host's node of a server's worker group that spans hosts (the server runs with --nnodes > 1 and "
-    "--executor torchrun): fetch its spec, check this host's plugins against the server's, and keep torchrun's "
-    "elastic agent for this node running, one per generation of the group, until stopped."
+    "Serve a server's jobs on this host. With --group-size (or against a server without --nnodes) this host "
+    "brings worker groups of its own to the server's queue; SIGTERM drains them (their jobs finish) and leaves. "
+    "Against a server with --nnodes > 1 it runs this host's node of the one group that spans the hosts, keeping "
+    "torchrun's elastic agent running, one per generation of the group."
 )
 log = logging.getLogger("para_attn_server.join")
 POLL_SECONDS = 2.0  # the longest a generation change or the agent's exit goes unnoticed
@@ -55,12 +61,12 @@ BACKOFF_MAX = 30.0
 STOP_GRACE = 10.0
 
 
-class JoinRefusedError(Exception):
-    """This host cannot join: the message says why (a usage error, exit code 2)."""
-
-
 class _Stop(BaseException):
     pass
+
+
+class _NoGroupAcrossHostsError(Exception):
+    """The server has no group that spans hosts (no --nnodes): hosts join with groups of their own."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("url", metavar="URL", help="the server, as this host reaches it (http://HOST:PORT)")
     p.add_argument("--token", default=os.environ.get(JOIN_TOKEN_ENV), help=f"the join token (or ${JOIN_TOKEN_ENV})")
     p.add_argument("--num-devices", type=int, default=None, help="ranks to start here (default: CUDA devices, or 1)")
+    p.add_argument(
+        "--group-size", type=int, default=None, help="ranks per group of this host's own (default: the server's)"
+    )
     p.add_argument("--name", default=socket.gethostname(), help="this node's name in the server's messages")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     return p
@@ -108,6 +117,14 @@ class JoinedNode:
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     self.start_agent(current)
 
+    def spans_hosts(self) -> bool:
+        """Whether the server's one group spans hosts (else this host brings its own groups)."""
+        try:
+            self.fetch(0, 0)
+        except _NoGroupAcrossHostsError:
+            return False
+        return True
+
     def fetch(self, after: int, wait: float) -> JoinSpec:
         """The server's answer; retries (with back-off, a line each) while it is unreachable."""
         delay = 1.0
@@ -122,7 +139,7 @@ class JoinedNode:
             if response.status_code == 401:
                 raise JoinRefusedError(f"{self.url} refused the join token")
             if response.status_code == 404:
-                raise JoinRefusedError(f"{self.url} takes no joining hosts (is it running with --nnodes > 1?)")
+                raise _NoGroupAcrossHostsError
             if response.status_code != 200:
                 raise JoinRefusedError(f"{self.url} answered {response.status_code}: {response.text[:200]}")
             return msgspec.json.decode(response.content, type=JoinSpec)
@@ -189,7 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.num_devices = default_num_devices()
     if args.num_devices < 1:
         parser().error("--num-devices: Expected int >= 1")
+    if args.group_size is not None and args.group_size < 1:
+        parser().error("--group-size: Expected int >= 1")
     node = JoinedNode(args.url, args.token, args.num_devices, args.name)
+    try:
+        spans_hosts = args.group_size is None and node.spans_hosts()
+    except JoinRefusedError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if not spans_hosts:
+        from para_attn_server.cluster.hostagent import serve_host
+
+        return asyncio.run(serve_host(node.url, args.token, args.num_devices, args.group_size, args.name))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
     try:

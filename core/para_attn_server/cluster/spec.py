@@ -38,6 +38,10 @@ DEFAULT_RDZV_PORT = 29400
 WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
+class JoinRefusedError(Exception):
+    """This host cannot join: the message says why (``join`` exits with code 2)."""
+
+
 class PluginDist(msgspec.Struct, frozen=True):
     """One loaded plugin and the distribution (package) and version it came from."""
 
@@ -119,3 +123,57 @@ def agent_command(spec: RankSpec, nproc_per_node: int, rendezvous: list[str] | N
         sys.executable, "-m", "torch.distributed.run", *rendezvous,
         f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--module", "para_attn_server.rank.worker",
     ]  # fmt: skip
+
+
+# ---- hosts that bring their own groups (the fleet) -----------------------------------------
+
+HOSTS_ROUTE = "/v1/cluster/hosts"
+
+
+class HostOffer(msgspec.Struct, kw_only=True, frozen=True):
+    """What ``join --group-size`` offers when it registers its host."""
+
+    name: str
+    server_version: str  # the join's own para-attn-server version
+    plugins: list[PluginDist]
+    num_devices: int
+    group_size: int | None  # None: the server's --group-size, or all the host's devices in one group
+    device: str  # "cuda" or "cpu"
+
+
+class GroupOrder(msgspec.Struct, kw_only=True, frozen=True):
+    """One of a host's groups as the server wants it: running ``spec`` (its generation), or
+    stopped (``spec`` None)."""
+
+    group: int  # the server's index of the group
+    local: int  # its place on the host: devices local x size .. local x size + size - 1
+    spec: RankSpec | None  # without the join token: the host has it
+
+
+class HostOrders(msgspec.Struct, kw_only=True, frozen=True):
+    """The whole of what the server wants of a host; the host makes it so (a long poll
+    answers it whenever it changes, ``seq`` counting the changes)."""
+
+    seq: int
+    state: str  # serving, draining, left, lost, refused
+    reason: str | None = None  # why it left, was lost or refused
+    groups: list[GroupOrder] = []
+    executor: str = "multiprocessing"  # what starts the ranks there, as on the server
+    executor_options: dict[str, str] = {}
+    host_timeout: float = 15.0  # seconds without a poll after which the server counts the host lost
+
+
+class HostAccepted(msgspec.Struct, kw_only=True, frozen=True):
+    host_id: str  # the path of its orders and reports
+    orders: HostOrders
+
+
+class HostEvent(msgspec.Struct, kw_only=True, frozen=True):
+    """What a host reports of one group's ranks: ``started`` (a generation's processes are
+    up: ``pids``), ``exited`` (one of them ended: ``detail`` says how) or ``stopped`` (none left)."""
+
+    group: int
+    generation: int
+    kind: str
+    detail: str = ""
+    pids: dict[int, int] = {}

@@ -52,19 +52,41 @@ class Dispatcher(Generic[J]):
         wants: Callable[[J], Collection[str]] = lambda job: (),
         batching: Batching[J] | None = None,
     ) -> None:
-        self.groups = groups
+        self.groups: list[Group] = []
         self.queue = queue
         self._execute = execute
         self._wants = wants  # the adapters a job applies
         self.batching: Batching[J] = batching or Batching()
         self._overtaken: set[int] = set()  # id() of queued jobs another went ahead of
         self._busy: dict[int, list[J]] = {}  # group index -> the jobs it runs
-        self._idle = {group.index: asyncio.Event() for group in groups}
-        for event in self._idle.values():
-            event.set()
+        self._idle: dict[int, asyncio.Event] = {}
+        self._held: set[int] = set()  # groups that take no new job (draining)
         self._wake = asyncio.Event()
+        for group in groups:
+            self.add(group)
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, group: Group) -> None:
+        """A group joined: it takes jobs once ready."""
+        if group not in self.groups:
+            self.groups.append(group)
+        self._idle[group.index] = event = asyncio.Event()
+        event.set()
+        self.wake()
+
+    def remove(self, group: Group) -> None:
+        """A group left (it runs no job: ``idle`` returned)."""
+        self.groups = [g for g in self.groups if g is not group]
+        self._idle.pop(group.index, None)
+        self._held.discard(group.index)
+
+    def hold(self, group: Group) -> None:
+        """Give ``group`` no new job (it is draining); what it runs goes on."""
+        self._held.add(group.index)
+
+    def group(self, index: int) -> Group:
+        return next(group for group in self.groups if group.index == index)
 
     def wake(self) -> None:
         """Something changed: a job was queued, a group became ready, a job ended."""
@@ -126,7 +148,7 @@ class Dispatcher(Generic[J]):
             self._timer = asyncio.get_running_loop().call_later(seconds, self.wake)
 
     def _idle_groups(self) -> list[Group]:
-        return [group for group in self.groups if group.ready and group.index not in self._busy]
+        return [g for g in self.groups if g.ready and g.index not in self._busy and g.index not in self._held]
 
     def running(self) -> dict[int, list[J]]:
         """Group index -> the jobs it runs now (one, or a batch)."""
@@ -138,7 +160,9 @@ class Dispatcher(Generic[J]):
 
     async def idle(self, group: Group) -> None:
         """Return once ``group`` runs no job."""
-        await self._idle[group.index].wait()
+        idle = self._idle.get(group.index)
+        if idle is not None:
+            await idle.wait()
 
     async def run(self) -> None:
         while True:
@@ -161,7 +185,8 @@ class Dispatcher(Generic[J]):
             log.exception("dispatching a job to group %d failed", group.index)
         finally:
             del self._busy[group.index]
-            self._idle[group.index].set()
+            if group.index in self._idle:
+                self._idle[group.index].set()
             self.wake()
 
 

@@ -56,6 +56,7 @@ class Job:
         self.cancel_requested = False
         self.subscribers: list[asyncio.Queue[JobEvent]] = []
         self.batch_key: Any = NOT_ASKED  # the predictor's batch_key of its inputs, once asked
+        self.preempted: str | None = None  # why its running group stops it to run it elsewhere (a drain)
 
     @property
     def id(self) -> str:

@@ -52,6 +52,7 @@ class JobRunning:
     saver: OutputSaver
     observers: JobObservers
     batch_sizes: dict[int, int]  # batches started, by size
+    runs_by_host: dict[str, int]  # job runs (attempts) started on each host's groups
 
     def _finish(self, job: Job, state: JobState, error: str | None = None, *, journal: bool = True) -> None:
         raise NotImplementedError
@@ -63,8 +64,8 @@ class JobRunning:
         """The dispatcher took the jobs from the queue: they are running from now on (a
         cancel meanwhile must not look for them in the queue), and what it returns runs them."""
         now = time.time()
-        ranks = group.status().ranks
-        host = ranks[0].hostname if ranks else None
+        host = group.host
+        self.runs_by_host[host] = self.runs_by_host.get(host, 0) + len(jobs)
         for job in jobs:
             job.record = job.record.evolve(
                 state=JobState.RUNNING, started_at=now, group=group.index, host=host, batch_size=len(jobs)
@@ -129,7 +130,9 @@ class JobRunning:
     async def _complete(self, job: Job, outcome: JobOutcome) -> None:
         if job.terminal:  # cancelled out of its batch: its output is dropped
             return
-        if outcome.status == "failed" and outcome.lost and not job.cancel_requested:
+        if job.preempted is not None and outcome.status != "succeeded" and not job.cancel_requested:
+            self._lost(job, job.preempted, planned=True)
+        elif outcome.status == "failed" and outcome.lost and not job.cancel_requested:
             self._lost(job, public_error(outcome.error) or "its worker group failed")
         elif outcome.status == "cancelled":
             self._finish(job, JobState.CANCELLED, public_error(outcome.error) or "cancelled")
@@ -145,13 +148,16 @@ class JobRunning:
             error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
             self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
 
-    def _lost(self, job: Job, fault: str) -> None:
+    def _lost(self, job: Job, fault: str, *, planned: bool = False) -> None:
         """Its group lost a rank or host mid-run: the job goes back to the head of the queue
-        for its next attempt, or fails with every attempt's reason after ``max_attempts``."""
+        for its next attempt, or fails with every attempt's reason after ``max_attempts``
+        (a ``planned`` stop, a drain's, is not counted)."""
         record = job.record
-        attempt = Attempt(record.group or 0, record.host, record.started_at or time.time(), time.time(), fault)
+        started = record.started_at or time.time()
+        attempt = Attempt(record.group or 0, record.host, started, time.time(), fault, planned=planned)
         attempts = (*record.attempts, attempt)
-        if len(attempts) >= self.settings.max_attempts:
+        job.preempted = None
+        if sum(not a.planned for a in attempts) >= self.settings.max_attempts:
             job.record = record.evolve(attempts=attempts)
             reasons = "; ".join(f"attempt {n} (group {a.group}): {a.fault}" for n, a in enumerate(attempts, 1))
             self._finish(job, JobState.FAILED, reasons if len(attempts) > 1 else fault)
@@ -170,11 +176,21 @@ class JobRunning:
 
     # ---- cancelling -------------------------------------------------------------------
 
+    def preempt(self, group: Group, reason: str) -> None:
+        """Stop what ``group`` runs so that it runs again elsewhere (a planned drain): not
+        the jobs' fault, so their stopped runs do not count toward ``max_attempts``."""
+        batch = self.dispatcher.running().get(group.index, [])
+        for job in batch:
+            job.preempted = reason
+        for job in batch:  # the group knows the batch by the job it sent first
+            if group.cancel(job.id):
+                return
+
     def group_of(self, job: Job) -> tuple[Group, list[Job]] | None:
         """The group running ``job`` and the jobs it runs with it (a batch), or None."""
         for index, batch in self.dispatcher.running().items():
             if job in batch:
-                return self.dispatcher.groups[index], batch
+                return self.dispatcher.group(index), batch
         return None
 
     def cancel_running(self, job: Job) -> None:

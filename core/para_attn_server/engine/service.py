@@ -21,19 +21,19 @@ import msgspec
 
 from para_attn_server.engine.dispatcher import Batching, Dispatcher
 from para_attn_server.engine.inputs import Fetch, InputResolver
+from para_attn_server.engine.membership import GroupMembership
 from para_attn_server.engine.observers import EventStreams, JobObserver, JobObservers
 from para_attn_server.engine.queue import JobQueue
 from para_attn_server.engine.registry import NOT_ASKED, Job, JobEvent, JobRegistry, adapters_of
 from para_attn_server.engine.running import JobRunning
 from para_attn_server.engine.saver import OutputSaver
 from para_attn_server.engine.status import metrics_snapshot, server_status
-from para_attn_server.engine.supervisor import supervise
 from para_attn_server.errors import IdConflictError, InputError, JournalError, NotReadyError, QueueFullError
 from para_attn_server.records import TERMINAL, JobRecord, JobState
 from para_attn_server.schema import MAX_QUEUE_SECONDS, OUTPUT_PATH, PRIORITY
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.outputs import Held, OutputCache
-from para_attn_server.views import JobView, MetricsSnapshot, ServerStatus, job_view
+from para_attn_server.views import HostStatus, JobView, MetricsSnapshot, ServerStatus, job_view
 
 if TYPE_CHECKING:
     from para_attn_server.engine.contract import Group
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("para_attn_server.jobs")
 
 
-class JobService(JobRunning):
+class JobService(GroupMembership, JobRunning):
     def __init__(
         self,
         groups: Sequence[Group],
@@ -59,7 +59,6 @@ class JobService(JobRunning):
         journal: JobJournal | None = None,
         fetch: Fetch | None = None,
     ) -> None:
-        self.groups = list(groups)
         self.journal = journal
         self.store = store
         self.plugins = plugins
@@ -79,9 +78,14 @@ class JobService(JobRunning):
         self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
         self.run_seconds_ewma: float | None = None
         batching = Batching(settings.max_batch, settings.batch_wait_ms / 1000, self._batch_key, _arrived)
-        self.dispatcher: Dispatcher[Job] = Dispatcher(self.groups, self.queue, self._execute, adapters_of, batching)
+        self.dispatcher: Dispatcher[Job] = Dispatcher(groups, self.queue, self._execute, adapters_of, batching)
         self.batch_sizes: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._supervisors: dict[int, asyncio.Task[None]] = {}
+        # By name; the fleet keeps the joined ones. Their last_seen_s holds time.monotonic()
+        # of the host's last poll (the status shows the seconds since).
+        self.hosts: dict[str, HostStatus] = {}
+        self.runs_by_host: dict[str, int] = {}  # job runs started on each host's groups
         self.streams = EventStreams(settings)
         self._cancel_asked: set[str] = set()  # ids cancelled while their submit was being received
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
@@ -107,34 +111,6 @@ class JobService(JobRunning):
         self.registry.inputs.sweep(set(self.jobs))
         return count
 
-    async def start(self) -> None:
-        """First start of every worker group; raises ``SetupError`` if any fails."""
-        results = await asyncio.gather(*(group.start() for group in self.groups), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                await asyncio.gather(*(group.stop() for group in self.groups))
-                raise result
-        self.started = True
-        self.accepting = True
-        for job in self.queue:  # recovered: their deadlines count from when they were accepted
-            self._deadline(job)
-        self._tasks = [asyncio.create_task(self.dispatcher.run()), asyncio.create_task(self._expire_loop())]
-        for group in self.groups:
-            self._tasks.append(asyncio.create_task(self._supervise(group)))
-
-    async def _supervise(self, group: Group) -> None:
-        def restarted() -> None:
-            self.counters["restarts"] += 1
-            self.dispatcher.wake()
-
-        await supervise(
-            group,
-            lambda: self.dispatcher.idle(group),
-            restarted,
-            self.settings.restart_backoff,
-            self.settings.restart_backoff_max,
-        )
-
     async def drain(self) -> None:
         """Stop taking jobs, let the running ones finish (cancel them after
         ``drain_timeout``), cancel the queued ones and stop the ranks."""
@@ -147,7 +123,7 @@ class JobService(JobRunning):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), self.settings.drain_timeout)
             await asyncio.gather(*(self.cancel_and_wait(job.id) for job in running if not job.terminal))
-        for task in self._tasks:
+        for task in [*self._tasks, *self._supervisors.values()]:
             task.cancel()
         await asyncio.gather(*(group.stop() for group in self.groups))
 

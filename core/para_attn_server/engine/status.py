@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from para_attn_server.plugin.manager import version
-from para_attn_server.views import MetricsSnapshot, RankRow, ServerStatus
+from para_attn_server.views import HostStatus, MetricsSnapshot, RankRow, ServerStatus
 
 if TYPE_CHECKING:
     from para_attn_server.engine.service import JobService
@@ -25,7 +28,20 @@ def server_status(service: JobService) -> ServerStatus:
         restarts=service.counters["restarts"],
         last_fault=faults[-1] if faults else None,
         groups=groups,
+        hosts=host_rows(service),
     )
+
+
+def host_rows(service: JobService) -> list[HostStatus]:
+    """Every host the service knows, with the groups serving on it now and its runs."""
+    now = time.monotonic()
+    rows = []
+    for name, host in service.hosts.items():
+        groups = [group.index for group in service.groups if group.host == name]
+        seen = None if host.last_seen_s is None else round(now - host.last_seen_s, 3)
+        runs = service.runs_by_host.get(name, 0)
+        rows.append(msgspec.structs.replace(host, groups=groups, runs=runs, last_seen_s=seen))
+    return rows
 
 
 def metrics_snapshot(service: JobService) -> MetricsSnapshot:
@@ -39,4 +55,5 @@ def metrics_snapshot(service: JobService) -> MetricsSnapshot:
         queued_by_priority=service.queue.by_priority(),
         batch_sizes=dict(service.batch_sizes),
         requeued=service.counters["requeued"],
+        hosts=host_rows(service),
     )

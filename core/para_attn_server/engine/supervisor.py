@@ -1,8 +1,9 @@
 """Keeps every worker group serving: a group that faults is started again, by itself.
 
 Each group has its own loop: wait for a fault, wait until the job the group held has ended
-(it fails with the fault's reason), then start a new generation, retrying a failed start
-with doubling back-off. Other groups keep running meanwhile; queued jobs wait for any group.
+(it fails with the fault's reason, or runs again elsewhere), then start a new generation,
+retrying a failed start with doubling back-off. Other groups keep running meanwhile; queued
+jobs wait for any group.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("para_attn_server.jobs")
 
 
+async def start_with_backoff(group: Group, backoff: float, backoff_max: float) -> None:
+    """Start ``group``, retrying a failed start after ``backoff`` seconds, doubling."""
+    delay = backoff
+    while True:
+        try:
+            await group.start()
+            return
+        except SetupError as exc:
+            log.error("restart failed: %s; retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, backoff_max)
+
+
 async def supervise(
     group: Group,
     idle: Callable[[], Awaitable[None]],
@@ -32,14 +46,6 @@ async def supervise(
     while True:
         await asyncio.wait({group.fault})  # wait, not await: cancelling us must not cancel it
         await idle()
-        delay = backoff
-        while True:
-            try:
-                await group.start()
-                break
-            except SetupError as exc:
-                log.error("restart failed: %s; retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, backoff_max)
+        await start_with_backoff(group, backoff, backoff_max)
         group.restarts += 1
         restarted()

@@ -17,8 +17,9 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.plugins import InitPluginProtocol
 
+from para_attn_server.cluster.fleet import Fleet
 from para_attn_server.cluster.rendezvous import ClusterHost
-from para_attn_server.cluster.routes import ClusterController, provide_cluster
+from para_attn_server.cluster.routes import ClusterController, FleetController, cluster_status, provide_cluster
 from para_attn_server.engine.service import JobService
 from para_attn_server.http import errors, openapi
 from para_attn_server.http.auth import api_key_middleware
@@ -41,21 +42,26 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     debug: bool = False,
     cluster: ClusterHost | None = None,
+    fleet: Fleet | None = None,
 ) -> Litestar:
     """The app over ``service``. Plugins add routes and Litestar plugins (``register_routes``),
-    given ``settings`` (their defaults when None). ``cluster``: the join route is served."""
+    given ``settings`` (their defaults when None). ``cluster``: the join route is served;
+    ``fleet``: hosts may join with their own groups."""
     jobs = Jobs(service)  # what plugins get: the face, never the service itself
     added = service.plugins.routes(jobs, settings or Settings())
     litestar_plugins = [obj for obj in added if isinstance(obj, InitPluginProtocol)]
     routes = [obj for obj in added if not isinstance(obj, InitPluginProtocol)]
+    routes.append(cluster_status)
     if cluster is not None:
         routes.append(ClusterController)
+    if fleet is not None:
+        routes.append(FleetController)
     if service.schema.adapters is not None:
         routes.append(LorasController)
     app = Litestar(
         [OriginalController, JobsController, HealthController, *routes],
         plugins=litestar_plugins,
-        dependencies={**provide(service, jobs), **(provide_cluster(cluster) if cluster else {})},
+        dependencies={**provide(service, jobs), **provide_cluster(cluster, fleet)},
         signature_namespace={"InputBody": service.schema.type, "JobService": JobService, "Jobs": Jobs},
         middleware=[api_key_middleware(api_key)] if api_key else [],
         request_max_body_size=max_body_bytes,

@@ -20,6 +20,7 @@ Executor plugins (``register_executors``)
     ``RANK_SPEC_ENV`` (the variable that carries it to processes started by another
     program), ``rank_main(spec, rank, local_rank)`` (a rank process's entry point),
     ``listening_socket`` and ``hosted_store`` (a rendezvous store on a socket bound here),
+    ``die_with`` (a process killed when another exits: ranks end with who started them),
     ``agent_command`` (torch elastic's agent command line, as ``join`` runs it).
 
 Route plugins (``register_routes``)
@@ -69,7 +70,14 @@ if TYPE_CHECKING:
     from para_attn_server.schema import InputSchema
     from para_attn_server.settings import secret_from_file
     from para_attn_server.views import GroupStatus, JobView, job_view
-    from para_attn_server.workers.executor import RANK_SPEC_ENV, Executor, RankSpec, hosted_store, listening_socket
+    from para_attn_server.workers.executor import (
+        RANK_SPEC_ENV,
+        Executor,
+        RankSpec,
+        die_with,
+        hosted_store,
+        listening_socket,
+    )
 
 # name -> "module:attribute" where it is defined; imported on first access.
 _LAZY = {
@@ -82,6 +90,7 @@ _LAZY = {
     "RANK_SPEC_ENV": "para_attn_server.workers.executor:RANK_SPEC_ENV",
     "hosted_store": "para_attn_server.workers.executor:hosted_store",
     "listening_socket": "para_attn_server.workers.executor:listening_socket",
+    "die_with": "para_attn_server.workers.executor:die_with",
     "agent_command": "para_attn_server.cluster.spec:agent_command",
     "rank_main": "para_attn_server.rank.worker:main",
     # route plugins
@@ -128,6 +137,7 @@ __all__ = [
     "RankSpec",
     "agent_command",
     "decode",
+    "die_with",
     "file_of",
     "hookimpl",
     "hosted_store",

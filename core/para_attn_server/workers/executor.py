@@ -8,9 +8,12 @@ executor. Executors are plugins (``register_executors``); the first-party ones a
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import socket
 import sys
+import threading
 from abc import ABC, abstractmethod
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -73,6 +76,25 @@ def die_with_parent(sig: signal.Signals) -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig))
+
+
+def die_with(pid: int) -> None:
+    """SIGKILL this process as soon as process ``pid`` exits: for a process that must not
+    outlive one that is not its parent (a rank forked by a fork server, which outlives the
+    process that asked for the rank). Linux (pidfd) only; a no-op elsewhere."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    except (AttributeError, OSError):
+        return
+
+    def watch() -> None:
+        select.select([fd], [], [])  # readable once the process exited
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name=f"die-with-{pid}", daemon=True).start()
 
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:

@@ -22,6 +22,7 @@ import asyncio
 import enum
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,8 +78,11 @@ class WorkerGroup:
     """One group of ranks. ``spec`` is what its ranks are told; each generation fills in
     its own control port, token and generation number."""
 
-    def __init__(self, index: int, executor: Executor, settings: GroupSettings, spec: RankSpec) -> None:
+    def __init__(
+        self, index: int, executor: Executor, settings: GroupSettings, spec: RankSpec, host: str | None = None
+    ) -> None:
         self.index = index
+        self.host = host or socket.gethostname()  # where its ranks run (a joined host's name)
         self.executor = executor
         self.settings = settings
         self.spec = spec
@@ -124,6 +128,8 @@ class WorkerGroup:
         """
         if self.generation:
             await self._teardown()
+        if not self._control.port:  # a group added while serving (a joined host's)
+            await self.open()
         loop = asyncio.get_running_loop()
         self.generation += 1
         self._token = secrets.token_hex(16)
@@ -185,6 +191,8 @@ class WorkerGroup:
         self.links = {}
 
     def _set_fault(self, reason: str) -> None:
+        if self.state is GroupState.STOPPED:
+            return  # stopping on purpose: the ranks' exits are expected
         if self._fault is not None and not self._fault.done():
             log.error("worker group %sgeneration %d fault: %s", self._name, self.generation, reason)
             self.last_fault = reason
@@ -279,7 +287,8 @@ class WorkerGroup:
     def status(self) -> GroupStatus:
         busy = self.state is GroupState.BUSY
         adapters = msgspec.structs.replace(self.adapters, loaded=list(self.adapters.loaded))
-        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows(), adapters)
+        ranks = self.rank_rows()
+        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, ranks, adapters, self.host)
 
     def rank_rows(self) -> list[RankRow]:
         now = time.monotonic()
