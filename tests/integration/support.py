@@ -33,10 +33,13 @@ def metric(server: Server, name: str, **labels: str) -> float:
 class Join:
     """``para-attn-server join URL --token T ...``: another "host", as a process on this one."""
 
-    def __init__(self, url: str, token: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
+        # prefix: what runs it (``ip netns exec NAME``: a host of its own network)
         self.process = subprocess.Popen(
-            [str(CLI), "join", url, "--token", token, *args], env=env or server_env(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [*prefix, str(CLI), "join", url, "--token", token, *args], env=env or server_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.log = LogWatcher(self.process)
 

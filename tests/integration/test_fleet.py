@@ -33,15 +33,15 @@ def hosts(server: Server) -> dict[str, dict[str, Any]]:
     return {host["name"]: host for host in response.json()["hosts"]}
 
 
-def wait_serving(server: Server, *names: str, timeout: float = 120) -> None:
-    """Until each host named serves with every one of its groups ready."""
+def wait_serving(server: Server, *names: str, groups: int = 2, timeout: float = 120) -> None:
+    """Until each host named serves with its ``groups`` groups, all ready."""
     deadline = time.monotonic() + timeout
     while True:
         status = server.status()
         ready = {group["group"] for group in status["groups"] if group["ready"]}
         rows = {host["name"]: host for host in status["hosts"]}
         if all(n in rows and rows[n]["state"] == "serving" and set(rows[n]["groups"]) <= ready for n in names) and all(
-            len(rows[n]["groups"]) == 2 for n in names
+            len(rows[n]["groups"]) == groups for n in names
         ):
             return
         assert time.monotonic() < deadline, f"hosts {names} not serving: {rows}\n{server.log.tail()}"
@@ -94,7 +94,8 @@ def test_four_one_second_jobs_run_at_once_on_four_groups_over_two_hosts(
     assert sorted(view["host"] for view in views) == ["host-a", "host-a", "host-b", "host-b"]
     assert max(view["started_at"] for view in views) < min(view["finished_at"] for view in views)  # all at once
     rows = hosts(server)
-    assert rows["host-a"]["runs"] >= 2 and rows["host-b"]["runs"] >= 2
+    assert rows["host-a"]["runs"] >= 2
+    assert rows["host-b"]["runs"] >= 2
     assert (rows["host-a"]["devices"], rows["host-a"]["group_size"]) == (2, 1)
 
 
@@ -113,10 +114,12 @@ def test_a_host_killed_mid_job_costs_no_job_and_a_new_join_serves_again(
     assert {view["state"] for view in views.values()} == {"succeeded"}
     for job_id in on_a:
         first, second = views[job_id]["attempts"]
-        assert "host-a" in first["fault"] and first["host"] == "host-a", first
+        assert "host-a" in first["fault"], first
+        assert first["host"] == "host-a"
         assert (second["host"], second["fault"]) == ("host-b", None)
     for job_id in set(job_ids) - set(on_a):
-        assert views[job_id]["host"] == "host-b" and "attempts" not in views[job_id]
+        assert views[job_id]["host"] == "host-b"
+        assert "attempts" not in views[job_id]
 
     joins["A"] = join(server, "host-a")
     wait_serving(server, "host-a")
@@ -153,5 +156,6 @@ def test_a_host_whose_groups_differ_is_refused_with_the_reason(fleet: tuple[Serv
     offer = {"name": "x", "server_version": "0", "plugins": [], "num_devices": 1, "group_size": None, "device": "cpu"}
     assert server.http.post(HOSTS_ROUTE, json=offer).status_code == 401
     refused = server.http.post(HOSTS_ROUTE, json=offer, headers={JOIN_TOKEN_HEADER: TOKEN})
-    assert refused.status_code == 409 and "here, " in refused.json()["error"]
+    assert refused.status_code == 409
+    assert "here, " in refused.json()["error"]
     assert "odd" not in hosts(server)

@@ -120,12 +120,13 @@ def test_cancel_reaches_the_group_that_runs_the_job(server: Server, tmp_path: Pa
     assert server.wait(first)["state"] == "succeeded"
 
 
-def test_join_refuses_a_server_without_nnodes(server: Server) -> None:
+def test_join_refuses_a_server_that_takes_no_hosts(server: Server) -> None:
     join = Join(server.url, "any token", "--num-devices", "1")
 
     assert join.wait(120) == 2
-    assert "takes no joining hosts (is it running with --nnodes > 1?)" in join.log.text
+    assert "takes no joining hosts: start it with --join-token (or --num-devices 0)" in join.log.text
     assert server.http.get("/v1/cluster/join").status_code == 404
+    assert server.http.post("/v1/cluster/hosts", json={}).status_code == 404
 
 
 def test_sigterm_drains_every_group(launch, tmp_path: Path) -> None:

@@ -171,10 +171,10 @@ class Fleet:
         """The host's orders once they changed after ``after`` (or ``wait`` seconds passed).
         ``KeyError``: no such host (the server restarted since it joined)."""
         host = self.hosts[host_id]
-        self._seen(host)
+        self._seen(host)  # when the poll came, not when it is answered: a host may die meanwhile
         if host.seq <= after and wait > 0 and host.state in ("serving", "draining"):
-            await host.changed(min(wait, POLL_WAIT))
-            self._seen(host)
+            # Held for a third of the host timeout at most: a live host asks again well before it.
+            await host.changed(min(wait, POLL_WAIT, self.host_timeout / 3))
         return self.orders_of(host)
 
     def report(self, host_id: str, events: list[HostEvent]) -> None:
@@ -251,7 +251,7 @@ class Fleet:
     def _seen(self, host: JoinedHost) -> None:
         host.last_seen = time.monotonic()
         row = self.service.hosts.get(host.name)
-        if row is not None and self.hosts.get(host.id) is host:
+        if row is not None and self._current(host):
             row.last_seen_s = host.last_seen
 
     def _set_row(self, host: JoinedHost) -> None:

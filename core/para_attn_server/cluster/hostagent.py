@@ -240,7 +240,10 @@ def _refusal(url: str, response: httpx.Response) -> str:
     if response.status_code == 401:
         return f"{url} refused the join token"
     if response.status_code == 404:
-        return f"{url} takes no hosts with their own groups (start it with --join-token, or --num-devices 0)"
+        return (
+            f"{url} takes no joining hosts: start it with --join-token (or --num-devices 0) for hosts with groups "
+            "of their own, or with --nnodes > 1 for one group across hosts"
+        )
     try:
         detail = msgspec.json.decode(response.content).get("error", response.text)
     except (msgspec.DecodeError, AttributeError):

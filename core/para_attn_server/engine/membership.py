@@ -46,8 +46,9 @@ class GroupMembership:
     async def _expire_loop(self) -> None:
         raise NotImplementedError
 
-    def preempt(self, group: Group, reason: str) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # JobRunning's, after this class in JobService's bases
+
+        def preempt(self, group: Group, reason: str) -> None: ...
 
     @property
     def groups(self) -> list[Group]:
