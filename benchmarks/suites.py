@@ -11,6 +11,7 @@ from typing import Any
 from .batching import batching
 from .compare import compare
 from .direct import DirectRanks, direct_call_times
+from .fleet import fleet
 from .harness import Client, Report, Stat, client, drive_wait_jobs, server, timed
 from .inputs import inputs as picture_inputs
 from .loras import loras
@@ -297,4 +298,5 @@ SUITES = {
     "inputs": picture_inputs,
     "loras": loras,
     "batching": batching,
+    "fleet": fleet,
 }

@@ -7,8 +7,16 @@ process (tests, an embedding program) never share or clash on a metric. What it 
   jobs submitted, rejected (queue full) and finished by state; jobs waiting and running
   (also as ``num_requests_waiting`` / ``num_requests_running``, the names load-balancing
   routers read), waiting by priority, pipeline calls by batch size (a histogram); per
-  worker group: ready, ranks up, ranks, restarts, and its adapter (LoRA) cache: adapters
-  loaded, loads, evictions, and load seconds (a histogram);
+  worker group (labels ``group`` and ``host``, the host its ranks run on): ready, ranks up,
+  ranks, restarts, and its adapter (LoRA) cache: adapters loaded, loads, evictions, and
+  load seconds (a histogram);
+- per host (label ``host``: the server's own, in state ``local``, and each host that
+  joined, kept after it left or was lost): ``para_attn_host_up`` (1 while it takes new
+  jobs: local or serving), ``para_attn_host_state{state}`` (1 for its state, 0 for every
+  other one, so an alert can name a state), ``para_attn_host_groups`` (its groups serving
+  now), ``para_attn_host_devices``, ``para_attn_host_runs_total`` (job runs started on its
+  groups) and ``para_attn_host_last_seen_seconds`` (a joined host only: since it last
+  asked for its orders);
 - histograms fed by a job listener (``Jobs.add_listener``): queue wait, run time by
   final state, runs per job (``para_attn_job_attempts``), and time between a job's
   progress steps; requeues (a counter) come with the service's counters;
@@ -25,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, cast
@@ -39,7 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
-from para_attn_server.plugin import ADAPTER_LOAD_BUCKETS, GroupStatus, JobRecord, Jobs, JobState, hookimpl
+from para_attn_server.plugin import ADAPTER_LOAD_BUCKETS, GroupStatus, HostStatus, JobRecord, Jobs, JobState, hookimpl
 
 HTTP_PREFIX = "para_attn_http"
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -47,6 +55,9 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+GROUP_LABELS = ["group", "host"]
+HOST_STATES = ("local", "serving", "draining", "left", "lost", "refused")  # HostStatus.state
+SERVING_STATES = frozenset({"local", "serving"})
 
 
 @hookimpl
@@ -174,24 +185,9 @@ class _ServiceCollector:
         yield GaugeMetricFamily("para_attn_jobs_running", "Jobs running on a worker group.", value=m.running)
         yield GaugeMetricFamily("num_requests_waiting", "Jobs waiting (the name routers read).", value=m.queue_length)
         yield GaugeMetricFamily("num_requests_running", "Jobs running (the name routers read).", value=m.running)
-        ready = GaugeMetricFamily(
-            "para_attn_group_ready", "1 when every rank of the group finished setup.", labels=["group"]
-        )
-        up = GaugeMetricFamily(
-            "para_attn_group_ranks_up", "Ranks of the group connected to the server.", labels=["group"]
-        )
-        ranks = GaugeMetricFamily("para_attn_group_ranks", "Ranks the group has.", labels=["group"])
-        restarts = CounterMetricFamily(
-            "para_attn_group_restarts", "Worker group restarts after a fault.", labels=["group"]
-        )
-        for group in m.groups:
-            label = [str(group.group)]
-            ready.add_metric(label, int(group.ready))
-            up.add_metric(label, sum(rank.state != "starting" for rank in group.ranks))
-            ranks.add_metric(label, len(group.ranks))
-            restarts.add_metric(label, group.restarts)
-        yield from (ready, up, ranks, restarts)
+        yield from _group_metrics(m.groups)
         yield from _adapter_metrics(m.groups)
+        yield from _host_metrics(m.hosts)
 
 
 def _batch_sizes(sizes: dict[int, int]) -> Metric:
@@ -203,18 +199,67 @@ def _batch_sizes(sizes: dict[int, int]) -> Metric:
     )  # fmt: skip
 
 
-def _adapter_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
-    """Each group's adapter (LoRA) cache, as its ranks reported it."""
-    loaded = GaugeMetricFamily("para_attn_adapters_loaded", "Adapters the group holds loaded.", labels=["group"])
-    loads = CounterMetricFamily("para_attn_adapter_loads", "Adapters the group loaded.", labels=["group"])
-    evictions = CounterMetricFamily(
-        "para_attn_adapter_evictions", "Adapters the group evicted to load others.", labels=["group"]
+def _group_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
+    """Each worker group's health, labelled with the host its ranks run on."""
+    ready = GaugeMetricFamily(
+        "para_attn_group_ready", "1 when every rank of the group finished setup.", labels=GROUP_LABELS
     )
-    seconds = HistogramMetricFamily(
-        "para_attn_adapter_load_seconds", "Seconds the group took to load an adapter.", labels=["group"]
+    up = GaugeMetricFamily(
+        "para_attn_group_ranks_up", "Ranks of the group connected to the server.", labels=GROUP_LABELS
+    )
+    ranks = GaugeMetricFamily("para_attn_group_ranks", "Ranks the group has.", labels=GROUP_LABELS)
+    restarts = CounterMetricFamily(
+        "para_attn_group_restarts", "Worker group restarts after a fault.", labels=GROUP_LABELS
     )
     for group in groups:
-        label, stats = [str(group.group)], group.adapters
+        label = [str(group.group), group.host]
+        ready.add_metric(label, int(group.ready))
+        up.add_metric(label, sum(rank.state != "starting" for rank in group.ranks))
+        ranks.add_metric(label, len(group.ranks))
+        restarts.add_metric(label, group.restarts)
+    yield from (ready, up, ranks, restarts)
+
+
+def _host_metrics(hosts: Sequence[HostStatus]) -> Iterator[Metric]:
+    """Each host the server knows: the server's own and those that joined (a host that left
+    or was lost keeps its series, with up 0, so its runs_total does not vanish)."""
+    up = GaugeMetricFamily("para_attn_host_up", "1 while the host takes new jobs (local or serving).", labels=["host"])
+    state = GaugeMetricFamily(
+        "para_attn_host_state", "1 for the host's state, 0 for the other states.", labels=["host", "state"]
+    )
+    groups = GaugeMetricFamily("para_attn_host_groups", "The host's worker groups serving now.", labels=["host"])
+    devices = GaugeMetricFamily("para_attn_host_devices", "Devices the host brought.", labels=["host"])
+    runs = CounterMetricFamily("para_attn_host_runs", "Job runs started on the host's groups.", labels=["host"])
+    seen = GaugeMetricFamily(
+        "para_attn_host_last_seen_seconds", "Seconds since a joined host last asked for its orders.", labels=["host"]
+    )
+    for host in hosts:
+        name = [host.name]
+        up.add_metric(name, int(host.state in SERVING_STATES))
+        # Every state, not only the current one: a series that vanishes cannot be alerted on.
+        known = HOST_STATES if host.state in HOST_STATES else (*HOST_STATES, host.state)
+        for each in known:
+            state.add_metric([host.name, each], int(each == host.state))
+        groups.add_metric(name, len(host.groups))
+        devices.add_metric(name, host.devices)
+        runs.add_metric(name, host.runs)
+        if host.last_seen_s is not None:
+            seen.add_metric(name, host.last_seen_s)
+    yield from (up, state, groups, devices, runs, seen)
+
+
+def _adapter_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
+    """Each group's adapter (LoRA) cache, as its ranks reported it."""
+    loaded = GaugeMetricFamily("para_attn_adapters_loaded", "Adapters the group holds loaded.", labels=GROUP_LABELS)
+    loads = CounterMetricFamily("para_attn_adapter_loads", "Adapters the group loaded.", labels=GROUP_LABELS)
+    evictions = CounterMetricFamily(
+        "para_attn_adapter_evictions", "Adapters the group evicted to load others.", labels=GROUP_LABELS
+    )
+    seconds = HistogramMetricFamily(
+        "para_attn_adapter_load_seconds", "Seconds the group took to load an adapter.", labels=GROUP_LABELS
+    )
+    for group in groups:
+        label, stats = [str(group.group), group.host], group.adapters
         loaded.add_metric(label, len(stats.loaded))
         loads.add_metric(label, stats.loads)
         evictions.add_metric(label, stats.evictions)

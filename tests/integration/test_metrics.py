@@ -1,5 +1,6 @@
 """``/metrics`` of a real server (2 ranks of the Faulty test predictor) after a few jobs and
-a rank that exits mid-job, read with prometheus_client's parser as Prometheus would."""
+a rank that exits mid-job, read with prometheus_client's parser as Prometheus would. The
+fleet's host series (a joined host) are in test_fleet_surfaces.py."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def test_metrics_after_jobs_a_fault_and_a_refused_job(server: Server) -> None:
     refused = server.http.post("/v1/jobs", json={"tag": "one too many"})
 
     m = scrape(server)
+    [host] = server.status()["hosts"]  # one server, no fleet: only its own host
     server.http.post(f"/v1/jobs/{running}/cancel")
 
     assert faulted["error"].startswith(f"rank 1 (pid {pid}) exited with code 13")
@@ -48,5 +50,17 @@ def test_metrics_after_jobs_a_fault_and_a_refused_job(server: Server) -> None:
     assert m.value("para_attn_step_seconds_bucket", le="0.025") < m.value("para_attn_step_seconds_count")  # >= 50 ms
     assert m.value("para_attn_http_requests_total", method="POST", path="/v1/jobs", status_code="201") == 5
     assert m.value("para_attn_http_requests_total", method="POST", path="/v1/jobs", status_code="429") == 1
+    # The server's own host, and its group labelled with it.
+    name = host["name"]
+    assert host["state"] == "local"
+    assert m.value("para_attn_group_ready", group="0", host=name) == 1
+    assert m.value("para_attn_group_restarts_total", group="0", host=name) == 1
+    assert m.value("para_attn_host_up", host=name) == 1
+    assert [s.labels["state"] for s in m.samples if s.name == "para_attn_host_state" and s.value == 1] == ["local"]
+    assert m.value("para_attn_host_groups", host=name) == 1
+    assert m.value("para_attn_host_devices", host=name) == 2
+    assert m.value("para_attn_host_runs_total", host=name) == 4  # a run per job that started
+    assert m.get("para_attn_host_last_seen_seconds", -1, host=name) == -1  # a local host asks for no orders
     for family in ("para_attn_queue_wait_seconds", "para_attn_job_duration_seconds", "para_attn_step_seconds"):
         assert m.kind(family) == "histogram"
+    assert m.kind("para_attn_host_runs") == "counter"

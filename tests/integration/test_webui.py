@@ -315,8 +315,30 @@ def test_with_an_api_key_the_page_asks_once_and_never_puts_it_in_a_url(
     assert not [url for url in urls if KEY in url or "not-the-key" in url]
 
 
+def test_the_servers_own_host_is_listed_with_its_group_busy_while_a_job_runs(
+    noop_server: Server, open_page: Callable[..., Page]
+) -> None:
+    [host] = noop_server.status()["hosts"]
+    name = host["name"]
+    page = open_page(noop_server)
+    enter_key(page)
+    row = page.locator(f'#hosts-list tr[data-host="{name}"]')
+    expect(row.locator(".host-state")).to_have_text("local")
+    expect(row.locator(".host-devices")).to_have_text("2")
+    expect(row.locator(".group")).to_have_text(["group 0: ready"])
+
+    job_id = generate(page, steps=100_000, step_seconds=0.05)
+    expect(row.locator(".group")).to_have_text(["group 0: busy"])  # refreshed while the page stays open
+    runs = noop_server.status()["hosts"][0]["runs"]
+    expect(row.locator(".host-runs")).to_have_text(str(runs))
+    page.get_by_role("button", name="Cancel").click()
+    expect_job_state(page, noop_server, job_id, "cancelled")
+    expect(row.locator(".group")).to_have_text(["group 0: ready"])
+    expect(page.locator("#hosts-note")).to_be_empty()
+
+
 def test_the_page_files_load_without_the_key_and_the_api_does_not(noop_server: Server) -> None:
-    for path in ("/", "/ui/app.js", "/ui/adapters.js", "/ui/style.css"):
+    for path in ("/", "/ui/app.js", "/ui/adapters.js", "/ui/hosts.js", "/ui/style.css"):
         assert httpx.get(noop_server.url + path).status_code == 200, path
     assert httpx.get(noop_server.url + "/ui/missing.js").status_code == 404
     for path in ("/schema/openapi.json", "/v1/jobs/x", "/server_status"):

@@ -88,7 +88,8 @@ class LocalGroup:
 
     async def _watch_exit(self, generation: int) -> None:
         detail = await self.executor.wait_exit()
-        log.warning("group %d: %s", self.index, detail)
+        # Draining, the ranks exit as told; otherwise an exit is a fault the server restarts.
+        log.log(logging.INFO if self.agent.stopping.is_set() else logging.WARNING, "group %d: %s", self.index, detail)
         await self.agent.report(HostEvent(group=self.index, generation=generation, kind="exited", detail=detail))
         if await self.executor.wait_stopped(EXIT_SETTLE):
             self.running = False

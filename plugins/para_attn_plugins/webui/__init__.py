@@ -7,7 +7,9 @@ OpenAPI document, follows a job through ``/v1/jobs/{id}/events`` and shows the o
 file picker (a drop or a paste too) whose file goes in the JSON body as a ``data:`` URL;
 "Use as input" puts a finished job's image in the form as ``job:<id>``. When the server
 offers adapters (LoRA: ``GET /v1/loras`` lists some), ``loras`` is a checkbox and a scale
-per adapter (``static/adapters.js``); otherwise it is left off the form.
+per adapter (``static/adapters.js``); otherwise it is left off the form. Under the jobs,
+the hosts that serve the worker groups (``static/hosts.js``, from ``/server_status``): each
+host's state, devices, groups (ready, busy or starting) and job runs, refreshed with the jobs.
 
 With ``--api-key`` the page asks for the key once, keeps it in the browser's session
 storage, and sends it as ``Authorization: Bearer`` on every request, the event stream

@@ -7,7 +7,8 @@
 // A picture or video field (its schema says so with contentMediaType and its kind as format)
 // is a file picker that also takes a drop or a paste; the file goes in the JSON
 // body as a data: URL, and "Use as input" puts a finished job's image there as job:<id>.
-// The adapters (LoRA) the server offers are a field of their own: adapters.js.
+// The adapters (LoRA) the server offers are a field of their own: adapters.js. The hosts
+// and their worker groups, refreshed with the list of jobs: hosts.js.
 
 const KEY = "para-attn-server.api-key";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
@@ -749,8 +750,11 @@ async function start() {
   $("page-error").hidden = true;
   $("main").hidden = false;
   await refreshJobs();
+  await refreshHosts();
   refresher ??= setInterval(() => {
-    if (!document.hidden && !$("main").hidden) run(refreshJobs);
+    if (document.hidden || $("main").hidden) return;
+    run(refreshJobs);
+    run(refreshHosts);
   }, REFRESH_MS);
 }
 
