@@ -33,6 +33,7 @@ from para_attn_server.records import TERMINAL, JobRecord, JobState
 from para_attn_server.schema import MAX_QUEUE_SECONDS, OUTPUT_PATH, PRIORITY
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.outputs import Held, OutputCache
+from para_attn_server.storage.temporaries import sweep_temporaries
 from para_attn_server.views import HostStatus, JobView, MetricsSnapshot, ServerStatus, job_view
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class JobService(GroupMembership, JobRunning):
             else:
                 self.queue.append(job)
         self.registry.inputs.sweep(set(self.jobs))
+        sweep_temporaries(self.store.root)
         return count
 
     async def drain(self) -> None:

@@ -154,17 +154,22 @@ class JobJournal:
         return None
 
     async def _checkpoints(self) -> None:
+        loop = asyncio.get_running_loop()
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal") as thread:
-            checkpointer = await asyncio.get_running_loop().run_in_executor(thread, self._checkpoint_connection)
+            checkpointer = await loop.run_in_executor(thread, self._checkpoint_connection)
             try:
                 while True:
                     await asyncio.sleep(self.checkpoint_interval)
-                    await asyncio.get_running_loop().run_in_executor(thread, _checkpoint, checkpointer)
+                    await loop.run_in_executor(thread, _checkpoint, checkpointer)
             finally:
-                checkpointer.close()
+                # Closed on its own thread, after the checkpoint a cancel may have left running
+                # there: closing a connection while another thread uses it crashes SQLite.
+                thread.submit(checkpointer.close)
 
     def _checkpoint_connection(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, check_same_thread=False)
+        # It waits for a commit in progress (the busy timeout), never the other way round
+        # for long: a commit waits only for the end of what TRUNCATE copies and syncs.
+        return sqlite3.connect(self.path, check_same_thread=False, timeout=30)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -179,10 +184,21 @@ class JobJournal:
 
 
 def _checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the log into the database, then start the log again from empty.
+
+    A PASSIVE checkpoint alone never lets the log restart under steady writes (frames keep
+    arriving while it copies, so it is never complete) and the log grew by ~30 KiB a job
+    for good. So: PASSIVE first (the bulk, without blocking a writer), then TRUNCATE, which
+    holds writers off only while it copies what arrived meanwhile and syncs, then empties
+    the log: the log stays within one interval's writes."""
     try:
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     except sqlite3.Error as exc:
         log.error("could not checkpoint the job journal: %s", exc)
+        return
+    if busy:  # a reader held an old snapshot: the next interval tries again
+        log.debug("the job journal's log could not restart this time")
 
 
 def _rows(records: list[JobRecord]) -> list[tuple[str, str, bytes]]:

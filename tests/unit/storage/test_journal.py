@@ -89,3 +89,23 @@ def test_a_first_release_journal_is_converted(tmp_path: Path) -> None:
     assert (converted.id, converted.state, converted.finished_at) == ("old", JobState.SUCCEEDED, 3.0)
     assert (converted.inputs, converted.output_path, converted.reply_with_path) == ({"prompt": "a"}, "a.png", True)
     assert rows(path) == {"old": "succeeded"}
+
+
+async def test_the_log_is_emptied_while_writes_go_on(tmp_path: Path) -> None:
+    """Steady writes never leave a PASSIVE checkpoint complete, so the log never restarted
+    and grew by every commit for good; the journal's checkpoints must empty it as it serves."""
+    journal = JobJournal(tmp_path / "jobs.sqlite3", checkpoint_interval=0.02)
+    journal.start()
+    wal = tmp_path / "jobs.sqlite3-wal"
+    sizes = []
+    try:
+        for n in range(3000):  # a commit after another, as a busy server's group commits come
+            journal.record(record(f"job-{n}", JobState.SUCCEEDED))
+            await journal.committed()
+            sizes.append(wal.stat().st_size if wal.exists() else 0)
+    finally:
+        await journal.close()
+    # Every commit adds at least a page (4 KiB): a log never emptied is over 8 MB by then.
+    # The checkpoints (every 20 ms, a few hundred commits here) empty it again and again.
+    assert min(sizes[-1000:]) < 512 * 1024, f"the log stayed at {min(sizes[-1000:])} bytes or more"
+    assert len(rows(journal.path)) == 3000
