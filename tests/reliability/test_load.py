@@ -1,7 +1,7 @@
 """10,000 jobs from 32 concurrent clients against ``--max-queue 64``: every accepted job
 succeeds with its own output, every refusal is a 429 with Retry-After, nothing else comes
-back (no 5xx), nothing is lost, and the server's memory does not grow beyond what it keeps
-on purpose.
+back (no 5xx), nothing is lost, the server's memory does not grow beyond what it keeps
+on purpose, its open files do not grow, and its journal stays bounded.
 
 Each client holds 3 keep-alive connections, each submitting in the synchronous mode
 (``POST /v1/jobs?wait=S`` with ``Accept: application/octet-stream``: the output bytes in one
@@ -45,6 +45,18 @@ MAX_SIZE = 2048  # output bytes per job, 1..MAX_SIZE
 # ~13,000 requests of this test would pass it. The ranks keep nothing per job.
 MAX_GROWTH_MIB = 100
 MAX_RANK_GROWTH_MIB = 30
+# The journal: 10,300 rows of ~0.5 KiB, and a log emptied at every checkpoint (10 s) holds
+# at most ~10 s of commits. A log never emptied grew by ~30 KiB a job: ~300 MiB here.
+MAX_JOURNAL_MIB = 32
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def journal_mib(server: Server) -> float:
+    files = (server.output_dir / ".jobs").glob("jobs.sqlite3*")  # the database, its log and index
+    return sum(path.stat().st_size for path in files) / 2**20
 
 
 def rss_mib(pid: int) -> float:
@@ -172,11 +184,13 @@ def test_ten_thousand_jobs_from_32_clients(server: Server, report: Report) -> No
     warm = asyncio.run(drive(server.url, WARMUP_JOBS, seed=1))
     assert not warm.unexpected, warm.unexpected[:5]
     before = {name: rss_mib(pid) for name, pid in pids.items()}
+    fds_before = open_fds(server.process.pid)
 
     started = time.monotonic()
     tally = asyncio.run(drive(server.url, JOBS, seed=2))
     seconds = time.monotonic() - started
     after = {name: rss_mib(pid) for name, pid in pids.items()}
+    fds_after, journal = open_fds(server.process.pid), journal_mib(server)
 
     assert not tally.unexpected, tally.unexpected[:5]
     assert len(tally.accepted) == JOBS
@@ -209,6 +223,10 @@ def test_ten_thousand_jobs_from_32_clients(server: Server, report: Report) -> No
         rss_before_mib={k: round(v, 1) for k, v in before.items()},
         rss_after_mib={k: round(v, 1) for k, v in after.items()},
         rss_growth_mib=round(sum(growth.values()), 1),
+        server_fds=f"{fds_before} -> {fds_after}",
+        journal_mib=round(journal, 1),
     )
+    assert journal < MAX_JOURNAL_MIB, f"the journal and its log take {journal:.0f} MiB"
+    assert fds_after <= fds_before + 8, (fds_before, fds_after)  # the clients' connections are closed
     assert sum(growth.values()) < MAX_GROWTH_MIB, growth
     assert all(growth[name] < MAX_RANK_GROWTH_MIB for name in pids if name.startswith("rank")), growth

@@ -242,5 +242,5 @@ class JobRegistry:
             self.inputs.delete_behind(job.id)
         if record.output_file is not None and record.output_path is None:
             self.store.delete_behind(Path(record.output_file))  # queued after its own write-behind
-        elif record.output_file is not None:
-            self.store.forget(Path(record.output_file))
+        elif record.output_file is not None:  # a client's path: the file stays, the entry goes
+            self.store.delete_behind(Path(record.output_file), unlink=False)

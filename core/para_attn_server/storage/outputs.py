@@ -117,14 +117,14 @@ class OutputStore:
         data: Callable[[], bytes],
         done: Callable[[int | None, str | None, Exception | None], None],
     ) -> None:
-        """Write one of the server's own copies in the background, in submission order.
-        ``data()`` gives the bytes, in the writer thread (it may decode them there);
-        ``done(size, checksum, None)`` or ``done(None, None, error)`` runs there after."""
+        """Write one of the server's own copies in the background, in submission order: ``data()``
+        gives the bytes in the writer thread, then ``done(size, checksum, error)`` runs there."""
         self._writer.write(target, data, done)
 
-    def delete_behind(self, target: Path) -> None:
+    def delete_behind(self, target: Path, *, unlink: bool = True) -> None:
+        """After the writes queued before: delete ``target`` (or only forget it, ``unlink`` False)."""
         self.forget(target)
-        self._writer.delete(target)
+        self._writer.delete(target, unlink=unlink)
 
     def forget(self, target: Path) -> None:
         """Stop remembering that ``target`` was verified (its job is forgotten)."""

@@ -38,6 +38,7 @@ class _Write(NamedTuple):
 
 class _Delete(NamedTuple):
     target: Path
+    unlink: bool = True  # False: only forget that it was verified (a client's own path stays)
 
 
 class BatchWriter:
@@ -51,8 +52,10 @@ class BatchWriter:
         the writer thread once it is on disk (or failed)."""
         self._queue.put(_Write(target, data, done))
 
-    def delete(self, target: Path) -> None:
-        self._queue.put(_Delete(target))  # after its own write, which was queued before
+    def delete(self, target: Path, *, unlink: bool = True) -> None:
+        # After its own write, which was queued before: a job forgotten while its write was
+        # still queued must not leave the file (or its entry in the verified files) behind.
+        self._queue.put(_Delete(target, unlink))
 
     def flush(self) -> None:
         """Return once everything queued so far is done."""
@@ -108,8 +111,10 @@ class BatchWriter:
         directories: dict[str, int] = {}
         for item in batch:
             if isinstance(item, _Delete):
-                with contextlib.suppress(FileNotFoundError):
-                    item.target.unlink()
+                if item.unlink:
+                    with contextlib.suppress(FileNotFoundError):
+                        item.target.unlink()
+                self.store.forget(item.target)
             elif (file := staged.get(id(item))) is not None:
                 try:
                     file.commit()
