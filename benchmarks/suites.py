@@ -17,6 +17,7 @@ from .inputs import inputs as picture_inputs
 from .loras import loras
 from .micro import micro
 from .scale import scale
+from .soak import soak
 
 OCTET = {"accept": "application/octet-stream"}
 # Targets of the rows that state one (issue 11). Comparisons with the original server come
@@ -299,4 +300,7 @@ SUITES = {
     "loras": loras,
     "batching": batching,
     "fleet": fleet,
+    "soak": soak,
 }
+# Run only when named in --only (a soak takes 20 minutes), never by default.
+ON_REQUEST = ("soak",)

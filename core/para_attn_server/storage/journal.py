@@ -44,7 +44,7 @@ class JobJournal:
     hop to a thread and back; the checkpoints that do sync the database file run in a
     thread of their own, on a connection of their own, every ``checkpoint_interval`` s."""
 
-    def __init__(self, path: Path, checkpoint_interval: float = 10.0) -> None:
+    def __init__(self, path: Path, checkpoint_interval: float = 5.0) -> None:
         self.path = path
         self.checkpoint_interval = checkpoint_interval
         self._db = self._open()

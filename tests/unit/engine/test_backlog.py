@@ -1,0 +1,84 @@
+"""The server's own copies are written behind the answers, but not without limit: once the
+outputs waiting for the writer are past --output-memory-bytes, a finished job ends only when
+its copy is on disk, so a writer that falls behind slows the groups instead of holding every
+output in memory (a long soak grew ~50 KiB a job that way)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from para_attn_server.engine.service import JobService
+from para_attn_server.records import JobState
+from para_attn_server.settings import JobSettings
+from para_attn_server.storage.outputs import OutputStore
+from tests.unit.fakes import FakeGroup, deadline
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60, method="thread")]
+OUTPUT = b"\x89PNG" + bytes(60)
+
+
+@pytest.fixture
+def settings() -> JobSettings:
+    return JobSettings(max_queue=4, restart_backoff=0.0, job_timeout=None, output_memory_bytes=100)
+
+
+class Gate(threading.Event):
+    """Holds every write-behind in the writer thread until set: a writer that fell behind.
+    ``holding`` is set once the writer waits at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = threading.Event()
+
+    def hold(self, data: Callable[[], bytes]) -> bytes:
+        self.holding.set()
+        self.wait(10)
+        return data()
+
+
+@pytest.fixture
+def gate(store: OutputStore, monkeypatch: Any) -> Gate:
+    gate = Gate()
+    write_behind = store.write_behind
+    monkeypatch.setattr(
+        store, "write_behind", lambda target, data, done: write_behind(target, lambda: gate.hold(data), done)
+    )
+    return gate
+
+
+async def test_within_the_budget_a_job_ends_before_its_copy_is_written(
+    service: JobService, group: FakeGroup, gate: Gate, store: OutputStore
+) -> None:
+    job, _ = await service.accept({"prompt": "small"})
+    (await group.next_run()).succeed(OUTPUT, "png")  # 64 bytes: within the 100
+    await deadline(job.done.wait())
+    assert job.state is JobState.SUCCEEDED
+    assert job.record.output_sha256 is None  # not on disk yet: served from memory meanwhile
+    gate.set()
+    store.flush()
+
+
+async def test_past_the_budget_a_job_ends_once_its_copy_is_on_disk(
+    service: JobService, group: FakeGroup, gate: Gate
+) -> None:
+    first, _ = await service.accept({"prompt": "first"})
+    (await group.next_run()).succeed(OUTPUT, "png")
+    await deadline(first.done.wait())
+    second, _ = await service.accept({"prompt": "second"})
+    (await group.next_run()).succeed(OUTPUT, "png")  # 128 bytes wait for the writer: past 100
+    await asyncio.to_thread(gate.holding.wait, 10)  # the writer is stuck at the first copy
+    for _ in range(10):  # turns of the loop in which a job that did not wait would end
+        await asyncio.sleep(0)
+    assert not second.done.is_set()
+    assert second.state is JobState.RUNNING
+    gate.set()  # the writer catches up
+    await deadline(second.done.wait())
+    assert second.state is JobState.SUCCEEDED
+    assert second.record.output_sha256 is not None  # ended with its copy on disk
+    assert Path(second.record.output_file or "").stat().st_size == len(OUTPUT)  # noqa: ASYNC240
