@@ -45,9 +45,10 @@ MAX_SIZE = 2048  # output bytes per job, 1..MAX_SIZE
 # ~13,000 requests of this test would pass it. The ranks keep nothing per job.
 MAX_GROWTH_MIB = 100
 MAX_RANK_GROWTH_MIB = 30
-# The journal: 10,300 rows of ~0.5 KiB, and a log emptied at every checkpoint (5 s) holds
-# at most ~5 s of commits. A log never emptied grew by ~30 KiB a job: ~300 MiB here.
-MAX_JOURNAL_MIB = 32
+# The journal: 10,300 rows of ~0.5 KiB, and a log emptied at every checkpoint (5 s) that
+# holds what was committed since (~30 KiB a job: tens of MiB at this rate, more when the
+# 2 cores starve the checkpoint thread). A log never emptied grew to ~300 MiB here.
+MAX_JOURNAL_MIB = 100
 
 
 def open_fds(pid: int) -> int:
