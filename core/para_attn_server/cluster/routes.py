@@ -11,6 +11,8 @@ operator's machine, not an API client, and what it gets holds the generation's c
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any, TypeAlias
 
 import msgspec
@@ -58,9 +60,19 @@ def provide_cluster(cluster: ClusterHost | None, fleet: Fleet | None) -> dict[st
     return provided
 
 
-def _check(request: Request[Any, Any, Any], authorized: bool) -> None:
+def _check(authorized: bool) -> None:
     if not authorized:
         raise NotAuthorizedException(f"missing or wrong join token ({JOIN_TOKEN_HEADER})")
+
+
+@contextlib.contextmanager
+def _joined_host(request: Request[Any, Any, Any], fleet: Fleet) -> Iterator[None]:
+    """A joined host's call: its token checked, an unknown host id a 404."""
+    _check(fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
+    try:
+        yield
+    except KeyError:
+        raise NotFoundException("no such host (the server restarted since it joined)") from None
 
 
 class ClusterController(Controller):
@@ -77,7 +89,7 @@ class ClusterController(Controller):
     async def join(
         self, request: Request[Any, Any, Any], cluster: Cluster, after: After = 0, wait: Wait = 0
     ) -> JoinSpec:
-        _check(request, cluster.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
+        _check(cluster.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
         return await cluster.join_spec(after, wait)
 
 
@@ -93,7 +105,7 @@ class FleetController(Controller):
         responses={201: spec(HostAccepted, "Its id and first orders"), **errors(401, 409)},
     )
     async def register(self, request: Request[Any, Any, Any], fleet: FleetDep, data: HostOffer) -> HostAccepted:
-        _check(request, fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
+        _check(fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
         try:
             return fleet.register(data)
         except HostRefusedError as exc:
@@ -108,11 +120,8 @@ class FleetController(Controller):
     async def orders(
         self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str, after: After = 0, wait: Wait = 0
     ) -> HostOrders:
-        _check(request, fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
-        try:
+        with _joined_host(request, fleet):
             return await fleet.orders(host_id, after, wait)
-        except KeyError:
-            raise NotFoundException("no such host (the server restarted since it joined)") from None
 
     @post(
         "/{host_id:str}/events",
@@ -124,11 +133,8 @@ class FleetController(Controller):
     async def events(
         self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str, data: list[HostEvent]
     ) -> None:
-        _check(request, fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
-        try:
+        with _joined_host(request, fleet):
             fleet.report(host_id, data)
-        except KeyError:
-            raise NotFoundException("no such host (the server restarted since it joined)") from None
 
     @post(
         "/{host_id:str}/drain",
@@ -138,11 +144,8 @@ class FleetController(Controller):
         responses={200: spec(HostOrders, "Its orders"), **errors(401, 404)},
     )
     async def drain(self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str) -> HostOrders:
-        _check(request, fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
-        try:
+        with _joined_host(request, fleet):
             return fleet.drain(host_id)
-        except KeyError:
-            raise NotFoundException("no such host (the server restarted since it joined)") from None
 
 
 @get(
