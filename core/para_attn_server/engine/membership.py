@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from para_attn_server.engine.queue import JobQueue
     from para_attn_server.engine.registry import Job
     from para_attn_server.settings import JobSettings
-    from para_attn_server.views import HostStatus
 
 log = logging.getLogger("para_attn_server.jobs")
 
@@ -36,7 +35,6 @@ class GroupMembership:
     counters: dict[str, int]
     started: bool
     accepting: bool
-    hosts: dict[str, HostStatus]  # by name: the server's own host and the joined ones
     _tasks: list[asyncio.Task[None]]
     _supervisors: dict[int, asyncio.Task[None]]
 
