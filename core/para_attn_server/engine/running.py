@@ -145,8 +145,11 @@ class JobRunning:
         elif not FILE_TYPE.fullmatch(outcome.file_type or "bin"):
             self._finish(job, JobState.FAILED, "the predictor returned a file type that is not [A-Za-z0-9]+")
         else:
-            error, durable = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
+            saved = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
+            error, durable, behind = saved
             self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
+            if behind is not None:  # the writer is behind past the memory budget: the group waits
+                await behind
 
     def _lost(self, job: Job, fault: str, *, planned: bool = False) -> None:
         """Its group lost a rank or host mid-run: the job goes back to the head of the queue

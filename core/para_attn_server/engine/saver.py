@@ -42,16 +42,19 @@ class OutputSaver:
         self.replies_with_output_path = replies_with_output_path
         self._settled = settled  # a written-behind copy landed (or was lost): journal and tell
 
-    async def save(self, job: Job, data: bytes, file_type: str, base64: bool = False) -> tuple[str | None, bool]:
+    async def save(
+        self, job: Job, data: bytes, file_type: str, base64: bool = False
+    ) -> tuple[str | None, bool, asyncio.Future[None] | None]:
         """Put the output where it belongs. Returns (why it failed or None, whether it is
-        already durable); when it is not, ``settled(job)`` follows once it is (or is lost)."""
+        already durable, what the group must wait for before its next job or None); when it
+        is not durable, ``settled(job)`` follows once it is (or is lost)."""
         record = job.record
         changes: dict[str, object] = {"file_type": file_type}
         held = Held(data, base64)
         if record.output_path is not None and record.output_file is not None:
             error = await self._write_now(job, Path(record.output_file), held, changes)
             if error is not None:
-                return error, True
+                return error, True, None
             durable = True
         else:  # written behind: durable once ``settled`` says so
             target = self.store.job_file(job.id, file_type)
@@ -61,15 +64,11 @@ class OutputSaver:
         self.cache.put(job.id, held)
         changes["reply_with_path"] = self.replies_with_output_path and record.output_path is not None
         job.record = record.evolve(**changes)
-        if not durable and self.cache.size > self.cache.budget:
-            # The writer is behind, and the outputs waiting for it (which the cache cannot
-            # let go) are past --output-memory-bytes: this job ends once its copy is on disk,
-            # so the groups go no faster than the disk. Memory grew ~50 KiB a job without it.
-            await landed
-            if job.record.output_file is None:  # it could not be written: the job says why
-                return job.record.error or LOST, True
-            durable = True
-        return None, durable
+        # The writer is behind, and the outputs waiting for it (which the cache cannot let
+        # go) are past --output-memory-bytes: the group's next job waits for this copy, so the
+        # groups go no faster than the disk. Memory grew ~50 KiB a job without it.
+        behind = landed if not durable and self.cache.size > self.cache.budget else None
+        return None, durable, behind
 
     def _write_behind(self, job: Job, target: Path, held: Held) -> asyncio.Future[None]:
         """Queue the copy; the future resolves once it landed (or was lost)."""
