@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from para_attn_predictors.tiny import TinyFluxPredictor
+from para_attn_predictors.tiny import TinyFluxPredictor, TinyOptions
 from para_attn_server import Image, Mask, Output, Predictor, RankContext, Video, current_job
 
 Fault = Literal["none", "raise", "exit", "kill", "freeze", "hang_collective", "hang_outside"]
@@ -186,6 +186,10 @@ def _run_tiny(predictor: TinyFluxPredictor, prompt: str, steps: int, seed: int, 
     return Output(_png_bytes(result.images[0]), "png") if predictor.rank == 0 else None
 
 
+class InstrumentedOptions(TinyOptions, kw_only=True, forbid_unknown_fields=True):
+    decode_log: str  # the file each VAE decode appends a line to
+
+
 class InstrumentedTiny(TinyFluxPredictor):
     """The real ``tiny`` pipeline (split with para-attn), instrumented for cancel tests.
 
@@ -193,6 +197,8 @@ class InstrumentedTiny(TinyFluxPredictor):
     ``hold`` file, every rank waits for it at the end of step ``hold_at_step``, just
     before the framework's step boundary (where rank 0 decides continue or stop).
     """
+
+    options_type = InstrumentedOptions
 
     def setup(self, context: RankContext) -> None:
         super().setup(context)

@@ -199,7 +199,7 @@ class DiffusersPredictor(Predictor):
     # The model directory's pipeline class (model_index.json's _class_name) -> "module:Class"
     # to load it as; empty: ``pipeline_class``, whatever the directory names.
     pipeline_classes: ClassVar[dict[str, str]] = {}
-    settings_type: ClassVar[type[Settings]] = Settings  # the --option values, a subclass's own
+    options_type: ClassVar[type[Settings]] = Settings  # the --option values, a subclass's own
     default_max_sequence_length: ClassVar[int] = 512
     splits_text: ClassVar[bool] = False  # text tokens split across ranks too (joint attention)
     component_dtypes: ClassVar[dict[str, str]] = {}  # per-component dtypes that override ``dtype``
@@ -207,6 +207,11 @@ class DiffusersPredictor(Predictor):
     video: ClassVar[bool] = False  # latents [B, C, F, H, W]: previews show the first frame
     supports_loras = True  # requests may name adapters; ``generate`` applies them (``loras``)
     per_job_fields: ClassVar[frozenset[str]] = PER_JOB_FIELDS  # what jobs of one batch may differ in
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "pipeline_names" not in cls.__dict__ and hasattr(cls, "pipeline_class"):
+            cls.pipeline_names = tuple(cls.pipeline_classes) or (cls.pipeline_class.rpartition(":")[2],)
 
     # ---- hooks for subclasses ---------------------------------------------------------------
 
@@ -246,7 +251,7 @@ class DiffusersPredictor(Predictor):
                 "a pipeline directory or hub id"
             )
         try:
-            self.settings = msgspec.convert(options, self.settings_type, strict=False)
+            self.settings = msgspec.convert(options, self.options_type, strict=False)
         except msgspec.ValidationError as exc:
             raise ConfigurationError(f"bad --option: {exc}") from None
         self.world_size = world_size

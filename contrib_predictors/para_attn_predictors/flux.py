@@ -46,8 +46,15 @@ class FluxPredictor(DiffusersPredictor):
         "FluxInpaintPipeline": "diffusers:FluxPipeline",
         KONTEXT: "diffusers:FluxKontextPipeline",
     }
-    settings_type = FluxSettings
+    options_type = FluxSettings
     splits_text = True  # joint attention: para-attn splits the T5 tokens as well
+
+    def model_defaults(self) -> dict[str, Any]:
+        # A transformer without guidance embedding is timestep-distilled (FLUX.1-schnell's
+        # card): 4 steps, and guidance does nothing.
+        if self.transformer_config.get("guidance_embeds", True):
+            return {}
+        return {"num_inference_steps": 4, "guidance_scale": 0.0}
 
     @property
     def kontext(self) -> bool:

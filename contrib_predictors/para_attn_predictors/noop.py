@@ -22,7 +22,13 @@ def _payload(size: int) -> bytes:
     return os.urandom(size)
 
 
+class NoopOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """``noop`` takes no ``-o`` option (and no --model-path)."""
+
+
 class NoopPredictor(Predictor):
+    options_type = NoopOptions
+
     def setup(self, context: RankContext) -> None:
         self.rank = context.rank
         self.world_size = context.world_size

@@ -37,9 +37,17 @@ from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_
 Side = Annotated[int, msgspec.Meta(ge=16, le=256, multiple_of=16, description="Pixels, a multiple of 16")]
 
 
+class TinyOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``-o`` values of ``tiny``: it builds its own random-weight model (no --model-path)."""
+
+    weights_seed: Annotated[int, msgspec.Meta(ge=0)] = 0  # the random weights' seed
+    preview_vae: str | None = None  # previews decoded by this small VAE (a directory)
+
+
 class TinyFluxPredictor(Predictor):
     max_sequence_length = 64  # T5 tokens; must divide by the world size too
     supports_loras = True  # requests may name adapters (``--lora``): see ``loras``
+    options_type = TinyOptions
 
     def setup(self, context: RankContext) -> None:
         from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline

@@ -41,7 +41,7 @@ import io
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
@@ -213,6 +213,13 @@ class Predictor:
     #: True when ``predict`` applies ``current_job().loras``: the request schema then has the
     #: server's ``loras`` field (adapters chosen by name, see ``para_attn_server.adapters``).
     supports_loras: bool = False
+    #: The ``--option`` values it accepts, as a msgspec Struct (field names, types, limits):
+    #: the server refuses any other option, naming it, before a rank starts. None: the
+    #: options reach ``configure`` unchecked.
+    options_type: ClassVar[type[msgspec.Struct] | None] = None
+    #: The ``model_index.json`` pipeline classes (``_class_name``) it serves from
+    #: ``--model-path``: how ``--model-path`` alone finds its predictor. Empty: none.
+    pipeline_names: ClassVar[tuple[str, ...]] = ()
 
     def request_function(self) -> Callable[..., Any]:
         """The callable whose signature is the request schema: ``predict``."""
@@ -225,6 +232,12 @@ class Predictor:
         """Called first in every process (server and ranks) with the group size and the
         operator's ``--option`` values, so ``validate`` can check world-size limits and a
         bad option fails at startup. Raise ``ConfigurationError`` to refuse."""
+
+    def model_defaults(self) -> dict[str, Any]:
+        """After ``configure``: request defaults for the model it will load (its model card's,
+        such as a distilled model's fewer steps), over ``predict``'s own; the operator's
+        ``-o defaults`` override them."""
+        return {}
 
     def setup(self, context: RankContext) -> None:
         """Build and parallelize the pipeline on this rank."""

@@ -28,6 +28,12 @@ from para_attn_server.errors import ConfigurationError, InputError
 from para_attn_server.media import MediaField, media_field, wire_annotation
 
 OUTPUT_PATH = "output_path"
+# Which served model runs the request (a server with several): the server's, never predict's.
+MODEL = "model"
+ModelField = Annotated[
+    str | None,
+    msgspec.Meta(description="The served model to run it (GET /v1/models); omitted: the server's first"),
+]
 # The scheduling fields every request has (the core's built-in plugin registers them).
 PRIORITY = "priority"
 MAX_QUEUE_SECONDS = "max_queue_seconds"
@@ -65,10 +71,17 @@ class InputSchema:
     """The request type of one predictor and how its fields map onto ``predict``."""
 
     def __init__(
-        self, predictor: object, request_fields: Sequence[RequestField] = (), adapters: Adapters | None = None
+        self,
+        predictor: object,
+        request_fields: Sequence[RequestField] = (),
+        adapters: Adapters | None = None,
+        defaults: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> None:
         """``adapters``: the server's registered adapters (its schema checks ``loras``'
-        names); None on a rank, whose ``loras`` carry their paths."""
+        names); None on a rank, whose ``loras`` carry their paths. ``defaults``: request
+        defaults over ``predict``'s (``-o defaults``), each checked against its field.
+        ``model``: the served model's name (the ``model`` field names it), None on a rank."""
         source = getattr(predictor, "request_function", None)
         predict = source() if callable(source) else getattr(predictor, "predict", None)
         if not callable(predict):
@@ -78,6 +91,7 @@ class InputSchema:
             hints = typing.get_type_hints(predict, include_extras=True)
         except Exception:  # unresolvable forward references: fall back to Any
             hints = {}
+        defaults = _checked_defaults(defaults or {}, signature, hints)
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
         self.accepts_extra = False
         self.predict_params: set[str] = set()
@@ -97,6 +111,8 @@ class InputSchema:
             if name == OUTPUT_PATH:
                 # Whatever predict declares, the server confines this path before anything runs.
                 fields.append((name, OutputPathField, None))
+            elif name in defaults:
+                fields.append((name, annotation, _default(defaults[name])))
             elif param.default is inspect.Parameter.empty:
                 fields.append((name, annotation))
             else:
@@ -104,9 +120,16 @@ class InputSchema:
         self.predict_takes_output_path = OUTPUT_PATH in self.predict_params
         if not self.predict_takes_output_path:
             fields.append((OUTPUT_PATH, OutputPathField, None))
+        self.name = model
+        if MODEL in self.predict_params:
+            raise ConfigurationError(
+                f"{type(predictor).__name__}.predict takes {MODEL!r}, the server's field naming the served model: "
+                "rename the parameter"
+            )
+        fields.append((MODEL, ModelField, None))
         self.server_fields = {field.name: field for field in request_fields}
         for field in request_fields:
-            if field.name in self.predict_params or field.name in (OUTPUT_PATH, LORAS):
+            if field.name in self.predict_params or field.name in (OUTPUT_PATH, LORAS, MODEL):
                 owner = f"{type(getattr(predict, '__self__', predictor)).__qualname__}.predict"
                 raise ConfigurationError(
                     f"request field {field.name!r} of plugin {field.plugin!r} clashes with a parameter of {owner}: "
@@ -150,7 +173,7 @@ class InputSchema:
     def rank_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs the ranks get: without the fields plugins added for the server, and
         with each adapter's path (``InputError`` if one is no longer registered)."""
-        sent = {k: v for k, v in inputs.items() if k not in self.server_fields} if self.server_fields else inputs
+        sent = {k: v for k, v in inputs.items() if k not in self.server_fields and k != MODEL}
         if self.adapters is not None and sent.get(LORAS):
             sent = sent | {LORAS: self.adapters.resolve(sent[LORAS])}
         return sent
@@ -183,6 +206,8 @@ class InputSchema:
     @staticmethod
     def to_inputs(obj: msgspec.Struct) -> dict[str, Any]:
         inputs = {name: getattr(obj, name) for name in obj.__struct_fields__}
+        if inputs.get(MODEL, "") is None:  # not chosen: the inputs of a one-model server stay as they were
+            del inputs[MODEL]
         if inputs.get(LORAS):  # plain values, as the journal keeps them and the ranks get them
             inputs[LORAS] = msgspec.to_builtins(inputs[LORAS])
         return inputs
@@ -195,8 +220,27 @@ class InputSchema:
                 kwargs.pop(OUTPUT_PATH, None)
             if self.takes_loras:  # the job's (``JobContext.loras``), never a keyword of predict
                 kwargs.pop(LORAS, None)
+            kwargs.pop(MODEL, None)
             return kwargs
         return {k: v for k, v in inputs.items() if k in self.predict_params}
+
+
+def _checked_defaults(defaults: dict[str, Any], signature: inspect.Signature, hints: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` converted to their fields' types; ``ConfigurationError`` names a field
+    predict lacks, a picture's, or a value outside its field's limits."""
+    params = {name for name, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    checked = {}
+    for name, value in defaults.items():
+        annotation = hints.get(name, Any)
+        if name not in params or name == OUTPUT_PATH:
+            raise ConfigurationError(f"-o defaults: {name!r} is not a request field of this model")
+        if media_field(name, annotation) is not None:
+            raise ConfigurationError(f"-o defaults: {name!r} is a picture or video: it has no default")
+        try:
+            checked[name] = msgspec.convert(value, annotation)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"-o defaults: {name}: {exc} (got {value!r})") from None
+    return checked
 
 
 def _is_file(value: Any) -> bool:

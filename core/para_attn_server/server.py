@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import secrets
 import socket
 from typing import Any
@@ -16,23 +15,28 @@ from typing import Any
 import msgspec
 import uvicorn
 
+from para_attn_server import served
 from para_attn_server import settings as settings_tree
 from para_attn_server.adapters import Adapters
 from para_attn_server.cluster.fleet import Fleet
 from para_attn_server.cluster.rendezvous import ClusterHost
 from para_attn_server.cluster.spec import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
 from para_attn_server.engine.inputs import Fetch
+from para_attn_server.engine.models import ServedModel
 from para_attn_server.engine.service import JobService
 from para_attn_server.errors import ConfigurationError
 from para_attn_server.http import create_app
 from para_attn_server.http.fetch import AllowedHosts, fetch
 from para_attn_server.http.listener import HttpServer, bind
 from para_attn_server.http.listener import config as listener_config
-from para_attn_server.legacy import as_predictor
+from para_attn_server.logs import configure_logging, log_jobs
+from para_attn_server.options import configure
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import Predictor
 from para_attn_server.schema import InputSchema
+from para_attn_server.served import ModelPlan
 from para_attn_server.settings import Settings
+from para_attn_server.storage.dirlock import OutputDirLock
 from para_attn_server.storage.journal import JobJournal
 from para_attn_server.storage.outputs import OutputStore
 from para_attn_server.views import HostStatus
@@ -54,7 +58,7 @@ class ParaAttentionServer:
 
     def __init__(
         self,
-        predictor: object | str = "tiny",
+        predictor: object | str | None = None,
         host: str = "127.0.0.1",
         port: int = 5000,
         num_devices: int | None = None,
@@ -83,7 +87,7 @@ class ParaAttentionServer:
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT (then drain and return). Raises ``SetupError`` when
         the ranks fail their first setup, ``ConfigurationError`` for a bad setting."""
-        logging.basicConfig(level=self.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging(self.settings.log_level, self.settings.log_format)
         try:
             import uvloop
 
@@ -94,20 +98,37 @@ class ParaAttentionServer:
             runner.run(self.serve())
 
     async def serve(self) -> None:
+        settings = self.settings
+        # The port, then the output directory: a second server on either stops here, having
+        # touched neither the first one's journal nor its outputs.
+        sock = bind(settings.http.host, settings.http.port)
+        self.port = sock.getsockname()[1]
+        lock = OutputDirLock(settings.jobs.output_dir)
+        lock.acquire()
+        try:
+            await self._serve(sock)
+        finally:
+            lock.release()
+
+    async def _serve(self, sock: socket.socket) -> None:
         settings, plugins = self.settings, self.plugins
         settings_tree.check_unique(plugins.settings_sections())
-        predictor, predictor_pickle = self._predictor(plugins)
+        instance = None if self.predictor is None or isinstance(self.predictor, str) else self.predictor
+        plans = served.plan(settings, plugins, instance)
         fetch_input = input_fetch(settings)  # a bad --input-allow-host fails before any rank starts
-        adapters = _adapters(settings, predictor)  # so does a missing --lora path
+        adapters = _adapters(settings, plans[0].predictor)  # so does a missing --lora path
         cluster = self._cluster(plugins)
-        groups, spec = self._groups(plugins, predictor, predictor_pickle, cluster)
+        groups, spec, schemas = self._all_groups(plugins, plans, cluster, adapters)
         if cluster is not None:
             cluster.open()
             cluster.attach(groups[0])
-        schema = InputSchema(predictor, plugins.request_fields(settings), adapters)  # refuses a field predict has
         store = OutputStore(settings.jobs.output_dir)
         journal = JobJournal(store.jobs_dir / "jobs.sqlite3")
-        service = JobService(groups, store, plugins, predictor, schema, settings.jobs, journal, fetch_input)
+        pairs = zip(plans[1:], schemas[1:], strict=True)
+        more = [ServedModel(plan.name, plan.predictor, schema) for plan, schema in pairs]
+        first = plans[0].predictor
+        service = JobService(groups, store, plugins, first, schemas[0], settings.jobs, journal, fetch_input, more)
+        log_jobs(service)
         fleet = self._fleet(plugins, service, spec)
         if groups:
             name = groups[0].host
@@ -118,8 +139,6 @@ class ParaAttentionServer:
         if recovered:
             log.info("recovered %d job record(s) from %s", recovered, journal.path)
         journal.start()
-        sock = bind(settings.http.host, settings.http.port)
-        self.port = sock.getsockname()[1]
         app = create_app(
             service,
             settings,
@@ -148,8 +167,10 @@ class ParaAttentionServer:
             start_task.result()  # raises SetupError
             if adapters is not None:  # ConfigurationError: an adapter that cannot load into this model
                 adapters.fits(next((group.adapter_fit for group in groups if group.adapter_fit), None))
-            ranks = sum(group.world_size for group in groups)
-            log.info("ready: %d rank(s) of %r%s", ranks, settings.model.model or repr(predictor), _layout(groups))
+            for plan in plans:
+                own = [group for group in groups if group.model == plan.name]
+                ranks = sum(group.world_size for group in own)
+                log.info("ready: %d rank(s) of %r%s", ranks, plan.name, _layout(own))
             if fleet is not None:
                 fleet.start()
                 command = self._join_command(fleet.join_token, f"--group-size {spec.world_size}")
@@ -167,12 +188,6 @@ class ParaAttentionServer:
                 cluster.close()
             if fleet is not None:
                 await fleet.close()
-
-    def _predictor(self, plugins: Plugins) -> tuple[Predictor, bytes | None]:
-        if isinstance(self.predictor, str):
-            return plugins.resolve_predictor(self.predictor), None
-        predictor = as_predictor(self.predictor)
-        return predictor, pickle.dumps(predictor)
 
     def _cluster(self, plugins: Plugins) -> ClusterHost | None:
         """With ``--nnodes`` > 1: the rendezvous and join route for the other hosts."""
@@ -198,20 +213,41 @@ class ParaAttentionServer:
         )
         return {"rendezvous": rendezvous, "join_token": cluster.join_token}
 
+    def _all_groups(
+        self, plugins: Plugins, plans: list[ModelPlan], cluster: ClusterHost | None, adapters: Adapters | None
+    ) -> tuple[list[WorkerGroup], RankSpec, list[InputSchema]]:
+        """Every model's groups on this host in order (none with ``--num-devices 0``), the spec
+        the first model's groups start from (a joined host's too), and each model's schema."""
+        fields = plugins.request_fields(self.settings)
+        groups: list[WorkerGroup] = []
+        specs, schemas = [], []
+        for number, plan in enumerate(plans):
+            offset = sum(group.world_size for group in groups)  # each model on devices of its own
+            own, spec, defaults = self._groups(plugins, plan, cluster if number == 0 else None, len(groups), offset)
+            # Only the first model takes --lora and /v1/loras; another that could apply adapters offers none.
+            offered = adapters if number == 0 else _adapters(self.settings, plan.predictor, none=True)
+            schemas.append(InputSchema(plan.predictor, fields, offered, defaults, plan.name))  # refuses a clash
+            groups += own
+            specs.append(spec)
+        return groups, specs[0], schemas
+
     def _groups(
-        self, plugins: Plugins, predictor: Predictor, predictor_pickle: bytes | None, cluster: ClusterHost | None
-    ) -> tuple[list[WorkerGroup], RankSpec]:
-        """This host's groups (none with ``--num-devices 0``), and the spec every group's
-        ranks start from (a joined host's too)."""
+        self, plugins: Plugins, plan: ModelPlan, cluster: ClusterHost | None, first: int, device_offset: int
+    ) -> tuple[list[WorkerGroup], RankSpec, dict[str, Any]]:
+        """One model's groups on this host, the spec they start from, and its request defaults."""
         settings = self.settings
         nnodes = settings.group.nnodes
-        # The cluster already counted this host's devices (counting imports torch).
-        per_host = cluster.nproc_per_node if cluster else _num_devices(settings)
+        if plan.num_devices is not None:  # a [[models]] table
+            per_host, size, flags = plan.num_devices, plan.group_size or plan.num_devices, f"[[models]] {plan.name!r}: "
+        else:  # the cluster already counted this host's devices (counting imports torch)
+            per_host = cluster.nproc_per_node if cluster else _num_devices(settings)
+            size, flags = settings.group.group_size or per_host * nnodes or 1, ""
         num_devices = per_host * nnodes
-        size = settings.group.group_size or num_devices or 1
         across = f" x --nnodes {nnodes}" if nnodes > 1 else ""
         if num_devices % size:
-            raise ConfigurationError(f"--num-devices {per_host}{across} is not a multiple of --group-size {size}")
+            raise ConfigurationError(
+                f"{flags}--num-devices {per_host}{across} is not a multiple of --group-size {size}"
+            )
         executor = plugins.executor(settings.group.executor)
         if nnodes > 1 and not executor.multi_node:
             raise ConfigurationError(
@@ -224,32 +260,31 @@ class ParaAttentionServer:
                 f"{num_devices} ranks (--num-devices {per_host}{across})"
             )
         executor_options = executor.parse_options(settings.group.executor_options)
-        options = settings.model.predictor_options()
-        predictor.configure(size, options)
+        defaults = configure(plan.predictor, size, plan.options)
         spec = RankSpec(
             world_size=size,
             control_host=settings.group.control_host,
             control_port=0,
             token="",
             generation=0,
-            predictor=settings.model.model if predictor_pickle is None else None,
-            predictor_pickle=predictor_pickle,
+            predictor=plan.spec,
+            predictor_pickle=plan.pickled,
             plugins=plugins.module_names(),
-            options=options,
+            options=plan.options,
             settings=settings.rank,
             log_level=settings.log_level,
+            log_format=settings.log_format,
+            model_name=plan.name,
             **(self._spans_hosts(cluster) if cluster else {}),
         )
-        groups = [
-            WorkerGroup(
-                index,
-                executor(size // nnodes, executor_options),
-                settings.group,
-                msgspec.structs.replace(spec, group=index, device_offset=index * size),
+        groups = []
+        for local in range(num_devices // size):
+            devices = plan.devices[local * size : (local + 1) * size] if plan.devices else None
+            ranks = msgspec.structs.replace(
+                spec, group=first + local, device_offset=device_offset + local * size, devices=devices
             )
-            for index in range(num_devices // size)
-        ]
-        return groups, spec
+            groups.append(WorkerGroup(first + local, executor(size // nnodes, executor_options), settings.group, ranks))
+        return groups, spec, defaults
 
     def _fleet(self, plugins: Plugins, service: JobService, spec: RankSpec) -> Fleet | None:
         """Hosts joining with their own groups: with a join token, or on a front (``--num-devices 0``)."""
@@ -304,10 +339,13 @@ def input_fetch(settings: Settings) -> Fetch | None:
     return fetch_input
 
 
-def _adapters(settings: Settings, predictor: Predictor) -> Adapters | None:
+def _adapters(settings: Settings, predictor: Predictor, *, none: bool = False) -> Adapters | None:
     """The adapters requests may apply (None: the predictor applies none); refuses
-    ``--lora`` and ``--lora-dir`` for a predictor that cannot apply them."""
+    ``--lora`` and ``--lora-dir`` for a predictor that cannot apply them. ``none``: an
+    empty registry (a model that may apply adapters but is offered none)."""
     model = settings.model
+    if none:
+        return Adapters.from_settings({}, None, model.max_loras_per_request) if predictor.supports_loras else None
     adapters = Adapters.from_settings(model.loras, model.lora_dir, model.max_loras_per_request)
     if not getattr(predictor, "supports_loras", False):
         if adapters.paths:

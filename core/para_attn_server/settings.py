@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from para_attn_server import settings_sources as sources
 from para_attn_server.errors import ConfigurationError
 
 MODEL_PATH_ENV = "PARA_ATTN_SERVER_MODEL_PATH"
@@ -31,7 +32,6 @@ JOIN_TOKEN_ENV = "PARA_ATTN_SERVER_JOIN_TOKEN"
 # Every variable of the server is PARA_ATTN_SERVER_*; the older name is still read (with a
 # warning) so that deployments setting it keep working.
 OLD_MODEL_PATH_ENV = "PARA_ATTN_MODEL_PATH"
-log = logging.getLogger("para_attn_server")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
@@ -40,15 +40,43 @@ Bytes = Annotated[int, msgspec.Meta(ge=0)]
 
 def _help(text: str, **extra: Any) -> msgspec.Meta:
     """A field's help text; ``extra`` holds command-line details: ``flags`` (instead of
-    ``--field-name``), ``metavar``, ``env`` (an environment variable that sets it) and
-    ``old_env`` (its older name, still read with a deprecation warning)."""
+    ``--field-name``), ``metavar``, ``env`` (an environment variable that sets it),
+    ``old_env`` (its older name, still read with a deprecation warning) and ``cli=False``
+    (no flag: set by the config file or the Python entry only)."""
     return msgspec.Meta(description=text, extra=extra)
+
+
+class ModelEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One model of a server serving several: a ``[[models]]`` table of ``--config``. Each
+    gets groups of its own; requests choose one by its ``name`` (their ``model`` field)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+    model: str | None = None  # predictor, as --model; None: detected from model_path
+    model_path: str | None = None
+    options: dict[str, Any] = {}
+    num_devices: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    devices: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None  # CUDA devices, instead of num_devices
+    group_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What is served."""
 
-    model: Annotated[str, _help("predictor: entry-point name or module:Class")] = "tiny"
+    model: Annotated[
+        str | None,
+        _help(
+            "predictor: installed name (as 'plugins' lists it), module:Class or path/file.py:Class "
+            "(default: detected from --model-path, else tiny)"
+        ),
+    ] = None
+    served_model_name: Annotated[
+        str | None,
+        _help("the name /v1/models, the logs and the web page show (default: --model-path's name, else --model)"),
+    ] = None
+    models: Annotated[
+        list[ModelEntry],
+        _help("several models, each with groups of its own ([[models]] tables of --config only)", cli=False),
+    ] = []
     model_path: Annotated[
         str | None,
         _help(
@@ -79,12 +107,6 @@ class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_loras_per_request: Annotated[
         int, msgspec.Meta(ge=1, le=64), _help("adapters one request may apply at once (its loras field)")
     ] = 4
-
-    def predictor_options(self) -> dict[str, str]:
-        """``options`` with ``model_path`` added when it is set."""
-        if self.model_path and "model_path" not in self.options:
-            return {**self.options, "model_path": self.model_path}
-        return dict(self.options)
 
 
 class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -270,6 +292,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     group: GroupSettings = msgspec.field(default_factory=GroupSettings)
     rank: RankSettings = msgspec.field(default_factory=RankSettings)
     log_level: Annotated[str, _help("log level: " + ", ".join(LOG_LEVELS))] = "INFO"
+    log_format: Annotated[
+        Literal["text", "json"], _help("one format for every line the server, its ranks and join print")
+    ] = "text"
     extensions: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
@@ -319,44 +344,36 @@ def fields(sections: dict[str, type[msgspec.Struct]] | None = None) -> Iterator[
             yield Field(section, info.name, info, described, dict(meta.extra or {}) if meta else {})
 
 
-def build(values: dict[str, Any], sections: dict[str, type[msgspec.Struct]] | None = None) -> Settings:
-    """Settings from flat values (``{"max_queue": 8, "host": ...}``); strings are converted
-    (``"8"`` -> 8). Unknown names and bad values raise ``ConfigurationError`` naming them."""
+def build(
+    values: dict[str, Any],
+    sections: dict[str, type[msgspec.Struct]] | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+    config_path: str = "config file",
+) -> Settings:
+    """Settings from flat values (``{"max_queue": 8}``; strings converted) over the variables
+    (``$PARA_ATTN_SERVER_MAX_QUEUE``) over ``config`` (``read_config_file``'s) over the
+    defaults. Unknown names and bad values raise ``ConfigurationError`` naming their source."""
     sections = {**CORE_SECTIONS, **(sections or {})}
-    owner = {field.name: field.section for field in fields(sections)}
-    unknown = sorted(set(values) - set(owner))
-    if unknown:
+    known = {field.name: field for field in fields(sections)}
+    if unknown := sorted(set(values) - set(known)):
         raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
-    for field in fields(sections):
-        variable, old = field.extra.get("env"), field.extra.get("old_env")
-        if variable and values.get(field.name) is None and (value := _environ(variable, old)):
-            values = {**values, field.name: value}
-    grouped: dict[str, dict[str, Any]] = {name: {} for name in sections}
-    root: dict[str, Any] = {}
+    values, labels = sources.layered(values, config or {}, config_path, known, dict(os.environ))
+    tree: dict[str, Any] = {name: {} for name in sections}
     for name, value in values.items():
-        (grouped[owner[name]] if owner[name] else root)[name] = value
-    built: dict[str, Any] = {}
-    for name, cls in sections.items():
-        try:
-            built[name] = msgspec.convert(grouped[name], cls, strict=False)
-        except msgspec.ValidationError as exc:
-            raise ConfigurationError(describe_error(exc)) from None
-    extensions = {name: built.pop(name) for name in list(built) if name not in CORE_SECTIONS}
+        (tree[known[name].section] if known[name].section else tree)[name] = value
+    plugins = {name: cls for name, cls in sections.items() if name not in CORE_SECTIONS}
     try:
-        return Settings(**built, **root, extensions=extensions)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(str(exc)) from None
+        tree["extensions"] = {name: msgspec.convert(tree.pop(name), cls, strict=False) for name, cls in plugins.items()}
+        return msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(sources.explain(exc, values, known, labels)) from None
 
 
-def _environ(variable: str, old: str | None = None) -> str | None:
-    """The variable's value, else that of its older name ``old`` (a field's ``old_env``),
-    else None."""
-    if value := os.environ.get(variable):
-        return value
-    if old and (value := os.environ.get(old)):
-        log.warning("$%s is deprecated: set $%s instead", old, variable)
-        return value
-    return None
+def read_config_file(path: str, sections: dict[str, type[msgspec.Struct]] | None = None) -> dict[str, Any]:
+    """The settings of a TOML file (``--config``), flat, for ``build``'s ``config``; its
+    keys are checked against the tree with the plugins' ``sections``."""
+    return sources.config_values(sources.load_config(path), path, list(fields(sections)))
 
 
 def describe_error(exc: msgspec.ValidationError) -> str:

@@ -11,14 +11,15 @@ import msgspec
 from para_attn_client.wire import AppliedLora, JobList, JobView
 from para_attn_server.adapters import LORAS, AdapterStats
 from para_attn_server.records import JobRecord, JobState
-from para_attn_server.schema import PRIORITY
+from para_attn_server.schema import MODEL, PRIORITY
 
 __all__ = ["GroupStatus", "JobList", "JobView", "MetricsSnapshot", "RankRow", "ServerStatus", "job_view"]
 
 
-def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
+def job_view(record: JobRecord, queue_position: int | None = None, model: str | None = None) -> JobView:
     """The record as the /v1 API shows it (``JobView`` and ``JobList`` are the client's
-    wire types: the client decodes exactly what is sent)."""
+    wire types: the client decodes exactly what is sent); ``model``: its served model's
+    name, on a server that serves several."""
     applied = record.inputs.get(LORAS)
     return JobView(
         id=record.id,
@@ -39,6 +40,7 @@ def job_view(record: JobRecord, queue_position: int | None = None) -> JobView:
         loras=[AppliedLora(lora["name"], lora.get("scale", 1.0)) for lora in applied] if applied else None,
         priority=record.inputs.get(PRIORITY) or 0,
         batch_size=record.batch_size,
+        model=model or record.inputs.get(MODEL),
         attempts=list(record.runs()) if record.attempts else None,
     )
 
@@ -61,6 +63,7 @@ class GroupStatus(msgspec.Struct):
     ranks: list[RankRow]
     adapters: AdapterStats = msgspec.field(default_factory=AdapterStats)  # its adapter cache
     host: str = ""  # the host its ranks run on
+    model: str = ""  # the served model whose jobs it runs
 
 
 class HostStatus(msgspec.Struct):
@@ -77,6 +80,17 @@ class HostStatus(msgspec.Struct):
     reason: str | None = None  # why it left, was lost or refused
 
 
+class ModelStatus(msgspec.Struct):
+    """A served model: requests choose it by ``name`` (their ``model`` field)."""
+
+    name: str
+    predictor: str  # its predictor's class
+    groups: list[int]  # the groups that run its jobs
+    queue_length: int
+    submitted: int = 0
+    finished: dict[str, int] = {}  # by final state
+
+
 class ServerStatus(msgspec.Struct):
     status: str  # "server is running", "starting" or "restarting"
     ready: bool  # at least one group can take jobs
@@ -88,6 +102,7 @@ class ServerStatus(msgspec.Struct):
     last_fault: str | None
     groups: list[GroupStatus]
     hosts: list[HostStatus] = []
+    models: list[ModelStatus] = []
 
 
 class MetricsSnapshot(msgspec.Struct):
@@ -103,3 +118,4 @@ class MetricsSnapshot(msgspec.Struct):
     batch_sizes: dict[int, int] = {}  # pipeline calls started, by how many jobs they ran
     requeued: int = 0  # runs cut short by a lost rank or host that were queued again
     hosts: list[HostStatus] = []
+    models: list[ModelStatus] = []

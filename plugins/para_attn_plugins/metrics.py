@@ -7,9 +7,12 @@ process (tests, an embedding program) never share or clash on a metric. What it 
   jobs submitted, rejected (queue full) and finished by state; jobs waiting and running
   (also as ``num_requests_waiting`` / ``num_requests_running``, the names load-balancing
   routers read), waiting by priority, pipeline calls by batch size (a histogram); per
-  worker group (labels ``group`` and ``host``, the host its ranks run on): ready, ranks up,
-  ranks, restarts, and its adapter (LoRA) cache: adapters loaded, loads, evictions, and
-  load seconds (a histogram);
+  worker group (labels ``group``, ``host``: the host its ranks run on, and ``model``: the
+  served model whose jobs it runs): ready, ranks up, ranks, restarts, and its adapter (LoRA)
+  cache: adapters loaded, loads, evictions, and load seconds (a histogram);
+- per served model (label ``model``; one series each on a server of one):
+  ``para_attn_model_queue_length``, ``para_attn_model_jobs_submitted_total`` and
+  ``para_attn_model_jobs_finished_total{state}``;
 - per host (label ``host``: the server's own, in state ``local``, and each host that
   joined, kept after it left or was lost): ``para_attn_host_up`` (1 while it takes new
   jobs: local or serving), ``para_attn_host_state{state}`` (1 for its state, 0 for every
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, cast
@@ -47,7 +50,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
-from para_attn_server.plugin import ADAPTER_LOAD_BUCKETS, GroupStatus, HostStatus, JobRecord, Jobs, JobState, hookimpl
+from para_attn_server.plugin import (
+    ADAPTER_LOAD_BUCKETS,
+    GroupStatus,
+    HostStatus,
+    JobRecord,
+    Jobs,
+    JobState,
+    ModelStatus,
+    hookimpl,
+)
 
 HTTP_PREFIX = "para_attn_http"
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -55,7 +67,7 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-GROUP_LABELS = ["group", "host"]
+GROUP_LABELS = ["group", "host", "model"]
 HOST_STATES = ("local", "serving", "draining", "left", "lost", "refused")  # HostStatus.state
 SERVING_STATES = frozenset({"local", "serving"})
 
@@ -188,6 +200,7 @@ class _ServiceCollector:
         yield from _group_metrics(m.groups)
         yield from _adapter_metrics(m.groups)
         yield from _host_metrics(m.hosts)
+        yield from _model_metrics(m.models, m.finished)
 
 
 def _batch_sizes(sizes: dict[int, int]) -> Metric:
@@ -212,7 +225,7 @@ def _group_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
         "para_attn_group_restarts", "Worker group restarts after a fault.", labels=GROUP_LABELS
     )
     for group in groups:
-        label = [str(group.group), group.host]
+        label = [str(group.group), group.host, group.model]
         ready.add_metric(label, int(group.ready))
         up.add_metric(label, sum(rank.state != "starting" for rank in group.ranks))
         ranks.add_metric(label, len(group.ranks))
@@ -248,6 +261,25 @@ def _host_metrics(hosts: Sequence[HostStatus]) -> Iterator[Metric]:
     yield from (up, state, groups, devices, runs, seen)
 
 
+def _model_metrics(models: Sequence[ModelStatus], finished_states: Collection[str]) -> Iterator[Metric]:
+    """Each served model's queue and jobs. Every final state the service counts has a
+    series per model, 0 until one ends so: a series that appears late cannot be alerted on."""
+    queued = GaugeMetricFamily("para_attn_model_queue_length", "Jobs of the model waiting in the queue.",
+                               labels=["model"])  # fmt: skip
+    submitted = CounterMetricFamily(
+        "para_attn_model_jobs_submitted", "Jobs of the model accepted into the queue.", labels=["model"]
+    )
+    finished = CounterMetricFamily(
+        "para_attn_model_jobs_finished", "Jobs of the model that ended, by final state.", labels=["model", "state"]
+    )
+    for model in models:
+        queued.add_metric([model.name], model.queue_length)
+        submitted.add_metric([model.name], model.submitted)
+        for state in sorted({*finished_states, *model.finished}):
+            finished.add_metric([model.name, state], model.finished.get(state, 0))
+    yield from (queued, submitted, finished)
+
+
 def _adapter_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
     """Each group's adapter (LoRA) cache, as its ranks reported it."""
     loaded = GaugeMetricFamily("para_attn_adapters_loaded", "Adapters the group holds loaded.", labels=GROUP_LABELS)
@@ -259,7 +291,7 @@ def _adapter_metrics(groups: list[GroupStatus]) -> Iterator[Metric]:
         "para_attn_adapter_load_seconds", "Seconds the group took to load an adapter.", labels=GROUP_LABELS
     )
     for group in groups:
-        label, stats = [str(group.group), group.host], group.adapters
+        label, stats = [str(group.group), group.host, group.model], group.adapters
         loaded.add_metric(label, len(stats.loaded))
         loads.add_metric(label, stats.loads)
         evictions.add_metric(label, stats.evictions)

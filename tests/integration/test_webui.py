@@ -23,42 +23,21 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, expect
 
+from tests.browser import TIMEOUT_MS, chromium
 from tests.conftest import Server
 
-CHROMIUM = Path(os.environ.get("PARA_ATTN_CHROMIUM", "/usr/bin/chromium"))
-INSTALL = "apt-get install -y --no-install-recommends chromium fonts-liberation"
-# No sandbox: CI runs as root, where chromium refuses its sandbox. The rest keep a browser
-# on a machine without network from reaching out to Google's services on its own.
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 KEY = "webui-test-key"
-TIMEOUT_MS = 60_000  # two busy cores: the server, two ranks and a browser share them
-# Fields of the server itself (where to write the output, where to post events): not on the form.
-SERVER_FIELDS = {"output_path", "webhook", "webhook_events_filter"}
+# Fields of the server itself (where to write the output, where to post events, which served
+# model runs it: a selector's, on a server of several): not on the form.
+SERVER_FIELDS = {"output_path", "webhook", "webhook_events_filter", "model"}
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"the web page tests drive Debian's chromium, and {CHROMIUM} is missing: install it with "
-            f"`sudo {INSTALL}` (`make test` does this itself when run as root)",
-            pytrace=False,
-        )
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ KEY = "s3cret-" + uuid.uuid4().hex
 MAX_BODY = 4096
 UNAUTHORIZED = {"error": "missing or invalid API key"}
 # The openai plugin's routes refuse in OpenAI's error shape, which its clients read.
-OPENAI_ROUTES = re.compile(r"^/v1/(images|videos|models)(/|$)")
+# The OpenAI API's routes answer in its error shape; a model's request schema is the core's.
+OPENAI_ROUTES = re.compile(r"^/v1/(images|videos|models)(/|$)(?!.*/schema$)")
 OPENAI_UNAUTHORIZED = {
     "error": {
         "message": "missing or invalid API key", "type": "invalid_request_error", "param": None,

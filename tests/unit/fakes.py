@@ -128,10 +128,17 @@ class FakeGroup:
     """
 
     def __init__(
-        self, *, cancel_grace: float = 5.0, stop_on_cancel: bool = True, index: int = 0, host: str = "fake-host"
+        self,
+        *,
+        cancel_grace: float = 5.0,
+        stop_on_cancel: bool = True,
+        index: int = 0,
+        host: str = "fake-host",
+        model: str = "",
     ) -> None:
         self.index = index
         self.host = host
+        self.model = model
         self.world_size = 2
         self.settings = GroupSettings(cancel_grace=cancel_grace)
         self.stop_on_cancel = stop_on_cancel
@@ -216,7 +223,9 @@ class FakeGroup:
 
     def status(self) -> GroupStatus:
         busy = self.current is not None
-        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows())
+        return GroupStatus(
+            self.index, self.ready, busy, self.restarts, self.last_fault, self.rank_rows(), model=self.model
+        )
 
 
 def watch_subscriptions(service: JobService, monkeypatch: Any) -> asyncio.Event:

@@ -1,5 +1,5 @@
-"""cli: the ``para-attn-server`` command's flags map onto the settings tree, and ``plugins``
-prints what is installed."""
+"""cli: the ``para-attn-server`` command's flags map onto the settings tree, and ``plugins
+--json`` prints what is installed (test_cli_polish.py: the table, --version, one-line errors)."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_plugins_command_prints_the_installed_plugins_as_json(
 ) -> None:
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
 
-    assert cli.main(["plugins"]) == 0
+    assert cli.main(["plugins", "--json"]) == 0
 
     rows: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
     predictors = {name: row for row in rows for name in row["predictors"]}
@@ -218,17 +218,17 @@ def entry_point_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_a_start_from_the_command_line_loads_the_plugins_once(
-    entry_point_loads: list[str], capsys: pytest.CaptureFixture[str]
+    entry_point_loads: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     # An unknown model stops the start right after the server has its plugins.
-    assert cli.main(["--model", "no-such-model"]) == 2
+    assert cli.main(["--model", "no-such-model", "--port", "0", "--output-dir", str(tmp_path)]) == 2
 
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
     assert entry_point_loads == ["para_attn_server"]
 
 
 def test_a_start_from_the_python_entry_loads_the_plugins_once(entry_point_loads: list[str], tmp_path: Path) -> None:
-    server = ParaAttentionServer("no-such-model", output_dir=str(tmp_path))
+    server = ParaAttentionServer("no-such-model", port=0, output_dir=str(tmp_path))
 
     with pytest.raises(ConfigurationError, match="unknown model 'no-such-model'"):
         asyncio.run(server.serve())

@@ -9,7 +9,7 @@ import pytest
 
 from para_attn_server import ConfigurationError, InputError, Output, Predictor
 from para_attn_server.legacy import as_predictor
-from para_attn_server.schema import OUTPUT_PATH, InputSchema, RequestField
+from para_attn_server.schema import MODEL, OUTPUT_PATH, InputSchema, RequestField
 from tests.unit.fakes import EchoPredictor, KwargsPredictor, LegacyPredictor
 
 
@@ -22,7 +22,7 @@ def field_info(schema: InputSchema) -> dict[str, msgspec.inspect.Field]:
 def test_fields_follow_predict_parameters_and_add_output_path() -> None:
     fields = field_info(InputSchema(EchoPredictor()))
 
-    assert list(fields) == ["prompt", "repeat", "scale", "tags", OUTPUT_PATH]
+    assert list(fields) == ["prompt", "repeat", "scale", "tags", OUTPUT_PATH, MODEL]
 
 
 def test_defaults_come_from_predict_and_parameters_without_one_are_required() -> None:
@@ -175,7 +175,7 @@ def test_positional_varargs_are_not_fields() -> None:
         def predict(self, *images: Any, prompt: str = "") -> None:
             return None
 
-    assert list(field_info(InputSchema(Star()))) == ["prompt", OUTPUT_PATH]
+    assert list(field_info(InputSchema(Star()))) == ["prompt", OUTPUT_PATH, MODEL]
 
 
 # ---- fields plugins add (register_request_fields) -------------------------------------------
@@ -196,7 +196,7 @@ def test_plugin_fields_join_the_schema_with_their_defaults() -> None:
     fields = field_info(schema)
     inputs = schema.decode_json(b'{"prompt": "a"}')
 
-    assert list(fields) == ["prompt", "repeat", "scale", "tags", OUTPUT_PATH, "hook", "hook_events"]
+    assert list(fields) == ["prompt", "repeat", "scale", "tags", OUTPUT_PATH, MODEL, "hook", "hook_events"]
     assert (inputs["hook"], inputs["hook_events"]) == (None, ["start"])
     inputs["hook_events"].append("changed")
     assert schema.decode_json(b'{"prompt": "a"}')["hook_events"] == ["start"]  # a fresh copy per request
@@ -251,3 +251,35 @@ def test_a_kwargs_predictor_takes_plugin_fields_without_a_clash() -> None:
     schema = InputSchema(KwargsPredictor(), [HOOK])
 
     assert schema.decode_json(b'{"prompt": "a", "hook": "http://x/"}')["hook"] == "http://x/"
+
+
+# ---- the model field and -o defaults ----------------------------------------------------------
+
+
+def test_the_model_field_is_the_servers_kept_only_when_chosen_and_never_sent_to_the_ranks() -> None:
+    schema = InputSchema(EchoPredictor(), model="echo")
+
+    assert "model" not in schema.decode_json(b'{"prompt": "a"}')  # a one-model server's inputs as before
+    chosen = schema.decode_json(b'{"prompt": "a", "model": "echo"}')
+    assert chosen["model"] == "echo"
+    assert "model" not in schema.rank_inputs(chosen)
+    assert "model" not in schema.predict_kwargs(chosen)
+
+
+def test_a_predict_parameter_named_model_is_refused_at_start() -> None:
+    class Named:
+        def predict(self, model: str = "x") -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match="takes 'model'"):
+        InputSchema(Named())
+
+
+def test_defaults_replace_predicts_own_checked_against_the_fields_limits() -> None:
+    schema = InputSchema(EchoPredictor(), defaults={"repeat": 3, "prompt": "a cat"})
+
+    assert schema.decode_json(b"{}") == {"prompt": "a cat", "repeat": 3, "scale": 3.5, "tags": [], OUTPUT_PATH: None}
+    with pytest.raises(ConfigurationError, match="-o defaults: repeat: Expected `int` >= 1"):
+        InputSchema(EchoPredictor(), defaults={"repeat": 0})
+    with pytest.raises(ConfigurationError, match="'colour' is not a request field"):
+        InputSchema(EchoPredictor(), defaults={"colour": "red"})

@@ -92,6 +92,9 @@ class JobView(msgspec.Struct, omit_defaults=True, frozen=True):
     batch_size: Annotated[
         int | None, Meta(description="Once started: how many jobs shared its pipeline call (itself included)")
     ] = None
+    model: Annotated[str | None, Meta(description="The served model that runs it, on a server that serves several")] = (
+        None
+    )
     attempts: Annotated[
         list[Attempt] | None,
         Meta(description="When a run was cut short by a lost rank or host and the job ran again: every run, in order"),

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from typing import Any
 
@@ -40,6 +39,7 @@ from para_attn_server.cluster.spec import (
     installed_plugins,
     reachable,
 )
+from para_attn_server.logs import current_format
 from para_attn_server.plugin.manager import Plugins, version
 from para_attn_server.workers.executor import Executor
 
@@ -77,6 +77,7 @@ class LocalGroup:
             control_host=reachable(spec.control_host, self.agent.url),
             join_token=self.agent.token,
             node=self.agent.offer.name,
+            log_format=current_format(),  # the ranks print to this host's output: its format
         )
         log.info("group %d: starting generation %d (%d rank(s))", self.index, spec.generation, spec.world_size)
         self.generation, self.running = spec.generation, True
@@ -270,7 +271,7 @@ async def serve_host(url: str, token: str, num_devices: int, group_size: int | N
         await agent.run()
         return 0
     except JoinRefusedError as exc:
-        print(f"para-attn-server join: error: {exc}", file=sys.stderr)
+        log.error("refused: %s", exc)
         return 2
     except asyncio.CancelledError:
         log.warning("stopped at once: the ranks here are stopped")

@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -44,6 +43,7 @@ from para_attn_server.cluster.spec import (
     reachable,
     split_endpoint,
 )
+from para_attn_server.logs import FORMATS, configure_logging, current_format
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.settings import JOIN_TOKEN_ENV, LOG_LEVELS
 from para_attn_server.workers.executor import RANK_SPEC_ENV, die_with_parent
@@ -79,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default=socket.gethostname(), help="this node's name in the server's messages")
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.add_argument(
+        "--log-format", default="text", choices=FORMATS, help="text, or JSON a line: this host's ranks print it too"
+    )
     return p
 
 
@@ -167,6 +170,7 @@ class JoinedNode:
             rendezvous=msgspec.structs.replace(rendezvous, endpoint=endpoint),
             node=self.name,
             join_token=self.token,
+            log_format=current_format(),  # the ranks print to this host's output: its format
         )
         log.info(
             "joining generation %d of group %d: torchrun's agent for %d rank(s), rendezvous at %s",
@@ -196,7 +200,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_level, args.log_format, role="join", context={"node": args.name})
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
     if not args.token:
         parser().error(f"--token (or ${JOIN_TOKEN_ENV}) is required: the server logs it at start")
@@ -212,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spans_hosts = args.group_size is None and node.spans_hosts()
     except JoinRefusedError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        log.error("refused: %s", exc)  # a line in the --log-format, as every other
         return 2
     if not spans_hosts:
         from para_attn_server.cluster.hostagent import serve_host
@@ -223,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         node.run()
     except JoinRefusedError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        log.error("refused: %s", exc)  # a line in the --log-format, as every other
         return 2
     except _Stop:
         log.info("stopping: the agent and its ranks leave the group")

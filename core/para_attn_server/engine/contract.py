@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class Group(Protocol):
     index: int  # its place among the server's groups; the dispatcher's key (never reused)
     host: str  # the name of the host its ranks run on (a group across hosts: the server's)
+    model: str  # the served model whose jobs it runs (its name)
     restarts: int  # the supervisor counts them
     settings: GroupSettings
     last_fault: str | None

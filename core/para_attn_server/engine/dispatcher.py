@@ -6,6 +6,10 @@ the job applies (``wants``), so it need not load them. When no idle group holds 
 holds every adapter of the job behind it, that job goes first: a job is overtaken this way
 once at most, so affinity never delays a job by more than one other.
 
+Models (a server serving several): each group serves one model (``group.model``) and takes
+only that model's jobs (``model_of``). Each model is a lane: the order above applies among
+its jobs, and a queued job whose model has no idle group never holds up another model's.
+
 Batching (``Batching``, off at ``max_size`` 1): the jobs queued with the head's batch key
 (the predictor's ``batch_key``; None: never batched) go with it, up to ``max_size``, in
 queue order. With ``wait`` > 0 a head whose batch is not full waits up to that long since
@@ -18,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from para_attn_server.engine.queue import JobQueue
 
@@ -51,11 +55,13 @@ class Dispatcher(Generic[J]):
         execute: Callable[[list[J], Group], Awaitable[None]],
         wants: Callable[[J], Collection[str]] = lambda job: (),
         batching: Batching[J] | None = None,
+        model_of: Callable[[J], str] = lambda job: "",
     ) -> None:
         self.groups: list[Group] = []
         self.queue = queue
         self._execute = execute
         self._wants = wants  # the adapters a job applies
+        self._model_of = model_of
         self.batching: Batching[J] = batching or Batching()
         self._overtaken: set[int] = set()  # id() of queued jobs another went ahead of
         self._busy: dict[int, list[J]] = {}  # group index -> the jobs it runs
@@ -92,31 +98,39 @@ class Dispatcher(Generic[J]):
         """Something changed: a job was queued, a group became ready, a job ended."""
         self._wake.set()
 
-    def pick(self) -> Group | None:
-        """The group for the job at the head of the queue: an idle, ready one, the one
-        holding most of its adapters first (the first such by index)."""
-        idle = self._idle_groups()
-        if not idle or not self.queue:
-            return idle[0] if idle else None
-        wants = self._wants(self.queue[0])
-        return max(idle, key=lambda group: len(_held(group, wants))) if wants else idle[0]
-
     def take(self) -> tuple[list[J], Group] | None:
         """The next jobs to start (one, or a batch) and their group, out of the queue
         (None: nothing can start now)."""
-        group = self.pick()
-        if group is None or not self.queue:
-            return None
-        head = self.queue[0]
+        for lane, idle in self._lanes():
+            if lane:
+                taken = self._take(lane, idle)
+                if taken is not None:
+                    return taken
+        return None
+
+    def _lanes(self) -> Iterator[tuple[Sequence[J], list[Group]]]:
+        """Each model with an idle group: its queued jobs in order, and those groups. One
+        model (the usual server) is the whole queue."""
+        idle = self._idle_groups()
+        models = {group.model for group in idle}
+        if len(models) == 1 and all(group.model in models for group in self.groups):
+            yield cast(Sequence[J], self.queue), idle  # indexable and sized: a lane as it is
+            return
+        for model in sorted(models):
+            yield [job for job in self.queue if self._model_of(job) == model], [g for g in idle if g.model == model]
+
+    def _take(self, lane: Sequence[J], idle: list[Group]) -> tuple[list[J], Group] | None:
+        head = lane[0]
         wants = self._wants(head)
-        if wants and len(_held(group, wants)) < len(wants) and len(self.queue) > 1 and id(head) not in self._overtaken:
-            second = self.queue[1]
+        group = max(idle, key=lambda g: len(_held(g, wants))) if wants else idle[0]
+        if wants and len(_held(group, wants)) < len(wants) and len(lane) > 1 and id(head) not in self._overtaken:
+            second = lane[1]
             behind = self._wants(second)
-            holder = next((g for g in self._idle_groups() if behind and len(_held(g, behind)) == len(behind)), None)
+            holder = next((g for g in idle if behind and len(_held(g, behind)) == len(behind)), None)
             if holder is not None:
                 self._overtaken.add(id(head))
-                return self._batch(second), holder
-        jobs = self._batch(head, hold=True)
+                return self._batch(second, lane), holder
+        jobs = self._batch(head, lane, hold=True)
         if not jobs:
             return None  # the head waits for its batch to fill
         self._overtaken.discard(id(head))
@@ -124,14 +138,14 @@ class Dispatcher(Generic[J]):
             self._overtaken &= {id(job) for job in self.queue}
         return jobs, group
 
-    def _batch(self, first: J, *, hold: bool = False) -> list[J]:
-        """``first`` and the queued jobs with its batch key, out of the queue; with ``hold``,
-        none when the batch is not full and ``first`` may still wait for more."""
+    def _batch(self, first: J, lane: Sequence[J], *, hold: bool = False) -> list[J]:
+        """``first`` and the jobs of its lane with its batch key, out of the queue; with
+        ``hold``, none when the batch is not full and ``first`` may still wait for more."""
         batching = self.batching
         key = batching.key(first) if batching.max_size > 1 else None
         jobs = [first]
         if key is not None:
-            alike = [job for job in self.queue if job is not first and batching.key(job) == key]
+            alike = [job for job in lane if job is not first and batching.key(job) == key]
             jobs += alike[: batching.max_size - 1]
             waited = time.time() - batching.arrived(first)
             if hold and len(jobs) < batching.max_size and waited < batching.wait:

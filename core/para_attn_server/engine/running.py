@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from para_attn_server.engine.contract import Group
     from para_attn_server.engine.dispatcher import Dispatcher
     from para_attn_server.engine.inputs import InputResolver
+    from para_attn_server.engine.models import ServedModels
     from para_attn_server.engine.observers import JobObservers
     from para_attn_server.engine.queue import JobQueue
     from para_attn_server.engine.registry import JobRegistry
     from para_attn_server.engine.saver import OutputSaver
-    from para_attn_server.schema import InputSchema
     from para_attn_server.settings import JobSettings
 
 log = logging.getLogger("para_attn_server.jobs")
@@ -46,7 +46,7 @@ class JobRunning:
     queue: JobQueue[Job]
     counters: dict[str, int]
     media: InputResolver
-    schema: InputSchema
+    models: ServedModels
     settings: JobSettings
     registry: JobRegistry
     saver: OutputSaver
@@ -86,7 +86,7 @@ class JobRunning:
                     continue
                 try:
                     media.update(await self.media.read(job.record) or {})
-                    inputs = self.schema.rank_inputs(job.record.inputs)
+                    inputs = self.models.of(job.record.inputs).schema.rank_inputs(job.record.inputs)
                 except (InputGoneError, InputError) as exc:  # its pictures, or an adapter, gone since
                     self._finish(job, JobState.FAILED, str(exc))
                     continue

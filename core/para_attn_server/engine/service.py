@@ -22,6 +22,7 @@ import msgspec
 from para_attn_server.engine.dispatcher import Batching, Dispatcher
 from para_attn_server.engine.inputs import Fetch, InputResolver
 from para_attn_server.engine.membership import GroupMembership
+from para_attn_server.engine.models import ServedModel, ServedModels
 from para_attn_server.engine.observers import EventStreams, JobObserver, JobObservers
 from para_attn_server.engine.queue import JobQueue
 from para_attn_server.engine.registry import NOT_ASKED, Job, JobEvent, JobRegistry, adapters_of
@@ -30,7 +31,7 @@ from para_attn_server.engine.saver import OutputSaver
 from para_attn_server.engine.status import metrics_snapshot, server_status
 from para_attn_server.errors import IdConflictError, InputError, JournalError, NotReadyError, QueueFullError
 from para_attn_server.records import TERMINAL, JobRecord, JobState
-from para_attn_server.schema import MAX_QUEUE_SECONDS, OUTPUT_PATH, PRIORITY
+from para_attn_server.schema import MAX_QUEUE_SECONDS, MODEL, OUTPUT_PATH, PRIORITY
 from para_attn_server.settings import JobSettings
 from para_attn_server.storage.outputs import Held, OutputCache
 from para_attn_server.storage.temporaries import sweep_temporaries
@@ -59,12 +60,15 @@ class JobService(GroupMembership, JobRunning):
         settings: JobSettings,
         journal: JobJournal | None = None,
         fetch: Fetch | None = None,
+        more_models: Sequence[ServedModel] = (),
     ) -> None:
+        """``predictor`` and ``schema``: the first (default) model's; ``more_models``: the
+        others a server with several serves (their groups are among ``groups``)."""
         self.journal = journal
         self.store = store
         self.plugins = plugins
-        self.predictor = predictor
-        self.schema = schema
+        first = ServedModel(schema.name or "", predictor, schema)
+        self.models = ServedModels((model.name, model) for model in [first, *more_models])
         self.settings = settings
         self.outputs = OutputCache(settings.output_memory_bytes)
         self.registry = JobRegistry(store, self.outputs, settings, journal)
@@ -79,7 +83,9 @@ class JobService(GroupMembership, JobRunning):
         self.finished_by_state: dict[str, int] = {s.value: 0 for s in TERMINAL}
         self.run_seconds_ewma: float | None = None
         batching = Batching(settings.max_batch, settings.batch_wait_ms / 1000, self._batch_key, _arrived)
-        self.dispatcher: Dispatcher[Job] = Dispatcher(groups, self.queue, self._execute, adapters_of, batching)
+        self.dispatcher: Dispatcher[Job] = Dispatcher(
+            groups, self.queue, self._execute, adapters_of, batching, self.model_of
+        )
         self.batch_sizes: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._supervisors: dict[int, asyncio.Task[None]] = {}
@@ -91,6 +97,20 @@ class JobService(GroupMembership, JobRunning):
         self._cancel_asked: set[str] = set()  # ids cancelled while their submit was being received
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
         self.observers = JobObservers(plugins)
+
+    @property
+    def predictor(self) -> Predictor:
+        """The first model's predictor (the plugins' face shows it)."""
+        return self.models.first.predictor
+
+    @property
+    def schema(self) -> InputSchema:
+        """The first model's request schema (the original endpoints decode with it)."""
+        return self.models.first.schema
+
+    @schema.setter
+    def schema(self, schema: InputSchema) -> None:
+        self.models.first.schema = schema
 
     def add_listener(self, listener: JobObserver) -> Callable[[], None]:
         """Call ``listener(kind, record)`` at every job event (``observers.JobObserver``);
@@ -104,7 +124,7 @@ class JobService(GroupMembership, JobRunning):
         count, requeued = self.registry.recover(time.time())
         for job in requeued:
             try:  # the model served now may not be the one the job was accepted for
-                self.schema.check_stored(job.record.inputs)
+                self.models.of(job.record.inputs).schema.check_stored(job.record.inputs)
             except (msgspec.ValidationError, InputError) as exc:
                 self._finish(job, JobState.FAILED, f"after a restart its inputs no longer fit this model ({exc})")
             else:
@@ -146,7 +166,8 @@ class JobService(GroupMembership, JobRunning):
                 return existing, False
         if not self.accepting:
             raise NotReadyError("the server is not accepting jobs (starting up or shutting down)")
-        self.plugins.validate(self.predictor, inputs)
+        served = self.models.of(inputs)
+        self.plugins.validate(served.predictor, inputs)
         output_file = None
         if inputs.get(OUTPUT_PATH) is not None:
             output_file = str(self.store.confine(inputs[OUTPUT_PATH]))
@@ -167,6 +188,7 @@ class JobService(GroupMembership, JobRunning):
         if self.started:
             self._deadline(job)
         self.counters["submitted"] += 1
+        served.submitted += 1
         self._changed(job)
         self.dispatcher.wake()
         return job, True
@@ -253,7 +275,7 @@ class JobService(GroupMembership, JobRunning):
         if job.state is JobState.QUEUED:
             with contextlib.suppress(ValueError):
                 position = self.queue.index(job)
-        return job_view(job.record, position)
+        return job_view(job.record, position, self.model_of(job) if len(self.models) > 1 else None)
 
     def held_output(self, job: Job) -> Held | None:
         """The job's output if it is still held in memory (bytes, or base64 text)."""
@@ -294,6 +316,9 @@ class JobService(GroupMembership, JobRunning):
             took = now - started
             self.run_seconds_ewma = took if self.run_seconds_ewma is None else 0.8 * self.run_seconds_ewma + 0.2 * took
         self.finished_by_state[state.value] += 1
+        served = self.models.get(self.model_of(job))
+        if served is not None:
+            served.finished[state.value] = served.finished.get(state.value, 0) + 1
         self.registry.ended(job)
         self._changed(job, journal=journal)
         job.done.set()
@@ -314,11 +339,16 @@ class JobService(GroupMembership, JobRunning):
 
     # ---- scheduling -------------------------------------------------------------------
 
+    def model_of(self, job: Job) -> str:
+        """The name of the served model the job chose."""
+        return job.record.inputs.get(MODEL) or self.models.first.name
+
     def _batch_key(self, job: Job) -> Hashable:
-        """Jobs with equal keys (not None) may share a pipeline call (``Predictor.batch_key``)."""
+        """Jobs with equal keys (not None) may share a pipeline call (``Predictor.batch_key``);
+        the dispatcher batches only jobs of one model."""
         if job.batch_key is NOT_ASKED:
             try:
-                job.batch_key = self.plugins.batch_key(self.predictor, job.record.inputs)
+                job.batch_key = self.plugins.batch_key(self.models.of(job.record.inputs).predictor, job.record.inputs)
             except Exception:  # a predictor's bug: the job runs alone
                 log.exception("job %s: batch_key failed; it runs alone", job.id)
                 job.batch_key = None

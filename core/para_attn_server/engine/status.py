@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from para_attn_server.plugin.manager import version
-from para_attn_server.views import HostStatus, MetricsSnapshot, RankRow, ServerStatus
+from para_attn_server.views import HostStatus, MetricsSnapshot, ModelStatus, RankRow, ServerStatus
 
 if TYPE_CHECKING:
     from para_attn_server.engine.service import JobService
@@ -29,6 +29,7 @@ def server_status(service: JobService) -> ServerStatus:
         last_fault=faults[-1] if faults else None,
         groups=groups,
         hosts=host_rows(service),
+        models=model_rows(service),
     )
 
 
@@ -44,6 +45,25 @@ def host_rows(service: JobService) -> list[HostStatus]:
     return rows
 
 
+def model_rows(service: JobService) -> list[ModelStatus]:
+    """Every served model with its groups, its queued jobs and its counts."""
+    queued: dict[str, int] = {}
+    for job in service.queue:
+        name = service.model_of(job)
+        queued[name] = queued.get(name, 0) + 1
+    return [
+        ModelStatus(
+            name=name,
+            predictor=model.predictor_class.__name__,
+            groups=[group.index for group in service.groups if group.model == name],
+            queue_length=queued.get(name, 0),
+            submitted=model.submitted,
+            finished=dict(model.finished),
+        )
+        for name, model in service.models.items()
+    ]
+
+
 def metrics_snapshot(service: JobService) -> MetricsSnapshot:
     return MetricsSnapshot(
         submitted=service.counters["submitted"],
@@ -56,4 +76,5 @@ def metrics_snapshot(service: JobService) -> MetricsSnapshot:
         batch_sizes=dict(service.batch_sizes),
         requeued=service.counters["requeued"],
         hosts=host_rows(service),
+        models=model_rows(service),
     )

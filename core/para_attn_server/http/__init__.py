@@ -14,7 +14,11 @@ and documents it. Plugins add routes (``register_routes``).
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from litestar import Litestar
+from litestar.logging.config import BaseLoggingConfig
 from litestar.plugins import InitPluginProtocol
 
 from para_attn_server.cluster.fleet import Fleet
@@ -26,6 +30,7 @@ from para_attn_server.http.auth import api_key_middleware
 from para_attn_server.http.dependencies import provide
 from para_attn_server.http.health import HealthController
 from para_attn_server.http.loras import LorasController
+from para_attn_server.http.models import ModelSchemaController
 from para_attn_server.http.original import OriginalController
 from para_attn_server.http.v1 import JobsController
 from para_attn_server.plugin.jobs import Jobs
@@ -59,7 +64,7 @@ def create_app(
     if service.schema.adapters is not None:
         routes.append(LorasController)
     app = Litestar(
-        [OriginalController, JobsController, HealthController, *routes],
+        [OriginalController, JobsController, HealthController, ModelSchemaController, *routes],
         plugins=litestar_plugins,
         dependencies={**provide(service, jobs), **provide_cluster(cluster, fleet)},
         signature_namespace={"InputBody": service.schema.type, "JobService": JobService, "Jobs": Jobs},
@@ -67,6 +72,7 @@ def create_app(
         request_max_body_size=max_body_bytes,
         exception_handlers=errors.HANDLERS,
         openapi_config=openapi.config(api_key=bool(api_key)),
+        logging_config=SharedLogging(),
         debug=debug,
     )
     # The body decoder refuses unknown fields (unless predict takes **kwargs): the document says so too.
@@ -74,3 +80,23 @@ def create_app(
     openapi.finish(app, api_key=bool(api_key), body=body, closed=not service.schema.accepts_extra)
     openapi.mark_media(app, body, service.schema.media_fields)
     return app
+
+
+class SharedLogging(BaseLoggingConfig):
+    """Litestar's "litestar" logger, as every other: through the process's handler and format
+    (``logs.configure_logging``). Litestar's own config would replace the root's handlers
+    with its own, in its own format. Errors are logged by ``errors`` (every 500), not here."""
+
+    def __init__(self) -> None:
+        self.log_exceptions = "never"
+        self.exception_logging_handler = None
+        self.traceback_line_limit = -1
+        self.disable_stack_trace: set[int | type[Exception]] = set()
+
+    def configure(self) -> Any:
+        return logging.getLogger
+
+    @staticmethod
+    def set_level(logger: Any, level: int) -> None:
+        # Litestar sets INFO (DEBUG with debug=True): the level of the process holds instead.
+        logger.setLevel(level if level == logging.DEBUG else logging.NOTSET)

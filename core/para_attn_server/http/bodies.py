@@ -8,6 +8,7 @@ a job takes ``inputs: Inputs`` (with ``dependencies=INPUTS``): the strict decodi
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import msgspec
@@ -19,6 +20,7 @@ from litestar.params import JSONBody
 from para_attn_server.engine.service import JobService
 from para_attn_server.errors import InputError
 from para_attn_server.http.dependencies import Service
+from para_attn_server.schema import MODEL
 
 #: A request's inputs, decoded strictly: what a handler submits.
 Inputs: TypeAlias = NamedDependency[dict[str, Any]]
@@ -51,12 +53,14 @@ async def decode_form(service: JobService, request: Request[Any, Any, Any]) -> d
     """A multipart form's fields checked by the same schema as a JSON body: text parts are
     converted to the fields' types (JSON text for lists and objects), file parts are the
     bytes of media fields; a field given twice is a list."""
-    media = service.schema.media_fields
-    parts: dict[str, list[Any]] = {}
     try:
         form = await request.form()
     except LookupError:  # a part naming a charset Python does not know
         raise InputError("a part of the form names an unknown charset") from None
+    chosen = form.get(MODEL)
+    schema = service.models.named(chosen if isinstance(chosen, str) else None).schema
+    media = schema.media_fields
+    parts: dict[str, list[Any]] = {}
     for name, part in form.multi_items():
         if isinstance(part, UploadFile):
             if name not in media:
@@ -69,10 +73,10 @@ async def decode_form(service: JobService, request: Request[Any, Any, Any]) -> d
         for name, values in parts.items()
     }
     try:
-        inputs = service.schema.convert(raw)
+        inputs = schema.convert(raw)
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
-    service.schema.check_fields(inputs)
+    schema.check_fields(inputs)
     return inputs
 
 
@@ -86,14 +90,24 @@ def _form_text(text: str) -> Any:
     return text
 
 
+class _Chosen(msgspec.Struct):
+    model: str | None = None  # the rest of the body is the chosen model's schema's to check
+
+
 def decode(service: JobService, body: bytes) -> dict[str, Any]:
+    """A JSON body decoded by the schema of the model it chooses (its ``model`` field)."""
+    schema = service.schema
+    if len(service.models) > 1:
+        # Not JSON, or a model that is not a string: the first schema's decode says so.
+        with contextlib.suppress(msgspec.DecodeError):
+            schema = service.models.named(msgspec.json.decode(body, type=_Chosen).model).schema
     try:
-        return service.schema.decode_json(body)
+        return schema.decode_json(body)
     except msgspec.DecodeError as exc:
         if not isinstance(exc, msgspec.ValidationError):  # not JSON at all (an empty body, say)
             raise InputError(f"the body is not a JSON object ({exc})", None) from None
         try:  # JSON Schema counts 3.0 as an integer, as the document's readers will
-            return service.schema.decode_json(msgspec.json.encode(_integral(msgspec.json.decode(body))))
+            return schema.decode_json(msgspec.json.encode(_integral(msgspec.json.decode(body))))
         except msgspec.ValidationError:
             raise invalid(exc) from None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -27,17 +28,25 @@ from para_attn_server.workers.executor import listening_socket
 
 
 def config(app: Any, http: HttpSettings, log_level: str) -> uvicorn.Config:
+    """uvicorn's config. Its loggers get no handler or format of their own (``log_config=None``):
+    their lines go through the process's (``logs.configure_logging``). The access log (a line
+    per request) shows at ``--log-level DEBUG`` only: the job lines say what happens to jobs,
+    and a line per poll of each client would drown them."""
     protocol = type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": http.header_timeout})
-    return uvicorn.Config(
+    made = uvicorn.Config(
         app,
         http=protocol,
+        log_config=None,
         log_level=log_level.lower(),
-        access_log=False,
+        access_log=True,
         lifespan="on",
         timeout_graceful_shutdown=5,
         timeout_keep_alive=http.keepalive_timeout,
         limit_concurrency=http.max_connections,
     )
+    # uvicorn logs each request at INFO; made after the Config, which sets the level it was given.
+    logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if log_level.upper() == "DEBUG" else logging.WARNING)
+    return made
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):

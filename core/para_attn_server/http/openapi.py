@@ -31,6 +31,7 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
+from para_attn_server.http import swagger
 from para_attn_server.http.schemas import ErrorBody
 from para_attn_server.media import MediaField
 from para_attn_server.plugin.manager import version
@@ -106,8 +107,9 @@ def _converted(key: str, value: Any) -> Any:
 
 
 def config(api_key: bool) -> OpenAPIConfig:
+    # The pages' files come from this server (swagger.py): /schema renders without internet.
     if not api_key:
-        return OpenAPIConfig(title="para-attn-server", version=version())
+        return OpenAPIConfig(title="para-attn-server", version=version(), render_plugins=swagger.render_plugins())
     schemes: dict[str, SecurityScheme | Reference] = {
         "bearer": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer KEY"),
         "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
@@ -117,6 +119,7 @@ def config(api_key: bool) -> OpenAPIConfig:
         version=version(),
         components=Components(security_schemes=schemes),
         security=[{"bearer": []}, {"apiKey": []}],
+        render_plugins=swagger.render_plugins(),
     )
 
 

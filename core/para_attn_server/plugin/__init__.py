@@ -37,8 +37,9 @@ Route plugins (``register_routes``)
 
 Listener plugins (``job_state_changed``, ``Jobs.add_listener``)
     ``JobRecord`` (a job's immutable record), ``JobState``, ``JobView`` and ``job_view``
-    (a record as ``GET /v1/jobs/{id}`` shows it); ``GroupStatus`` and ``HostStatus`` (a worker
-    group and a host in ``Jobs.metrics()``) and ``ADAPTER_LOAD_BUCKETS`` (its adapter load-time counts' bounds).
+    (a record as ``GET /v1/jobs/{id}`` shows it); ``GroupStatus``, ``HostStatus`` and
+    ``ModelStatus`` (a worker group, a host and a served model in ``Jobs.metrics()``) and
+    ``ADAPTER_LOAD_BUCKETS`` (its adapter load-time counts' bounds).
 
 Names load on first use (``__getattr__``): rank processes import this package for the
 markers and must not load Litestar or the job service with it.
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
     from para_attn_server.records import JobRecord, JobState
     from para_attn_server.schema import InputSchema
     from para_attn_server.settings import secret_from_file
-    from para_attn_server.views import GroupStatus, HostStatus, JobView, job_view
+    from para_attn_server.views import GroupStatus, HostStatus, JobView, ModelStatus, job_view
     from para_attn_server.workers.executor import (
         RANK_SPEC_ENV,
         Executor,
@@ -115,6 +116,7 @@ _LAZY = {
     "job_view": "para_attn_server.views:job_view",
     "GroupStatus": "para_attn_server.views:GroupStatus",
     "HostStatus": "para_attn_server.views:HostStatus",
+    "ModelStatus": "para_attn_server.views:ModelStatus",
     "ADAPTER_LOAD_BUCKETS": "para_attn_server.adapters:LOAD_BUCKETS",
 }
 
@@ -136,6 +138,7 @@ __all__ = [
     "JobView",
     "Jobs",
     "JobsDependency",
+    "ModelStatus",
     "RankSpec",
     "agent_command",
     "decode",

@@ -53,8 +53,25 @@ class Jobs:
 
     @property
     def predictor(self) -> Predictor:
-        """The predictor instance of the server process (never set up: no weights here)."""
+        """The first model's predictor instance in the server process (never set up: no
+        weights here)."""
         return self._service.predictor
+
+    @property
+    def models(self) -> list[str]:
+        """The served models' names, the first the default: a request's ``model`` field
+        (``inputs["model"]``) chooses one; ``schema``, ``predictor`` and ``adapters`` are
+        the first's."""
+        return list(self._service.models)
+
+    def schema_of(self, model: str | None) -> InputSchema:
+        """The request schema of the model ``model`` names (None: the first); ``InputError``
+        naming the field ``model``, with the served names, for another."""
+        return self._service.models.named(model).schema
+
+    def predictor_of(self, model: str | None) -> Predictor:
+        """The server process's predictor instance of that model (as ``schema_of``)."""
+        return self._service.models.named(model).predictor
 
     # ---- jobs -------------------------------------------------------------------------
 

@@ -8,9 +8,13 @@ plugins instead).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import os
+import re
+import sys
 import types
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -115,28 +119,62 @@ class Plugins:
         return found
 
     def resolve_predictor(self, spec: str) -> Predictor:
-        """An instance of the predictor named by entry-point name or ``module:Class`` (one
-        written for the original server comes wrapped: ``legacy.as_predictor``)."""
+        """An instance of the predictor ``spec`` names (``--model``): a registered name, an
+        entry point's name (``_`` and ``-`` alike), ``module:Class`` (importable, or a module
+        of the current directory) or ``path/to/file.py:Class``. One written for the original
+        server comes wrapped (``legacy.as_predictor``)."""
         if ":" in spec:
-            module_name, _, attr = spec.partition(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as exc:
-                raise ConfigurationError(f"cannot import predictor module {module_name!r}: {exc}") from exc
+            where, _, attr = spec.rpartition(":")  # rpartition: a Windows path has a colon too
+            module = _import_file(where) if _is_file(where) else _import_module(where)
             try:
                 target = getattr(module, attr)
             except AttributeError:
-                raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}") from None
+                raise ConfigurationError(f"module {where!r} has no attribute {attr!r}") from None
         else:
-            predictors = self.predictors()
-            if spec not in predictors:
-                known = ", ".join(sorted(predictors)) or "none installed"
-                raise ConfigurationError(f"unknown model {spec!r} (installed predictors: {known})")
-            target = predictors[spec]
+            target = self.predictors()[self._predictor_name(spec)]
         predictor = target() if isinstance(target, type) else target
         if not (callable(getattr(predictor, "predict", None)) and callable(getattr(predictor, "setup", None))):
             raise ConfigurationError(f"{spec!r} is not a predictor: it needs setup() and predict() methods")
         return as_predictor(predictor)
+
+    def normalize_model_spec(self, spec: str) -> str:
+        """``spec`` as rank processes can resolve it too, wherever they run: a file's path
+        made absolute, an entry point's name as the predictor's registered name (ranks load
+        plugins by module, not by entry point); else ``spec`` itself."""
+        if ":" in spec:
+            where, _, attr = spec.rpartition(":")
+            return f"{os.path.abspath(where)}:{attr}" if _is_file(where) else spec
+        try:
+            return self._predictor_name(spec)
+        except ConfigurationError:
+            return spec  # resolve_predictor tells what is wrong with it
+
+    def _predictor_name(self, spec: str) -> str:
+        """The registered name ``spec`` means: itself, the one it equals with ``_`` and ``-``
+        alike, or the one predictor of the plugin (entry point) of that name."""
+        predictors = self.predictors()
+        if spec in predictors:
+            return spec
+        key = _normal(spec)
+        alike = [name for name in predictors if _normal(name) == key]
+        if not alike:
+            plugins = [name for name, _ in self.pm.list_name_plugin() if _normal(name) == key]
+            alike = [name for plugin in plugins for name in self._registered_by(plugin)]
+        if len(alike) == 1:
+            return alike[0]
+        if alike:
+            raise ConfigurationError(f"model {spec!r} is ambiguous: it may mean {', '.join(sorted(alike))}")
+        known = ", ".join(sorted(predictors)) or "none installed"
+        hint = f"; a file needs its class: {spec}:ClassName" if spec.endswith(".py") else ""
+        raise ConfigurationError(f"unknown model {spec!r} (installed predictors: {known}){hint}")
+
+    def _registered_by(self, plugin_name: str) -> list[str]:
+        """The predictor names one plugin registers."""
+        found: list[str] = []
+        for impl in self.pm.hook.register_predictors.get_hookimpls():
+            if impl.plugin_name == plugin_name:
+                impl.function(register=lambda name, cls: found.append(name))
+        return found
 
     def executor(self, name: str) -> type[Executor]:
         executors = self.executors()
@@ -205,6 +243,50 @@ class Plugins:
                 }
             )
         return rows
+
+
+def _normal(name: str) -> str:
+    return name.replace("_", "-").lower()
+
+
+def _is_file(where: str) -> bool:
+    """Whether ``module:Class``'s first part is a file's path rather than a module name."""
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def _import_module(name: str) -> types.ModuleType:
+    # The console script does not put the current directory on sys.path (python -m and
+    # python -c do): add it, last, so that a module beside the operator imports as it would
+    # with python, and an installed module of the same name still wins.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import predictor module {name!r}: {exc}") from exc
+
+
+def _import_file(path: str) -> types.ModuleType:
+    """The module of a ``.py`` file, imported once per process under a name made of its
+    absolute path: ranks importing the same file give its classes the same module name."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ConfigurationError(f"no predictor file {path!r}")
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    name = f"para_attn_server_file_{stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigurationError(f"cannot import {path!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: dataclasses and pickle look it up there
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ConfigurationError(f"cannot import predictor file {path!r}: {type(exc).__name__}: {exc}") from exc
+    return module
 
 
 def version() -> str:

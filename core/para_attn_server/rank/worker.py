@@ -29,7 +29,9 @@ import torch.distributed as dist
 from para_attn_server.adapters import LORAS, Lora
 from para_attn_server.errors import JobCancelled
 from para_attn_server.legacy import as_predictor
+from para_attn_server.logs import configure_logging, rank_warnings
 from para_attn_server.media import decode_inputs
+from para_attn_server.options import configure
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.predictor import JobContext, Output, RankContext, running
 from para_attn_server.protocol import JobEnded, Progress, RunJob, SetupDone, SetupFailed, Shutdown
@@ -63,7 +65,7 @@ class RankWorker:
             assert spec.predictor is not None
             self.predictor = self.plugins.resolve_predictor(spec.predictor)
         self.schema = InputSchema(self.predictor)
-        self.predictor.configure(spec.world_size, dict(spec.options))
+        configure(self.predictor, spec.world_size, dict(spec.options))  # ``-o defaults`` is the server's
         self.decisions = DecisionChannel()
         self.previews = PreviewSender(link.send)  # used on rank 0 only
 
@@ -71,7 +73,9 @@ class RankWorker:
 
     def setup(self) -> None:
         if torch.cuda.is_available():
-            index = (self.spec.device_offset + self.local_rank) % torch.cuda.device_count()
+            devices = self.spec.devices
+            index = devices[self.local_rank] if devices else self.spec.device_offset + self.local_rank
+            index %= torch.cuda.device_count()
             device = torch.device("cuda", index)
             torch.cuda.set_device(device)
         else:
@@ -248,9 +252,9 @@ class StepDecider:
 
 def main(spec: RankSpec, rank: int, local_rank: int) -> None:
     """Entry point of one rank process (multiprocessing target, or ``python -m``)."""
-    logging.basicConfig(
-        level=spec.log_level, stream=sys.stderr, format=f"%(asctime)s rank {rank} %(levelname)s %(message)s"
-    )
+    where = {"group": spec.group, "rank": rank, **({"node": spec.node} if spec.node else {})}
+    configure_logging(spec.log_level, spec.log_format, role="rank", context=where)
+    rank_warnings(first=local_rank == 0 and spec.device_offset == 0)  # the host's first group's first rank
     link = ControlLink(spec, rank)
     try:
         worker = RankWorker(spec, rank, local_rank, link)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from para_attn_server.errors import ConfigurationError
+from para_attn_server.logs import current_format
 from para_attn_server.settings import RankSettings, describe_error
 
 #: The environment variable that carries a rank's spec (JSON) to processes that an executor
@@ -43,6 +44,8 @@ class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
     world_size: int
     group: int = 0  # which worker group (its ranks are numbered from 0 within the group)
     device_offset: int = 0  # the group's first CUDA device on each host
+    devices: list[int] | None = None  # or the CUDA device of each local rank (a model's ``devices``)
+    model_name: str = ""  # the served model its group runs (a server with several)
     control_host: str
     control_port: int
     token: str
@@ -59,6 +62,8 @@ class RankSpec(msgspec.Struct, kw_only=True, frozen=True):
     join_token: str = ""  # required in the hello of every rank of a group that spans hosts
     settings: RankSettings = msgspec.field(default_factory=RankSettings)
     log_level: str = "INFO"
+    # The format of the process that starts the ranks, unless it says otherwise.
+    log_format: str = msgspec.field(default_factory=current_format)
 
     def to_env(self) -> str:
         return msgspec.json.encode(self).decode()

@@ -60,9 +60,8 @@ from para_attn_server.workers.outcome import (
 )
 
 log = logging.getLogger("para_attn_server.group")
-# After a rank's connection closes, how long the executor may take to say how it ended
-# (killed by SIGKILL, an exit code): that is the better reason. torchrun's agent reports
-# only once it has stopped the other ranks, which takes seconds on a loaded machine.
+# After a rank's connection closes, how long the executor may take to say how it ended (killed,
+# an exit code: the better reason). torchrun's agent reports once it stopped the other ranks.
 EXIT_REPORT_WAIT = 5.0
 
 
@@ -83,6 +82,7 @@ class WorkerGroup:
     ) -> None:
         self.index = index
         self.host = host or socket.gethostname()  # where its ranks run (a joined host's name)
+        self.model = spec.model_name  # the served model whose jobs it runs
         self.executor = executor
         self.settings = settings
         self.spec = spec
@@ -288,7 +288,9 @@ class WorkerGroup:
         busy = self.state is GroupState.BUSY
         adapters = msgspec.structs.replace(self.adapters, loaded=list(self.adapters.loaded))
         ranks = self.rank_rows()
-        return GroupStatus(self.index, self.ready, busy, self.restarts, self.last_fault, ranks, adapters, self.host)
+        return GroupStatus(
+            self.index, self.ready, busy, self.restarts, self.last_fault, ranks, adapters, self.host, self.model
+        )
 
     def rank_rows(self) -> list[RankRow]:
         now = time.monotonic()

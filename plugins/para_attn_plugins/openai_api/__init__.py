@@ -1,4 +1,4 @@
-"""The ``openai`` plugin: OpenAI's images, videos and models APIs over the served predictor,
+"""The ``openai`` plugin: OpenAI's images, videos and models APIs over the served predictors,
 so the official ``openai`` SDK (and tools that speak it) generate with this server.
 
 - ``POST /v1/images/generations`` for predictors whose ``predict`` takes a ``prompt``:
@@ -7,12 +7,14 @@ so the official ``openai`` SDK (and tools that speak it) generate with this serv
   ``mask`` as the predictor's picture fields (``image``, ``mask_image``);
 - ``/v1/videos`` for video predictors (``prompt``, ``num_frames`` and ``fps``: ``wan``), an
   ``input_reference`` as the predictor's ``image``;
-- ``GET /v1/models``: the served model under its ``--model`` name, and each adapter (LoRA)
-  the server offers as a model whose ``parent`` it is: ``model="<adapter>"`` in the other
-  routes applies that adapter at scale 1.
+- ``GET /v1/models``: every served model under its name (the first the default), then each
+  adapter (LoRA) the server offers as a model whose ``parent`` is the first served model.
+  ``model`` in the other routes chooses the served model that runs the request (its jobs'
+  ``model`` field; left out: the first); ``model="<adapter>"`` runs the first with that
+  adapter at scale 1.
 
 Jobs go through the app's ``Jobs`` (``para_attn_server.plugin``) as every route's do (same
-checks, same queue), and any field of the predictor's ``predict`` is accepted beside
+checks, same queue), and any field of the chosen predictor's ``predict`` is accepted beside
 OpenAI's (the SDK's ``extra_body``). Errors are in OpenAI's shape (``errors``). Modules by
 role: ``mapping`` (fields, no HTTP), ``schemas`` (bodies), ``forms`` (JSON or form bodies,
 file parts as bytes), ``adapters`` (adapters as models, no HTTP), ``images``, ``videos``,
@@ -52,7 +54,7 @@ def register_routes(register: Callable[[Any], None], jobs: Jobs, settings: Setti
     from .models import ModelsController
     from .videos import VideosController
 
-    context = OpenAIContext.of(jobs, settings.section(OpenAISettings), settings.model.model, settings.jobs.result_ttl)
+    context = OpenAIContext.of(jobs, settings.section(OpenAISettings), settings.jobs.result_ttl)
     register(
         Router(
             "/v1",

@@ -1,12 +1,12 @@
 """Adapters (LoRA) as OpenAI models: each adapter the server offers is a model of its own
-in ``GET /v1/models`` (its ``parent`` the served model), and ``model="<adapter>"`` in an
-images or videos request applies that adapter at scale 1 (the job's ``loras``). No HTTP
-here: the names come from the app's ``Jobs`` at each request, as adapters come and go at
-run time (``/v1/loras``)."""
+in ``GET /v1/models`` (its ``parent`` the first served model, whose adapters they are), and
+``model="<adapter>"`` in an images or videos request runs the first model with that adapter
+at scale 1 (the job's ``loras``). No HTTP here: the names come from the app's ``Jobs`` at
+each request, as adapters come and go at run time (``/v1/loras``)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from para_attn_server import InputError
@@ -21,8 +21,20 @@ def model_adapter(model: str | None, served: str, adapters: Collection[str] = ()
         return None
     if model in adapters:
         return model
-    also = f" and its adapters {', '.join(sorted(adapters))}" if adapters else " only"
-    raise InputError(f"this server serves {served!r}{also} (GET /v1/models)", "model")
+    raise unknown_model(model, [served], adapters)
+
+
+def unknown_model(model: str, served: Sequence[str], adapters: Collection[str] = ()) -> InputError:
+    """The 400 for a ``model`` that names neither a served model nor an adapter: it lists
+    them (``served``: the served models' names, the first the one the adapters belong to)."""
+    offered = ", ".join(sorted(adapters))
+    if len(served) == 1:
+        also = f" and its adapters {offered}" if adapters else " only"
+        listing = f"{served[0]!r}{also}"
+    else:
+        also = f" and the adapters {offered} of {served[0]!r}" if adapters else ""
+        listing = f"the models {', '.join(map(repr, served))}{also}"
+    return InputError(f"no model {model!r} here: this server serves {listing} (GET /v1/models)", "model")
 
 
 def with_adapter(inputs: dict[str, Any], adapter: str | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """What every handler of the OpenAI routes is given (the dependency ``api``): the app's
-jobs, the plugin's settings, the served model's name and what its fields map to."""
+jobs, the plugin's settings, the served models' names and what their fields map to, and
+which of them a request's ``model`` chooses (``Chosen``)."""
 
 from __future__ import annotations
 
@@ -13,39 +14,88 @@ import msgspec
 import pybase64
 from litestar.di import NamedDependency, Provide
 
-from para_attn_server import InputError
-from para_attn_server.plugin import Job, Jobs, decode, file_of
+from para_attn_server import InputError, Predictor
+from para_attn_server.plugin import Job, JobRecord, Jobs, decode, file_of
 
+from .adapters import unknown_model
 from .mapping import ModelFields, input_error
 from .settings import OpenAISettings
+
+MODEL = "model"  # the request field naming the served model (inputs["model"]; absent: the first)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The served model a request's ``model`` chose."""
+
+    name: str
+    fields: ModelFields
+    predictor: Predictor
+    adapters: list[str]  # the adapters ``model`` may name with it: the first model's only
+    default: bool  # the first model: its jobs' inputs name no model, as on a server of one
 
 
 @dataclass
 class OpenAIContext:
     jobs: Jobs
     settings: OpenAISettings
-    served: str  # the --model name: what GET /v1/models lists first and ``model`` names by default
     result_ttl: float
-    fields: ModelFields
+    fields_of: dict[str, ModelFields]  # each served model's, by name; the first the default
     started: int = field(default_factory=lambda: int(time.time()))
     rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
-    def of(cls, jobs: Jobs, settings: OpenAISettings, served: str, result_ttl: float) -> OpenAIContext:
-        return cls(jobs, settings, served, result_ttl, ModelFields.of(jobs.schema))
+    def of(cls, jobs: Jobs, settings: OpenAISettings, result_ttl: float) -> OpenAIContext:
+        return cls(jobs, settings, result_ttl, {name: ModelFields.of(jobs.schema_of(name)) for name in jobs.models})
+
+    @property
+    def served(self) -> str:
+        """The first served model: what ``model`` names when left out, and the adapters' parent."""
+        return next(iter(self.fields_of))
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.fields_of)
 
     @property
     def adapters(self) -> list[str]:
         """The adapters (LoRA) offered now, by name: models of their own, whose parent is the
-        served model (read at each request: ``/v1/loras`` adds and removes them)."""
+        first served model (read at each request: ``/v1/loras`` adds and removes them). A
+        served model's name is the model's, not an adapter's."""
         offered = self.jobs.adapters
-        return [] if offered is None else [name for name in offered.names() if name != self.served]
+        return [] if offered is None else [name for name in offered.names() if name not in self.fields_of]
 
-    def checked(self, inputs: dict[str, Any], size: str | None, *, form: bool = False) -> dict[str, Any]:
-        """``inputs`` checked against the predictor's schema as every route checks them
-        (``form``: text values of a multipart form, converted to the fields' types). A width
-        or height that came from ``size`` is reported as ``size``."""
-        schema = self.jobs.schema
+    def choose(self, model: Any) -> Chosen:
+        """The served model ``model`` (a request's field) names: one of ``models``, or an
+        adapter (the first model, applying it); left out, the first. Anything else is an
+        ``InputError`` naming ``model`` that lists them."""
+        if model is not None and not isinstance(model, str):
+            raise InputError("expected a string: a served model's name or an adapter's (GET /v1/models)", MODEL)
+        name = self.served if model is None else model
+        if name not in self.fields_of:
+            adapters = self.adapters
+            if name not in adapters:
+                raise unknown_model(name, self.models, adapters)
+            name = self.served
+        default = name == self.served
+        adapters = self.adapters if default else []
+        return Chosen(name, self.fields_of[name], self.jobs.predictor_of(name), adapters, default)
+
+    def model_of(self, record: JobRecord) -> str:
+        """The served model a job ran on (its inputs name any but the first)."""
+        named = record.inputs.get(MODEL)
+        return named if isinstance(named, str) else self.served
+
+    def checked(
+        self, inputs: dict[str, Any], size: str | None, *, form: bool = False, model: Chosen | None = None
+    ) -> dict[str, Any]:
+        """``inputs`` checked against the schema of ``model`` (None: the first) as every
+        route checks them (``form``: text values of a multipart form, converted to the
+        fields' types), naming that model unless it is the first. A width or height that
+        came from ``size`` is reported as ``size``."""
+        if model is not None and not model.default:
+            inputs = {**inputs, MODEL: model.name}
+        schema = self.jobs.schema_of(None if model is None else model.name)
         try:
             if form:
                 try:

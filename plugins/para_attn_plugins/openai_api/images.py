@@ -1,7 +1,8 @@
-"""``POST /v1/images/generations`` and ``POST /v1/images/edits``: ``n`` jobs of the served
-image predictor, submitted at once (they queue), answered when all succeeded as OpenAI's
-``ImagesResponse``. An edit is a multipart form (as the SDK sends it; JSON works too): its
-``image`` part(s) and ``mask`` go to the predictor's picture fields (``mapping.edit_media``).
+"""``POST /v1/images/generations`` and ``POST /v1/images/edits``: ``n`` jobs of the image
+predictor the request's ``model`` chooses (left out: the first served model), submitted at
+once (they queue), answered when all succeeded as OpenAI's ``ImagesResponse``. An edit is
+a multipart form (as the SDK sends it; JSON works too): its ``image`` part(s) and ``mask``
+go to the predictor's picture fields (``mapping.edit_media``).
 
 A job that fails ends the request at once: the others are cancelled and the answer is a
 500 with ``x-should-retry: false``, so the SDK (which retries a 500 twice by default) does
@@ -22,11 +23,11 @@ from litestar.params import JSONBody
 
 from para_attn_server.plugin import Doc, Job, Jobs, JobsDependency, JobState, spec
 
-from .context import Api, OpenAIContext
+from .context import Api, Chosen, OpenAIContext
 from .errors import OpenAIError, responses
 from .forms import request_fields
 from .mapping import edit_inputs, image_inputs, openai_params, refuse_files, size_of, split, take_images
-from .schemas import ImageData, ImageEditRequest, ImageRequest, ImagesResponse
+from .schemas import MODEL, ImageData, ImageEditRequest, ImageRequest, ImagesResponse
 
 log = logging.getLogger("para_attn_plugins.openai_api")
 NO_RETRY = {"x-should-retry": "false"}
@@ -42,7 +43,7 @@ _EDIT_FIELDS = Schema(
         ),
         "mask": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description="For the mask_image field"),
         "prompt": _TEXT,
-        "model": Schema(type=OpenAPIType.STRING, description="The served model, or an adapter (GET /v1/models)"),
+        "model": Schema(type=OpenAPIType.STRING, description=MODEL),
         "n": Schema(type=OpenAPIType.INTEGER, minimum=1),
         "size": Schema(type=OpenAPIType.STRING, description='"WIDTHxHEIGHT" or "auto"'),
         "response_format": Schema(type=OpenAPIType.STRING, enum=["b64_json", "url"]),
@@ -72,10 +73,12 @@ class ImagesController(Controller):
     ) -> ImagesResponse:
         # ``data``: Litestar checks and documents OpenAI's fields; the body is read again
         # whole, with the predictor's fields beside them.
-        _require_images(api)
-        fields, extras = split(msgspec.json.decode(await request.body()), ImageRequest, api.fields)
-        planned = image_inputs(fields, extras, api.fields, api.served, api.settings.max_n, api.rng, api.adapters)
-        inputs = [api.checked(each, fields.size) for each in planned]
+        body = msgspec.json.decode(await request.body())
+        model = api.choose(body.get("model"))
+        _require_images(model)
+        fields, extras = split(body, ImageRequest, model.fields)
+        planned = image_inputs(fields, extras, model.fields, model.name, api.settings.max_n, api.rng, model.adapters)
+        inputs = [api.checked(each, fields.size, model=model) for each in planned]
         return await run_images(request, jobs, api, inputs, fields.response_format, "generations")
 
     @post(
@@ -90,23 +93,24 @@ class ImagesController(Controller):
         opt={"openapi": Doc(request_body=EDIT_BODY)},
     )
     async def edit_images(self, request: Request[Any, Any, Any], jobs: JobsDependency, api: Api) -> ImagesResponse:
-        _require_images(api)
         body, form = await request_fields(request)
+        model = api.choose(body.get("model"))
+        _require_images(model)
         images, mask = take_images(body), body.pop("mask", None)
-        fields, extras = split(body, ImageEditRequest, api.fields, form=form)
-        refuse_files(extras, api.fields)
+        fields, extras = split(body, ImageEditRequest, model.fields, form=form)
+        refuse_files(extras, model.fields)
         planned, names = edit_inputs(
-            fields, images, mask, extras, api.fields, api.served, api.settings.max_n, api.rng, api.adapters
+            fields, images, mask, extras, model.fields, model.name, api.settings.max_n, api.rng, model.adapters
         )  # fmt: skip
         with openai_params(names):
-            inputs = [api.checked(each, fields.size, form=form) for each in planned]
+            inputs = [api.checked(each, fields.size, form=form, model=model) for each in planned]
             return await run_images(request, jobs, api, inputs, fields.response_format, "edits")
 
 
-def _require_images(api: OpenAIContext) -> None:
-    if not api.fields.makes_images:
-        why = "makes videos: use /v1/videos" if api.fields.makes_videos else "takes no prompt"
-        raise OpenAIError(404, f"the served model ({api.served}) {why}")
+def _require_images(model: Chosen) -> None:
+    if not model.fields.makes_images:
+        why = "makes videos: use /v1/videos" if model.fields.makes_videos else "takes no prompt"
+        raise OpenAIError(404, f"the served model ({model.name}) {why}")
 
 
 async def run_images(

@@ -9,7 +9,10 @@ import msgspec
 
 # ---- requests -------------------------------------------------------------------------
 
-MODEL = "The served model's name, or an adapter's: that adapter (LoRA) applied at scale 1 (GET /v1/models)"
+MODEL = (
+    "A served model's name (left out: the first), or an adapter's: the first model with that adapter (LoRA) "
+    "applied at scale 1 (GET /v1/models)"
+)
 
 
 class ImageRequest(msgspec.Struct, kw_only=True):
@@ -139,7 +142,7 @@ class VideoDeleted(msgspec.Struct):
 
 
 class Model(msgspec.Struct):
-    """The served model, or an adapter (LoRA) it offers: then ``parent`` is the served model's id."""
+    """A served model, or an adapter (LoRA) the first offers: then ``parent`` is the first's id."""
 
     id: str
     created: int

@@ -1,5 +1,6 @@
-"""OpenAI's videos API over the served video predictor (``wan``): a video is one job, and
-its id is the job's id.
+"""OpenAI's videos API over a served video predictor (``wan``; the one the request's
+``model`` chooses, left out: the first served model): a video is one job, and its id is the
+job's id.
 
 ``POST /v1/videos`` (JSON, or the multipart form the SDK sends), ``GET /v1/videos/{id}``
 (with ``openai-poll-after-ms`` while it runs: the SDK's ``videos.poll()`` waits that long),
@@ -22,11 +23,11 @@ from litestar.params import FromPath, QueryParameter
 from para_attn_server import InputError
 from para_attn_server.plugin import Doc, Job, JobsDependency, JobState, output_response, spec
 
-from .context import Api, OpenAIContext
+from .context import Api, Chosen, OpenAIContext
 from .errors import OpenAIError, responses
 from .forms import request_fields
 from .mapping import fold_reference, openai_params, refuse_files, split, video_inputs, video_media_names, video_object
-from .schemas import Video, VideoDeleted, VideoList, VideoRequest
+from .schemas import MODEL, Video, VideoDeleted, VideoList, VideoRequest
 
 POLL_HEADER = "openai-poll-after-ms"  # read by the SDK's videos.poll() (openai/resources/videos.py)
 PageCursor = Annotated[str | None, QueryParameter(description="A page's last_id: the videos after it")]
@@ -42,7 +43,7 @@ _FIELDS = Schema(
     required=["prompt"],
     properties={
         "prompt": _TEXT,
-        "model": Schema(type=OpenAPIType.STRING, description="The served model, or an adapter (GET /v1/models)"),
+        "model": Schema(type=OpenAPIType.STRING, description=MODEL),
         "seconds": _TEXT,
         "size": _TEXT,
         "input_reference": Schema(
@@ -85,14 +86,15 @@ class VideosController(Controller):
         opt={"openapi": Doc(request_body=CREATE_BODY)},
     )
     async def create_video(self, request: Request[Any, Any, Any], jobs: JobsDependency, api: Api) -> Response[Video]:
-        _require_videos(api)
         body, form = await request_fields(request)
+        model = api.choose(body.get("model"))
+        _require_videos(api, model)
         fold_reference(body)
-        fields, extras = split(body, VideoRequest, api.fields)
-        refuse_files(extras, api.fields)
-        inputs = video_inputs(fields, extras, api.fields, api.served, jobs.predictor, api.adapters)
-        with openai_params(video_media_names(fields, api.fields)):
-            job, _ = await jobs.accept(api.checked(inputs, fields.size, form=form))
+        fields, extras = split(body, VideoRequest, model.fields)
+        refuse_files(extras, model.fields)
+        inputs = video_inputs(fields, extras, model.fields, model.name, model.predictor, model.adapters)
+        with openai_params(video_media_names(fields, model.fields)):
+            job, _ = await jobs.accept(api.checked(inputs, fields.size, form=form, model=model))
         return _answer(api, job)
 
     @get(
@@ -114,7 +116,7 @@ class VideosController(Controller):
             raise InputError("no such video (ids are forgotten --result-ttl seconds after the job ended)", "after")
         start = 0 if after is None else ids.index(after) + 1
         page, has_more = videos[start : start + limit], start + limit < len(videos)
-        data = [video_object(job.record, api.served, api.result_ttl) for job in page]
+        data = [video_object(job.record, api.model_of(job.record), api.result_ttl) for job in page]
         return VideoList(data, data[0].id if data else None, data[-1].id if data else None, has_more)
 
     @get("/{video_id:str}", summary="Get a video (OpenAI's videos API)", responses=responses(404))
@@ -138,7 +140,7 @@ class VideosController(Controller):
         if variant == "spritesheet":
             raise InputError("spritesheets are not offered: use video or thumbnail", "variant")
         if job.state is not JobState.SUCCEEDED or job.record.file_type != "mp4":
-            status = video_object(job.record, api.served, api.result_ttl).status
+            status = video_object(job.record, api.model_of(job.record), api.result_ttl).status
             raise OpenAIError(
                 409, f"the video is {status}", code="video_not_ready", headers={"x-should-retry": "false"}
             )
@@ -162,10 +164,16 @@ class VideosController(Controller):
         return VideoDeleted(job.id)
 
 
-def _require_videos(api: OpenAIContext) -> None:
-    if not api.fields.makes_videos:
-        why = "makes images: use /v1/images/generations" if api.fields.makes_images else "takes no prompt"
-        raise OpenAIError(404, f"the served model ({api.served}) makes no videos; it {why}")
+def _require_videos(api: OpenAIContext, model: Chosen | None = None) -> None:
+    """A 404 unless ``model`` makes videos; without one (the routes of videos already
+    made), unless a served model does."""
+    if model is None:
+        if any(fields.makes_videos for fields in api.fields_of.values()):
+            return
+        model = api.choose(None)
+    if not model.fields.makes_videos:
+        why = "makes images: use /v1/images/generations" if model.fields.makes_images else "takes no prompt"
+        raise OpenAIError(404, f"the served model ({model.name}) makes no videos; it {why}")
 
 
 def is_video(job: Job) -> bool:
@@ -180,7 +188,7 @@ def find_video(api: OpenAIContext, video_id: str) -> Job:
 
 
 def _answer(api: OpenAIContext, job: Job) -> Response[Video]:
-    video = video_object(job.record, api.served, api.result_ttl)
+    video = video_object(job.record, api.model_of(job.record), api.result_ttl)
     running = video.status in ("queued", "in_progress")
     return Response(video, headers={POLL_HEADER: str(api.settings.video_poll_after_ms)} if running else None)
 

@@ -10,6 +10,9 @@ offers adapters (LoRA: ``GET /v1/loras`` lists some), ``loras`` is a checkbox an
 per adapter (``static/adapters.js``); otherwise it is left off the form. Under the jobs,
 the hosts that serve the worker groups (``static/hosts.js``, from ``/server_status``): each
 host's state, devices, groups (ready, busy or starting) and job runs, refreshed with the jobs.
+A server of several models (``/server_status`` lists them) gets a model selector in the
+header (``static/models.js``): choosing one rebuilds the form from that model's schema
+(``/v1/models/{name}/schema``) and sends its name as the job's ``model``.
 
 With ``--api-key`` the page asks for the key once, keeps it in the browser's session
 storage, and sends it as ``Authorization: Bearer`` on every request, the event stream

@@ -142,7 +142,7 @@ def test_the_server_refuses_layouts_it_cannot_run(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any, settings: dict[str, Any], message: str
 ) -> None:
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-    server = ParaAttentionServer("noop", output_dir=str(tmp_path), **settings)
+    server = ParaAttentionServer("noop", port=0, output_dir=str(tmp_path), **settings)
 
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         asyncio.run(server.serve())
@@ -157,8 +157,9 @@ def test_the_server_says_when_it_cannot_listen_at_the_rendezvous_endpoint(
         taken.listen()
         endpoint = f"127.0.0.1:{taken.getsockname()[1]}"
         server = ParaAttentionServer(
-            "noop", output_dir=str(tmp_path), num_devices=1, nnodes=2, executor="torchrun", rdzv_endpoint=endpoint
-        )
+            "noop", port=0, output_dir=str(tmp_path), num_devices=1, nnodes=2, executor="torchrun",
+            rdzv_endpoint=endpoint,
+        )  # fmt: skip
 
         message = f"--rdzv-endpoint {endpoint}: cannot listen: Address already in use"
         with pytest.raises(ConfigurationError, match=message):

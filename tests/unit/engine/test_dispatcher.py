@@ -16,10 +16,11 @@ WANTS = {"base": [], "x": ["x"], "y": ["y"], "xy": ["x", "y"], "x2": ["x"], "y2"
 
 
 class Group:
-    def __init__(self, index: int, *loaded: str) -> None:
+    def __init__(self, index: int, *loaded: str, model: str = "") -> None:
         self.index = index
         self.ready = True
         self.adapters = AdapterStats(loaded=list(loaded))
+        self.model = model
 
 
 def dispatcher(groups: list[Group], *jobs: str, batching: Batching[str] | None = None) -> Dispatcher[str]:
@@ -29,7 +30,8 @@ def dispatcher(groups: list[Group], *jobs: str, batching: Batching[str] | None =
     for job in jobs:
         queue.append(job)
     wants = lambda job: WANTS.get(job.partition("#")[0], [])  # noqa: E731
-    return Dispatcher(groups, queue, execute, wants, batching)  # type: ignore[arg-type]
+    model_of = lambda job: job.partition("@")[2]  # noqa: E731  # "job@model"
+    return Dispatcher(groups, queue, execute, wants, batching, model_of)  # type: ignore[arg-type]
 
 
 def taken(d: Dispatcher[str]) -> tuple[str, int] | None:
@@ -130,3 +132,23 @@ def test_the_queue_runs_higher_priorities_first_and_fifo_among_equals() -> None:
     assert [queue.popleft()[0] for _ in range(len(queue))] == ["c", "a", "b", "d"]
     with pytest.raises(ValueError, match="not queued"):
         queue.remove(jobs["a"])
+
+
+def test_each_model_is_a_lane_a_job_without_an_idle_group_holds_up_no_other_model() -> None:
+    groups = [Group(0, model="a"), Group(1, model="b")]
+    groups[0].ready = False  # model a's only group is busy
+    d = dispatcher(groups, "base#1@a", "base#2@b", "base#3@a", "base#4@b")
+    assert taken(d) == ("base#2@b", 1)  # behind a's head, yet it starts
+    groups[1].ready = False  # it runs that job now
+    assert d.take() is None  # a's jobs wait for group 0, b's for group 1
+    groups[0].ready = True
+    assert taken(d) == ("base#1@a", 0)  # a's order kept
+    assert list(d.queue) == ["base#3@a", "base#4@b"]
+
+
+def test_a_batch_takes_jobs_of_its_own_model_only() -> None:
+    groups = [Group(0, model="a"), Group(1, model="b")]
+    groups[1].ready = False
+    d = dispatcher(groups, "j1@a", "j2@b", "j3@a", batching=Batching(max_size=4, key=lambda job: "same"))
+    jobs, group = d.take() or ([], None)
+    assert (jobs, group) == (["j1@a", "j3@a"], groups[0])

@@ -442,7 +442,7 @@ async def test_openapi_schema_lists_the_predictors_fields_and_limits(client: htt
 
     assert response.status_code == 200
     schema = response.json()["components"]["schemas"]["EchoPredictorInput"]
-    assert set(schema["properties"]) == {"prompt", "repeat", "scale", "tags", "output_path"}
+    assert set(schema["properties"]) == {"prompt", "repeat", "scale", "tags", "output_path", "model"}
     assert schema["required"] == ["prompt"]
     repeat = schema["properties"]["repeat"]
     assert (repeat["minimum"], repeat["maximum"], repeat["default"]) == (1, 50, 1)

@@ -1,4 +1,4 @@
-"""A check the OpenAI plugin's unit tests share."""
+"""Checks and a helper the OpenAI plugin's unit tests share."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from para_attn_server import InputError
+from para_attn_server.engine.service import JobService
 
 
 def rejected(call: Any, field: str) -> str:
@@ -15,3 +16,13 @@ def rejected(call: Any, field: str) -> str:
         call()
     assert caught.value.field == field, caught.value
     return caught.value.message
+
+
+def named(service: JobService, name: str) -> JobService:
+    """``service`` (the unit fixture's, serving one model under no name) serving its model as
+    ``name``, as a server names it (``--served-model-name``)."""
+    (model,) = service.models.values()
+    service.models.clear()
+    model.name = model.schema.name = name
+    service.models[name] = model
+    return service

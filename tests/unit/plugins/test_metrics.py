@@ -1,6 +1,7 @@
 """The ``metrics`` plugin over a real JobService and a fake worker group: ``/metrics`` read
-with prometheus_client's parser after jobs, a fault and HTTP requests, and two apps in one
-process keeping their own counts."""
+with prometheus_client's parser after jobs, a fault and HTTP requests, two apps in one
+process keeping their own counts, and a service of two models (each group and model its
+series)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from para_attn_plugins import metrics
+from para_attn_server.engine.models import ServedModel
 from para_attn_server.engine.registry import Job
 from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
@@ -203,3 +205,38 @@ async def test_an_app_that_stopped_observes_no_more_jobs(service: JobService, gr
 
     assert m.value("para_attn_jobs_submitted_total") == 1  # read from the service at the scrape
     assert m.value("para_attn_queue_wait_seconds_count") == 0  # no listener any more
+
+
+async def test_each_served_model_has_its_series_and_each_group_names_its_model(
+    store: OutputStore, plugins: Plugins, settings: JobSettings
+) -> None:
+    first, second = FakeGroup(index=0, model="echo"), FakeGroup(index=1, model="other")
+    echo, other = as_predictor(EchoPredictor()), as_predictor(EchoPredictor())
+    more = [ServedModel("other", other, InputSchema(other, model="other"))]
+    service = JobService([first, second], store, plugins, echo, InputSchema(echo, model="echo"), settings,
+                         more_models=more)  # fmt: skip
+    await service.start()
+    try:
+        async with serving(service) as client:
+            done = await submit(client, model="other")
+            (await second.next_run()).succeed()
+            await ended(service, done)
+            await submit(client)  # echo's: it runs
+            await first.next_run()
+            await submit(client)  # echo's: it waits, while other's group is idle
+            m = await scrape(client)
+    finally:
+        settings.drain_timeout = 0
+        await service.drain()
+
+    assert m.value("para_attn_model_jobs_submitted_total", model="echo") == 2
+    assert m.value("para_attn_model_jobs_submitted_total", model="other") == 1
+    assert m.value("para_attn_model_jobs_finished_total", model="other", state="succeeded") == 1
+    assert m.value("para_attn_model_jobs_finished_total", model="echo", state="succeeded") == 0  # there before any
+    assert m.value("para_attn_model_queue_length", model="echo") == 1
+    assert m.value("para_attn_model_queue_length", model="other") == 0
+    assert m.value("para_attn_group_ready", group="1", model="other") == 1
+    assert m.value("para_attn_group_ranks", group="0", model="echo") == 2
+    assert m.value("para_attn_adapters_loaded", group="1", model="other") == 0
+    assert m.kind("para_attn_model_jobs_submitted") == "counter"
+    assert m.kind("para_attn_model_queue_length") == "gauge"

@@ -24,12 +24,12 @@ from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.schema import InputSchema
-from para_attn_server.settings import ModelSettings, Settings
+from para_attn_server.settings import Settings
 from para_attn_server.workers.group import JobOutcome
 from tests.unit.fakes import FakeGroup, MakeService, deadline
-from tests.unit.plugins.checks import rejected
+from tests.unit.plugins.checks import named, rejected
 
-SETTINGS = Settings(model=ModelSettings(model="painter"))
+SETTINGS = Settings()  # the served name is the service's (``named``)
 A, B = {"name": "a", "scale": 1.0}, {"name": "b", "scale": 0.5}
 
 
@@ -99,7 +99,7 @@ async def serving(make_service: MakeService, predictor: Predictor) -> tuple[JobS
 
 
 def sdk(service: JobService) -> openai.AsyncOpenAI:
-    transport = httpx2.ASGITransport(app=create_app(service, SETTINGS))
+    transport = httpx2.ASGITransport(app=create_app(named(service, "painter"), SETTINGS))
     http = httpx2.AsyncClient(transport=transport, base_url="http://testserver")
     return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="k", http_client=http, max_retries=0)
 

@@ -26,10 +26,10 @@ from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.schema import InputSchema
-from para_attn_server.settings import ModelSettings, Settings
+from para_attn_server.settings import Settings
 from para_attn_server.workers.group import JobOutcome
 from tests.unit.fakes import FakeGroup, MakeService, deadline
-from tests.unit.plugins.checks import rejected
+from tests.unit.plugins.checks import named, rejected
 
 Side = Annotated[int, msgspec.Meta(ge=16, le=256, multiple_of=16)]
 
@@ -258,11 +258,11 @@ def test_a_text_only_video_model_still_refuses_an_input_reference() -> None:
 # ---- through the routes, with the SDK (the server checks and stores the pictures) -------------
 
 
-SETTINGS = Settings(model=ModelSettings(model="editor"))
+SETTINGS = Settings()  # the served name is the service's (``named``)
 
 
 def sdk(service: JobService) -> openai.AsyncOpenAI:
-    transport = httpx2.ASGITransport(app=create_app(service, SETTINGS))
+    transport = httpx2.ASGITransport(app=create_app(named(service, "editor"), SETTINGS))
     http = httpx2.AsyncClient(transport=transport, base_url="http://testserver")
     return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="k", http_client=http, max_retries=0)
 

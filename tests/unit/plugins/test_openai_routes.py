@@ -24,9 +24,10 @@ from para_attn_server.plugin import Jobs
 from para_attn_server.plugin.manager import Plugins
 from para_attn_server.records import JobState
 from para_attn_server.schema import InputSchema, RequestField
-from para_attn_server.settings import ModelSettings, Settings
+from para_attn_server.settings import Settings
 from para_attn_server.workers.group import JobOutcome
 from tests.unit.fakes import FakeGroup, MakeService, deadline
+from tests.unit.plugins.checks import named
 
 pytestmark = [
     pytest.mark.anyio,
@@ -36,7 +37,7 @@ pytestmark = [
 ]
 
 PNG = b"\x89PNG\r\n\x1a\nnot really an image"
-SETTINGS = Settings(model=ModelSettings(model="echo"))
+SETTINGS = Settings()  # the served name is the service's (``named``)
 
 
 class Promptless(Predictor):
@@ -50,7 +51,7 @@ def plugins() -> Plugins:
 
 
 def sdk(service: JobService, *, api_key: str | None = None, key: str = "k", **options: Any) -> openai.AsyncOpenAI:
-    app = create_app(service, SETTINGS, api_key=api_key)
+    app = create_app(named(service, "echo"), SETTINGS, api_key=api_key)
     transport = httpx2.ASGITransport(app=app)
     http = httpx2.AsyncClient(transport=transport, base_url="http://testserver")
     return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key=key, http_client=http, **options)
@@ -225,7 +226,7 @@ async def test_a_multipart_forms_plugin_fields_are_checked_as_a_json_bodys_are(s
     # The videos route's multipart form takes another path to typed inputs than JSON does:
     # a plugin's check (the webhooks' allowed hosts) must refuse on both.
     service.schema = InputSchema(service.predictor, [RequestField("hook", str | None, None, "hooks", refuse_ftp)])
-    api = OpenAIContext.of(Jobs(service), OpenAISettings(), "echo", 60.0)
+    api = OpenAIContext.of(Jobs(service), OpenAISettings(), 60.0)
     for form in (True, False):
         with pytest.raises(InputError) as info:
             api.checked({"prompt": "a", "hook": "ftp://x"}, None, form=form)

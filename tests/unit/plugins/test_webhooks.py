@@ -19,7 +19,7 @@ import pytest
 
 from para_attn_plugins import webhooks
 from para_attn_plugins.webhooks import AllowedHosts, WebhookSettings
-from para_attn_server import ConfigurationError
+from para_attn_server import ConfigurationError, settings_sources
 from para_attn_server import settings as settings_tree
 from para_attn_server.cli import parse
 from para_attn_server.engine.service import JobService
@@ -419,7 +419,7 @@ def test_the_variables_old_name_still_works_with_a_warning_and_the_new_name_wins
     warned: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = warned.append  # type: ignore[method-assign]
-    monkeypatch.setattr(settings_tree.log, "handlers", [handler])
+    monkeypatch.setattr(settings_sources.log, "handlers", [handler])
     monkeypatch.delenv(webhooks.SECRET_ENV, raising=False)
     monkeypatch.setenv(webhooks.OLD_SECRET_ENV, SECRET)
 

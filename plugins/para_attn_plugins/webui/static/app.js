@@ -8,19 +8,25 @@
 // is a file picker that also takes a drop or a paste; the file goes in the JSON
 // body as a data: URL, and "Use as input" puts a finished job's image there as job:<id>.
 // The adapters (LoRA) the server offers are a field of their own: adapters.js. The hosts
-// and their worker groups, refreshed with the list of jobs: hosts.js.
+// and their worker groups, refreshed with the list of jobs: hosts.js. A server of several
+// models gets a selector that rebuilds the form for the model chosen: models.js.
 
 const KEY = "para-attn-server.api-key";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
-// A path on the server, and where the server posts the job's events (the webhooks plugin):
-// the server's own fields, not the model's, and not a browser's business.
-const SKIPPED = new Set(["output_path", "webhook", "webhook_events_filter"]);
+// A path on the server, where the server posts the job's events (the webhooks plugin), and
+// which served model runs it (the selector's: models.js): the server's own fields, not the
+// model's, and not a form's text.
+const SKIPPED = new Set(["output_path", "webhook", "webhook_events_filter", "model"]);
 const MEDIA_KINDS = new Set(["image", "mask", "video"]);
 const LIST_LIMIT = 20;
 const REFRESH_MS = 2000;
 const $ = (id) => document.getElementById(id);
 
 const page = {
+  doc: null, // the OpenAPI document (the first model's request body)
+  models: [], // the served models' names, the first the default (models.js)
+  model: null, // the model whose form is shown
+  choosing: 0, // counts the models chosen: a schema that arrives late is dropped
   fields: new Map(), // name -> {kind, nullable, required, input, error, media?, values?, thumbs?}
   job: null, // the job view shown
   stream: null, // AbortController of the shown job's event stream
@@ -362,8 +368,7 @@ function requestBody(doc) {
   return resolve(doc, doc.paths["/v1/jobs"].post.requestBody.content["application/json"].schema);
 }
 
-function buildForm(doc) {
-  const body = requestBody(doc);
+function buildForm(doc, body = requestBody(doc)) {
   $("model").textContent = (body.title || "").replace(/Input$/, "");
   const required = new Set(body.required || []);
   // The adapters are offered apart, when the server lists some (adapters.js).
@@ -476,7 +481,7 @@ async function submit() {
     const response = await api("/v1/jobs", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(inputs),
+      body: JSON.stringify(withModel(inputs)),
     });
     const body = await json(response);
     if (response.status === 201) {
@@ -744,9 +749,9 @@ async function refreshJobs() {
 let refresher = null;
 
 async function start() {
-  const doc = await json(await api("/schema/openapi.json"));
-  buildForm(doc);
-  await offerAdapters(doc, requestBody(doc));
+  page.doc = await json(await api("/schema/openapi.json"));
+  offerModels(await servedModels());
+  await chooseModel(page.models.includes(page.model) ? page.model : null); // the one chosen before a 401
   $("page-error").hidden = true;
   $("main").hidden = false;
   await refreshJobs();

@@ -2,9 +2,9 @@
 // The hosts that serve the server's worker groups, from GET /server_status (its hosts and
 // groups): each host's name, state (local: the server's own; serving, draining, left, lost,
 // refused: one that joined), devices, its groups with what each does (ready, busy,
-// starting), the job runs started on it, and when a joined host last asked for its orders.
+// starting; and which model it serves, where there are several), the job runs started on it, and when a joined host last asked for its orders.
 // A front that runs no group itself (--num-devices 0) has no local row: only the hosts that
-// joined. Loaded before app.js, whose helpers (api, json, $) these functions call once the
+// joined. Loaded before app.js, whose helpers (api, json, $, page) these functions call once the
 // page has started; app.js refreshes the list with the list of jobs. Server data goes in as
 // text only (textContent, dataset).
 
@@ -57,14 +57,16 @@ function hostRow(host, groups) {
   return row;
 }
 
-// One group of a host: "group 2: busy" (its ranks up out of its ranks in the tooltip).
+// One group of a host: "group 2: busy", "group 2 (noop): busy" on a server of several
+// models (its ranks up out of its ranks in the tooltip).
 function groupChip(index, group) {
   const what = !group ? "unknown" : group.busy ? "busy" : group.ready ? "ready" : "starting";
   const chip = document.createElement("span");
   chip.className = "group";
   chip.dataset.group = String(index);
   chip.dataset.state = what;
-  chip.textContent = `group ${index}: ${what}`;
+  const model = group && group.model && page.models.length > 1 ? ` (${group.model})` : "";
+  chip.textContent = `group ${index}${model}: ${what}`;
   if (group) {
     const up = (group.ranks || []).filter((rank) => rank.state !== "starting").length;
     chip.title = `${up} of ${(group.ranks || []).length} rank(s) up, ${group.restarts} restart(s)`;
