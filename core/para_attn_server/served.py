@@ -105,8 +105,7 @@ def _resolve(
     source = modelpath.inspect(model_path) if model_path else None
     if model is None:
         model = modelpath.predictor_for(source, plugins.predictors()) if source else DEFAULT_PREDICTOR
-    normalize = getattr(plugins, "normalize_model_spec", None)
-    spec = normalize(model) if callable(normalize) else model
+    spec = plugins.normalize_model_spec(model)  # the form the ranks resolve (an absolute file path)
     predictor = plugins.resolve_predictor(spec)
     if source is not None:
         modelpath.check_fits(model, predictor, source)
