@@ -96,7 +96,8 @@ class Report:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, suite: str, case: str, value: float, unit: str, detail: str = "", **extra: Any) -> None:
+    def add(self, suite: str, case: str, value: float | None, unit: str, detail: str = "", **extra: Any) -> None:
+        """A row; ``value`` None where nothing was measured (JSON null, "-" in the table)."""
         row = {"suite": suite, "case": case, "value": value, "unit": unit, "detail": detail, **extra}
         self.rows.append(row)
         print(f"  {suite:<11} {case:<44} {_fmt(value, unit):>14}  {detail}", flush=True)
@@ -108,7 +109,9 @@ class Report:
         return "\n".join(lines)
 
 
-def _fmt(value: float, unit: str) -> str:
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
     if unit == "s":
         return f"{value * 1e3:.3f} ms"
     if unit == "us":

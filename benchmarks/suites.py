@@ -10,10 +10,12 @@ from typing import Any
 
 from .batching import batching
 from .compare import compare
-from .direct import DirectRanks, direct_call_times
+from .direct import DirectRanks
 from .fleet import fleet
+from .gpu import gpu
 from .harness import Client, Report, Stat, client, drive_wait_jobs, server, timed
 from .inputs import inputs as picture_inputs
+from .layouts import layouts
 from .loras import loras
 from .micro import micro
 from .scale import scale
@@ -260,31 +262,6 @@ def previews(report: Report, c: Client, pids: list[int], pairs: int) -> None:
                stat=vars(on), cpu_per_step_us=cpu_on, ratio=ratio, target=PREVIEW_MAX_RATIO, passed=passed)  # fmt: skip
 
 
-# ---- 6: GPU -----------------------------------------------------------------------------
-
-
-def gpu(report: Report, quick: bool) -> None:
-    import os
-
-    import torch
-
-    if not torch.cuda.is_available():
-        print("  gpu         skipped: no CUDA device", flush=True)
-        return
-    path = os.environ.get("PARA_ATTN_BENCH_FLUX_PATH")
-    if not path:
-        print("  gpu         skipped: set PARA_ATTN_BENCH_FLUX_PATH to a Flux pipeline directory", flush=True)
-        return
-    inputs = {"prompt": "a cat", "width": 1024, "height": 1024, "num_inference_steps": 28}
-    direct = Stat.of(direct_call_times("flux", 1, {**inputs}, 3, warmup=1))
-    with server("flux", 1, "--model-path", path) as srv:
-        c = client(srv)
-        body = json.dumps(inputs).encode()
-        served = Stat.of(timed(lambda: sync_job(c, body), 3, warmup=1))
-    report.add("gpu", "flux 1024x1024 28 steps: direct", direct.median, "s", direct.ms())
-    report.add("gpu", "flux 1024x1024 28 steps: server", served.median, "s", f"x{served.median / direct.median:.3f}")
-
-
 SUITES = {
     "latency": latency,
     "overhead": overhead,
@@ -300,6 +277,7 @@ SUITES = {
     "loras": loras,
     "batching": batching,
     "fleet": fleet,
+    "layouts": layouts,
     "soak": soak,
 }
 # Run only when named in --only (a soak takes 20 minutes), never by default.

@@ -28,6 +28,16 @@ and its own generator, so each output is what the job gives alone. Operators tun
 ``--option key=value``:
 
     dtype=auto|bfloat16|float16|float32   auto: bfloat16 on CUDA, float32 on CPU
+    ulysses=U ring=R cfg=C                 how the group's ranks split a job (``layouts``):
+                                           U x R x C = the group's size; auto by default
+    fp8=1                                  the transformers' linear layers in float8 (torchao
+                                           dynamic quantization; CUDA, compute capability 8.9+):
+                                           about half the weights' memory and faster matmuls,
+                                           for a small change in the images
+    offload=none|model|sequential          diffusers' CPU offload on each rank, for a card too
+                                           small for the model: ``model`` moves one model at a
+                                           time to the device (slower per job), ``sequential``
+                                           one layer at a time (least memory, much slower)
     cache_threshold=0.08                   first-block cache; 0 (default) turns it off
     compile=1  compile_mode=MODE  compile_backend=inductor
                                            with compile, adapters (LoRA) hotswap into
@@ -44,6 +54,7 @@ and its own generator, so each output is what the job gives alone. Operators tun
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -68,6 +79,7 @@ from para_attn_server import (
     current_job,
 )
 
+from .layouts import Layout, LayoutOptions, choose_layout
 from .loras import LoadedLoras
 from .previews import Previewer, StepCallback, latent_image, make_previewer, preview_callback
 
@@ -152,7 +164,7 @@ def _hashable(value: Any) -> Hashable:
     return value  # type: ignore[no-any-return]
 
 
-class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Settings(LayoutOptions, kw_only=True, forbid_unknown_fields=True):
     """The ``--option`` values a diffusers predictor accepts (see the module docstring)."""
 
     model_path: str
@@ -166,6 +178,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vae_tiling: bool = False
     max_sequence_length: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
     preview_vae: str | None = None
+    fp8: bool = False
+    offload: Literal["none", "model", "sequential"] = "none"
 
 
 def read_config(model_path: str, subfolder: str) -> dict[str, Any]:
@@ -189,6 +203,27 @@ def read_json(model_path: str, filename: str) -> dict[str, Any]:
     return config
 
 
+def check_fp8(device_type: str) -> None:
+    """Refuse ``-o fp8=1`` where it cannot run, with the reason, before a rank loads weights."""
+    if device_type != "cuda":
+        raise ConfigurationError(
+            f"-o fp8=1: float8 matmuls need a CUDA GPU of compute capability 8.9 or more (Ada, Hopper); "
+            f"this machine runs on {device_type}"
+        )
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ConfigurationError("-o fp8=1 quantizes with torchao: pip install torchao") from None
+
+
+def quantize_fp8(transformer: torch.nn.Module) -> None:
+    """The transformer's linear layers as float8 weights with float8 activations scaled per
+    call (torchao's dynamic quantization), in place."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig())
+
+
 def _import(spec: str) -> Any:
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -207,6 +242,9 @@ class DiffusersPredictor(Predictor):
     video: ClassVar[bool] = False  # latents [B, C, F, H, W]: previews show the first frame
     supports_loras = True  # requests may name adapters; ``generate`` applies them (``loras``)
     per_job_fields: ClassVar[frozenset[str]] = PER_JOB_FIELDS  # what jobs of one batch may differ in
+    # The request field that turns classifier-free guidance on (two transformer passes per
+    # step, which cfg=2 runs at once: ``guided``); None: one pass per step, no cfg=2.
+    guidance_field: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -238,12 +276,15 @@ class DiffusersPredictor(Predictor):
         """Job ``index``'s output, from the pipeline's output object, as its fields ask."""
         raise NotImplementedError
 
+    def guided(self, call: dict[str, Any]) -> bool:
+        """Whether the pipeline, called with ``call``, guides (two passes per step): the
+        pipeline's own rule, such as diffusers' ``guidance_scale > 1``."""
+        return False
+
     # ---- the Predictor contract ---------------------------------------------------------
 
     def configure(self, world_size: int, options: dict[str, str]) -> None:
         import torch
-
-        from .parallel import check_context_parallel
 
         if "model_path" not in options:
             raise ConfigurationError(
@@ -259,31 +300,51 @@ class DiffusersPredictor(Predictor):
         self.transformer_config = read_config(self.settings.model_path, "transformer")
         self.vae_config = read_config(self.settings.model_path, "vae")
         heads = int(self.transformer_config["num_attention_heads"])
-        check_context_parallel(world_size, heads, "cuda" if torch.cuda.is_available() else "cpu")
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        self.layout: Layout = choose_layout(
+            self.settings, world_size, heads=heads, device_type=device_type, guidance=self.guidance_field
+        )
         self.max_sequence_length = self.settings.max_sequence_length or self.default_max_sequence_length
-        if self.splits_text and self.max_sequence_length % world_size:
+        if self.splits_text and self.max_sequence_length % self.layout.sequence:
             raise ConfigurationError(
-                f"max_sequence_length={self.max_sequence_length} text tokens do not split across {world_size} ranks"
+                f"max_sequence_length={self.max_sequence_length} text tokens do not split across "
+                f"{self.layout.sequence} ranks ({self.layout})"
             )
+        if self.settings.fp8:
+            check_fp8(device_type)
         self.warmup = self._warmup_request()
 
+    def parallel_layout(self) -> dict[str, int]:
+        return self.layout.degrees()
+
     def setup(self, context: RankContext) -> None:
-        from .parallel import enable_first_block_cache, parallelize_pipeline
+        from .parallel import parallelize_pipeline
 
         settings = self.settings
         self.rank, self.device = context.rank, context.device
         pipe = self.load_pipeline(self._dtype(settings.dtype, context.device))
-        pipe.to(context.device)
+        if settings.offload == "none":
+            pipe.to(context.device)
         pipe.set_progress_bar_config(disable=True)
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
         self.pipe = pipe
         self.previewer: Previewer | None = None
         if context.rank == 0:  # before the VAE is split: the fit decodes on this rank alone
+            # (with offload on the host, before its hooks leave the weights on the meta device)
             self.previewer = make_previewer(pipe, context.device, settings.preview_vae, video=self.video)
-        self.decode_on_every_rank = parallelize_pipeline(
-            pipe, device_type=context.device.type, parallelize_vae=settings.parallel_vae
+        if settings.offload == "model":
+            pipe.enable_model_cpu_offload(device=context.device)
+        elif settings.offload == "sequential":
+            # diffusers' leaf-level group offload, the successor of enable_sequential_cpu_offload
+            # (whose accelerate hooks fail on transformers 5's text encoders); on CUDA a side
+            # stream moves the next layer while this one runs.
+            cuda = context.device.type == "cuda"
+            pipe.enable_group_offload(context.device, offload_type="leaf_level", use_stream=cuda)
+        self.parallel = parallelize_pipeline(
+            pipe, device_type=context.device.type, parallelize_vae=settings.parallel_vae, layout=self.layout
         )
+        self.decode_on_every_rank = self.parallel.decode_on_every_rank
         self.variants = {name: self._variant(spec) for name, spec in self.variant_classes().items()}
         # The variants share the loaded pipeline's models, hence its adapters: one bookkeeping.
         # Compiled, adapters are hotswapped into fixed slots (armed before compiling): no recompiles.
@@ -293,23 +354,16 @@ class DiffusersPredictor(Predictor):
             t for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if t is not None
         ]
         for transformer in self.transformers:
-            if settings.cache_threshold > 0:
-                enable_first_block_cache(transformer, settings.cache_threshold)
-            if settings.compile:
-                transformer.compile(mode=settings.compile_mode, backend=settings.compile_backend)
+            self._accelerate(transformer)
         if self.warmup is not None:
             started = time.perf_counter()
             self.predict(**self.warmup)  # compiles; every rank runs it, like a job
             log.info("rank %d: warm-up generation took %.1f s", self.rank, time.perf_counter() - started)
 
     def validate(self, inputs: dict[str, Any]) -> None:
-        tokens = self.sequence_length(inputs)
-        if tokens % self.world_size:
-            raise InputError(
-                f"width x height{' x frames' if 'num_frames' in inputs else ''} make {tokens} tokens, "
-                f"which do not split across {self.world_size} ranks; pick sizes whose token count divides",
-                "height",
-            )
+        from .sizes import check_split
+
+        check_split(self.sequence_length, inputs, self.layout.sequence, str(self.layout))
 
     def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
         """Jobs that differ only in ``per_job_fields`` share one call (see ``batch_key_of``);
@@ -386,7 +440,11 @@ class DiffusersPredictor(Predictor):
             if callback is not None and every and self.previewer is not None:
                 callback = self._with_previews(callback, every, call, index)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in self._shared_seeds(seeds)]
-        with self.loras.applied(loras):  # the job's adapters; the base model again afterwards
+        cfg = self.parallel.cfg
+        passes = contextlib.nullcontext() if cfg is None else cfg.run(self.guided(call))
+        with self.loras.applied(loras), passes:  # the job's adapters; the base model again afterwards
+            if cfg is not None:
+                call = cfg.swap_prompts(call)
             result = pipe(
                 **call,
                 # A list draws each job's noise from its own generator, as that job alone would.
@@ -410,6 +468,28 @@ class DiffusersPredictor(Predictor):
                 f"{model_path!r} holds a {name}"
             )
         return name, self.pipeline_classes[name]
+
+    def _accelerate(self, transformer: torch.nn.Module) -> None:
+        """fp8, the first-block cache and compile, as the options ask; with cfg=2 the exchange
+        of the two passes wraps the (compiled) forward and stays eager."""
+        import torch
+
+        from .parallel import enable_first_block_cache
+
+        settings = self.settings
+        if settings.fp8:
+            quantize_fp8(transformer)
+        if settings.cache_threshold > 0:
+            enable_first_block_cache(transformer, settings.cache_threshold, self.parallel.sequence_group)
+        mode, backend = settings.compile_mode, settings.compile_backend
+        if self.parallel.cfg is None:
+            if settings.compile:
+                transformer.compile(mode=mode, backend=backend)
+            return
+        forward = transformer.forward
+        if settings.compile:
+            forward = torch.compile(forward, mode=mode, backend=backend)
+        transformer.forward = self.parallel.cfg.wrap(forward)
 
     def _variant(self, spec: str) -> Any:
         """A pipeline of class ``spec`` made of the loaded pipeline's components (the same

@@ -16,8 +16,10 @@ is resized to it (image to image, inpainting), or read beside it (Kontext).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, cast
+
+import msgspec
 
 from para_attn_server import Image, InputError, Mask, Output, hookimpl
 
@@ -29,6 +31,15 @@ if TYPE_CHECKING:
     from PIL.Image import Image as Picture
 
 KONTEXT = "FluxKontextPipeline"
+TrueCfgScale = Annotated[
+    float,
+    msgspec.Meta(
+        ge=1,
+        le=30,
+        description="Classifier-free guidance with negative_prompt (two passes per step: -o cfg=2 runs them at "
+        "once); 1: none",
+    ),
+]
 
 
 class FluxSettings(Settings, kw_only=True, forbid_unknown_fields=True):
@@ -48,6 +59,7 @@ class FluxPredictor(DiffusersPredictor):
     }
     options_type = FluxSettings
     splits_text = True  # joint attention: para-attn splits the T5 tokens as well
+    guidance_field = "true_cfg_scale"
 
     def model_defaults(self) -> dict[str, Any]:
         # A transformer without guidance embedding is timestep-distilled (FLUX.1-schnell's
@@ -95,6 +107,8 @@ class FluxPredictor(DiffusersPredictor):
         height: Side = 1024,
         num_inference_steps: Steps = 28,
         guidance_scale: Guidance = 3.5,
+        negative_prompt: Prompt | None = None,
+        true_cfg_scale: TrueCfgScale = 1.0,
         seed: Seed = None,
         output_format: Literal["png", "jpeg", "npy"] = "png",
         preview_every: PreviewEvery = 0,
@@ -115,6 +129,8 @@ class FluxPredictor(DiffusersPredictor):
             "guidance_scale": fields["guidance_scale"],
             "max_sequence_length": self.max_sequence_length,
         }
+        if fields.get("negative_prompt") is not None:  # diffusers guides only with one
+            call.update(negative_prompt=fields["negative_prompt"], true_cfg_scale=fields["true_cfg_scale"])
         pipe = None  # the loaded pipeline: text to image, or Kontext
         if self.kontext:
             # max_area = the output's: diffusers otherwise scales width x height to a megapixel.
@@ -127,6 +143,15 @@ class FluxPredictor(DiffusersPredictor):
             if mask_image is not None:
                 call["mask_image"] = mask_image
         return pipe, call
+
+    def guided(self, call: dict[str, Any]) -> bool:
+        # FluxPipeline's do_true_cfg: a scale over 1 and a negative prompt.
+        return bool(call.get("true_cfg_scale", 1.0) > 1 and call.get("negative_prompt") is not None)
+
+    def batch_key(self, inputs: dict[str, Any]) -> Hashable | None:
+        # A batch's jobs all guide or none does: one call takes one list of negative prompts.
+        key = super().batch_key(inputs)
+        return None if key is None else (key, inputs.get("negative_prompt") is None)
 
     def encode(self, result: Any, index: int, fields: dict[str, Any]) -> Output:
         return encode_image(result.images[index], fields["output_format"])
@@ -142,10 +167,10 @@ class FluxPredictor(DiffusersPredictor):
         height, width = self.pipe.image_processor.get_default_height_width(picture)  # whole tokens
         if cast(FluxSettings, self.settings).kontext_auto_resize and width and height:
             _, width, height = min((abs(width / height - w / h), w, h) for w, h in PREFERRED_KONTEXT_RESOLUTIONS)
-        columns, rows = splittable_grid(width // per_token, height // per_token, self.world_size)
+        columns, rows = splittable_grid(width // per_token, height // per_token, self.layout.sequence)
         if columns < 1:
             raise InputError(
-                f"{picture.size[0]}x{picture.size[1]} pixels are too few to split across {self.world_size} ranks "
+                f"{picture.size[0]}x{picture.size[1]} pixels are too few to split across {self.layout.sequence} ranks "
                 f"in tokens of {per_token}x{per_token} pixels",
                 "image",
             )

@@ -2,71 +2,76 @@
 
 from __future__ import annotations
 
-import math
+import functools
 import types
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from para_attn.context_parallel import init_context_parallel_mesh
+from para_attn import primitives
 from para_attn.context_parallel.diffusers_adapters import parallelize_pipe
+from para_attn.para_attn_interface import UnifiedAttnMode
 from para_attn.parallel_vae import init_parallel_vae_mesh
 from para_attn.parallel_vae.diffusers_adapters import parallelize_vae as _parallelize_vae
-
-from para_attn_server import ConfigurationError
+from torch.distributed.device_mesh import DeviceMesh
 
 from .compat import apply_para_attn_shims, can_parallelize_vae, parallelize_wan_transformers
+from .guidance import CfgSplit
+from .layouts import Layout, LayoutOptions, choose_layout, layout_mesh
+
+CONTROLNET_SAMPLES = ("controlnet_block_samples", "controlnet_single_block_samples")
 
 _parallelized: weakref.WeakSet[DiffusionPipeline] = weakref.WeakSet()
-
-
-def context_parallel_degrees(world_size: int, num_heads: int) -> tuple[int, int]:
-    """``(ulysses, ring)``: Ulysses over the largest share of the ranks that divides the
-    head count (it splits heads), ring attention over the rest (it splits only sequences)."""
-    ulysses = math.gcd(world_size, num_heads)
-    return ulysses, world_size // ulysses
-
-
-def check_context_parallel(world_size: int, num_heads: int, device_type: str) -> None:
-    """Raise ``ConfigurationError`` when ``world_size`` ranks cannot split the attention."""
-    ulysses, ring = context_parallel_degrees(world_size, num_heads)
-    if ring > 1 and device_type != "cuda":
-        raise ConfigurationError(
-            f"{world_size} ranks cannot split {num_heads} attention heads: Ulysses covers {ulysses} of them "
-            f"and the remaining factor {ring} needs ring attention, which para-attn runs only on CUDA; "
-            f"use a rank count that divides {num_heads}"
-        )
 
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def parallelize_pipeline(pipe: DiffusionPipeline, *, device_type: str, parallelize_vae: bool = True) -> bool:
-    """Split ``pipe``'s transformer (and optionally VAE decode) across all ranks.
+@dataclass(frozen=True)
+class Parallel:
+    """How ``parallelize_pipeline`` split a pipeline, for the predictor that calls it."""
+
+    layout: Layout
+    decode_on_every_rank: bool  # the VAE decode is split: every rank must decode
+    cfg: CfgSplit | None = None  # cfg=2: wrap each transformer's forward with it
+    sequence_group: dist.ProcessGroup | None = None  # the ranks that split one pass
+
+
+def parallelize_pipeline(
+    pipe: DiffusionPipeline, *, device_type: str, parallelize_vae: bool = True, layout: Layout | None = None
+) -> Parallel:
+    """Split ``pipe``'s transformer (and optionally VAE decode) across all ranks as ``layout``
+    says (None: the automatic one, ``layouts.choose_layout``).
 
     No-op unless torch.distributed is initialised with world size > 1. Collective:
-    every rank must call it, in the same order, with the same arguments. Returns whether
-    the VAE was parallelized: its decode is then collective, so every rank must decode.
+    every rank must call it, in the same order, with the same arguments. The result says
+    whether the VAE was parallelized (its decode is then collective, so every rank must
+    decode) and, with ``cfg=2``, the split of the guided and unguided passes.
 
-    The mesh is Ulysses where the head count allows and ring attention for the rest
-    (CUDA only); the image and text token counts must divide by the world size. Every
-    rank must call the pipeline with the same arguments and a generator seeded alike.
+    Every rank must call the pipeline with the same arguments and a generator seeded alike
+    (the second half of a cfg=2 layout with the prompts swapped: ``CfgSplit.swap_prompts``).
     Note para-attn patches ``__call__`` on the pipeline *class*, process-wide.
     """
     world_size = _world_size()
+    if layout is None:
+        heads = int(pipe.transformer.config.num_attention_heads)
+        layout = choose_layout(LayoutOptions(), world_size, heads=heads, device_type=device_type, guidance=None)
     if world_size <= 1 or pipe in _parallelized:
-        return False
-    num_heads = int(pipe.transformer.config.num_attention_heads)
-    check_context_parallel(world_size, num_heads, device_type)
+        return Parallel(layout, decode_on_every_rank=False)
     apply_para_attn_shims()
-    mesh = init_context_parallel_mesh(device_type, max_ulysses_dim_size=num_heads)
+    mesh = layout_mesh(layout, device_type)
+    sequence_mesh = mesh["batch", "ring", "ulysses"]  # this rank's half: one pass, split
     if type(pipe).__name__.startswith("Wan"):
-        parallelize_wan_transformers(pipe, mesh)
+        parallelize_wan_transformers(pipe, sequence_mesh)
+    elif layout.cfg > 1:
+        parallelize_flux_transformer(pipe.transformer, sequence_mesh)
+        parallelize_pipe(pipe, shallow_patch=True)  # para-attn's class patch: a shared seed
     else:
-        parallelize_pipe(pipe, mesh=mesh)
+        parallelize_pipe(pipe, mesh=sequence_mesh)
     vae = pipe.components.get("vae")
     vae_split = parallelize_vae and vae is not None and can_parallelize_vae(vae)
     if vae_split:
@@ -74,7 +79,42 @@ def parallelize_pipeline(pipe: DiffusionPipeline, *, device_type: str, paralleli
         # vae.tile_sample_min_size are decoded tile-parallel, and tiling changes them slightly.
         _parallelize_vae(vae, mesh=init_parallel_vae_mesh(device_type))
     _parallelized.add(pipe)
-    return vae_split
+    cfg = CfgSplit(mesh["cfg"].get_group(), mesh["cfg"].get_local_rank()) if layout.cfg > 1 else None
+    group = mesh["ring", "ulysses"]._flatten().get_group() if layout.cfg > 1 else None
+    return Parallel(layout, vae_split, cfg, group)
+
+
+def parallelize_flux_transformer(transformer: torch.nn.Module, mesh: DeviceMesh) -> None:
+    """Split a ``FluxTransformer2DModel``'s sequence across ``mesh``, a part of the ranks.
+
+    para-attn's Flux adapter chunks the position ids over the whole world, so it splits
+    correctly only when one pass spans every rank; with cfg=2 each half splits its own pass
+    here, as that adapter does otherwise: image and text tokens chunked, attention under
+    para-attn's ``UnifiedAttnMode``, the output gathered.
+    """
+    if getattr(transformer, "_is_parallelized", False):
+        return
+    group = mesh["ring", "ulysses"]._flatten().get_group()
+    forward = transformer.forward
+
+    def chunk(tensor: torch.Tensor) -> torch.Tensor:
+        part: torch.Tensor = primitives.get_assigned_chunk(tensor, dim=-2, group=group)
+        return part
+
+    @functools.wraps(forward)
+    def split_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        for name in ("encoder_hidden_states", "img_ids", "txt_ids"):
+            if kwargs.get(name) is not None:
+                kwargs[name] = chunk(kwargs[name])
+        if any(kwargs.get(name) is not None for name in CONTROLNET_SAMPLES) or args:
+            raise NotImplementedError("splitting Flux with cfg=2 takes keyword arguments and no ControlNet")
+        with UnifiedAttnMode(mesh):
+            output = forward(chunk(hidden_states), **kwargs)
+        sample = primitives.get_complete_tensor(output[0], dim=-2, group=group)
+        return (sample, *output[1:]) if isinstance(output, tuple) else type(output)(sample=sample)
+
+    transformer.forward = split_forward
+    transformer._is_parallelized = True  # type: ignore[assignment]
 
 
 def parallelize_like(pipe: DiffusionPipeline, base: DiffusionPipeline) -> None:
@@ -96,13 +136,16 @@ def parallelize_like(pipe: DiffusionPipeline, base: DiffusionPipeline) -> None:
     _parallelized.add(pipe)
 
 
-def enable_first_block_cache(transformer: torch.nn.Module, threshold: float) -> None:
+def enable_first_block_cache(
+    transformer: torch.nn.Module, threshold: float, group: dist.ProcessGroup | None = None
+) -> None:
     """diffusers' first-block cache, with its skip decision made for all ranks at once.
 
     Each rank sees only its shard of the sequence, so diffusers' per-rank decision could
     let one rank skip the remaining blocks while another runs them and waits forever in
     their collectives. Here the residual sums are all-reduced first: every rank decides
-    as a single process holding the whole sequence would.
+    as a single process holding the whole sequence would (``group``: the ranks that split
+    one pass, with cfg=2 half of them; None: all).
     """
     from diffusers.hooks.first_block_cache import FirstBlockCacheConfig
 
@@ -113,6 +156,7 @@ def enable_first_block_cache(transformer: torch.nn.Module, threshold: float) -> 
         registry = getattr(module, "_diffusers_hook", None)
         hook = registry.get_hook("fbc_leader_block_hook") if registry is not None else None
         if hook is not None:
+            hook.sequence_group = group
             hook._should_compute_remaining_blocks = types.MethodType(_should_compute_everywhere, hook)
 
 
@@ -122,6 +166,6 @@ def _should_compute_everywhere(hook: Any, residual: torch.Tensor) -> bool:
     if previous is None:  # the first step of a run, on every rank alike
         return True
     sums = torch.stack([(residual - previous).abs().sum(), previous.abs().sum()]).float()
-    dist.all_reduce(sums)
+    dist.all_reduce(sums, group=hook.sequence_group)
     # Same element count on both sides: the ratio of sums is diffusers' ratio of means.
     return bool((sums[0] / sums[1]).item() > hook.threshold)

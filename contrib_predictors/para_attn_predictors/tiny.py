@@ -29,16 +29,20 @@ import msgspec
 from para_attn_server import AdapterFit, Image, Output, Predictor, RankContext, current_job, hookimpl
 
 from .diffusers_base import PER_JOB_FIELDS, Strength, batch_key_of, check_shared, check_strength
+from .layouts import Layout, LayoutOptions, choose_layout
 from .loras import LoadedLoras
 from .previews import Previewer, PreviewEvery, StepCallback, latent_image, make_previewer, preview_callback
 
 # Multiples of 16 keep the image token count, (h/2)*(w/2), divisible by any world size
 # up to 64; the model's two attention heads cap Ulysses at two ranks anyway.
+HEADS = 2  # the tiny transformer's attention heads (tiny_flux, which the server never imports)
 Side = Annotated[int, msgspec.Meta(ge=16, le=256, multiple_of=16, description="Pixels, a multiple of 16")]
 
 
-class TinyOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``-o`` values of ``tiny``: it builds its own random-weight model (no --model-path)."""
+class TinyOptions(LayoutOptions, kw_only=True, forbid_unknown_fields=True):
+    """``-o`` values of ``tiny``: it builds its own random-weight model (no --model-path),
+    and the layout's degrees (``layouts``: its two heads allow ulysses 1 or 2; it has no
+    classifier-free guidance, so no cfg=2)."""
 
     weights_seed: Annotated[int, msgspec.Meta(ge=0)] = 0  # the random weights' seed
     preview_vae: str | None = None  # previews decoded by this small VAE (a directory)
@@ -48,6 +52,17 @@ class TinyFluxPredictor(Predictor):
     max_sequence_length = 64  # T5 tokens; must divide by the world size too
     supports_loras = True  # requests may name adapters (``--lora``): see ``loras``
     options_type = TinyOptions
+    layout: Layout | None = None  # from ``configure``; None (set up without it): automatic
+
+    def configure(self, world_size: int, options: dict[str, str]) -> None:
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        layout_options = msgspec.convert(options, TinyOptions, strict=False)
+        self.layout = choose_layout(layout_options, world_size, heads=HEADS, device_type=device_type, guidance=None)
+
+    def parallel_layout(self) -> dict[str, int]:
+        return {} if self.layout is None else self.layout.degrees()
 
     def setup(self, context: RankContext) -> None:
         from diffusers.pipelines.flux.pipeline_flux_img2img import FluxImg2ImgPipeline
@@ -63,7 +78,7 @@ class TinyFluxPredictor(Predictor):
         if context.rank == 0:  # before parallelizing: the fit decodes on this rank alone
             self.previewer = make_previewer(self.pipe, context.device, context.options.get("preview_vae"))
         # No parallel VAE: it tiles, which changes the image, and tiny images need none.
-        parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False)
+        parallelize_pipeline(self.pipe, device_type=context.device.type, parallelize_vae=False, layout=self.layout)
         # The same components (no second copy of the weights), its pipeline class patched too.
         self.img2img = FluxImg2ImgPipeline(**self.pipe.components)
         self.img2img.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]

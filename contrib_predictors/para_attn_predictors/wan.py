@@ -21,6 +21,7 @@ from para_attn_server import Image, InputError, Output, RankContext, hookimpl
 from .diffusers_base import DiffusersPredictor, Guidance, Prompt, Seed, Side, Steps
 from .media import encode_video
 from .previews import PreviewEvery
+from .sizes import check_positions
 
 MAX_FRAMES = 241
 Frames = Annotated[int, msgspec.Meta(ge=1, le=MAX_FRAMES, description="Frames, 4k+1 (the VAE packs 4 per latent)")]
@@ -40,6 +41,7 @@ class WanPredictor(DiffusersPredictor):
     # Wan's own examples (a directory without one ignores the entry).
     component_dtypes: ClassVar[dict[str, str]] = {"vae": "float32", "image_encoder": "float32"}
     warmup_inputs: ClassVar[dict[str, Any]] = {"prompt": "warm-up", "num_inference_steps": 2, "num_frames": 5}
+    guidance_field = "guidance_scale"
 
     @property
     def image_to_video(self) -> bool:
@@ -90,9 +92,17 @@ class WanPredictor(DiffusersPredictor):
                 f"image to video needs a {IMAGE_TO_VIDEO} model",
                 "image",
             )
-        temporal = self._factors()[0]
+        temporal, per_row, per_column = self._factors()
         if (inputs["num_frames"] - 1) % temporal:
             raise InputError(f"must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...)", "num_frames")
+        # The rotary table covers rope_max_seq_len positions per axis (patches of latents).
+        limit = int(self.transformer_config.get("rope_max_seq_len", 1024))
+        patch_frames = int(self.transformer_config.get("patch_size", (1, 2, 2))[0])
+        latent_frames = (inputs["num_frames"] - 1) // temporal + 1
+        check_positions("num_frames", inputs["num_frames"], latent_frames // patch_frames, limit,
+                        (limit * patch_frames - 1) * temporal + 1)  # fmt: skip
+        check_positions("height", inputs["height"], inputs["height"] // per_row, limit, limit * per_row)
+        check_positions("width", inputs["width"], inputs["width"] // per_column, limit, limit * per_column)
         super().validate(inputs)
 
     def predict(
@@ -129,6 +139,9 @@ class WanPredictor(DiffusersPredictor):
             max_sequence_length=self.max_sequence_length,
         )
         return None, call
+
+    def guided(self, call: dict[str, Any]) -> bool:
+        return bool(call["guidance_scale"] > 1)  # WanPipeline.do_classifier_free_guidance
 
     def encode(self, result: Any, index: int, fields: dict[str, Any]) -> Output:
         return encode_video(result.frames[index], fields["fps"], fields["output_format"])

@@ -239,6 +239,12 @@ class Predictor:
         ``-o defaults`` override them."""
         return {}
 
+    def parallel_layout(self) -> dict[str, int]:
+        """After ``configure``: how a group's ranks split each job, by degree
+        (``{"ulysses": 2, "ring": 1, "cfg": 2}``), shown in ``/server_status`` and the ready
+        log. Empty (the default): not said."""
+        return {}
+
     def setup(self, context: RankContext) -> None:
         """Build and parallelize the pipeline on this rank."""
 

@@ -167,10 +167,10 @@ class ParaAttentionServer:
             start_task.result()  # raises SetupError
             if adapters is not None:  # ConfigurationError: an adapter that cannot load into this model
                 adapters.fits(next((group.adapter_fit for group in groups if group.adapter_fit), None))
-            for plan in plans:
-                own = [group for group in groups if group.model == plan.name]
+            for model in service.models.values():
+                own = [group for group in groups if group.model == model.name]
                 ranks = sum(group.world_size for group in own)
-                log.info("ready: %d rank(s) of %r%s", ranks, plan.name, _layout(own))
+                log.info("ready: %d rank(s) of %r%s%s", ranks, model.name, _group_shape(own), _layout(model.layout))
             if fleet is not None:
                 fleet.start()
                 command = self._join_command(fleet.join_token, f"--group-size {spec.world_size}")
@@ -312,10 +312,14 @@ def _num_devices(settings: Settings) -> int:
     return default_num_devices() if num is None else num
 
 
-def _layout(groups: list[WorkerGroup]) -> str:
+def _group_shape(groups: list[WorkerGroup]) -> str:
     if not groups:
         return " (none here: a front for hosts that join with their groups)"
     return "" if len(groups) == 1 else f" in {len(groups)} groups of {groups[0].world_size}"
+
+
+def _layout(degrees: dict[str, int]) -> str:
+    return ", split " + " x ".join(f"{name}={value}" for name, value in degrees.items()) if degrees else ""
 
 
 async def _drain_then_exit(service: JobService, http: uvicorn.Server) -> None:

@@ -89,6 +89,7 @@ class ModelStatus(msgspec.Struct):
     queue_length: int
     submitted: int = 0
     finished: dict[str, int] = {}  # by final state
+    layout: dict[str, int] = {}  # how its groups' ranks split a job: {"ulysses": 2, "cfg": 2}
 
 
 class ServerStatus(msgspec.Struct):

@@ -18,7 +18,20 @@ from typing import Any
 import pytest
 
 from para_attn_predictors.make_tiny import KINDS
+from tests.contrib.configs import FLUX_DEV, WAN_14B, save_configs
 from tests.contrib.support import PipelineRun, Reference, ReferenceRun
+
+
+@pytest.fixture
+def flux_dev(tmp_path: Path) -> str:
+    """A directory of FLUX.1-dev's configs, no weights."""
+    return str(save_configs(tmp_path / "flux", FLUX_DEV))
+
+
+@pytest.fixture
+def wan_14b(tmp_path: Path) -> str:
+    """A directory of Wan2.1-T2V-14B's configs, no weights."""
+    return str(save_configs(tmp_path / "wan", WAN_14B))
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +51,7 @@ def reference(
         for run in declared if isinstance(declared, tuple) else (declared,):
             if isinstance(run, ReferenceRun):
                 options = {"model_path": str(tiny_dirs[run.model]), **run.options}
-                runs[run.model] = {"predictor": run.model, "options": options, "requests": run.requests}
+                runs[run.name] = {"predictor": run.model, "options": options, "requests": run.requests}
             elif isinstance(run, PipelineRun):
                 path = None if run.model == "tiny" else str(tiny_dirs[run.model])
                 runs[run.key] = {"pipeline": run.pipeline, "model_path": path, "calls": run.calls}

@@ -31,6 +31,11 @@ class ReferenceRun:
     model: str
     options: dict[str, str]  # besides model_path
     requests: dict[str, dict[str, Any]]
+    key: str = ""  # the name ``array`` takes (default: ``model``); unique across modules
+
+    @property
+    def name(self) -> str:
+        return self.key or self.model
 
 
 @dataclass(frozen=True)

@@ -3,83 +3,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import torch
 
-from para_attn_predictors.diffusers_base import DiffusersPredictor
 from para_attn_predictors.flux import FluxPredictor
-from para_attn_predictors.parallel import context_parallel_degrees
 from para_attn_predictors.wan import WanPredictor
 from para_attn_server import ConfigurationError, InputError
 from para_attn_server.schema import InputSchema
-
-cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA ring attention covers the rest")
-
-# The fields of FLUX.1-dev's and Wan2.1-T2V-14B's configs that the predictors read.
-FLUX_DEV = {"model_index": {"_class_name": "FluxPipeline"},
-            "transformer": {"num_attention_heads": 24, "attention_head_dim": 128},
-            "vae": {"block_out_channels": [128, 256, 512, 512]}}  # fmt: skip
-WAN_14B = {"model_index": {"_class_name": "WanPipeline"},
-           "transformer": {"num_attention_heads": 40, "patch_size": [1, 2, 2]}, "vae": {"z_dim": 16}}  # fmt: skip
-
-
-def save_configs(root: Path, configs: dict[str, dict[str, Any]]) -> Path:
-    for subfolder, config in configs.items():
-        if subfolder == "model_index":
-            root.mkdir(parents=True, exist_ok=True)
-            (root / "model_index.json").write_text(json.dumps(config))
-            continue
-        (root / subfolder).mkdir(parents=True)
-        (root / subfolder / "config.json").write_text(json.dumps(config))
-    return root
-
-
-@pytest.fixture
-def flux_dev(tmp_path: Path) -> str:
-    return str(save_configs(tmp_path / "flux", FLUX_DEV))
-
-
-@pytest.fixture
-def wan_14b(tmp_path: Path) -> str:
-    return str(save_configs(tmp_path / "wan", WAN_14B))
-
-
-def configured(cls: type[DiffusersPredictor], world_size: int, **options: str) -> DiffusersPredictor:
-    predictor = cls()
-    predictor.configure(world_size, options)
-    return predictor
-
-
-def inputs(predictor: DiffusersPredictor, **fields: Any) -> dict[str, Any]:
-    return InputSchema(predictor).convert({"prompt": "a cat", **fields})
-
-
-@pytest.mark.parametrize(("world_size", "heads", "expected"), [
-    (8, 24, (8, 1)), (16, 24, (8, 2)), (5, 24, (1, 5)), (2, 2, (2, 1)), (1, 40, (1, 1)), (16, 40, (8, 2)),
-])  # fmt: skip
-def test_mesh_is_ulysses_where_the_heads_divide_and_ring_for_the_rest(
-    world_size: int, heads: int, expected: tuple[int, int]
-) -> None:
-    ulysses, ring = context_parallel_degrees(world_size, heads)
-    assert (ulysses, ring) == expected
-    assert heads % ulysses == 0
-    assert ulysses * ring == world_size
-
-
-@cpu_only
-@pytest.mark.parametrize(("cls", "world_size"), [(FluxPredictor, 5), (WanPredictor, 3), (WanPredictor, 16)])
-def test_ranks_needing_ring_attention_are_refused_at_startup_on_cpu(
-    cls: type[DiffusersPredictor], world_size: int, flux_dev: str, wan_14b: str
-) -> None:
-    path = flux_dev if cls is FluxPredictor else wan_14b
-    with pytest.raises(ConfigurationError, match=rf"{world_size} ranks cannot split \d+ attention heads.*ring"):
-        configured(cls, world_size, model_path=path)
-    configured(cls, 8, model_path=path)  # divides both head counts
+from tests.contrib.configs import FLUX_DEV, configured, inputs, save_configs
 
 
 def test_text_tokens_must_split_across_the_ranks(flux_dev: str) -> None:
@@ -91,7 +25,7 @@ def test_text_tokens_must_split_across_the_ranks(flux_dev: str) -> None:
 def test_image_tokens_must_split_across_the_ranks(flux_dev: str) -> None:
     predictor = configured(FluxPredictor, 3, model_path=flux_dev, max_sequence_length="510")
     predictor.validate(inputs(predictor, width=48, height=48))  # 3 x 3 tokens of 16 pixels
-    with pytest.raises(InputError, match="make 4 tokens, which do not split across 3 ranks") as error:
+    with pytest.raises(InputError, match="32x32 make 4 tokens, which do not split across 3 ranks") as error:
         predictor.validate(inputs(predictor, width=32, height=32))
     assert error.value.field == "height"
 

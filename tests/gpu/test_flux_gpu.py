@@ -1,8 +1,9 @@
 """``flux`` on CUDA: FLUX.1-dev's full transformer (random bf16 weights) served vs called
 directly, and ring attention across two GPUs. Skipped without CUDA.
 
-The pipeline has FLUX.1-dev's transformer and VAE dimensions; its text encoders are one-layer
-models with the widths the transformer expects (the prompt encoding is not what is timed).
+The pipeline (``benchmarks.flux_dev``, which the gpu benchmark suite builds too) has FLUX.1-dev's
+transformer and VAE dimensions; its text encoders are one-layer models with the widths the
+transformer expects (the prompt encoding is not what is timed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.flux_dev import flux_dev_sized_pipeline
 from para_attn_server.testing import Server
 from tests.contrib.support import cli_options, npy
 
@@ -25,53 +27,7 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-FLUX_DEV_TRANSFORMER = {
-    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
-    "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768, "guidance_embeds": True,
-    "axes_dims_rope": [16, 56, 56],
-}  # fmt: skip
-FLUX_DEV_VAE = {
-    "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
-    "latent_channels": 16, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-    "use_quant_conv": False, "use_post_quant_conv": False,
-}  # fmt: skip
 REQUEST: dict[str, Any] = {"prompt": "a lighthouse at dusk", "width": 1024, "height": 1024, "num_inference_steps": 28}
-
-
-def flux_dev_sized_pipeline() -> Any:
-    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from para_attn_predictors.tiny_flux import build_tiny_flux_pipeline
-
-    tiny = build_tiny_flux_pipeline()  # for its tokenizers and scheduler
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # 12B parameters: allocate them in bf16 on the GPU
-    try:
-        with torch.device("cuda"):
-            transformer = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
-            vae = AutoencoderKL(**FLUX_DEV_VAE)
-            clip = CLIPTextModel(CLIPTextConfig(
-                vocab_size=1000, hidden_size=768, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                projection_dim=768, bos_token_id=tiny.tokenizer.bos_token_id,
-                eos_token_id=tiny.tokenizer.eos_token_id, pad_token_id=tiny.tokenizer.pad_token_id,
-            ))  # fmt: skip
-            t5 = T5EncoderModel(T5Config(
-                vocab_size=1000, d_model=4096, d_kv=64, d_ff=64, num_layers=1, num_heads=2,
-                pad_token_id=tiny.tokenizer_2.pad_token_id, eos_token_id=tiny.tokenizer_2.eos_token_id,
-            ))  # fmt: skip
-    finally:
-        torch.set_default_dtype(previous)
-    pipe = FluxPipeline(
-        scheduler=tiny.scheduler, vae=vae, text_encoder=clip, tokenizer=tiny.tokenizer, text_encoder_2=t5,
-        tokenizer_2=tiny.tokenizer_2, transformer=transformer,
-    )  # fmt: skip
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    return pipe
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,12 @@ class ServedModel:
     finished: dict[str, int] = field(default_factory=dict)  # by final state
 
     @property
+    def layout(self) -> dict[str, int]:
+        """How its ranks split a job, as its predictor says (``Predictor.parallel_layout``)."""
+        layout = getattr(self.predictor, "parallel_layout", None)
+        return dict(layout()) if callable(layout) else {}
+
+    @property
     def predictor_class(self) -> type:
         """The predictor's own class (one written for the original server, unwrapped)."""
         return type(getattr(self.predictor, "inner", self.predictor))

@@ -59,6 +59,7 @@ def model_rows(service: JobService) -> list[ModelStatus]:
             queue_length=queued.get(name, 0),
             submitted=model.submitted,
             finished=dict(model.finished),
+            layout=model.layout,
         )
         for name, model in service.models.items()
     ]
