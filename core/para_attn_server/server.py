@@ -7,9 +7,10 @@ Python entry and still works; every other setting is a keyword with a safe defau
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import secrets
 import socket
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +19,7 @@ import uvicorn
 from para_attn_server import served
 from para_attn_server import settings as settings_tree
 from para_attn_server.adapters import Adapters
+from para_attn_server.cluster.auth import hello_proof, server_token
 from para_attn_server.cluster.fleet import Fleet
 from para_attn_server.cluster.rendezvous import ClusterHost
 from para_attn_server.cluster.spec import DEFAULT_RDZV_PORT, WILDCARDS, installed_plugins, join_endpoint
@@ -38,7 +40,7 @@ from para_attn_server.served import ModelPlan
 from para_attn_server.settings import Settings
 from para_attn_server.storage.dirlock import OutputDirLock
 from para_attn_server.storage.journal import JobJournal
-from para_attn_server.storage.outputs import OutputStore
+from para_attn_server.storage.outputs import JOBS_DIR, OutputStore
 from para_attn_server.views import HostStatus
 from para_attn_server.workers.executor import Executor, RankSpec, Rendezvous
 from para_attn_server.workers.group import WorkerGroup
@@ -156,7 +158,7 @@ class ParaAttentionServer:
             log.info(
                 "waiting for %d more host(s); on each run: %s",
                 hosts,
-                self._join_command(cluster.join_token, f"--num-devices {cluster.nproc_per_node}"),
+                self._join_command(f"--num-devices {cluster.nproc_per_node}"),
             )
         try:
             start_task = asyncio.create_task(service.start())
@@ -173,7 +175,7 @@ class ParaAttentionServer:
                 log.info("ready: %d rank(s) of %r%s%s", ranks, model.name, _group_shape(own), _layout(model.layout))
             if fleet is not None:
                 fleet.start()
-                command = self._join_command(fleet.join_token, f"--group-size {spec.world_size}")
+                command = self._join_command(f"--group-size {spec.world_size}")
                 log.info("hosts may join with their own groups; on each run: %s", command)
             http.on_signal = lambda: asyncio.ensure_future(_drain_then_exit(service, http))
             await http_task
@@ -195,15 +197,20 @@ class ParaAttentionServer:
         if group.nnodes == 1:
             return None
         endpoint = group.rdzv_endpoint or join_endpoint(group.control_host, DEFAULT_RDZV_PORT)
-        token = self.settings.http.join_token or secrets.token_urlsafe(24)
-        return ClusterHost(endpoint, token, installed_plugins(plugins), _num_devices(self.settings))
+        return ClusterHost(endpoint, self._join_token[0], installed_plugins(plugins), _num_devices(self.settings))
 
-    def _join_command(self, join_token: str, tail: str) -> str:
-        settings = self.settings
-        host = socket.gethostname() if settings.http.host in WILDCARDS else settings.http.host
-        # A token the operator chose is theirs to hand out; one generated here is only known from this line.
-        token = '"$PARA_ATTN_SERVER_JOIN_TOKEN"' if settings.http.join_token else join_token
-        return f"para-attn-server join http://{host}:{self.port} --token {token} {tail}"
+    @functools.cached_property
+    def _join_token(self) -> tuple[str, Path | None]:
+        """The join token and the file it is in: given, or generated once (``auth.server_token``)."""
+        return server_token(self.settings.http, Path(self.settings.jobs.output_dir) / JOBS_DIR)
+
+    def _join_command(self, tail: str) -> str:
+        """The command a joining host runs: never with the token itself (ps would show it)."""
+        host = socket.gethostname() if self.settings.http.host in WILDCARDS else self.settings.http.host
+        path = self._join_token[1]
+        token = f"--token-file {path} " if path else ""
+        also = "" if path else " (with the join token in $PARA_ATTN_SERVER_JOIN_TOKEN, or --token-file FILE)"
+        return f"para-attn-server join http://{host}:{self.port} {token}{tail}{also}"
 
     def _spans_hosts(self, cluster: ClusterHost) -> dict[str, Any]:
         """The RankSpec fields of a group across hosts."""
@@ -211,7 +218,7 @@ class ParaAttentionServer:
         rendezvous = Rendezvous(
             endpoint=cluster.endpoint, run_id=cluster.run_id, nnodes=self.settings.group.nnodes, join_timeout=timeout
         )
-        return {"rendezvous": rendezvous, "join_token": cluster.join_token}
+        return {"rendezvous": rendezvous, "join_token": hello_proof(cluster.join_token)}  # ranks' hellos: the proof
 
     def _all_groups(
         self, plugins: Plugins, plans: list[ModelPlan], cluster: ClusterHost | None, adapters: Adapters | None
@@ -289,10 +296,13 @@ class ParaAttentionServer:
     def _fleet(self, plugins: Plugins, service: JobService, spec: RankSpec) -> Fleet | None:
         """Hosts joining with their own groups: with a join token, or on a front (``--num-devices 0``)."""
         settings = self.settings
-        if settings.group.nnodes > 1 or not (settings.http.join_token or settings.group.num_devices == 0):
+        given = settings.http.join_token or settings.http.join_token_file
+        if settings.group.nnodes > 1 or not (given or settings.group.num_devices == 0):
             return None
-        token = settings.http.join_token or secrets.token_urlsafe(24)
-        spec = msgspec.structs.replace(spec, join_token=token)
+        if spec.predictor is None:
+            raise ConfigurationError("joined hosts run the predictor by its name or module:Class, not an object")
+        token = self._join_token[0]
+        spec = msgspec.structs.replace(spec, join_token=hello_proof(token), predictor_pickle=None)
 
         def new_group(index: int, executor: Executor, host: str, local: int) -> WorkerGroup:
             offset = local * spec.world_size

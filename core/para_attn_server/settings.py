@@ -36,6 +36,7 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 Bytes = Annotated[int, msgspec.Meta(ge=0)]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")]
 
 
 def _help(text: str, **extra: Any) -> msgspec.Meta:
@@ -119,22 +120,26 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _help("require this key on every route but /health/live (ps shows it: prefer the file)", env=API_KEY_ENV),
     ] = None
     api_key_file: Annotated[str | None, _help("read the API key from this file (its first line)")] = None
+    public_url: Annotated[HttpUrl | None, _help("URL clients reach it at (a proxy's): url answers use it")] = None
     max_body_bytes: Annotated[
         Bytes, _help("largest request body (pictures included: --max-input-bytes of them take 4/3 as much in base64)")
     ] = 48 * 1024 * 1024
-    max_connections: Annotated[int, msgspec.Meta(ge=1), _help("connections at once; more get a 503")] = 1024
+    max_connections: Annotated[int, msgspec.Meta(ge=1), _help("connections at once; more get 503 but /health/*")] = 1024
     header_timeout: Annotated[
         Seconds, _help("seconds a client may take to send a request's head (from its connection or first byte)")
     ] = 10.0
     keepalive_timeout: Annotated[int, msgspec.Meta(ge=1), _help("seconds an idle kept-alive connection stays open")] = 5
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024), _help("largest request head, trailers too (431)")] = 65536
+    body_timeout: Annotated[float, msgspec.Meta(gt=0), _help("seconds a body may take after its head (408)")] = 60
     join_token: Annotated[
         str | None,
         _help(
-            "token that 'para-attn-server join' must present; hosts may join with their own groups when it is set "
-            "or --num-devices is 0 (default: generated for --nnodes > 1 and --num-devices 0)",
+            "token 'join' must prove it holds (never sent; ps shows this flag: prefer the file or the variable); "
+            "hosts may join with their own groups when set or with --num-devices 0 (default: generated to a file)",
             env=JOIN_TOKEN_ENV,
         ),
     ] = None
+    join_token_file: Annotated[str | None, _help("read the join token from this file (its first line)")] = None
 
     def key(self) -> str | None:
         """The API key: ``api_key``, or the first line of ``api_key_file``."""

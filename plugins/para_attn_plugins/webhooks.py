@@ -10,56 +10,43 @@ of it was cut short by a lost rank or host and it was queued again, and when it 
 ``standardwebhooks.Webhook(secret).verify(body, headers)``), and tried again with back-off
 on a connection error or a 5xx (``--webhook-tries``, 3); a 4xx or a redirect is final.
 
-The server sends to no host the operator did not list: ``--webhook-allow-host HOST`` or
-``HOST:PORT`` (repeatable; ``HOST`` alone allows any port of it). With none listed, every
-``webhook`` is refused (400 naming the field). Listing one needs the signing secret:
+The server sends to no host the operator did not list: ``--webhook-allow-host HOST:PORT``
+or ``HOST`` (repeatable; ``HOST`` alone allows the URL scheme's default port only: 80 for
+http, 443 for https). With none listed, every ``webhook`` is refused (400 naming the
+field). A job's host name is resolved once, at its first delivery, and all its deliveries
+go to those addresses (``webhook_delivery``). Listing a host needs the signing secret:
 ``--webhook-secret-file FILE`` or ``$PARA_ATTN_SERVER_WEBHOOK_SECRET`` (``--webhook-secret``
 too, though ``ps`` shows a command line to every user; the variable's old name,
 ``$PARA_ATTN_WEBHOOK_SECRET``, is still read, with a warning).
 
 Deliveries never hold up a job: each job's events go out in order from a task of their own,
-and a webhook that fails is logged, never the job's failure.
+and a webhook that fails is logged, never the job's failure. A job that the server's start
+ended (given up after restarts, ``failed: server restarted``; cancelled; its output gone)
+sends its final ``completed`` once the app starts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
-import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
-from standardwebhooks import Webhook
 
+from para_attn_plugins.webhook_delivery import DEFAULT_PORTS, JobDeliveries, Sender, event_name, log
 from para_attn_server import Settings
-from para_attn_server.plugin import (
-    JobRecord,
-    Jobs,
-    JobState,
-    hookimpl,
-    job_view,
-    parse_host,
-    secret_from_file,
-    version,
-)
+from para_attn_server.plugin import Jobs, hookimpl, parse_host, secret_from_file
 
-# httpx is imported where it is used (its cost: `python -m benchmarks --only micro`): rank
-# processes load this plugin too, and never send anything.
-log = logging.getLogger("para_attn_plugins.webhooks")
+__all__ = ["AllowedHosts", "JobDeliveries", "Sender", "WebhookSettings", "event_name", "log"]
 
 SECRET_ENV = "PARA_ATTN_SERVER_WEBHOOK_SECRET"
 OLD_SECRET_ENV = "PARA_ATTN_WEBHOOK_SECRET"  # still read, with a warning: not the server's prefix
 EVENTS = ("start", "progress", "completed", "requeued")
-PROGRESS_INTERVAL = 1.0  # seconds between two progress deliveries of one job, at least
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 EventName = Literal["start", "progress", "completed", "requeued"]
 WebhookField = (
@@ -105,8 +92,8 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_allow_hosts: Annotated[
         list[str],
         msgspec.Meta(
-            description="a host that webhooks may be sent to, HOST or HOST:PORT, repeatable (none: webhooks are "
-            "refused)",
+            description="a host that webhooks may be sent to, HOST:PORT or HOST (its scheme's default port "
+            "only), repeatable (none: webhooks are refused)",
             extra={"flags": ["--webhook-allow-host"], "metavar": "HOST[:PORT]"},
         ),
     ] = []
@@ -150,7 +137,8 @@ def check_secret(secret: str) -> None:
 
 
 class AllowedHosts:
-    """The hosts an operator lets webhooks go to; ``check`` refuses any other URL."""
+    """The hosts an operator lets webhooks go to; ``check`` refuses any other URL. ``HOST:PORT``
+    allows that port; ``HOST`` alone the URL scheme's default port only, never every port."""
 
     def __init__(self, entries: list[str]) -> None:
         self.entries = [parse_host(entry, "webhook_allow_hosts") for entry in entries]
@@ -168,7 +156,8 @@ class AllowedHosts:
         if parsed.scheme not in DEFAULT_PORTS or not parsed.host:
             raise ValueError("must be an http:// or https:// URL")
         port = parsed.port or DEFAULT_PORTS[parsed.scheme]
-        if not any(host == parsed.host and allowed in (None, port) for host, allowed in self.entries):
+        default = DEFAULT_PORTS[parsed.scheme]
+        if not any(host == parsed.host and port == (allowed or default) for host, allowed in self.entries):
             shown = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
             none = " (this server allows none)" if not self.entries else ""
             raise ValueError(f"{shown}:{port} is not an allowed webhook host{none}")
@@ -207,8 +196,12 @@ class WebhooksPlugin(InitPluginProtocol):
         if self.settings.webhook_secret is None:  # no host allowed: nothing will be sent
             yield
             return
-        sender = Sender(self.settings, self.settings.webhook_secret)
-        remove = self.jobs.add_listener(sender.on_event)
+        jobs = self.jobs
+        sender = Sender(self.settings, self.settings.webhook_secret, restored=lambda job_id: _restored(jobs, job_id))
+        remove = jobs.add_listener(sender.on_event)
+        # What the start decided, before this listener could hear it: each job's final event.
+        for job in jobs.find(lambda job: job.ended_at_start):
+            sender.on_event("state", job.record)
         try:
             yield
         finally:
@@ -216,152 +209,7 @@ class WebhooksPlugin(InitPluginProtocol):
             await sender.close()
 
 
-def event_name(kind: str, record: JobRecord) -> str | None:
-    """The webhook event a job event is, if any."""
-    if kind in ("progress", "requeued"):
-        return kind
-    if kind == "state" and record.state is JobState.RUNNING:
-        return "start"
-    if kind == "state" and record.terminal:
-        return "completed"
-    return None  # queued, and kinds this plugin does not know
-
-
-class Sender:
-    """Signs and sends deliveries; one ``JobDeliveries`` per job with events in flight."""
-
-    def __init__(self, settings: WebhookSettings, secret: str) -> None:
-        import httpx
-
-        self.settings = settings
-        self.signer = Webhook(secret)
-        self.client = httpx.AsyncClient(
-            timeout=settings.webhook_timeout,
-            follow_redirects=False,  # a redirect could lead to a host nobody allowed
-            headers={"user-agent": f"para-attn-server/{version()}"},
-        )
-        self.jobs: dict[str, JobDeliveries] = {}
-
-    def on_event(self, kind: str, record: JobRecord) -> None:
-        url = record.inputs.get("webhook")
-        name = event_name(kind, record)
-        if not url or name is None:
-            return
-        wanted = name in (record.inputs.get("webhook_events_filter") or ())
-        deliveries = self.jobs.get(record.id)
-        if deliveries is None:
-            if not wanted:
-                return
-            deliveries = self.jobs[record.id] = JobDeliveries(self, record.id, url)
-        deliveries.add(name, record, wanted)
-
-    async def close(self) -> None:
-        """Give deliveries in flight up to one attempt's time to finish, then stop them."""
-        pending = [deliveries.task for deliveries in self.jobs.values()]
-        for deliveries in list(self.jobs.values()):
-            deliveries.close()
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.settings.webhook_timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        await self.client.aclose()
-
-    async def deliver(self, url: str, message_id: str, record: JobRecord) -> None:
-        """POST the job's view; retried on a connection error or 5xx. Never raises."""
-        import httpx
-
-        body = msgspec.json.encode(job_view(record)).decode()
-        where = httpx.URL(url).host
-        problem, attempt = "", 0
-        for attempt in range(1, self.settings.webhook_tries + 1):
-            if attempt > 1:
-                await asyncio.sleep(self.settings.webhook_backoff * 2 ** (attempt - 2))
-            now = datetime.now(UTC)
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": message_id,
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": self.signer.sign(message_id, now, body),
-            }
-            try:
-                response = await self.client.post(url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                problem = type(exc).__name__
-                continue
-            if response.is_success:
-                return
-            problem = f"HTTP {response.status_code}"
-            if response.status_code < 500:
-                break  # the receiver refused it: trying again would not change its mind
-        # The URL's path and query may hold a token: the log names the host only.
-        tries = f"after {attempt} tries" if attempt > 1 else "after 1 try"
-        log.warning("job %s: webhook %s to %s not delivered %s (%s)", record.id, message_id, where, tries, problem)
-
-
-class JobDeliveries:
-    """One job's deliveries, sent in order by a task of their own. Progress waits at most
-    one per ``PROGRESS_INTERVAL``: a newer step replaces one still waiting, and the one
-    waiting when the job ends goes before ``completed``."""
-
-    def __init__(self, sender: Sender, job_id: str, url: str) -> None:
-        self.sender = sender
-        self.job_id = job_id
-        self.url = url
-        self.queue: deque[tuple[str, JobRecord]] = deque()
-        self.progress: JobRecord | None = None  # the latest step not yet sent
-        self.progress_after = 0.0  # loop time before which no progress goes out
-        self.ended = False
-        self.sent = 0
-        self.wake = asyncio.Event()
-        self.task = asyncio.create_task(self.run(), name=f"webhooks {job_id}")
-
-    def add(self, name: str, record: JobRecord, wanted: bool) -> None:
-        """The job's next event; one not ``wanted`` (filtered out) still ends the deliveries
-        when the job ended."""
-        if name == "completed":
-            self.close()
-        if not wanted:
-            return
-        if name == "progress":
-            self.progress = record
-        else:
-            self.queue.append((name, record))
-        self.wake.set()
-
-    def close(self) -> None:
-        """No more events: send the progress step still waiting, if any, then stop."""
-        if self.progress is not None:
-            self.queue.append(("progress", self.progress))
-            self.progress = None
-        self.ended = True
-        self.wake.set()
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                self.wake.clear()
-                if self.queue:
-                    name, record = self.queue.popleft()
-                elif self.progress is not None and loop.time() >= self.progress_after:
-                    name, record, self.progress = "progress", self.progress, None
-                elif self.progress is not None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), self.progress_after - loop.time())
-                    continue
-                elif self.ended:
-                    return
-                else:
-                    await self.wake.wait()
-                    continue
-                if name == "progress":
-                    self.progress_after = loop.time() + PROGRESS_INTERVAL
-                self.sent += 1
-                try:
-                    await self.sender.deliver(self.url, f"job_{self.job_id}_{self.sent}", record)
-                except Exception:  # a bug here must not lose the job's later deliveries
-                    log.exception("job %s: webhook delivery failed", self.job_id)
-        finally:
-            if self.sender.jobs.get(self.job_id) is self:
-                del self.sender.jobs[self.job_id]
+def _restored(jobs: Jobs, job_id: str) -> bool:
+    """Whether an earlier run of the server recorded the job."""
+    job = jobs.get(job_id)
+    return job is not None and job.restored

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from para_attn_server.cluster.spec import HOSTS_ROUTE, JOIN_TOKEN_HEADER
+from para_attn_server.cluster.auth import JoinAuth
+from para_attn_server.cluster.spec import HOSTS_ROUTE
 from para_attn_server.testing import Server
 from tests.integration.support import Join
 
@@ -152,10 +153,12 @@ def test_a_host_whose_groups_differ_is_refused_with_the_reason(fleet: tuple[Serv
     assert "--group-size 2: the server's groups have 1 rank(s)" in odd.log.text
     wrong = Join(server.url, "not-the-token", "--num-devices", "1", "--name", "wrong")
     assert wrong.wait(120) == 2
-    assert "refused the join token" in wrong.log.text
+    assert "did not prove that it holds the join token" in wrong.log.text
     offer = {"name": "x", "server_version": "0", "plugins": [], "num_devices": 1, "group_size": None, "device": "cpu"}
     assert server.http.post(HOSTS_ROUTE, json=offer).status_code == 401
-    refused = server.http.post(HOSTS_ROUTE, json=offer, headers={JOIN_TOKEN_HEADER: TOKEN})
+    assert server.http.post(HOSTS_ROUTE, json=offer, headers={"X-Join-Token": TOKEN}).status_code == 401
+    with httpx.Client(base_url=server.url, auth=JoinAuth(TOKEN, HOSTS_ROUTE), timeout=60) as signed:
+        refused = signed.post(HOSTS_ROUTE, json=offer)
     assert refused.status_code == 409
     assert "here, " in refused.json()["error"]
     assert "odd" not in hosts(server)

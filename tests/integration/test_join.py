@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from para_attn_server.cluster.spec import JOIN_ROUTE, JOIN_TOKEN_HEADER, JoinSpec
+from para_attn_server.cluster.auth import JoinAuth, ProofError
+from para_attn_server.cluster.spec import JOIN_ROUTE, JoinSpec
 from para_attn_server.protocol import Hello, encode_frame
 from para_attn_server.testing import Server, free_port, server_env
 from tests.integration.support import Join
@@ -43,15 +44,17 @@ def two_hosts(launch) -> Iterator[tuple[Server, list[Join]]]:
 def join_spec(server: Server) -> JoinSpec:
     import msgspec
 
-    response = server.http.get(JOIN_ROUTE, headers={JOIN_TOKEN_HEADER: TOKEN})
+    with httpx.Client(base_url=server.url, auth=JoinAuth(TOKEN, JOIN_ROUTE), timeout=60) as signed:
+        response = signed.get(JOIN_ROUTE)
     assert response.status_code == 200, response.text
     return msgspec.json.decode(response.content, type=JoinSpec)
 
 
 def test_the_server_logs_the_join_command(two_hosts: tuple[Server, list[Join]]) -> None:
     server, _ = two_hosts
-    line = server.log.wait_for(r"on each run: (para-attn-server join \S+ --token \S+ --num-devices 1)")
-    assert line[1] == f'para-attn-server join {server.url} --token "$PARA_ATTN_SERVER_JOIN_TOKEN" --num-devices 1'
+    line = server.log.wait_for(r"on each run: (para-attn-server join .*)")
+    hint = "(with the join token in $PARA_ATTN_SERVER_JOIN_TOKEN, or --token-file FILE)"
+    assert line[1] == f"para-attn-server join {server.url} --num-devices 1 {hint}"  # the token never printed
 
 
 def test_the_group_spans_both_hosts(two_hosts: tuple[Server, list[Join]]) -> None:
@@ -75,11 +78,13 @@ def test_the_image_equals_the_single_host_image_for_the_same_seed(
 
 def test_the_join_route_needs_the_join_token(two_hosts: tuple[Server, list[Join]]) -> None:
     server, _ = two_hosts
-    assert server.http.get(JOIN_ROUTE).status_code == 401
-    assert server.http.get(JOIN_ROUTE, headers={JOIN_TOKEN_HEADER: "wrong"}).status_code == 401
+    assert server.http.get(JOIN_ROUTE).status_code == 401  # unsigned
+    assert server.http.get(JOIN_ROUTE, headers={"X-Join-Token": TOKEN}).status_code == 401  # the token is never taken
+    with httpx.Client(base_url=server.url, auth=JoinAuth("wrong", JOIN_ROUTE)) as wrong, pytest.raises(ProofError):
+        wrong.get(JOIN_ROUTE)
     spec = join_spec(server)
     assert (spec.generation, spec.nproc_per_node, spec.spec.world_size) == (1, 1, 2)
-    assert spec.spec.join_token == ""  # the host has it; the server does not send it back
+    assert spec.spec.join_token == ""  # the host makes the ranks' proof; the server does not send it
 
 
 def test_a_rank_hello_without_the_join_token_is_refused(two_hosts: tuple[Server, list[Join]]) -> None:
@@ -110,7 +115,7 @@ def test_join_refuses_a_wrong_token_another_rank_count_and_other_plugins(
     codes = {name: join.wait(120) for name, join in refused.items()}
 
     assert codes == {"token": 2, "ranks": 2, "plugins": 2}
-    assert "refused the join token" in refused["token"].log.text
+    assert "did not prove that it holds the join token" in refused["token"].log.text
     assert "the group's nodes run 1 rank(s) each; this host offers 2" in refused["ranks"].log.text
     extra_plugin = "plugin 'fakeplug' (fakeplug 1.0) is installed here but not loaded by the server"
     assert extra_plugin in refused["plugins"].log.text

@@ -221,7 +221,7 @@ def test_a_full_queue_raises_rate_limit_error_with_retry_after(faulty: Server, t
 def test_a_client_that_disconnects_cancels_its_jobs(faulty: Server, tmp_path: Path) -> None:
     hold = tmp_path / "hold"  # every job of the request waits for it before its pipeline runs
     body = json.dumps({"prompt": "abandoned", "n": 2, "hold": str(hold)}).encode()
-    head = "POST /v1/images/generations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    head = "POST /v1/images/generations HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     since = len(faulty.log.lines)
     with socket.create_connection(("127.0.0.1", faulty.port)) as sock:
         sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)

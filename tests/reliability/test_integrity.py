@@ -29,7 +29,6 @@ import pytest
 from para_attn_server.protocol import Hello, encode_frame
 from para_attn_server.records import JobRecord
 from para_attn_server.testing import CLI, Server, pid_gone
-from para_attn_server.workers.control import HELLO_TIMEOUT, MAX_PENDING
 from tests.reliability.support import Report, until
 
 pytestmark = pytest.mark.timeout(240)
@@ -106,15 +105,12 @@ def test_a_deleted_output_directory_fails_readiness_and_answers_410_without_path
     # Its copy is written behind the answer: delete the directory once the copy is in place,
     # or the writer's files appear in it while rmtree empties it.
     until(lambda: any(server.output_dir.rglob(f"{before['id']}.*")), 30, "the first output's copy on disk")
+    second = server.run(size=1000)  # evicts the first from the (zero-byte) output cache
+    until(lambda: any(server.output_dir.rglob(f"{second['id']}.*")), 30, "the second output's copy on disk")
     shutil.rmtree(server.output_dir)
     after = server.http.post("/v1/jobs", params={"wait": 60}, json={"size": 1000})
-    assert after.status_code in (201, 503), after.text
+    assert after.status_code == 503, after.text  # nothing acknowledged that the journal cannot keep
     job_ids = [before["id"]]
-    if after.status_code == 201:
-        job_ids.append(after.json()["id"])
-        # Served from memory (correct bytes) until its copy fails to be written: then lost.
-        view = lambda: server.http.get(f"/v1/jobs/{job_ids[1]}").json()  # noqa: E731
-        until(lambda: "the output was lost" in (view().get("error") or ""), 30, "the copy's write failed")
 
     for job_id in job_ids:
         for path in (f"/v1/jobs/{job_id}/output", f"/get_output/{job_id}"):
@@ -270,24 +266,6 @@ def test_an_oversized_hello_is_refused_before_it_is_read(noop: Server, report: R
     report.add("Integrity", case="control port: hello frame declaring 1 GiB", outcome=outcome)
 
 
-def test_idle_strangers_on_the_control_port_are_capped_and_dropped(noop: Server, report: Report) -> None:
-    port = control_port(noop)
-    strangers = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
-    try:
-        closed_at_once = sum(closed_by_server(sock, 1.0) for sock in strangers[MAX_PENDING:])
-        assert closed_at_once == len(strangers) - MAX_PENDING
-        assert all(closed_by_server(sock, HELLO_TIMEOUT + 10) for sock in strangers[:MAX_PENDING])
-    finally:
-        for sock in strangers:
-            sock.close()
-    assert noop.run(size=10)["state"] == "succeeded"
-    report.add(
-        "Integrity",
-        case="control port: 40 connections that send nothing",
-        outcome=f"{MAX_PENDING} held until the {HELLO_TIMEOUT:g} s hello timeout, the rest closed at once",
-    )
-
-
 def test_a_hello_with_a_non_ascii_token_is_refused_without_a_traceback(noop: Server) -> None:
     hello = Hello(rank=0, world_size=1, token="jeton-ñ" * 4, generation=1, pid=1, hostname="stranger")
     with socket.create_connection(("127.0.0.1", control_port(noop))) as sock:
@@ -299,7 +277,7 @@ def test_a_hello_with_a_non_ascii_token_is_refused_without_a_traceback(noop: Ser
 # ---- HTTP clients that never finish, or read slowly ------------------------------------------------
 
 
-@pytest.mark.parametrize("sent", [b"", b"GET /health/live HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half a head"])
+@pytest.mark.parametrize("sent", [b"", b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n"], ids=["nothing", "half"])
 def test_a_client_that_never_finishes_its_request_head_is_dropped(noop: Server, sent: bytes) -> None:
     with socket.create_connection(("127.0.0.1", noop.port)) as sock:
         sock.sendall(sent)
@@ -325,7 +303,7 @@ def test_slow_readers_of_a_large_base64_output_do_not_hold_it_in_memory(
     try:
         for sock in readers:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(f"GET /get_output/{job_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.sendall(f"GET /get_output/{job_id} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         for sock in readers:
             sock.settimeout(30)
             # A body built whole before it is sent would be in memory by its first byte.

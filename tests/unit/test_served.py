@@ -107,7 +107,8 @@ def test_missing_foreign_and_offline_model_paths_each_say_which(
     [
         (
             "colour=red",
-            "-o colour: not an option of TinyFluxPredictor (its options: cfg, preview_vae, ring, ulysses, weights_seed)",
+            "-o colour: not an option of TinyFluxPredictor "
+            "(its options: cfg, preview_vae, ring, ulysses, weights_seed)",
         ),
         ("weights_seed=abc", "-o weights_seed: Expected `int`, got `str` (got 'abc')"),
         ("defaults=[4]", '-o defaults: expected a JSON object such as {"num_inference_steps": 4}'),

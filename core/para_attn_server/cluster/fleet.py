@@ -23,8 +23,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from para_attn_server.cluster.auth import Sessions
 from para_attn_server.cluster.remote import RemoteExecutor
 from para_attn_server.cluster.spec import (
+    HOSTS_ROUTE,
     GroupOrder,
     HostAccepted,
     HostEvent,
@@ -97,6 +99,7 @@ class Fleet:
     ) -> None:
         self.service = service
         self.join_token = join_token
+        self.sessions = Sessions(join_token, HOSTS_ROUTE)
         self.plugins = plugins
         self.new_group = new_group
         self.group_size = group_size
@@ -109,9 +112,6 @@ class Fleet:
         self._next_index = first_index
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
-
-    def authorized(self, token: str | None) -> bool:
-        return token is not None and secrets.compare_digest(token.encode(), self.join_token.encode())
 
     def start(self) -> None:
         self._watch = asyncio.create_task(self._watch_polls())

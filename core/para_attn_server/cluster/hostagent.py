@@ -1,6 +1,8 @@
 """``para-attn-server join URL --group-size G``: this host's own groups in a server's fleet.
 
-The host registers (``HostOffer``: its name, version, plugins, devices, group size) and then
+Every call is signed with the join token's proof and every answer checked (``auth``): a
+server that cannot prove the token is told nothing and given nothing to run. The host
+registers (``HostOffer``: its name, version, plugins, devices, group size) and then
 keeps its groups as the server orders them (``HostOrders``, a long poll that is also its
 heartbeat). Each group's ranks run here, started by the executor the server names, as the
 server's own groups are; a new generation (the server restarted the group after a fault)
@@ -26,10 +28,10 @@ from typing import Any
 import httpx
 import msgspec
 
+from para_attn_server.cluster.auth import JoinAuth, RouteMissingError, hello_proof
 from para_attn_server.cluster.fleet import POLL_WAIT, REPLACED
 from para_attn_server.cluster.spec import (
     HOSTS_ROUTE,
-    JOIN_TOKEN_HEADER,
     GroupOrder,
     HostAccepted,
     HostEvent,
@@ -37,6 +39,7 @@ from para_attn_server.cluster.spec import (
     HostOrders,
     JoinRefusedError,
     installed_plugins,
+    network_spec,
     reachable,
 )
 from para_attn_server.logs import current_format
@@ -65,7 +68,7 @@ class LocalGroup:
         self._watch: asyncio.Task[None] | None = None
 
     async def apply(self, order: GroupOrder) -> None:
-        spec = order.spec
+        spec = None if order.spec is None else network_spec(order.spec)
         if spec is None:
             await self.stop()
             return
@@ -75,7 +78,7 @@ class LocalGroup:
         spec = msgspec.structs.replace(
             spec,
             control_host=reachable(spec.control_host, self.agent.url),
-            join_token=self.agent.token,
+            join_token=hello_proof(self.agent.token),
             node=self.agent.offer.name,
             log_format=current_format(),  # the ranks print to this host's output: its format
         )
@@ -116,7 +119,7 @@ class HostAgent:
             name=name, server_version=version(), plugins=installed_plugins(self.plugins), num_devices=num_devices,
             group_size=group_size, device=_device_kind(),
         )  # fmt: skip
-        self.http = httpx.AsyncClient(base_url=self.url, headers={JOIN_TOKEN_HEADER: token}, timeout=POLL_WAIT + 30)
+        self.http = httpx.AsyncClient(base_url=self.url, auth=JoinAuth(token, HOSTS_ROUTE), timeout=POLL_WAIT + 30)
         self.host_id = ""
         self.groups: dict[int, LocalGroup] = {}
         self.stopping = asyncio.Event()  # SIGTERM: drain, then leave
@@ -146,6 +149,8 @@ class HostAgent:
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
+            except RouteMissingError:
+                raise JoinRefusedError(_refusal(self.url, httpx.Response(404))) from None
             if response.status_code == 201:
                 accepted = msgspec.json.decode(response.content, type=HostAccepted)
                 size = self.offer.num_devices // max(1, len(accepted.orders.groups))
@@ -239,8 +244,6 @@ def _device_kind() -> str:
 
 
 def _refusal(url: str, response: httpx.Response) -> str:
-    if response.status_code == 401:
-        return f"{url} refused the join token"
     if response.status_code == 404:
         return (
             f"{url} takes no joining hosts: start it with --join-token (or --num-devices 0) for hosts with groups "

@@ -1,16 +1,19 @@
-"""``para-attn-server join URL --token T --num-devices N``: this host's part of a server.
+"""``para-attn-server join URL --token-file F --num-devices N``: this host's part of a server.
 
 Against a server whose one group spans hosts (``--nnodes`` > 1, ``--executor torchrun``) it
 runs this host's node of that group (below). Otherwise (``--group-size``, or a server without
 ``--nnodes``) the host brings groups of its own: ``hostagent.serve_host``.
 
-It fetches the group's ``JoinSpec`` from the server (``cluster.JOIN_ROUTE``, authenticated
-by the join token), refuses when this host's plugins or their versions differ from the
-server's or when it offers another number of ranks than the group's nodes have, and runs
-torchrun's elastic agent for this node: one agent per generation of the group. When the
-server launches a new generation (after a fault anywhere in the group) the old agent is
-stopped and a new one starts; when the agent exits while the server still waits for its
-generation, it is started again after a back-off. The agent dies with this process
+It proves the join token to the server and has the server prove it back before it sends
+or takes anything else (``auth``; a fake server at the URL gets a nonce and ``join`` exits
+2), fetches the group's ``JoinSpec`` (signed by the server; never a pickle), refuses when
+this host's plugins or their versions differ from the server's or when it offers another
+number of ranks than the group's nodes have, and runs torchrun's elastic agent for this
+node, one per generation of the group, through its own way to the rendezvous (a
+``tunnel.StoreForwarder``: the store's gate must prove the token too). When the server
+launches a new generation (after a fault anywhere in the group) the old agent is stopped and
+a new one starts; when the agent exits while the server still waits for its generation, it
+is started again after a back-off. The agent dies with this process
 (``PR_SET_PDEATHSIG``) and its ranks die with the agent, so a ``join`` killed by SIGKILL takes
 its node out of the group at once; running ``join`` again brings it back.
 """
@@ -31,21 +34,23 @@ from types import FrameType
 import httpx
 import msgspec
 
+from para_attn_server.cluster.agent import local_address
+from para_attn_server.cluster.auth import JoinAuth, RouteMissingError, hello_proof
 from para_attn_server.cluster.spec import (
     JOIN_ROUTE,
-    JOIN_TOKEN_HEADER,
     JoinRefusedError,
     JoinSpec,
     agent_command,
     installed_plugins,
-    join_endpoint,
+    network_spec,
     plugin_differences,
     reachable,
     split_endpoint,
 )
+from para_attn_server.cluster.tunnel import StoreForwarder
 from para_attn_server.logs import FORMATS, configure_logging, current_format
 from para_attn_server.plugin.manager import Plugins
-from para_attn_server.settings import JOIN_TOKEN_ENV, LOG_LEVELS
+from para_attn_server.settings import JOIN_TOKEN_ENV, LOG_LEVELS, secret_from_file
 from para_attn_server.workers.executor import RANK_SPEC_ENV, die_with_parent
 
 PROG = "para-attn-server join"
@@ -72,7 +77,11 @@ class _NoGroupAcrossHostsError(Exception):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     p.add_argument("url", metavar="URL", help="the server, as this host reaches it (http://HOST:PORT)")
-    p.add_argument("--token", default=os.environ.get(JOIN_TOKEN_ENV), help=f"the join token (or ${JOIN_TOKEN_ENV})")
+    p.add_argument("--token-file", help="read the join token from this file (its first line)")
+    p.add_argument(
+        "--token", default=os.environ.get(JOIN_TOKEN_ENV),
+        help=f"the join token (default ${JOIN_TOKEN_ENV}; ps shows a --token: prefer the file or the variable)",
+    )  # fmt: skip
     p.add_argument("--num-devices", type=int, default=None, help="ranks to start here (default: CUDA devices, or 1)")
     p.add_argument(
         "--group-size", type=int, default=None, help="ranks per group of this host's own (default: the server's)"
@@ -93,15 +102,18 @@ class JoinedNode:
         self.num_devices = num_devices
         self.name = name
         self.token = token
-        self.http = httpx.Client(base_url=self.url, headers={JOIN_TOKEN_HEADER: token}, timeout=POLL_SECONDS + 30)
+        self.http = httpx.Client(base_url=self.url, auth=JoinAuth(token, JOIN_ROUTE), timeout=POLL_SECONDS + 30)
         self.generation = 0  # the last generation this node saw launched
         self.agent: subprocess.Popen[bytes] | None = None
+        self.forwarder: StoreForwarder | None = None  # the agent's way to the server's rendezvous
         self._plugins = installed_plugins(Plugins.load())
 
     def run(self) -> None:
         backoff = 1.0
         while True:
             current = self.fetch(self.generation, POLL_SECONDS)
+            if self.forwarder is not None and self.forwarder.failure:
+                raise JoinRefusedError(self.forwarder.failure)
             self.check(current)
             if current.generation > self.generation:
                 self.generation = current.generation
@@ -132,22 +144,21 @@ class JoinedNode:
         """The server's answer; retries (with back-off, a line each) while it is unreachable."""
         delay = 1.0
         while True:
-            try:
+            try:  # the call is signed and so is the answer (``JoinAuth``: ProofError otherwise)
                 response = self.http.get(JOIN_ROUTE, params={"after": after, "wait": wait})
             except httpx.TransportError as exc:
                 log.warning("cannot reach %s (%s); trying again in %.0f s", self.url, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            if response.status_code == 401:
-                raise JoinRefusedError(f"{self.url} refused the join token")
-            if response.status_code == 404:
-                raise _NoGroupAcrossHostsError
+            except RouteMissingError:
+                raise _NoGroupAcrossHostsError from None
             if response.status_code != 200:
                 raise JoinRefusedError(f"{self.url} answered {response.status_code}: {response.text[:200]}")
             return msgspec.json.decode(response.content, type=JoinSpec)
 
     def check(self, joined: JoinSpec) -> None:
+        network_spec(joined.spec)
         if joined.nproc_per_node != self.num_devices:
             raise JoinRefusedError(
                 f"the group's nodes run {joined.nproc_per_node} rank(s) each; this host offers {self.num_devices} "
@@ -159,25 +170,29 @@ class JoinedNode:
 
     def start_agent(self, joined: JoinSpec) -> None:
         self.stop_agent()
-        spec, rendezvous = joined.spec, joined.spec.rendezvous
+        spec, rendezvous = network_spec(joined.spec), joined.spec.rendezvous
         assert rendezvous is not None, "a group that spans hosts has a rendezvous"
         host, port = split_endpoint(rendezvous.endpoint)
-        host = reachable(host, self.url)
-        endpoint = join_endpoint(host, port)
+        gate = (reachable(host, self.url), port)
+        if self.forwarder is None or self.forwarder.gate != gate:
+            if self.forwarder is not None:
+                self.forwarder.close()
+            self.forwarder = StoreForwarder(gate, self.token)
+        here = local_address(*gate)  # this host's address as the server's host sees it
         spec = msgspec.structs.replace(
             spec,
             control_host=reachable(spec.control_host, self.url),
-            rendezvous=msgspec.structs.replace(rendezvous, endpoint=endpoint),
+            rendezvous=msgspec.structs.replace(rendezvous, endpoint=self.forwarder.endpoint),
             node=self.name,
-            join_token=self.token,
+            join_token=hello_proof(self.token),
             log_format=current_format(),  # the ranks print to this host's output: its format
         )
         log.info(
-            "joining generation %d of group %d: torchrun's agent for %d rank(s), rendezvous at %s",
-            spec.generation, spec.group, self.num_devices, endpoint,
+            "joining generation %d of group %d: torchrun's agent for %d rank(s), rendezvous at %s:%d, this node at %s",
+            spec.generation, spec.group, self.num_devices, *gate, here,
         )  # fmt: skip
         self.agent = subprocess.Popen(
-            agent_command(spec, self.num_devices),
+            agent_command(spec, self.num_devices, local_addr=here),
             env={**os.environ, RANK_SPEC_ENV: spec.to_env()},
             preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # noqa: PLW1509 (no threads run here)
         )
@@ -202,8 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format, role="join", context={"node": args.name})
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    if args.token_file is not None:
+        try:
+            args.token = secret_from_file(args.token_file)
+        except ValueError as exc:
+            parser().error(f"--token-file: {exc}")
     if not args.token:
-        parser().error(f"--token (or ${JOIN_TOKEN_ENV}) is required: the server logs it at start")
+        parser().error(
+            f"--token-file (or ${JOIN_TOKEN_ENV}, or --token) is required: the server logs where its token is"
+        )
+    if not args.name:
+        parser().error("--name: Expected a name (this node's, in the server's messages)")
     if args.num_devices is None:
         from para_attn_server.server import default_num_devices
 
@@ -235,4 +259,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second signal stops at once
         signal.signal(signal.SIGINT, signal.default_int_handler)
         node.stop_agent()
+        if node.forwarder is not None:
+            node.forwarder.close()
     return 0

@@ -41,7 +41,8 @@ class RemoteExecutor(Executor):
         self._exit = asyncio.get_running_loop().create_future()
         self._stopped.clear()
         self._pids = {}
-        self.spec = msgspec.structs.replace(spec, join_token="")  # the host has its own
+        # The host makes its own proof of the token; a pickle never leaves this host.
+        self.spec = msgspec.structs.replace(spec, join_token="", predictor_pickle=None)
         self._publish()
 
     async def wait_exit(self) -> str:

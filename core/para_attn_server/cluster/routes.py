@@ -5,28 +5,28 @@
   poll, also the host's heartbeat), events (its ranks started, exited, stopped), drain.
 - ``GET /v1/cluster``: every host with its groups, devices, state and runs (the API key's).
 
-The join routes need the join token (``X-Join-Token``), not the API key: a joining host is an
-operator's machine, not an API client, and what it gets holds the generation's control token.
+The join routes take no API key and no token: a joining host and the server first prove the
+join token to each other (``POST .../auth``, ``cluster.auth``); every later call is signed
+with the session's key, and so is every answer (``X-Join-Mac``), errors included.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Annotated, Any, TypeAlias
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.enums import MediaType
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import QueryParameter
 
+from para_attn_server.cluster.auth import AUTH, MAC_HEADER, Answer, Challenge, ProofError, Sessions, Signed
 from para_attn_server.cluster.fleet import Fleet, HostRefusedError
 from para_attn_server.cluster.rendezvous import ClusterHost
 from para_attn_server.cluster.spec import (
     HOSTS_ROUTE,
     JOIN_ROUTE,
-    JOIN_TOKEN_HEADER,
     HostAccepted,
     HostEvent,
     HostOffer,
@@ -35,7 +35,6 @@ from para_attn_server.cluster.spec import (
 )
 from para_attn_server.engine.status import host_rows
 from para_attn_server.http.dependencies import Service
-from para_attn_server.http.errors import Conflict
 from para_attn_server.http.openapi import errors, spec
 from para_attn_server.views import HostStatus
 
@@ -44,7 +43,11 @@ FleetDep: TypeAlias = NamedDependency[Fleet]
 
 After = Annotated[int, QueryParameter(ge=0, description="Answer once something later than this is launched")]
 Wait = Annotated[float, QueryParameter(ge=0, le=60, description="Seconds to wait for that; then the current one")]
-TOKEN_ONLY = f"Needs the join token in the {JOIN_TOKEN_HEADER} header (not the API key)."
+SIGNED = (
+    f"A call signed with the session of `POST {AUTH}` (the join token's proof, never the token); "
+    "its answer is signed too (X-Join-Mac)."
+)
+FORGOTTEN = "no such host (the server restarted since it joined)"
 
 
 class ClusterView(msgspec.Struct):
@@ -60,92 +63,130 @@ def provide_cluster(cluster: ClusterHost | None, fleet: Fleet | None) -> dict[st
     return provided
 
 
-def _check(authorized: bool) -> None:
-    if not authorized:
-        raise NotAuthorizedException(f"missing or wrong join token ({JOIN_TOKEN_HEADER})")
-
-
-@contextlib.contextmanager
-def _joined_host(request: Request[Any, Any, Any], fleet: Fleet) -> Iterator[None]:
-    """A joined host's call: its token checked, an unknown host id a 404."""
-    _check(fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
+def _answer_challenge(sessions: Sessions, challenge: Challenge) -> Answer:
     try:
-        yield
-    except KeyError:
-        raise NotFoundException("no such host (the server restarted since it joined)") from None
+        return sessions.answer(challenge)
+    except ProofError as exc:
+        raise ValidationException(str(exc)) from None
+
+
+async def _signed_call(request: Request[Any, Any, Any], sessions: Sessions) -> Signed:
+    """The call's proof checked (a 401, unsigned, if it proves nothing)."""
+    target = request.scope.get("raw_path") or request.scope["path"].encode()
+    if query := request.scope.get("query_string"):
+        target += b"?" + query
+    try:
+        return sessions.verify(request.method, target, request.headers, await request.body())
+    except ProofError as exc:
+        raise NotAuthorizedException(f"no proof of the join token: {exc}") from None
+
+
+def _signed(signed: Signed, content: object, status: int = 200) -> Response[bytes]:
+    body = b"" if content is None else msgspec.json.encode(content)
+    mac = Sessions.sign(signed, status, body)
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers={MAC_HEADER: mac})
 
 
 class ClusterController(Controller):
     path = JOIN_ROUTE
     tags = ("cluster",)
 
+    @post(
+        AUTH,
+        summary="A joining host's challenge: the server proves the join token",
+        status_code=200,
+        responses={200: spec(Answer, "The server's nonce and proof"), **errors(400)},
+        opt={"public": True},  # the join token's proof guards these routes instead of the API key
+    )
+    async def auth(self, cluster: Cluster, data: Challenge) -> Answer:
+        return _answer_challenge(cluster.sessions, data)
+
     @get(
         "/",
         summary="The group's current generation, for a host that joins it",
-        description=TOKEN_ONLY,
+        description=SIGNED,
         responses={200: spec(JoinSpec, "What the host's node needs"), **errors(401)},
-        opt={"public": True},  # the join token guards it instead of the API key
+        opt={"public": True},
     )
     async def join(
         self, request: Request[Any, Any, Any], cluster: Cluster, after: After = 0, wait: Wait = 0
-    ) -> JoinSpec:
-        _check(cluster.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
-        return await cluster.join_spec(after, wait)
+    ) -> Response[bytes]:
+        signed = await _signed_call(request, cluster.sessions)
+        return _signed(signed, await cluster.join_spec(after, wait))
 
 
 class FleetController(Controller):
     path = HOSTS_ROUTE
     tags = ("cluster",)
-    opt = {"public": True}  # noqa: RUF012 (Litestar's own attribute) the join token guards it, not the API key
+    opt = {"public": True}  # noqa: RUF012 (Litestar's own attribute) the token's proof guards it, not the API key
+
+    @post(
+        AUTH,
+        summary="A joining host's challenge: the server proves the join token",
+        status_code=200,
+        responses={200: spec(Answer, "The server's nonce and proof"), **errors(400)},
+    )
+    async def auth(self, fleet: FleetDep, data: Challenge) -> Answer:
+        return _answer_challenge(fleet.sessions, data)
 
     @post(
         "/",
         summary="Join with this host's own groups",
-        description=TOKEN_ONLY + " 409 says why a host may not join.",
+        description=SIGNED + " 409 says why a host may not join.",
         responses={201: spec(HostAccepted, "Its id and first orders"), **errors(401, 409)},
     )
-    async def register(self, request: Request[Any, Any, Any], fleet: FleetDep, data: HostOffer) -> HostAccepted:
-        _check(fleet.authorized(request.headers.get(JOIN_TOKEN_HEADER)))
+    async def register(self, request: Request[Any, Any, Any], fleet: FleetDep, data: HostOffer) -> Response[bytes]:
+        signed = await _signed_call(request, fleet.sessions)
         try:
-            return fleet.register(data)
+            return _signed(signed, fleet.register(data), 201)
         except HostRefusedError as exc:
-            raise Conflict(str(exc)) from None
+            return _signed(signed, {"error": str(exc)}, 409)
 
     @get(
         "/{host_id:str}/orders",
         summary="What the server wants this host to run (a long poll; also its heartbeat)",
-        description=TOKEN_ONLY,
+        description=SIGNED,
         responses={200: spec(HostOrders, "Its orders"), **errors(401, 404)},
     )
     async def orders(
         self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str, after: After = 0, wait: Wait = 0
-    ) -> HostOrders:
-        with _joined_host(request, fleet):
-            return await fleet.orders(host_id, after, wait)
+    ) -> Response[bytes]:
+        signed = await _signed_call(request, fleet.sessions)
+        try:
+            return _signed(signed, await fleet.orders(host_id, after, wait))
+        except KeyError:
+            return _signed(signed, {"error": FORGOTTEN}, 404)
 
     @post(
         "/{host_id:str}/events",
         summary="What this host's ranks did: started, exited, stopped",
-        description=TOKEN_ONLY,
-        status_code=204,
-        responses=errors(401, 404),
+        description=SIGNED + " Answered 204, signed.",
+        status_code=200,  # the answer is a signed Response of its own, 204 (Litestar's 204 takes no Response)
+        responses={204: spec(None, "Taken"), **errors(401, 404)},
     )
     async def events(
         self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str, data: list[HostEvent]
-    ) -> None:
-        with _joined_host(request, fleet):
+    ) -> Response[bytes]:
+        signed = await _signed_call(request, fleet.sessions)
+        try:
             fleet.report(host_id, data)
+        except KeyError:
+            return _signed(signed, {"error": FORGOTTEN}, 404)
+        return _signed(signed, None, 204)
 
     @post(
         "/{host_id:str}/drain",
         summary="This host leaves: its groups take no new job, finish theirs, then stop",
-        description=TOKEN_ONLY,
+        description=SIGNED,
         status_code=200,
         responses={200: spec(HostOrders, "Its orders"), **errors(401, 404)},
     )
-    async def drain(self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str) -> HostOrders:
-        with _joined_host(request, fleet):
-            return fleet.drain(host_id)
+    async def drain(self, request: Request[Any, Any, Any], fleet: FleetDep, host_id: str) -> Response[bytes]:
+        signed = await _signed_call(request, fleet.sessions)
+        try:
+            return _signed(signed, fleet.drain(host_id))
+        except KeyError:
+            return _signed(signed, {"error": FORGOTTEN}, 404)
 
 
 @get(

@@ -2,11 +2,12 @@
 
 The server's host runs the group's first node and hosts torch.distributed elastic's c10d
 rendezvous store; every other host runs ``para-attn-server join URL``, which fetches a
-``JoinSpec`` from ``GET JOIN_ROUTE`` (the join token in the ``JOIN_TOKEN_HEADER`` header)
-and runs torchrun's elastic agent for its node with the spec's ``RankSpec``. Both sides
-start the agent with the same command (``agent_command``), so the rendezvous, the rank
-layout (node-major: global rank = node rank x ranks per node + local rank) and the rank
-processes are the same on every host.
+``JoinSpec`` from ``GET JOIN_ROUTE`` (a call signed with the join token's proof: ``auth``)
+and runs torchrun's elastic agent for its node with the spec's ``RankSpec``, meeting the
+others through its own ``tunnel.StoreForwarder``. Both sides start the agent with the same
+command (``agent_command``), so the rendezvous, the rank layout (node-major: global rank =
+node rank x ranks per node + local rank) and the rank processes are the same on every host.
+What a host is sent never holds a pickle: the predictor travels by its name or module:Class.
 
 How a joined host follows restarts: each control listener keeps its port for the server's
 life, but every generation has a token of its own (a rank of an earlier generation is never
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from para_attn_server.plugin.manager import Plugins
 
 JOIN_ROUTE = "/v1/cluster/join"
-JOIN_TOKEN_HEADER = "X-Join-Token"
+AGENT_MODULE = "para_attn_server.cluster.agent"  # torchrun's agent, listening where told
 DEFAULT_RDZV_PORT = 29400
 # An address the server listens on "everywhere": a joined host reaches it at the address it
 # reached the server's HTTP at.
@@ -58,7 +59,7 @@ class JoinSpec(msgspec.Struct, kw_only=True, frozen=True):
     state: str  # the group's: starting, ready, busy, faulted, stopped
     generation: int  # 0 until the group launched its first generation
     nproc_per_node: int  # ranks every node starts
-    spec: RankSpec  # the current generation's (without the join token: the host has it)
+    spec: RankSpec  # the current generation's (without the join token's proof: the host makes it)
     plugins: list[PluginDist]  # the server's, to compare with the host's own
 
 
@@ -106,9 +107,12 @@ def reachable(host: str, server_url: str) -> str:
     return (urlsplit(server_url).hostname or "127.0.0.1") if host in WILDCARDS else host
 
 
-def agent_command(spec: RankSpec, nproc_per_node: int, rendezvous: list[str] | None = None) -> list[str]:
+def agent_command(
+    spec: RankSpec, nproc_per_node: int, rendezvous: list[str] | None = None, local_addr: str | None = None
+) -> list[str]:
     """torchrun's elastic agent for one node of ``spec``'s group. ``rendezvous`` overrides
-    the spec's (a group on one host: ``--standalone``)."""
+    the spec's (a group on one host); ``local_addr``: this node's address, where the store
+    the agent may host for the ranks listens (``agent``)."""
     if rendezvous is None:
         r = spec.rendezvous
         assert r is not None, "a group that spans hosts has a rendezvous"
@@ -119,10 +123,18 @@ def agent_command(spec: RankSpec, nproc_per_node: int, rendezvous: list[str] | N
             f"--rdzv-id={r.run_id}-{spec.group}-{spec.generation}", f"--nnodes={r.nnodes}",
             f"--rdzv-conf=is_host=0,join_timeout={r.join_timeout}",
         ]  # fmt: skip
+    local = [f"--local-addr={local_addr}"] if local_addr and local_addr not in WILDCARDS else []
     return [
-        sys.executable, "-m", "torch.distributed.run", *rendezvous,
+        sys.executable, "-m", AGENT_MODULE, *rendezvous, *local,
         f"--nproc-per-node={nproc_per_node}", "--max-restarts=0", "--module", "para_attn_server.rank.worker",
     ]  # fmt: skip
+
+
+def network_spec(spec: RankSpec) -> RankSpec:
+    """What a joined host may take from the network: ``JoinRefusedError`` for a pickle."""
+    if spec.predictor_pickle is not None or spec.predictor is None:
+        raise JoinRefusedError("the server sent a pickled predictor: this host takes the predictor by name only")
+    return spec
 
 
 # ---- hosts that bring their own groups (the fleet) -----------------------------------------
@@ -147,7 +159,7 @@ class GroupOrder(msgspec.Struct, kw_only=True, frozen=True):
 
     group: int  # the server's index of the group
     local: int  # its place on the host: devices local x size .. local x size + size - 1
-    spec: RankSpec | None  # without the join token: the host has it
+    spec: RankSpec | None  # without the join token's proof: the host makes it
 
 
 class HostOrders(msgspec.Struct, kw_only=True, frozen=True):

@@ -57,6 +57,10 @@ class Job:
         self.subscribers: list[asyncio.Queue[JobEvent]] = []
         self.batch_key: Any = NOT_ASKED  # the predictor's batch_key of its inputs, once asked
         self.preempted: str | None = None  # why its running group stops it to run it elsewhere (a drain)
+        # Loaded from an earlier run's journal; and whether this start ended it (given up,
+        # cancelled, its output gone), before any app's job listener could hear of it.
+        self.restored = False
+        self.ended_at_start = False
 
     @property
     def id(self) -> str:
@@ -179,6 +183,7 @@ class JobRegistry:
             if record is not loaded:
                 self.journal.record(record)
             job = self.add(record)
+            job.restored, job.ended_at_start = True, record is not loaded and record.terminal
             if record.terminal:
                 recovered.append(job)
                 job.done.set()

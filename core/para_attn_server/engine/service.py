@@ -127,6 +127,7 @@ class JobService(GroupMembership, JobRunning):
                 self.models.of(job.record.inputs).schema.check_stored(job.record.inputs)
             except (msgspec.ValidationError, InputError) as exc:
                 self._finish(job, JobState.FAILED, f"after a restart its inputs no longer fit this model ({exc})")
+                job.ended_at_start = True
             else:
                 self.queue.append(job)
         self.registry.inputs.sweep(set(self.jobs))
@@ -293,12 +294,15 @@ class JobService(GroupMembership, JobRunning):
         return any(group.ready for group in self.groups)
 
     def not_ready_reason(self) -> str | None:
-        """Why the server cannot take and keep jobs now, or None: no group is ready, or its
-        output directory refuses new files (deleted, read-only, full)."""
+        """Why the server cannot take and keep jobs now, or None: no group is ready, its
+        output directory refuses new files (deleted, read-only, full), or its journal's file
+        is gone."""
         if not self.ready:
             return "no worker group is ready"
         unwritable = self.store.writable()
-        return None if unwritable is None else f"the output directory cannot be written: {unwritable}"
+        if unwritable is not None:
+            return f"the output directory cannot be written: {unwritable}"
+        return None if self.journal is None else self.journal.gone()
 
     def status(self) -> ServerStatus:
         return server_status(self)

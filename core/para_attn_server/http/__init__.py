@@ -5,7 +5,8 @@ the service's answers into responses. Every decision is the service's.
 - ``v1``: the resource API under ``/v1/jobs``; ``loras``: the adapters under ``/v1/loras``;
 - ``health``: liveness and readiness probes;
 - ``errors``: exceptions to answers, keyed by type; ``auth``: the API key;
-- ``openapi``: the document at /schema; ``bodies``: strict request decoding.
+- ``openapi``: the document at /schema; ``bodies``: strict request decoding;
+- ``policy``: without an API key, what keeps other sites' pages from driving the server.
 
 The request body type is derived from the predictor's ``predict`` signature and given to
 Litestar through ``signature_namespace``, so Litestar both checks it (400 naming the field)
@@ -32,6 +33,7 @@ from para_attn_server.http.health import HealthController
 from para_attn_server.http.loras import LorasController
 from para_attn_server.http.models import ModelSchemaController
 from para_attn_server.http.original import OriginalController
+from para_attn_server.http.policy import keyless_middleware
 from para_attn_server.http.v1 import JobsController
 from para_attn_server.plugin.jobs import Jobs
 from para_attn_server.settings import Settings
@@ -52,8 +54,9 @@ def create_app(
     """The app over ``service``. Plugins add routes and Litestar plugins (``register_routes``),
     given ``settings`` (their defaults when None). ``cluster``: the join route is served;
     ``fleet``: hosts may join with their own groups."""
+    settings = settings or Settings()
     jobs = Jobs(service)  # what plugins get: the face, never the service itself
-    added = service.plugins.routes(jobs, settings or Settings())
+    added = service.plugins.routes(jobs, settings)
     litestar_plugins = [obj for obj in added if isinstance(obj, InitPluginProtocol)]
     routes = [obj for obj in added if not isinstance(obj, InitPluginProtocol)]
     routes.append(cluster_status)
@@ -68,7 +71,7 @@ def create_app(
         plugins=litestar_plugins,
         dependencies={**provide(service, jobs), **provide_cluster(cluster, fleet)},
         signature_namespace={"InputBody": service.schema.type, "JobService": JobService, "Jobs": Jobs},
-        middleware=[api_key_middleware(api_key)] if api_key else [],
+        middleware=[api_key_middleware(api_key) if api_key else keyless_middleware(settings.http.public_url)],
         request_max_body_size=max_body_bytes,
         exception_handlers=errors.HANDLERS,
         openapi_config=openapi.config(api_key=bool(api_key)),

@@ -19,7 +19,7 @@ from para_attn_server.http.bodies import INPUTS, SUBMISSION, Inputs
 from para_attn_server.http.dependencies import Service
 from para_attn_server.http.errors import Conflict
 from para_attn_server.http.openapi import BINARY, LOCATION, PREVIEW_STEP, RETRY_AFTER, Doc, errors, spec
-from para_attn_server.http.outputs import output_response
+from para_attn_server.http.outputs import SERVED, output_response
 from para_attn_server.http.schemas import ServerSentJobEvent
 from para_attn_server.records import JobState
 from para_attn_server.views import JobList, JobView
@@ -56,7 +56,8 @@ class JobsController(Controller):
                 headers={**SUBMIT_HEADERS, "201": {"Location": LOCATION}},
                 content={"201": {"*/*": BINARY}},
                 inputs_body=True,
-            )
+            ),
+            "forms": True,  # http/policy.py: a multipart form is taken here
         },
         dependencies=SUBMISSION,
     )
@@ -165,7 +166,7 @@ class JobsController(Controller):
         step, jpeg = preview
         # no-store: the same URL answers a newer picture at each preview step
         return Response(
-            jpeg, media_type="image/jpeg", headers={"X-Preview-Step": str(step), "Cache-Control": "no-store"}
+            jpeg, media_type="image/jpeg", headers={"X-Preview-Step": str(step), "Cache-Control": "no-store", **SERVED}
         )
 
     @get(

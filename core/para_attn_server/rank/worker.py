@@ -27,13 +27,13 @@ import torch
 import torch.distributed as dist
 
 from para_attn_server.adapters import LORAS, Lora
-from para_attn_server.errors import JobCancelled
+from para_attn_server.errors import JobCancelled, SetupError
 from para_attn_server.legacy import as_predictor
 from para_attn_server.logs import configure_logging, rank_warnings
 from para_attn_server.media import decode_inputs
 from para_attn_server.options import configure
 from para_attn_server.plugin.manager import Plugins
-from para_attn_server.predictor import JobContext, Output, RankContext, running
+from para_attn_server.predictor import JobContext, Output, Predictor, RankContext, running
 from para_attn_server.protocol import JobEnded, Progress, RunJob, SetupDone, SetupFailed, Shutdown
 from para_attn_server.rank.decisions import DecisionChannel, open_channel
 from para_attn_server.rank.link import ControlLink
@@ -59,11 +59,7 @@ class RankWorker:
         self.world_size = spec.world_size
         self.link = link
         self.plugins = Plugins.load(spec.plugins, autoload=False)
-        if spec.predictor_pickle is not None:
-            self.predictor = as_predictor(pickle.loads(spec.predictor_pickle))
-        else:
-            assert spec.predictor is not None
-            self.predictor = self.plugins.resolve_predictor(spec.predictor)
+        self.predictor = predictor_of(spec, self.plugins)
         self.schema = InputSchema(self.predictor)
         configure(self.predictor, spec.world_size, dict(spec.options))  # ``-o defaults`` is the server's
         self.decisions = DecisionChannel()
@@ -209,6 +205,18 @@ class RankWorker:
             error = f"output too large: {len(output.data)} bytes exceeds the limit of {limit} bytes"
             return JobEnded(job_id, 0, "failed", error=error)
         return JobEnded(job_id, 0, "succeeded", output=output.data, file_type=output.file_type, base64=output.base64)
+
+
+def predictor_of(spec: RankSpec, plugins: Plugins) -> Predictor:
+    """The spec's predictor. A pickled one only on the server's own host (``spec.node`` is
+    empty): a joined host's spec came over the network, where a pickle is never loaded."""
+    if spec.predictor_pickle is not None:
+        if spec.node:
+            raise SetupError(f"a pickled predictor reached host {spec.node!r}: only a predictor by name travels")
+        return as_predictor(pickle.loads(spec.predictor_pickle))
+    if spec.predictor is None:
+        raise SetupError("the spec names no predictor")
+    return plugins.resolve_predictor(spec.predictor)
 
 
 class StepDecider:

@@ -4,7 +4,8 @@ Two servers on one directory would each take the other's running jobs for an ear
 leftovers (and fail them "server restarted") and write one journal. The lock is ``flock`` on
 ``.jobs/server.lock``: the kernel drops it when the process ends however it ends, so a crash
 leaves no stale lock; the file keeps the holder's pid for the refusal's message. Its
-descriptor is close-on-exec, so rank processes never hold it.
+descriptor is close-on-exec, so rank processes never hold it. Taken first, it makes the
+private directory (0700) and the output directory above it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 from para_attn_server.errors import ConfigurationError
+from para_attn_server.storage.modes import PRIVATE_FILE_MODE, make_private
 from para_attn_server.storage.outputs import JOBS_DIR
 
 LOCK_FILE = "server.lock"
@@ -27,8 +29,8 @@ class OutputDirLock:
     def acquire(self) -> None:
         """Hold the directory; ``ConfigurationError`` naming the holder when a server does."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            make_private(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         except OSError as exc:
             raise ConfigurationError(f"--output-dir {self.path.parent.parent}: {exc.strerror}") from None
         try:
@@ -40,6 +42,7 @@ class OutputDirLock:
                 f"--output-dir {self.path.parent.parent}: another server (pid {holder}) is using it; "
                 "give each server a directory of its own"
             ) from None
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # an older release made it 0644
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

@@ -5,7 +5,12 @@ queued or running when the server stopped are queued again (see ``JobRegistry.re
 Writes are group commits: everything recorded during one turn of the event loop goes in
 one transaction at the next turn (no timer), so an idle server commits at once and a busy
 one batches. ``committed()`` waits for the transaction that holds everything recorded so
-far: the HTTP layer answers a submit only after it.
+far: the HTTP layer answers a submit only after it. A commit to a file that was deleted (or
+replaced) under the server succeeds, into an inode no restart will open: so ``committed()``
+also checks that the path still names the file the journal writes, and fails when not.
+
+The file is 0600 (it holds every prompt and webhook URL); SQLite gives its -wal and -shm
+files the same mode.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import msgspec
 
 from para_attn_server.errors import JournalError
 from para_attn_server.records import JobRecord
+from para_attn_server.storage.modes import private_file
 
 log = logging.getLogger("para_attn_server.journal")
 
@@ -48,6 +55,7 @@ class JobJournal:
         self.path = path
         self.checkpoint_interval = checkpoint_interval
         self._db = self._open()
+        self._identity = _identity(os.stat(path))  # the file a restart will open
         self._dirty: dict[str, JobRecord] = {}
         self._deleted: set[str] = set()
         self._scheduled = False
@@ -55,8 +63,13 @@ class JobJournal:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}  # transaction -> who awaits it
         self._failed: dict[int, str] = {}  # recent failed transactions: number -> why
         self._task: asyncio.Task[None] | None = None
+        self._gone_logged = False
 
     def _open(self) -> sqlite3.Connection:
+        private_file(self.path)
+        for older in (self.path.with_name(f"{self.path.name}-wal"), self.path.with_name(f"{self.path.name}-shm")):
+            if older.exists():  # left by a release that made them 0644
+                private_file(older)
         db = sqlite3.connect(self.path, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # In WAL mode a commit is in the log before it returns: it survives the process
@@ -104,6 +117,21 @@ class JobJournal:
             await future
         if target in self._failed:
             raise JournalError(f"could not record the job: {self._failed[target]}")
+        if (gone := self.gone()) is not None:
+            raise JournalError(f"could not record the job: {gone}")
+
+    def gone(self) -> str | None:
+        """Why the journal's file is no longer where a restart would open it, or None."""
+        try:
+            here = _identity(os.stat(self.path))
+        except OSError:
+            here = None
+        if here == self._identity:
+            return None
+        if not self._gone_logged:
+            self._gone_logged = True
+            log.error("the job journal %s was deleted or replaced: restart the server to record jobs again", self.path)
+        return "the job journal's file was deleted or replaced (the server must be restarted)"
 
     def _schedule(self) -> None:
         # One transaction per turn of the event loop: what is recorded meanwhile joins it.
@@ -181,6 +209,10 @@ class JobJournal:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
 
 
 def _checkpoint(db: sqlite3.Connection) -> None:

@@ -4,7 +4,8 @@ Clients may name an ``output_path``; it must be relative, free of ``..``, hidden
 NUL bytes and symlinks. Paths are checked when the job is submitted (a 400, nothing written)
 and the write itself walks the directories with file descriptors that refuse symlinks, so a
 link planted in between cannot steer it (no check-then-use race). Every write is a temporary
-file, fsync, rename and a directory fsync: a file is either whole or absent.
+file, fsync, rename and a directory fsync: a file is either whole or absent. Files and
+directories get the modes of ``storage/modes.py``: none is readable by the machine's other users.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from para_attn_server import b64
 from para_attn_server.errors import InputError, OutputGoneError
+from para_attn_server.storage.modes import DIR_MODE, FILE_MODE, _file_mode, make_private  # noqa: F401 (tests)
 from para_attn_server.storage.writer import BatchWriter
 
 JOBS_DIR = ".jobs"  # the server's own copies, hidden so no client path can name them
@@ -37,15 +39,6 @@ READ_CHUNK = 3 * 1024 * 1024  # a multiple of 3: chunks encode to base64 without
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()  # what a plain open() would give under the umask at start
-
-
 def checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -53,9 +46,8 @@ def checksum(data: bytes) -> str:
 class OutputStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.jobs_dir = self.root / JOBS_DIR
-        self.jobs_dir.mkdir(exist_ok=True)
+        make_private(self.jobs_dir)
         self._writer = BatchWriter(self)
         self._verified: dict[str, tuple[int, str]] = {}  # path -> (size, checksum) known to be on disk
         self._failure: tuple[float, str] | None = None  # (when, why) the last own write failed
@@ -217,7 +209,7 @@ class OutputStore:
                         yield None
                         return
                     with contextlib.suppress(FileExistsError):
-                        os.mkdir(part, dir_fd=fd)
+                        os.mkdir(part, DIR_MODE, dir_fd=fd)
                     child = _open_child_dir(fd, part, field, refusal)
                 except OSError as exc:
                     raise _not_a_plain_directory(fd, part, exc, field, refusal) from None

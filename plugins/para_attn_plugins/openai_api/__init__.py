@@ -54,7 +54,9 @@ def register_routes(register: Callable[[Any], None], jobs: Jobs, settings: Setti
     from .models import ModelsController
     from .videos import VideosController
 
-    context = OpenAIContext.of(jobs, settings.section(OpenAISettings), settings.jobs.result_ttl)
+    context = OpenAIContext.of(
+        jobs, settings.section(OpenAISettings), settings.jobs.result_ttl, settings.http.public_url
+    )
     register(
         Router(
             "/v1",
@@ -62,6 +64,7 @@ def register_routes(register: Callable[[Any], None], jobs: Jobs, settings: Setti
             dependencies=provide(context),
             exception_handlers=HANDLERS,
             # The API-key middleware's 401 in OpenAI's shape on these routes (http/auth.py).
-            opt={"unauthorized_body": UNAUTHORIZED, "unauthorized_response": UNAUTHORIZED_RESPONSE},
+            # "forms": without an API key, multipart bodies are taken here (http/policy.py): edits, videos.
+            opt={"unauthorized_body": UNAUTHORIZED, "unauthorized_response": UNAUTHORIZED_RESPONSE, "forms": True},
         )
     )

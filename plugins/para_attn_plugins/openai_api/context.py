@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 import pybase64
+from litestar import Request
 from litestar.di import NamedDependency, Provide
 
 from para_attn_server import InputError, Predictor
@@ -43,10 +44,28 @@ class OpenAIContext:
     fields_of: dict[str, ModelFields]  # each served model's, by name; the first the default
     started: int = field(default_factory=lambda: int(time.time()))
     rng: random.Random = field(default_factory=random.Random)
+    public_url: str | None = None  # --public-url
 
     @classmethod
-    def of(cls, jobs: Jobs, settings: OpenAISettings, result_ttl: float) -> OpenAIContext:
-        return cls(jobs, settings, result_ttl, {name: ModelFields.of(jobs.schema_of(name)) for name in jobs.models})
+    def of(
+        cls, jobs: Jobs, settings: OpenAISettings, result_ttl: float, public_url: str | None = None
+    ) -> OpenAIContext:
+        fields_of = {name: ModelFields.of(jobs.schema_of(name)) for name in jobs.models}
+        return cls(jobs, settings, result_ttl, fields_of, public_url=public_url)
+
+    def output_url(self, request: Request[Any, Any, Any], job: Job) -> str:
+        """Where a job's output is downloaded (``response_format=url``): under ``--public-url``,
+        else at the address the request came in on (the bound host and port). Never under the
+        client's ``Host``: a name any client, or a rebound page, chooses."""
+        path = f"/v1/jobs/{job.id}/output"
+        if self.public_url:
+            return self.public_url.rstrip("/") + path
+        server = request.scope.get("server")
+        if server is None:  # not a TCP socket
+            return path
+        host, port = server
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}{'' if port is None else f':{port}'}{path}"
 
     @property
     def served(self) -> str:

@@ -133,8 +133,7 @@ async def run_images(
         for job in submitted:  # the rest, when one failed or the client went away; no-op for ended jobs
             jobs.cancel(job.id)
     if response_format == "url":
-        base = str(request.base_url).rstrip("/")
-        items = [ImageData(url=f"{base}/v1/jobs/{job.id}/output") for job in submitted]
+        items = [ImageData(url=api.output_url(request, job)) for job in submitted]
     else:
         items = [ImageData(b64_json=await api.output_base64(job)) for job in submitted]
     first = submitted[0].record

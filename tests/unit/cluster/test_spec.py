@@ -67,14 +67,15 @@ def spec(generation: int = 3) -> RankSpec:
     rendezvous = Rendezvous(endpoint="10.0.0.5:29400", run_id="abcd", nnodes=2, join_timeout=60)
     return RankSpec(
         world_size=8, control_host="10.0.0.5", control_port=4000, token="t", generation=generation,
-        rendezvous=rendezvous, join_token="secret",
+        rendezvous=rendezvous, join_token="secret", predictor="noop",
     )  # fmt: skip
 
 
 def test_every_node_runs_the_same_agent_command_for_a_generation() -> None:
-    command = agent_command(spec(), 4)
+    command = agent_command(spec(), 4, local_addr="10.0.0.7")
 
-    assert command[1:4] == ["-m", "torch.distributed.run", "--rdzv-backend=c10d"]
+    assert command[1:4] == ["-m", "para_attn_server.cluster.agent", "--rdzv-backend=c10d"]  # torchrun, bound
+    assert "--local-addr=10.0.0.7" in command  # where this node's agent may listen
     assert "--rdzv-endpoint=10.0.0.5:29400" in command
     assert "--rdzv-id=abcd-0-3" in command  # one rendezvous per generation
     assert "--nnodes=2" in command
@@ -110,16 +111,17 @@ async def test_the_join_route_long_polls_until_the_next_generation_is_launched()
 
     assert (answer.generation, answer.state, answer.spec.token, answer.nproc_per_node) == (1, "starting", "gen1", 4)
     assert answer.spec.join_token == ""  # never sent back
+    assert answer.spec.rendezvous is not None
+    assert answer.spec.rendezvous.endpoint == "127.0.0.1:29400"  # the gate, not the store behind it
     assert answer.plugins == SERVER
 
 
-def test_only_the_join_token_is_authorized() -> None:
+def test_a_predictor_object_cannot_travel_to_joined_hosts() -> None:
     cluster = ClusterHost("127.0.0.1:29400", "secret", [], 1)
+    group = StubGroup(msgspec.structs.replace(spec(0), predictor=None, predictor_pickle=b"..."))
 
-    assert cluster.authorized("secret")
-    assert not cluster.authorized("Secret")
-    assert not cluster.authorized(None)
-    assert not cluster.authorized("sécret")
+    with pytest.raises(ConfigurationError, match="a predictor object cannot be sent to them"):
+        cluster.attach(group)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -175,5 +177,5 @@ def test_join_without_a_token_is_a_usage_error_that_says_where_to_find_it(
         cli.main(["join", "http://head:5000", "--num-devices", "1"])
 
     assert info.value.code == 2
-    expected = "--token (or $PARA_ATTN_SERVER_JOIN_TOKEN) is required: the server logs it at start"
+    expected = "--token-file (or $PARA_ATTN_SERVER_JOIN_TOKEN, or --token) is required: the server logs where"
     assert expected in capsys.readouterr().err

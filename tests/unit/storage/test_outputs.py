@@ -165,7 +165,7 @@ def test_written_file_mode_follows_the_umask(store: OutputStore, monkeypatch: py
 
     store.write(target, b"data")
 
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 & ~umask
 
 
 def test_job_files_live_in_the_hidden_jobs_directory(store: OutputStore) -> None:
