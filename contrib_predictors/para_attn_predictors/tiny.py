@@ -58,7 +58,9 @@ class TinyFluxPredictor(Predictor):
         import torch
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        layout_options = msgspec.convert(options, TinyOptions, strict=False)
+        # Only the layout's own options: a subclass may declare more (its options_type).
+        degrees = {name: value for name, value in options.items() if name in LayoutOptions.__struct_fields__}
+        layout_options = msgspec.convert(degrees, LayoutOptions, strict=False)
         self.layout = choose_layout(layout_options, world_size, heads=HEADS, device_type=device_type, guidance=None)
 
     def parallel_layout(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ from PIL import Image
 from para_attn_predictors.compat import apply_diffusers_shims
 from para_attn_predictors.diffusers_base import DiffusersPredictor, denoising_steps
 from para_attn_predictors.flux import FluxPredictor, splittable_grid
+from para_attn_predictors.layouts import Layout
 from para_attn_predictors.make_tiny import build
 from para_attn_predictors.tiny import TinyFluxPredictor
 from para_attn_predictors.wan import WanPredictor
@@ -165,14 +166,15 @@ def test_kontext_edits_the_picture_as_flux_kontext_does(kontext: FluxPredictor, 
 def test_kontext_reads_the_picture_in_tokens_that_split_across_the_ranks(kontext: FluxPredictor) -> None:
     # The tiny VAE does not downsample: tokens of 2 x 2 pixels.
     assert kontext.kontext_picture(PICTURE).size == (64, 48)  # 32 x 24 tokens
-    kontext.world_size = 5  # 32 x 24 = 768 tokens do not split 5 ways; 30 x 24 do
+    one_rank = kontext.layout
+    kontext.layout = Layout(ulysses=1, ring=5)  # 32 x 24 = 768 tokens do not split 5 ways; 30 x 24 do
     try:
         assert kontext.kontext_picture(PICTURE).size == (60, 48)
         with pytest.raises(InputError) as error:
             kontext.kontext_picture(Image.new("RGB", (3, 3)))  # 1 token
         assert error.value.field == "image"
     finally:
-        kontext.world_size = 1
+        kontext.layout = one_rank
     assert splittable_grid(7, 3, 4) == (6, 2)  # 12 cells, as 4 x 3, but nearer 7:3
     assert splittable_grid(8, 8, 3) == (8, 6)  # 48 cells; 7 x 7 = 49 does not divide
     assert splittable_grid(1, 1, 2) == (0, 0)

@@ -41,7 +41,9 @@ from litestar.types import (
 
 from para_attn_server.http.schemas import ErrorBody
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# 0.0.0.0 and ::: a client that connects to the wildcard address reaches loopback and names it
+# (no DNS name can rebind to them).
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 JSON = "application/json"
