@@ -82,10 +82,3 @@ class DirectRanks:
             p.join(60)
             if p.is_alive():
                 p.kill()
-
-
-def direct_call_times(model: str, world: int, inputs: dict[str, Any], repeat: int, warmup: int = 3) -> list[float]:
-    """Seconds per ``predict`` call on rank 0, every rank calling it in lockstep."""
-    with DirectRanks(model, world, inputs) as ranks:
-        ranks.run(warmup)
-        return ranks.run(repeat)

@@ -295,7 +295,6 @@ class DiffusersPredictor(Predictor):
             self.settings = msgspec.convert(options, self.options_type, strict=False)
         except msgspec.ValidationError as exc:
             raise ConfigurationError(f"bad --option: {exc}") from None
-        self.world_size = world_size
         self.pipeline_name, self.pipeline_spec = self._pipeline_of(self.settings.model_path)
         self.transformer_config = read_config(self.settings.model_path, "transformer")
         self.vae_config = read_config(self.settings.model_path, "vae")

@@ -65,10 +65,12 @@ def parallelize_pipeline(
     apply_para_attn_shims()
     mesh = layout_mesh(layout, device_type)
     sequence_mesh = mesh["batch", "ring", "ulysses"]  # this rank's half: one pass, split
+    # The ranks of this half's pass as one group (None: every rank, the default group).
+    group = mesh["ring", "ulysses"]._flatten().get_group() if layout.cfg > 1 else None
     if type(pipe).__name__.startswith("Wan"):
         parallelize_wan_transformers(pipe, sequence_mesh)
-    elif layout.cfg > 1:
-        parallelize_flux_transformer(pipe.transformer, sequence_mesh)
+    elif group is not None:
+        parallelize_flux_transformer(pipe.transformer, sequence_mesh, group)
         parallelize_pipe(pipe, shallow_patch=True)  # para-attn's class patch: a shared seed
     else:
         parallelize_pipe(pipe, mesh=sequence_mesh)
@@ -80,12 +82,12 @@ def parallelize_pipeline(
         _parallelize_vae(vae, mesh=init_parallel_vae_mesh(device_type))
     _parallelized.add(pipe)
     cfg = CfgSplit(mesh["cfg"].get_group(), mesh["cfg"].get_local_rank()) if layout.cfg > 1 else None
-    group = mesh["ring", "ulysses"]._flatten().get_group() if layout.cfg > 1 else None
     return Parallel(layout, vae_split, cfg, group)
 
 
-def parallelize_flux_transformer(transformer: torch.nn.Module, mesh: DeviceMesh) -> None:
-    """Split a ``FluxTransformer2DModel``'s sequence across ``mesh``, a part of the ranks.
+def parallelize_flux_transformer(transformer: torch.nn.Module, mesh: DeviceMesh, group: dist.ProcessGroup) -> None:
+    """Split a ``FluxTransformer2DModel``'s sequence across ``mesh``, a part of the ranks
+    (``group``: the same ranks as one process group).
 
     para-attn's Flux adapter chunks the position ids over the whole world, so it splits
     correctly only when one pass spans every rank; with cfg=2 each half splits its own pass
@@ -94,7 +96,6 @@ def parallelize_flux_transformer(transformer: torch.nn.Module, mesh: DeviceMesh)
     """
     if getattr(transformer, "_is_parallelized", False):
         return
-    group = mesh["ring", "ulysses"]._flatten().get_group()
     forward = transformer.forward
 
     def chunk(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,11 +104,11 @@ def parallelize_flux_transformer(transformer: torch.nn.Module, mesh: DeviceMesh)
 
     @functools.wraps(forward)
     def split_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if any(kwargs.get(name) is not None for name in CONTROLNET_SAMPLES) or args:
+            raise NotImplementedError("splitting Flux with cfg=2 takes keyword arguments and no ControlNet")
         for name in ("encoder_hidden_states", "img_ids", "txt_ids"):
             if kwargs.get(name) is not None:
                 kwargs[name] = chunk(kwargs[name])
-        if any(kwargs.get(name) is not None for name in CONTROLNET_SAMPLES) or args:
-            raise NotImplementedError("splitting Flux with cfg=2 takes keyword arguments and no ControlNet")
         with UnifiedAttnMode(mesh):
             output = forward(chunk(hidden_states), **kwargs)
         sample = primitives.get_complete_tensor(output[0], dim=-2, group=group)

@@ -3,11 +3,13 @@ server's own log lines (so a recovery is measured by the server's clock, not the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,3 +87,34 @@ def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
         time.sleep(0.05)
+
+
+def status_bytes(pid: int, key: str) -> int:
+    """A ``/proc/PID/status`` size in bytes: ``VmRSS`` (resident now), ``VmHWM`` (its peak)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (kib,) = (line.split()[1] for line in status.splitlines() if line.startswith(f"{key}:"))
+    return int(kib) * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far, in bytes (it only grows)."""
+    return status_bytes(pid, "VmHWM")
+
+
+@contextlib.contextmanager
+def stalled_readers(server: Server, path: str, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that ask for ``path`` with tiny receive buffers and, once each
+    has its answer's first bytes (a 200), read no further while the block runs."""
+    readers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(count)]
+    try:
+        for sock in readers:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        for sock in readers:
+            sock.settimeout(30)
+            # A body built whole before it is sent would be in memory by its first byte.
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        yield readers
+    finally:
+        for sock in readers:
+            sock.close()

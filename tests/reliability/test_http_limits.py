@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from para_attn_server.testing import Server
-from tests.reliability.support import Report, until
+from tests.reliability.support import Report, peak_rss, until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -83,12 +83,6 @@ def response_headers(data: bytes) -> dict[str, str]:
 
 def connect(server: Server) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=30)
-
-
-def peak_rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    (kib,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(kib) * 1024
 
 
 # ---- the request head -------------------------------------------------------------------------

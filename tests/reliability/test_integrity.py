@@ -29,7 +29,7 @@ import pytest
 from para_attn_server.protocol import Hello, encode_frame
 from para_attn_server.records import JobRecord
 from para_attn_server.testing import CLI, Server, pid_gone
-from tests.reliability.support import Report, until
+from tests.reliability.support import Report, peak_rss, stalled_readers, until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -284,13 +284,6 @@ def test_a_client_that_never_finishes_its_request_head_is_dropped(noop: Server, 
         assert closed_by_server(sock, 30)  # --header-timeout 2
 
 
-def peak_rss(pid: int) -> int:
-    """The process's peak resident memory so far, in bytes (it only grows)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    (kib,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-    return int(kib) * 1024
-
-
 def test_slow_readers_of_a_large_base64_output_do_not_hold_it_in_memory(
     launch: Callable[..., Server], report: Report
 ) -> None:
@@ -299,19 +292,8 @@ def test_slow_readers_of_a_large_base64_output_do_not_hold_it_in_memory(
     job_id = server.run(size=size)["id"]
     assert server.http.get(f"/get_output/{job_id}").status_code == 200  # the file is checked once
     before = peak_rss(server.process.pid)
-    readers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
-    try:
-        for sock in readers:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(f"GET /get_output/{job_id} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        for sock in readers:
-            sock.settimeout(30)
-            # A body built whole before it is sent would be in memory by its first byte.
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    with stalled_readers(server, f"/get_output/{job_id}", 4):
         grown = peak_rss(server.process.pid) - before
-    finally:
-        for sock in readers:
-            sock.close()
     assert grown < 100 * 1024 * 1024, grown  # whole bodies would be 4 x 85 MiB
     report.add(
         "Integrity",

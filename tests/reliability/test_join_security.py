@@ -62,6 +62,18 @@ def start_join(url: str, *args: str, env: dict[str, str] | None = None) -> tuple
     return process, LogWatcher(process)
 
 
+def join_until_it_exits(url: str, name: str) -> tuple[int, LogWatcher]:
+    """``join`` to ``url`` with the token, waited for (killed after 120 s); its exit code and log."""
+    process, log = start_join(url, "--token", TOKEN, "--num-devices", "1", "--name", name)
+    try:
+        code = process.wait(120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log.wait_closed(10)
+    return code, log
+
+
 class Listener:
     """A TCP listener that counts the connections it gets (and says nothing)."""
 
@@ -141,13 +153,7 @@ def test_a_fake_server_never_sees_the_token_and_join_starts_no_rank(
 ) -> None:
     url, seen, rendezvous, marker = fake_server
     started = time.monotonic()
-    process, log = start_join(url, "--token", TOKEN, "--num-devices", "1", "--name", "victim")
-    try:
-        code = process.wait(120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    log.wait_closed(10)
+    code, log = join_until_it_exits(url, "victim")
     took = time.monotonic() - started
 
     sent = json.dumps([{**row, "body": row["body"].decode("latin-1")} for row in seen])
@@ -227,13 +233,7 @@ def test_a_relay_that_alters_the_spec_is_caught_and_nothing_is_unpickled(
     marker = tmp_path / "unpickled"
     relay = TamperingRelay(group.url, marker)
     try:
-        process, log = start_join(relay.url, "--token", TOKEN, "--num-devices", "1", "--name", "relayed")
-        try:
-            code = process.wait(120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        log.wait_closed(10)
+        code, log = join_until_it_exits(relay.url, "relayed")
     finally:
         relay.close()
     assert relay.altered >= 1

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -28,7 +26,7 @@ from PIL import Image
 
 from para_attn_server import Output, Predictor, RankContext, current_job
 from para_attn_server.testing import Server, server_env
-from tests.reliability.support import Report
+from tests.reliability.support import Report, stalled_readers, status_bytes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -297,9 +295,7 @@ def test_url_answers_are_built_on_the_public_url(launch: Callable[..., Server]) 
 
 
 def rss(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    (kib,) = (line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
-    return int(kib) * 1024
+    return status_bytes(pid, "VmRSS")
 
 
 def settled_rss(pid: int, timeout: float = 60) -> int:
@@ -335,18 +331,8 @@ def test_stalled_readers_of_a_large_output_hold_little(
     path = route.format(job_id)
     assert len(server.http.get(path).content) >= 64 * 1024 * 1024  # the file is checked once
     before = settled_rss(server.process.pid)
-    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(readers)]
-    try:
-        for sock in stalled:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        for sock in stalled:
-            sock.settimeout(30)
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    with stalled_readers(server, path, readers):
         grown = settled_rss(server.process.pid) - before
-    finally:
-        for sock in stalled:
-            sock.close()
     # Before: a chunk in the write buffer and the next read and encoded behind it, 11 MiB a reader.
     assert grown < readers * 2 * 1024 * 1024, f"+{grown / 2**20:.1f} MiB"
     report.add(
