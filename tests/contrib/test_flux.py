@@ -119,10 +119,14 @@ def test_invalid_fields_are_400_naming_the_field(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA ring attention covers the remaining factor")
-def test_ranks_that_cannot_split_the_heads_stop_the_server_at_startup(tiny_dirs: dict[str, Path]) -> None:
+def test_ranks_that_cannot_split_the_heads_stop_the_server_at_startup(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     # The tiny transformer has 2 heads: Ulysses takes 1 of 3 ranks, ring attention (CUDA only) the rest.
+    # Its own output directory: a server the checkout's user runs holds ./outputs.
     result = subprocess.run(
-        [str(CLI), "--model", "flux", "--model-path", str(tiny_dirs["flux"]), "--num-devices", "3", "--port", "0"],
+        [str(CLI), "--model", "flux", "--model-path", str(tiny_dirs["flux"]), "--num-devices", "3", "--port", "0",
+         "--output-dir", str(tmp_path)],
         check=False, capture_output=True, text=True, timeout=60, env=server_env(),
     )  # fmt: skip
     assert result.returncode == 2
