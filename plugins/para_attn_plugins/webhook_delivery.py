@@ -246,29 +246,32 @@ class JobDeliveries:
     async def run(self) -> None:
         client = self.sender.client()
         try:
-            while (record := await self.next()) is not None:
+            while (event := await self.next()) is not None:
+                name, record = event
                 self.sent += 1
                 try:
                     await self.sender.deliver(client, self.target, f"{self.ids}{self.sent}", record)
                 except Exception:  # a bug here must not lose the job's later deliveries
                     log.exception("job %s: webhook delivery failed", self.job_id)
+                if name == "progress":  # paced from the end of a delivery, so a slow one (the
+                    # first resolves the name) cannot bring the next closer than the interval
+                    self.progress_after = asyncio.get_running_loop().time() + PROGRESS_INTERVAL
         finally:
             if self.sender.jobs.get(self.job_id) is self:
                 del self.sender.jobs[self.job_id]
             with contextlib.suppress(Exception):
                 await client.aclose()
 
-    async def next(self) -> JobRecord | None:
-        """The next record to send, once it is due; None once the job ended and all went."""
+    async def next(self) -> tuple[str, JobRecord] | None:
+        """The next event to send, once it is due; None once the job ended and all went."""
         loop = asyncio.get_running_loop()
         while True:
             self.wake.clear()
             if self.queue:
-                return self.queue.popleft()[1]
+                return self.queue.popleft()
             if self.progress is not None and loop.time() >= self.progress_after:
                 record, self.progress = self.progress, None
-                self.progress_after = loop.time() + PROGRESS_INTERVAL
-                return record
+                return "progress", record
             if self.progress is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.progress_after - loop.time())

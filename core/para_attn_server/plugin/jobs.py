@@ -31,7 +31,10 @@ class Jobs:
 
     Every job a method takes or returns is a ``Job`` handle: ``job.id``, ``job.state``,
     ``job.record`` (the immutable ``JobRecord`` as of now), ``job.done`` (an event set when
-    it ended). Submitting goes through the same checks and queue as every route's jobs.
+    it ended), ``job.restored`` (loaded from an earlier run's journal) and
+    ``job.ended_at_start`` (ended by this start, before any listener could hear of it: a
+    plugin that reports endings finds these once it starts). Submitting goes through the
+    same checks and queue as every route's jobs.
     """
 
     def __init__(self, service: JobService) -> None:

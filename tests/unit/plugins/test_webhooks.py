@@ -10,6 +10,8 @@ import base64
 import contextlib
 import logging
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ import httpx
 import pytest
 
 from para_attn_plugins import webhooks
-from para_attn_plugins.webhooks import AllowedHosts, WebhookSettings
+from para_attn_plugins.webhook_delivery import PROGRESS_INTERVAL
+from para_attn_plugins.webhooks import AllowedHosts, Sender, WebhookSettings
 from para_attn_server import ConfigurationError, settings_sources
 from para_attn_server import settings as settings_tree
 from para_attn_server.cli import parse
@@ -26,6 +29,7 @@ from para_attn_server.engine.service import JobService
 from para_attn_server.http import create_app
 from para_attn_server.legacy import as_predictor
 from para_attn_server.plugin.manager import AUTOLOAD_ENV, Plugins
+from para_attn_server.records import JobRecord, JobState
 from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings, Settings
 from para_attn_server.storage.outputs import OutputStore
@@ -158,6 +162,35 @@ async def test_progress_goes_out_at_most_once_a_second_and_the_last_step_is_kept
     assert [d.job["step"] for d in deliveries] == [10, 11, 12]
     assert later.at - first.at >= 0.9  # a second apart, less the jitter of the loopback
     assert {d.event for d in deliveries} == {"progress"}
+
+
+async def test_progress_is_paced_from_the_end_of_a_delivery_so_a_slow_first_one_brings_none_closer(
+    receiver: Receiver,
+) -> None:
+    """The first delivery resolves the name (slow on a loaded machine; half a second here):
+    the next progress still arrives a whole interval after the first did."""
+    host = receiver.host.rsplit(":", 1)[0]
+
+    async def slow_once(name: str, port: int) -> list[str]:
+        if not asked:
+            await asyncio.sleep(0.5)
+        asked.append(name)
+        return [host]
+
+    asked: list[str] = []
+    sender = Sender(
+        WebhookSettings(webhook_secret=SECRET, webhook_allow_hosts=[receiver.host]), SECRET, resolve=slow_once
+    )
+    record = JobRecord(id=str(uuid.uuid4()), inputs={"webhook": receiver.url, "webhook_events_filter": ["progress"]},
+                       fingerprint=b"", created_at=time.time(), state=JobState.RUNNING)  # fmt: skip
+    sender.on_event("progress", record.evolve(step=1, total=2))
+    first, *_ = await received(receiver, 1)
+    sender.on_event("progress", record.evolve(step=2, total=2))
+    _, later = await received(receiver, 2)  # the job goes on: its end would send it at once
+    await sender.close()
+
+    assert [later.job["step"], asked] == [2, [host]]
+    assert later.at - first.at >= PROGRESS_INTERVAL
 
 
 @pytest.mark.parametrize(
