@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from .allocator import allocator
 from .compare import compare
 from .harness import Report
 from .soak import soak
@@ -34,7 +35,9 @@ def main() -> int:
         default=os.environ.get("PARA_ATTN_BENCH_ORIGINAL_GIT"),
         help="a git copy of github.com/chengzeyi/ParaAttention: the compare suite runs the original server from it",
     )
-    parser.add_argument("--minutes", type=float, help="how long the soak suite runs (default 20; --quick: 1)")
+    parser.add_argument(
+        "--minutes", type=float, help="how long the soak suites run (default 20; --quick: 1, soak-allocator 2)"
+    )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - set(SUITES)
@@ -48,6 +51,8 @@ def main() -> int:
             compare(report, args.quick, original_git=args.original_git)
         elif name == "soak":
             soak(report, args.quick, minutes=args.minutes)
+        elif name == "soak-allocator":
+            allocator(report, args.quick, minutes=args.minutes)
         else:
             SUITES[name](report, args.quick)
     print()

@@ -8,6 +8,7 @@ import statistics
 import time
 from typing import Any
 
+from .allocator import allocator
 from .batching import batching
 from .compare import compare
 from .direct import DirectRanks
@@ -279,6 +280,7 @@ SUITES = {
     "fleet": fleet,
     "layouts": layouts,
     "soak": soak,
+    "soak-allocator": allocator,
 }
 # Run only when named in --only (a soak takes 20 minutes), never by default.
-ON_REQUEST = ("soak",)
+ON_REQUEST = ("soak", "soak-allocator")

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import uvicorn
 
-from para_attn_server import served
+from para_attn_server import allocator, served
 from para_attn_server import settings as settings_tree
 from para_attn_server.adapters import Adapters
 from para_attn_server.cluster.auth import hello_proof, server_token
@@ -90,6 +90,7 @@ class ParaAttentionServer:
         """Serve until SIGTERM/SIGINT (then drain and return). Raises ``SetupError`` when
         the ranks fail their first setup, ``ConfigurationError`` for a bad setting."""
         configure_logging(self.settings.log_level, self.settings.log_format)
+        allocator.tune()  # before the loop's threads: flat memory over millions of jobs
         try:
             import uvloop
 

@@ -23,6 +23,9 @@ process (tests, an embedding program) never share or clash on a metric. What it 
 - histograms fed by a job listener (``Jobs.add_listener``): queue wait, run time by
   final state, runs per job (``para_attn_job_attempts``), and time between a job's
   progress steps; requeues (a counter) come with the service's counters;
+- the server process's allocators: ``para_attn_heap_bytes{part}`` (the C allocator's bytes
+  in use, free but held, and mapped on their own) and ``para_attn_python_blocks`` (Python's
+  objects, near enough): flat in steady state (the soak benchmark and its test read them);
 - HTTP request metrics (``para_attn_http_*``: count, duration, in progress, 5xx) from
   Litestar's Prometheus middleware, by method, route template and status.
 
@@ -58,6 +61,7 @@ from para_attn_server.plugin import (
     Jobs,
     JobState,
     ModelStatus,
+    heap,
     hookimpl,
 )
 
@@ -148,6 +152,7 @@ class JobMetrics:
         )
         self._last_step: dict[str, float] = {}  # job id -> when its last progress step came
         registry.register(_ServiceCollector(jobs))
+        registry.register(_HeapCollector())
 
     def observe(self, kind: str, record: JobRecord) -> None:
         if kind == "progress":
@@ -165,6 +170,23 @@ class JobMetrics:
                 self.duration.labels(record.state.value).observe(took)
             if runs := record.runs():
                 self.attempts.observe(len(runs))
+
+
+class _HeapCollector:
+    """The server process's allocators at the scrape: flat on a server in steady state, so a
+    leak shows here first (``process_resident_memory_bytes`` mixes in what the kernel maps)."""
+
+    def collect(self) -> Iterator[Metric]:
+        if (now := heap()) is None:  # not glibc
+            return
+        parts = GaugeMetricFamily(
+            "para_attn_heap_bytes", "The C allocator's bytes: in_use (mapped included), free (held), mapped.",
+            labels=["part"],
+        )  # fmt: skip
+        for part in ("in_use", "free", "mapped"):
+            parts.add_metric([part], getattr(now, part))
+        yield parts
+        yield GaugeMetricFamily("para_attn_python_blocks", "Python's small-object blocks in use.", now.python_blocks)
 
 
 class _ServiceCollector:

@@ -13,7 +13,8 @@ Every plugin
     ``hookimpl`` (mark hook implementations; also ``para_attn_server.hookimpl``),
     ``version()`` (the server's version), ``secret_from_file(path)`` (a secret setting kept
     out of ``ps``: a file's first line, as ``--api-key-file`` reads it), ``parse_host(entry,
-    setting)`` (an allow-list entry, ``HOST`` or ``HOST:PORT``, as (host, port or None)).
+    setting)`` (an allow-list entry, ``HOST`` or ``HOST:PORT``, as (host, port or None)),
+    ``heap()`` (what this process's allocators hold now: a ``Heap``, or None off glibc).
 
 Executor plugins (``register_executors``)
     ``Executor`` (the contract to subclass), ``RankSpec`` (what each rank gets) and
@@ -55,6 +56,7 @@ from para_attn_server.plugin.markers import hookimpl
 if TYPE_CHECKING:
     from para_attn_server.adapters import LOAD_BUCKETS as ADAPTER_LOAD_BUCKETS
     from para_attn_server.adapters import Adapters
+    from para_attn_server.allocator import heap
     from para_attn_server.cluster.spec import agent_command
     from para_attn_server.engine.registry import Job
     from para_attn_server.hosts import parse_host
@@ -85,6 +87,7 @@ _LAZY = {
     "version": "para_attn_server.plugin.manager:version",
     "secret_from_file": "para_attn_server.settings:secret_from_file",
     "parse_host": "para_attn_server.hosts:parse_host",
+    "heap": "para_attn_server.allocator:heap",
     # executor plugins
     "Executor": "para_attn_server.workers.executor:Executor",
     "RankSpec": "para_attn_server.workers.executor:RankSpec",
@@ -144,6 +147,7 @@ __all__ = [
     "decode",
     "die_with",
     "file_of",
+    "heap",
     "hookimpl",
     "hosted_store",
     "invalid",

@@ -240,3 +240,18 @@ async def test_each_served_model_has_its_series_and_each_group_names_its_model(
     assert m.value("para_attn_adapters_loaded", group="1", model="other") == 0
     assert m.kind("para_attn_model_jobs_submitted") == "counter"
     assert m.kind("para_attn_model_queue_length") == "gauge"
+
+
+async def test_the_processs_allocators_are_gauges_that_follow_what_it_holds(client: httpx.AsyncClient) -> None:
+    before = await scrape(client)
+    held = [bytes(1 << 20) for _ in range(8)]  # 8 MiB held: in_use follows
+    during = await scrape(client)
+    del held
+
+    def part(scrape: Scrape, name: str) -> float:
+        return scrape.value("para_attn_heap_bytes", part=name)
+
+    assert during.kind("para_attn_heap_bytes") == during.kind("para_attn_python_blocks") == "gauge"
+    assert part(during, "in_use") - part(before, "in_use") >= 8 << 20
+    assert 0 <= part(during, "mapped") <= part(during, "in_use")
+    assert during.value("para_attn_python_blocks") > 0
