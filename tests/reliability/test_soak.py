@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from benchmarks.soak import drive
+from benchmarks.soak import PER, drive, slope
 from para_attn_server.testing import Server
 from tests.integration.support import metric, scrape
 from tests.reliability.support import Report, status_bytes, until
@@ -31,12 +31,6 @@ WARM_JOBS = 3 * MAX_RECORDS
 ROUNDS = 4  # measured after the warm-up
 ROUND_SECONDS = 6.0  # ~2,000 jobs a round on this machine alone, half that beside other tests
 MAX_BLOCKS_PER_JOB = 0.25  # a leak keeps at least one block a job; idle rounds differ by ~1,000
-
-
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys against xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 def idle(server: Server) -> bool:
@@ -70,8 +64,9 @@ def test_thousands_of_jobs_leave_the_servers_memory_where_it_was(server: Server,
         mapped.append(metric(server, "para_attn_heap_bytes", part="mapped"))
         rss.append(status_bytes(server.process.pid, "RssAnon") / 2**20)
 
-    blocks_per_job = slope(jobs, blocks)
-    rss_per_100k = slope(jobs, rss) * 100_000
+    # The benchmark's fit, of (t, jobs, value) points, per PER jobs.
+    blocks_per_job = slope([(0.0, n, b) for n, b in zip(jobs, blocks, strict=True)]) / PER
+    rss_per_100k = slope([(0.0, n, r) for n, r in zip(jobs, rss, strict=True)]) * 100_000 / PER
     report.add(
         "Soak",
         jobs=done,
