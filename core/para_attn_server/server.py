@@ -161,6 +161,7 @@ class ParaAttentionServer:
                 hosts,
                 self._join_command(f"--num-devices {cluster.nproc_per_node}"),
             )
+        collector: asyncio.Task[None] | None = None
         try:
             start_task = asyncio.create_task(service.start())
             await asyncio.wait({start_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -170,17 +171,14 @@ class ParaAttentionServer:
             start_task.result()  # raises SetupError
             if adapters is not None:  # ConfigurationError: an adapter that cannot load into this model
                 adapters.fits(next((group.adapter_fit for group in groups if group.adapter_fit), None))
-            for model in service.models.values():
-                own = [group for group in groups if group.model == model.name]
-                ranks = sum(group.world_size for group in own)
-                log.info("ready: %d rank(s) of %r%s%s", ranks, model.name, _group_shape(own), _layout(model.layout))
-            if fleet is not None:
-                fleet.start()
-                command = self._join_command(f"--group-size {spec.world_size}")
-                log.info("hosts may join with their own groups; on each run: %s", command)
+            self._ready(service, groups, fleet, spec)
             http.on_signal = lambda: asyncio.ensure_future(_drain_then_exit(service, http))
+            allocator.settle()
+            collector = asyncio.create_task(service.collector.run())
             await http_task
         finally:
+            if collector is not None:
+                collector.cancel()
             http.should_exit = True
             if not http_task.done():
                 await http_task
@@ -191,6 +189,17 @@ class ParaAttentionServer:
                 cluster.close()
             if fleet is not None:
                 await fleet.close()
+
+    def _ready(self, service: JobService, groups: list[WorkerGroup], fleet: Fleet | None, spec: RankSpec) -> None:
+        """Say that each model is ready, with its ranks; open the fleet to joining hosts."""
+        for model in service.models.values():
+            own = [group for group in groups if group.model == model.name]
+            ranks = sum(group.world_size for group in own)
+            log.info("ready: %d rank(s) of %r%s%s", ranks, model.name, _group_shape(own), _layout(model.layout))
+        if fleet is not None:
+            fleet.start()
+            command = self._join_command(f"--group-size {spec.world_size}")
+            log.info("hosts may join with their own groups; on each run: %s", command)
 
     def _cluster(self, plugins: Plugins) -> ClusterHost | None:
         """With ``--nnodes`` > 1: the rendezvous and join route for the other hosts."""

@@ -118,5 +118,9 @@ class MetricsSnapshot(msgspec.Struct):
     queued_by_priority: dict[int, int] = {}  # jobs waiting, by priority
     batch_sizes: dict[int, int] = {}  # pipeline calls started, by how many jobs they ran
     requeued: int = 0  # runs cut short by a lost rank or host that were queued again
+    output_writes_pending: int = 0  # the server's copies (and deletions) not yet on disk
+    output_memory_bytes: int = 0  # outputs held in memory, within --output-memory-bytes but those pending
+    idle_collections: int = 0  # Python's full collections once quiet (allocator.IdleCollector)
+    python_blocks_idle: int = 0  # Python's blocks right after the last of them
     hosts: list[HostStatus] = []
     models: list[ModelStatus] = []

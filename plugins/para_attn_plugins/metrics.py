@@ -49,7 +49,15 @@ from litestar.config.app import AppConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.types import ASGIApp
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -153,6 +161,7 @@ class JobMetrics:
         self._last_step: dict[str, float] = {}  # job id -> when its last progress step came
         registry.register(_ServiceCollector(jobs))
         registry.register(_HeapCollector())
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, open fds, CPU seconds
 
     def observe(self, kind: str, record: JobRecord) -> None:
         if kind == "progress":
@@ -217,6 +226,21 @@ class _ServiceCollector:
         yield by_priority
         yield _batch_sizes(m.batch_sizes)
         yield GaugeMetricFamily("para_attn_jobs_running", "Jobs running on a worker group.", value=m.running)
+        yield GaugeMetricFamily(
+            "para_attn_output_writes_pending", "Output copies and deletions not yet on disk.",
+            value=m.output_writes_pending,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "para_attn_output_memory_bytes", "Outputs held in memory to serve.", value=m.output_memory_bytes
+        )
+        yield CounterMetricFamily(
+            "para_attn_idle_collections", "Python's full collections once the server was quiet.",
+            value=m.idle_collections,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "para_attn_python_blocks_idle", "Python's blocks right after the last idle collection.",
+            value=m.python_blocks_idle,
+        )  # fmt: skip
         yield GaugeMetricFamily("num_requests_waiting", "Jobs waiting (the name routers read).", value=m.queue_length)
         yield GaugeMetricFamily("num_requests_running", "Jobs running (the name routers read).", value=m.running)
         yield from _group_metrics(m.groups)

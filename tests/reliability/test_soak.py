@@ -1,6 +1,8 @@
 """A short soak: the benchmark's load (``benchmarks/soak.py``: waited, original-API and
-fire-and-forget jobs from 8 connections) under smaller caps, ~3,000 jobs of warm-up and
-~6,000 measured, with the server's allocators read from ``/metrics`` after each round, idle.
+fire-and-forget jobs from 8 connections) under smaller caps, 6,000 jobs of warm-up and
+four rounds of at least 1,500 jobs measured (counted in jobs, not seconds: CI's machine
+does half as many a second as this one), with the server's allocators read from ``/metrics``
+after each round, once the server collected, quiet.
 
 Python's block count grows by at least one per job if anything keeps a job's id (~116
 bytes a job was the issue); the C heap is judged by where the outputs live. glibc moves
@@ -18,7 +20,7 @@ import pytest
 
 from benchmarks.soak import PER, drive, slope
 from para_attn_server.testing import Server
-from tests.integration.support import metric, scrape
+from tests.integration.support import metric
 from tests.reliability.support import Report, status_bytes, until
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,15 +29,12 @@ pytestmark = pytest.mark.timeout(600)
 # the output cache (256 outputs of 64 KiB) and Litestar's caches full.
 MAX_RECORDS = 1000
 OUTPUT_MEMORY_BYTES = 16 << 20
-WARM_JOBS = 3 * MAX_RECORDS
+WARM_JOBS = 6 * MAX_RECORDS  # the blocks still rose until ~4,500 jobs on one busy core
 ROUNDS = 4  # measured after the warm-up
-ROUND_SECONDS = 6.0  # ~2,000 jobs a round on this machine alone, half that beside other tests
-MAX_BLOCKS_PER_JOB = 0.25  # a leak keeps at least one block a job; idle rounds differ by ~1,000
-
-
-def idle(server: Server) -> bool:
-    values = scrape(server)
-    return values.value("para_attn_queue_length") == 0 and values.value("para_attn_jobs_running") == 0
+ROUND_JOBS = 1500  # at least, a round: three gaps of 4,500 jobs or more
+ROUND_SECONDS = 5.0  # the load's span, repeated until a round has its jobs
+MAX_BLOCKS_PER_JOB = 0.25  # a leak keeps at least one block a job; idle collections differ by hundreds
+COLLECTIONS = "para_attn_idle_collections_total"
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +44,32 @@ def server(launch: Callable[..., Server]) -> Server:
 
 
 def run(server: Server, seconds: float) -> int:
-    """The soak's load for ``seconds``, then until the server is idle; the jobs it did."""
+    """The soak's load for ``seconds``, then until the server collected once quiet (nothing
+    queued, running or waiting for the disk); the jobs it did. Python's blocks are read right
+    after that collection: read at any other moment, its free lists and the writer's backlog
+    moved them by thousands, as much as a leak adds in a round."""
+    before = metric(server, COLLECTIONS)
     load, _ = asyncio.run(drive(server, seconds, seconds))
     assert load.errors == 0, load.messages
-    until(lambda: idle(server), timeout=60, what="the fire-and-forget jobs ending")
+    until(lambda: metric(server, COLLECTIONS) > before, timeout=60, what="the server quiet and collected")
     return load.jobs
 
 
-def test_thousands_of_jobs_leave_the_servers_memory_where_it_was(server: Server, report: Report) -> None:
+def at_least(server: Server, count: int) -> int:
+    """The soak's load, span after span, until it has done ``count`` jobs; the jobs it did."""
     done = 0
-    while done < WARM_JOBS:
+    while done < count:
         done += run(server, ROUND_SECONDS)
+    return done
+
+
+def test_thousands_of_jobs_leave_the_servers_memory_where_it_was(server: Server, report: Report) -> None:
+    done = at_least(server, WARM_JOBS)
     jobs, blocks, rss, mapped = [], [], [], []
     for _ in range(ROUNDS):
-        done += run(server, ROUND_SECONDS)
+        done += at_least(server, ROUND_JOBS)
         jobs.append(done)
-        blocks.append(metric(server, "para_attn_python_blocks"))
+        blocks.append(metric(server, "para_attn_python_blocks_idle"))
         mapped.append(metric(server, "para_attn_heap_bytes", part="mapped"))
         rss.append(status_bytes(server.process.pid, "RssAnon") / 2**20)
 
@@ -76,7 +85,6 @@ def test_thousands_of_jobs_leave_the_servers_memory_where_it_was(server: Server,
         rss_mib_per_100k=round(rss_per_100k, 2),  # reported only: a minute is still the RSS's warm-up
         mapped_mib=[round(m / 2**20, 1) for m in mapped],
     )
-    assert jobs[-1] - jobs[0] >= 3_000, f"only {jobs[-1] - jobs[0]} jobs measured"
     assert blocks_per_job < MAX_BLOCKS_PER_JOB, blocks
     # The output cache (its budget's worth of 64 KiB outputs) is in mapped blocks, not the heap.
     assert min(mapped) >= OUTPUT_MEMORY_BYTES / 2, mapped

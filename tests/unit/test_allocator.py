@@ -61,3 +61,58 @@ def test_the_figures_add_up() -> None:
     assert heap.in_use >= heap.mapped >= 0
     assert heap.free >= 0
     assert heap.python_blocks == pytest.approx(sys.getallocatedblocks(), rel=0.1)
+
+
+SETTLED = """
+import gc, json, weakref
+from para_attn_server import allocator
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return a
+
+gc.disable()  # as if no collection had come yet: start-up's garbage is still there
+kept = [cycle() for _ in range(1000)]  # what start-up keeps (modules, the app, the model)
+start_garbage = weakref.ref(cycle())
+before = len(gc.get_objects())
+allocator.settle()
+after = len(gc.get_objects())
+later = weakref.ref(cycle())
+gc.collect()
+print(json.dumps({"before": before, "after": after, "start_garbage": start_garbage() is None,
+                  "later_garbage": later() is None, "frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_settling_collects_start_ups_garbage_and_leaves_the_rest_out_of_later_collections() -> None:
+    done = subprocess.run([sys.executable, "-c", SETTLED], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+
+    assert result["start_garbage"], "start-up's garbage was frozen instead of collected"
+    assert result["frozen"] >= 3000  # the kept cycles (2 nodes and a dict... each) among them
+    assert result["after"] < result["before"] - 3000  # a full collection walks none of them now
+    assert result["later_garbage"]  # garbage made after it is still collected
+
+
+def test_the_idle_collector_collects_once_quiet_after_jobs_and_not_again_until_more() -> None:
+    state: dict[str, int | None] = {"quiet": None}  # busy
+    collector = allocator.IdleCollector(lambda: state["quiet"])
+
+    busy = [collector.poll() for _ in range(3)]
+    state["quiet"] = 5  # quiet, 5 jobs submitted so far
+    first_look, second_look = collector.poll(), collector.poll()
+    blocks = collector.python_blocks
+    still_quiet = [collector.poll() for _ in range(3)]
+    state["quiet"] = 6  # a job came and went between two looks
+    more = [collector.poll(), collector.poll()]
+
+    assert busy == [False] * 3  # never while jobs wait or run
+    assert (first_look, second_look) == (False, True)  # quiet for a whole interval first
+    assert blocks > 0
+    assert still_quiet == [False] * 3  # no job since: nothing to collect
+    assert more == [False, True]
+    assert collector.collections == 2

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from para_attn_server.allocator import IdleCollector
 from para_attn_server.engine.dispatcher import Batching, Dispatcher
 from para_attn_server.engine.inputs import Fetch, InputResolver
 from para_attn_server.engine.membership import GroupMembership
@@ -28,7 +29,7 @@ from para_attn_server.engine.queue import JobQueue
 from para_attn_server.engine.registry import NOT_ASKED, Job, JobEvent, JobRegistry, adapters_of
 from para_attn_server.engine.running import JobRunning
 from para_attn_server.engine.saver import OutputSaver
-from para_attn_server.engine.status import metrics_snapshot, server_status
+from para_attn_server.engine.status import metrics_snapshot, quiet, server_status
 from para_attn_server.errors import IdConflictError, InputError, JournalError, NotReadyError, QueueFullError
 from para_attn_server.records import TERMINAL, JobRecord, JobState
 from para_attn_server.schema import MAX_QUEUE_SECONDS, MODEL, OUTPUT_PATH, PRIORITY
@@ -97,6 +98,7 @@ class JobService(GroupMembership, JobRunning):
         self._cancel_asked: set[str] = set()  # ids cancelled while their submit was being received
         self._encoder = msgspec.msgpack.Encoder(order="deterministic")
         self.observers = JobObservers(plugins)
+        self.collector = IdleCollector(lambda: quiet(self))  # run by the server, once settled
 
     @property
     def predictor(self) -> Predictor:

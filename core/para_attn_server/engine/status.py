@@ -65,6 +65,12 @@ def model_rows(service: JobService) -> list[ModelStatus]:
     ]
 
 
+def quiet(service: JobService) -> int | None:
+    """The jobs submitted so far, while none waits or runs and no output waits for the disk."""
+    busy = service.queue or service.dispatcher.running_jobs() or service.store.pending()
+    return None if busy else service.counters["submitted"]
+
+
 def metrics_snapshot(service: JobService) -> MetricsSnapshot:
     return MetricsSnapshot(
         submitted=service.counters["submitted"],
@@ -76,6 +82,10 @@ def metrics_snapshot(service: JobService) -> MetricsSnapshot:
         queued_by_priority=service.queue.by_priority(),
         batch_sizes=dict(service.batch_sizes),
         requeued=service.counters["requeued"],
+        output_writes_pending=service.store.pending(),
+        output_memory_bytes=service.outputs.size,
+        idle_collections=service.collector.collections,
+        python_blocks_idle=service.collector.python_blocks,
         hosts=host_rows(service),
         models=model_rows(service),
     )

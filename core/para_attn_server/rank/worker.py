@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from para_attn_server.adapters import LORAS, Lora
+from para_attn_server.allocator import settle
 from para_attn_server.errors import JobCancelled, SetupError
 from para_attn_server.legacy import as_predictor
 from para_attn_server.logs import configure_logging, rank_warnings
@@ -273,6 +274,7 @@ def main(spec: RankSpec, rank: int, local_rank: int) -> None:
         link.send(SetupFailed(rank, describe(exc)))
         link.close()
         sys.exit(1)
+    settle()  # the model's objects stay out of the collections between its jobs
     link.send(SetupDone(rank, fit))
     try:
         worker.serve()

@@ -133,6 +133,10 @@ class OutputStore:
         """Wait until every write-behind is on disk (on shutdown)."""
         self._writer.flush()
 
+    def pending(self) -> int:
+        """Write-behinds and deletions not yet done: a backlog that stays up is a slow disk."""
+        return self._writer.pending()
+
     def job_file(self, job_id: str, file_type: str) -> Path:
         return self.jobs_dir / f"{job_id}.{file_type}"
 

@@ -61,6 +61,10 @@ class BatchWriter:
         """Return once everything queued so far is done."""
         self._queue.join()
 
+    def pending(self) -> int:
+        """Writes and deletes queued or being done now."""
+        return self._queue.unfinished_tasks
+
     def _run(self) -> None:
         with contextlib.suppress(AttributeError, OSError):  # Linux: a thread has a nice value of its own
             # Behind the answers: on a busy host the copies wait, not the clients.

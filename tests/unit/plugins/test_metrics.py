@@ -88,6 +88,9 @@ async def test_jobs_counted_and_the_queue_running_and_groups_shown(
     assert m.value("para_attn_group_ranks_up", group="0") == m.value("para_attn_group_ranks", group="0") == 2
     assert m.kind("para_attn_jobs_submitted") == "counter"
     assert m.kind("num_requests_waiting") == "gauge"
+    # The one output is held in memory; its copy is on disk or on its way.
+    assert m.value("para_attn_output_memory_bytes") == service.outputs.size > 0
+    assert m.value("para_attn_output_writes_pending") in (0, 1)
 
 
 async def test_histograms_rejections_and_restarts_after_jobs_and_a_fault(
@@ -255,3 +258,21 @@ async def test_the_processs_allocators_are_gauges_that_follow_what_it_holds(clie
     assert part(during, "in_use") - part(before, "in_use") >= 8 << 20
     assert 0 <= part(during, "mapped") <= part(during, "in_use")
     assert during.value("para_attn_python_blocks") > 0
+
+
+async def test_a_quiet_server_collects_once_and_shows_its_blocks_then(
+    client: httpx.AsyncClient, service: JobService, group: FakeGroup
+) -> None:
+    done = await submit(client)
+    (await group.next_run()).succeed()
+    await ended(service, done)
+    service.store.flush()  # its copy on disk: nothing left waiting
+    looks = [service.collector.poll(), service.collector.poll()]
+
+    m = await scrape(client)
+
+    assert looks == [False, True]
+    assert m.value("para_attn_idle_collections_total") == 1
+    assert m.value("para_attn_python_blocks_idle") == service.collector.python_blocks > 0
+    assert m.value("para_attn_output_writes_pending") == 0
+    assert m.value("process_resident_memory_bytes") > 0

@@ -207,3 +207,27 @@ def test_a_file_forgotten_while_its_write_waits_leaves_nothing_behind(tmp_path: 
     assert written == [9]
     assert target.exists() is not unlink
     assert store._verified == {}
+
+
+def test_the_backlog_counts_copies_and_deletions_until_they_are_done(tmp_path: Path) -> None:
+    """``pending()`` (``para_attn_output_writes_pending``) counts the one being written too."""
+    import threading
+
+    store = OutputStore(tmp_path / "outputs")
+    gate = threading.Event()
+    taken = threading.Event()
+
+    def data() -> bytes:
+        taken.set()
+        gate.wait(10)
+        return b"an output"
+
+    store.write_behind(store.job_file("a", "png"), data, lambda size, digest, error: None)
+    store.write_behind(store.job_file("b", "png"), lambda: b"another", lambda size, digest, error: None)
+    store.delete_behind(store.job_file("a", "png"))
+    assert taken.wait(10)
+    assert store.pending() == 3  # the first in the writer's hands, two queued behind it
+    gate.set()
+    store.flush()
+    assert store.pending() == 0
+    assert [path.name for path in store.jobs_dir.glob("*.png")] == ["b.png"]
