@@ -10,6 +10,7 @@ from typing import Any
 
 from .allocator import allocator
 from .batching import batching
+from .collector import collector
 from .compare import compare
 from .direct import DirectRanks
 from .fleet import fleet
@@ -281,6 +282,7 @@ SUITES = {
     "layouts": layouts,
     "soak": soak,
     "soak-allocator": allocator,
+    "collector": collector,
 }
 # Run only when named in --only (a soak takes 20 minutes), never by default.
 ON_REQUEST = ("soak", "soak-allocator")

@@ -1,4 +1,5 @@
-"""The C allocator of a process that serves for weeks: its settings, and what it holds.
+"""The memory of a process that serves for weeks: the C allocator's settings, Python's
+collector, and what they hold.
 
 glibc's malloc raises its mmap threshold each time a mapped block is freed (up to 32 MiB),
 so after the first large output goes, outputs of 64 KiB and more come from the heap. Held
@@ -14,9 +15,9 @@ keeps their settings: nothing here is applied then. Not glibc (musl, macOS): not
 
 Python's cyclic collector is the other allocator a long-running process feels: a full
 collection walks every tracked object, and a server that imported torch holds ~200,000 of
-them (~90 ms of its event loop here, each time, for nothing: they live as long as the
+them (~70-100 ms of its event loop here, each time, for nothing: they live as long as the
 process). ``settle()``, once start-up is over, leaves those out of later collections, which
-then walk only what jobs keep (a full one took 9 ms instead of 107 ms in the soak's load).
+then walk only what jobs keep (``python -m benchmarks --only collector``: ~8 ms, not ~100).
 Under steady load Python hardly collects at all (a job frees what it allocates), so its free
 lists and any cyclic garbage stay until a full collection: ``IdleCollector`` runs one once
 the server has been quiet for a second after jobs, while nobody waits, and counts Python's
@@ -32,6 +33,7 @@ import gc
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -109,6 +111,7 @@ class IdleCollector:
         self.every = every
         self.collections = 0
         self.python_blocks = 0  # right after the last one
+        self.seconds = 0.0  # the last one took (the event loop waited that long)
         self._jobs = 0  # submitted when it last ran
         self._seen: int | None = None  # what quiet() gave at the last poll
 
@@ -118,7 +121,9 @@ class IdleCollector:
         self._seen = jobs
         if jobs is None or jobs != seen or jobs == self._jobs:
             return False
+        start = time.perf_counter()
         gc.collect()
+        self.seconds = time.perf_counter() - start
         self.python_blocks, self._jobs = sys.getallocatedblocks(), jobs
         self.collections += 1
         return True

@@ -122,5 +122,6 @@ class MetricsSnapshot(msgspec.Struct):
     output_memory_bytes: int = 0  # outputs held in memory, within --output-memory-bytes but those pending
     idle_collections: int = 0  # Python's full collections once quiet (allocator.IdleCollector)
     python_blocks_idle: int = 0  # Python's blocks right after the last of them
+    idle_collection_seconds: float = 0.0  # how long the last of them took
     hosts: list[HostStatus] = []
     models: list[ModelStatus] = []

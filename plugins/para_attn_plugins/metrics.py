@@ -241,6 +241,10 @@ class _ServiceCollector:
             "para_attn_python_blocks_idle", "Python's blocks right after the last idle collection.",
             value=m.python_blocks_idle,
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "para_attn_idle_collection_seconds", "How long the last idle collection took.",
+            value=m.idle_collection_seconds,
+        )  # fmt: skip
         yield GaugeMetricFamily("num_requests_waiting", "Jobs waiting (the name routers read).", value=m.queue_length)
         yield GaugeMetricFamily("num_requests_running", "Jobs running (the name routers read).", value=m.running)
         yield from _group_metrics(m.groups)

@@ -86,6 +86,7 @@ def metrics_snapshot(service: JobService) -> MetricsSnapshot:
         output_memory_bytes=service.outputs.size,
         idle_collections=service.collector.collections,
         python_blocks_idle=service.collector.python_blocks,
+        idle_collection_seconds=service.collector.seconds,
         hosts=host_rows(service),
         models=model_rows(service),
     )

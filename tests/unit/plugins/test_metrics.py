@@ -274,5 +274,6 @@ async def test_a_quiet_server_collects_once_and_shows_its_blocks_then(
     assert looks == [False, True]
     assert m.value("para_attn_idle_collections_total") == 1
     assert m.value("para_attn_python_blocks_idle") == service.collector.python_blocks > 0
+    assert m.value("para_attn_idle_collection_seconds") == service.collector.seconds > 0
     assert m.value("para_attn_output_writes_pending") == 0
     assert m.value("process_resident_memory_bytes") > 0
