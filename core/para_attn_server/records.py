@@ -43,6 +43,9 @@ class JobRecord(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int | None = None  # jobs that shared its pipeline call, once it started
     host: str | None = None  # the host of the group that runs or ran it
     attempts: tuple[Attempt, ...] = ()  # its runs cut short by a lost rank or host, in order
+    # What plugins still owe its client (the webhooks plugin: its final delivery), journaled
+    # with the record: a server that dies first owes them still when it starts again.
+    promises: tuple[str, ...] = ()
 
     def runs(self) -> tuple[Attempt, ...]:
         """Every run: those cut short, then the current or last one (when it is not one of them)."""

@@ -114,7 +114,9 @@ class Sender:
     """Signs and sends deliveries; one ``JobDeliveries`` per job with events in flight.
 
     ``restored(job_id)``: whether an earlier run of the server recorded the job (its message
-    ids then carry this run's token)."""
+    ids then carry this run's token). ``promise(job_id, owed)``: the job's final delivery is
+    owed from when it ended until it was delivered or given up (``Jobs.promise``: journaled,
+    so a server that dies in between sends it at its next start)."""
 
     def __init__(
         self,
@@ -122,6 +124,7 @@ class Sender:
         secret: str,
         resolve: Resolve = resolve,
         restored: Callable[[str], bool] = lambda job_id: False,
+        promise: Callable[[str, bool], None] = lambda job_id, owed: None,
     ) -> None:
         import httpx
 
@@ -129,6 +132,7 @@ class Sender:
         self.signer = Webhook(secret)
         self.resolve = resolve
         self.restored = restored
+        self.promise = promise
         self.run = secrets.token_hex(4)
         self.tls = httpx.create_ssl_context()  # made once, shared by every job's pool
         self.jobs: dict[str, JobDeliveries] = {}
@@ -156,6 +160,8 @@ class Sender:
             if not wanted:
                 return
             deliveries = self.jobs[record.id] = JobDeliveries(self, record.id, url)
+        if name == "completed" and wanted:
+            self.promise(record.id, True)
         deliveries.add(name, record, wanted)
 
     async def close(self) -> None:
@@ -253,6 +259,8 @@ class JobDeliveries:
                     await self.sender.deliver(client, self.target, f"{self.ids}{self.sent}", record)
                 except Exception:  # a bug here must not lose the job's later deliveries
                     log.exception("job %s: webhook delivery failed", self.job_id)
+                if name == "completed":  # delivered or given up; cancelled (a stop), it stays owed
+                    self.sender.promise(self.job_id, False)
                 if name == "progress":  # paced from the end of a delivery, so a slow one (the
                     # first resolves the name) cannot bring the next closer than the interval
                     self.progress_after = asyncio.get_running_loop().time() + PROGRESS_INTERVAL

@@ -22,7 +22,8 @@ too, though ``ps`` shows a command line to every user; the variable's old name,
 Deliveries never hold up a job: each job's events go out in order from a task of their own,
 and a webhook that fails is logged, never the job's failure. A job that the server's start
 ended (given up after restarts, ``failed: server restarted``; cancelled; its output gone)
-sends its final ``completed`` once the app starts.
+sends its final ``completed`` once the app starts; so does a job whose ``completed`` an
+earlier run owed when it died or stopped (ended, not yet delivered or given up: journaled).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = ["AllowedHosts", "JobDeliveries", "Sender", "WebhookSettings", "event_
 SECRET_ENV = "PARA_ATTN_SERVER_WEBHOOK_SECRET"
 OLD_SECRET_ENV = "PARA_ATTN_WEBHOOK_SECRET"  # still read, with a warning: not the server's prefix
 EVENTS = ("start", "progress", "completed", "requeued")
+FINAL = "webhook:completed"  # the promise a job's final delivery is, until it went (Jobs.promise)
 
 EventName = Literal["start", "progress", "completed", "requeued"]
 WebhookField = (
@@ -197,10 +199,16 @@ class WebhooksPlugin(InitPluginProtocol):
             yield
             return
         jobs = self.jobs
-        sender = Sender(self.settings, self.settings.webhook_secret, restored=lambda job_id: _restored(jobs, job_id))
+        sender = Sender(
+            self.settings,
+            self.settings.webhook_secret,
+            restored=lambda job_id: _restored(jobs, job_id),
+            promise=lambda job_id, owed: jobs.promise(job_id, FINAL, owed),
+        )
         remove = jobs.add_listener(sender.on_event)
-        # What the start decided, before this listener could hear it: each job's final event.
-        for job in jobs.find(lambda job: job.ended_at_start):
+        # What the start decided, before this listener could hear it, and what an earlier run
+        # owed when it died or stopped: each such job's final event.
+        for job in jobs.find(lambda job: job.ended_at_start or FINAL in job.record.promises):
             sender.on_event("state", job.record)
         try:
             yield

@@ -5,7 +5,8 @@
 - the private directory is 0700, the journal 0600 and outputs 0640 (none readable by other
   users), tightened on an older layout at start, and temporaries a crash left are swept;
 - a job the restart gives up (``failed: server restarted``) still sends its final webhook,
-  with a webhook-id no earlier delivery used (receivers deduplicate by it);
+  with a webhook-id no earlier delivery used (receivers deduplicate by it); so does a job
+  whose final webhook was still being tried when the server was killed;
 - a webhook's host name is resolved once per job: a DNS answer that changes mid-job (here
   the server's own /etc/hosts, in a mount namespace of its own, rewritten by the test)
   moves no delivery, and the name stays in ``Host``; an allow entry without a port allows
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -22,6 +24,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import threading
 import time
@@ -31,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from para_attn_plugins.webhooks import AllowedHosts, Sender, WebhookSettings
+from para_attn_plugins.webhooks import FINAL, AllowedHosts, Sender, WebhookSettings
 from para_attn_server.records import JobRecord, JobState
 from para_attn_server.testing import CLI, Server, pid_gone, server_env
 from tests.reliability.support import Report, until
@@ -231,6 +235,52 @@ def test_a_job_the_restart_gives_up_still_sends_its_final_webhook(
         case="a job with a webhook the server died under twice (SIGKILL), given up at the next start",
         outcome=f"its final webhook (failed, 'server restarted') came {took:.1f} s after the server was started again; "
         f"{len(ids)} deliveries in all, {len(set(ids))} distinct webhook-ids",
+    )
+
+
+def journaled(server: Server, job_id: str) -> JobRecord | None:
+    """The job's record as the journal holds it on disk, read without writing."""
+    path = server.output_dir / ".jobs" / "jobs.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else msgspec.msgpack.decode(row[0], type=JobRecord)
+
+
+def test_a_final_webhook_the_server_died_before_delivering_goes_out_at_the_next_start(
+    servers: list[Server], tmp_path: Path, receiver: Receiver, report: Report
+) -> None:
+    """The job ended and was answered; its ``completed`` was being tried (the receiver
+    answered 503) when the server was killed. Its record owed it, journaled: the next start
+    sends it, once, and the promise is gone from the journal after."""
+    args = [*NOOP, "--webhook-allow-host", receiver.host, "--webhook-backoff", "30"]
+    env = server_env(PARA_ATTN_SERVER_WEBHOOK_SECRET=SECRET)
+    first = Server(args, tmp_path, env=env)
+    servers.append(first)
+    receiver.answers = [503]  # then 200; the next try would be 30 s away
+    job = first.submit(webhook=receiver.url, webhook_events_filter=["completed"])
+    assert first.wait(job)["state"] == "succeeded"
+    refused = receiver.wait(1)
+    until(lambda: FINAL in getattr(journaled(first, job), "promises", ()), 30, "the promise journaled")
+    ranks = first.rank_pids()
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.process.wait(30)
+    until(functools.partial(all_gone, ranks), 30, "ranks exit once the server is gone")
+
+    started = time.monotonic()
+    second = Server(args, tmp_path, env=env)
+    servers.append(second)
+    deliveries = receiver.wait(2, timeout=30)  # the refused one, then the next start's
+    took = deliveries[-1].at - started
+    until(lambda: getattr(journaled(second, job), "promises", None) == (), 30, "the promise kept, journaled")
+
+    assert [(d.event, d.answered) for d in deliveries] == [("completed", 503), ("completed", 200)]
+    assert deliveries[-1].job == second.http.get(f"/v1/jobs/{job}").json()
+    assert refused[0].headers["Webhook-Id"] != deliveries[-1].headers["Webhook-Id"]  # a new run's id
+    report.add(
+        "Integrity",
+        case="a job's final webhook, refused once (503), its retry 30 s away, when the server was killed (SIGKILL)",
+        outcome=f"delivered {took:.1f} s after the server was started again (ranks' setup included); the journal "
+        "owed it until then",
     )
 
 

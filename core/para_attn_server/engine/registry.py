@@ -61,6 +61,9 @@ class Job:
         # cancelled, its output gone), before any app's job listener could hear of it.
         self.restored = False
         self.ended_at_start = False
+        # Succeeded, its output's copy still being written: its record is journaled once the
+        # copy is on disk, never before (a restart would find a success with no file).
+        self.settling = False
 
     @property
     def id(self) -> str:

@@ -147,6 +147,7 @@ class JobRunning:
         else:
             saved = await self.saver.save(job, outcome.output, outcome.file_type or "bin", outcome.base64)
             error, durable, behind = saved
+            job.settling = not durable
             self._finish(job, JobState.FAILED if error else JobState.SUCCEEDED, error, journal=durable)
             if behind is not None:  # the writer is behind past the memory budget: the group waits
                 await behind

@@ -332,8 +332,19 @@ class JobService(GroupMembership, JobRunning):
     def _settled(self, job: Job) -> None:
         """A job's written-behind output is on disk (or lost): now its success is journaled.
         Its state did not change, so ``job_state_changed`` does not run again."""
+        job.settling = False
         if self.jobs.get(job.id) is job:
             self._changed(job, notify=False)
+
+    def promise(self, job_id: str, what: str, owed: bool = True) -> None:
+        """Journal that a plugin owes the job's client ``what`` (``owed`` False: no longer)."""
+        job = self.jobs.get(job_id)
+        if job is None or (what in job.record.promises) is owed:
+            return
+        kept = tuple(p for p in job.record.promises if p != what)
+        job.record = job.record.evolve(promises=(*kept, what) if owed else kept)
+        if self.journal is not None and not job.settling:  # else it goes with the settled record
+            self.journal.record(job.record)
 
     def _changed(self, job: Job, *, journal: bool = True, notify: bool = True) -> None:
         if self.journal is not None and journal:

@@ -138,6 +138,13 @@ class Jobs:
         """The service's counters and gauges as they are now."""
         return self._service.metrics()
 
+    def promise(self, job_id: str, what: str, owed: bool = True) -> None:
+        """Record in the job's journaled record that this plugin owes its client ``what`` (a
+        name of the plugin's own), or, ``owed`` False, that it no longer does. A server that
+        died first holds the promise still when it starts again (``job.record.promises``):
+        the webhooks plugin sends a final delivery cut short that way at the next start."""
+        self._service.promise(job_id, what, owed)
+
     def add_listener(self, listener: JobObserver) -> Callable[[], None]:
         """Call ``listener(kind, record)`` at every job event from now on (``kind``:
         ``"state"`` or ``"progress"``; ignore kinds you do not know); returns what removes

@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from para_attn_server.engine.service import JobService
+from para_attn_server.legacy import as_predictor
+from para_attn_server.plugin.manager import Plugins
 from para_attn_server.records import JobState
+from para_attn_server.schema import InputSchema
 from para_attn_server.settings import JobSettings
+from para_attn_server.storage.journal import JobJournal
 from para_attn_server.storage.outputs import OutputStore
-from tests.unit.fakes import FakeGroup, deadline
+from tests.unit.fakes import EchoPredictor, FakeGroup, deadline
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60, method="thread")]
 OUTPUT = b"\x89PNG" + bytes(60)
@@ -85,3 +90,35 @@ async def test_past_the_budget_the_group_takes_no_new_job_until_the_copy_is_on_d
     assert second.record.output_sha256 is not None  # its copy landed before the group went on
     run.succeed(OUTPUT, "png")
     await deadline(third.done.wait())
+
+
+async def test_a_promise_made_while_the_copy_is_written_waits_for_it_in_the_journal(
+    group: FakeGroup, gate: Gate, store: OutputStore, plugins: Plugins, settings: JobSettings, tmp_path: Path
+) -> None:
+    """A plugin's promise (``Jobs.promise``) is journaled with the job's record, and a success
+    is journaled only once its copy is on disk: a promise made before must not write it early
+    (a restart would find a success with no file), so it goes with the settled record."""
+    predictor = as_predictor(EchoPredictor())
+    journal = JobJournal(tmp_path / "jobs.sqlite3")
+    service = JobService([group], store, plugins, predictor, InputSchema(predictor), settings, journal)
+    await service.start()
+    try:
+        job, _ = await service.accept({"prompt": "small"})
+        (await group.next_run()).succeed(OUTPUT, "png")
+        await deadline(job.done.wait())
+        service.promise(job.id, "a-plugin:final")
+        await journal.committed()
+        held = {record.id: record for record in journal.load()}[job.id]
+        gate.set()
+        await asyncio.to_thread(store.flush)
+        await journal.committed()
+        settled = {record.id: record for record in journal.load()}[job.id]
+    finally:
+        gate.set()
+        settings.drain_timeout = 0
+        await service.drain()
+        await journal.close()
+
+    assert (held.state, held.promises) == (JobState.RUNNING, ())  # as it was before it ended
+    assert (settled.state, settled.promises) == (JobState.SUCCEEDED, ("a-plugin:final",))
+    assert settled.output_sha256 is not None

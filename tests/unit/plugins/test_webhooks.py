@@ -273,6 +273,26 @@ async def test_a_5xx_is_tried_again_with_the_same_id_and_a_4xx_is_final(
     assert service.jobs[retried].record.state.value == service.jobs[refused].record.state.value == "succeeded"
 
 
+async def test_a_final_delivery_is_owed_in_the_jobs_record_until_it_went(
+    service: JobService, group: FakeGroup, receiver: Receiver, hook_settings: Settings
+) -> None:
+    """Owed from the job's end until its receiver answered: the record (journaled) holds the
+    promise that a restart keeps (tests/reliability/test_storage_webhooks.py kills a server
+    in between)."""
+    receiver.hold = threading.Event()  # the receiver takes the delivery and answers later
+    async with serving(service, hook_settings) as client:
+        job_id = await submit(client, webhook=receiver.url, webhook_events_filter=["completed"])
+        (await group.next_run()).succeed()
+        await until_done(service, job_id)
+        while_held = service.jobs[job_id].record.promises
+        receiver.hold.set()
+        await received(receiver, 1)
+    # Leaving stopped the app, which let the delivery in flight finish.
+
+    assert while_held == (webhooks.FINAL,)
+    assert service.jobs[job_id].record.promises == ()
+
+
 async def test_an_unreachable_receiver_is_tried_three_times_and_never_fails_the_job(
     group: FakeGroup, store: OutputStore, plugins: Plugins, settings: JobSettings, logged: list[logging.LogRecord]
 ) -> None:
