@@ -119,7 +119,7 @@ class MetricsSnapshot(msgspec.Struct):
     batch_sizes: dict[int, int] = {}  # pipeline calls started, by how many jobs they ran
     requeued: int = 0  # runs cut short by a lost rank or host that were queued again
     output_writes_pending: int = 0  # the server's copies (and deletions) not yet on disk
-    output_memory_bytes: int = 0  # outputs held in memory, within --output-memory-bytes but those pending
+    output_memory_bytes: int = 0  # outputs held in memory (past --output-memory-bytes only while written)
     idle_collections: int = 0  # Python's full collections once quiet (allocator.IdleCollector)
     python_blocks_idle: int = 0  # Python's blocks right after the last of them
     idle_collection_seconds: float = 0.0  # how long the last of them took

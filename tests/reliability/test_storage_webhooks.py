@@ -200,6 +200,14 @@ def all_gone(pids: list[int]) -> bool:
     return all(pid_gone(pid) for pid in pids)
 
 
+def kill_with_ranks(server: Server) -> None:
+    """SIGKILL the server; return once its ranks, which end with it, are gone too."""
+    ranks = server.rank_pids()
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(30)
+    until(functools.partial(all_gone, ranks), 30, "ranks exit once the server is gone")
+
+
 def test_a_job_the_restart_gives_up_still_sends_its_final_webhook(
     servers: list[Server], tmp_path: Path, receiver: Receiver, report: Report
 ) -> None:
@@ -213,10 +221,7 @@ def test_a_job_the_restart_gives_up_still_sends_its_final_webhook(
         if run == 1:
             job = server.submit(hold=str(hold), webhook=receiver.url)
         receiver.wait(run)  # its start, this run: on record before it went out
-        ranks = server.rank_pids()
-        os.kill(server.process.pid, signal.SIGKILL)
-        server.process.wait(30)
-        until(functools.partial(all_gone, ranks), 30, "ranks exit once the server is gone")
+        kill_with_ranks(server)
 
     started = time.monotonic()
     last = Server(args, tmp_path, env=env)
@@ -261,10 +266,7 @@ def test_a_final_webhook_the_server_died_before_delivering_goes_out_at_the_next_
     assert first.wait(job)["state"] == "succeeded"
     refused = receiver.wait(1)
     until(lambda: FINAL in getattr(journaled(first, job), "promises", ()), 30, "the promise journaled")
-    ranks = first.rank_pids()
-    os.kill(first.process.pid, signal.SIGKILL)
-    first.process.wait(30)
-    until(functools.partial(all_gone, ranks), 30, "ranks exit once the server is gone")
+    kill_with_ranks(first)
 
     started = time.monotonic()
     second = Server(args, tmp_path, env=env)
