@@ -19,7 +19,7 @@ from pathlib import Path
 
 from para_attn_server.testing import Server, server_env
 
-from .harness import Report
+from .harness import Report, metric_samples
 from .soak import MIB, SERVER_ARGS, Load, Sample, drive, slope
 
 SUITE = "soak-allocator"
@@ -33,15 +33,10 @@ SIDES = {
 
 def heap_figures(srv: Server) -> str:
     """The server's allocators from ``/metrics``, in a few words."""
-    figures = {}
-    for line in srv.http.get("/metrics").text.splitlines():
-        if line.startswith(("para_attn_heap_bytes{", "para_attn_python_blocks ")):
-            name, value = line.rsplit(" ", 1)
-            figures[name.removeprefix("para_attn_heap_bytes{part=").strip('"}')] = float(value)
-    blocks = figures.pop("para_attn_python_blocks", 0.0)
-    return (
-        ", ".join(f"{part} {value / MIB:.1f} MiB" for part, value in figures.items()) + f"; {blocks:.0f} Python blocks"
-    )
+    samples = metric_samples(srv.port)
+    parts = {s.labels["part"]: s.value for s in samples if s.name == "para_attn_heap_bytes"}
+    blocks = next((s.value for s in samples if s.name == "para_attn_python_blocks"), 0.0)
+    return ", ".join(f"{part} {value / MIB:.1f} MiB" for part, value in parts.items()) + f"; {blocks:.0f} Python blocks"
 
 
 def allocator(report: Report, quick: bool, minutes: float | None = None) -> None:

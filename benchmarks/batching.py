@@ -19,7 +19,7 @@ import json
 import time
 from typing import Any
 
-from .harness import Client, Report, Stat, post_head, raw_request, server
+from .harness import Client, Report, Stat, metric_samples, post_head, raw_request, server
 
 SUITE = "batching"
 CLIENTS = 8
@@ -63,13 +63,9 @@ def lone(ports: list[int], index: int) -> list[float]:
 def calls_by_size(port: int) -> dict[str, int]:
     """Pipeline calls the server started, by how many jobs each ran (its histogram's
     buckets: "1", "2", "3-4", "5-8")."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = Client(port).request("GET", "/metrics")[1].decode()
     cumulative = {
         int(float(sample.labels["le"])): int(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in metric_samples(port)
         if sample.name == "para_attn_batch_size_bucket" and sample.labels["le"] != "+Inf"
     }
     below, lower, sizes = 0, 1, {}

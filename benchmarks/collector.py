@@ -19,7 +19,7 @@ import time
 
 from para_attn_server.testing import Server
 
-from .harness import Report, server
+from .harness import Report, metric_samples, server
 from .soak import SERVER_ARGS, drive
 
 SUITE = "collector"
@@ -61,9 +61,8 @@ def _idle_collection(srv: Server, timeout: float = 60.0) -> float:
     """Once the server ran its idle collection (a second or two after the load): its seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lines = srv.http.get("/metrics").text.splitlines()
-        figures = dict(line.rsplit(" ", 1) for line in lines if line.startswith("para_attn_idle"))
-        if float(figures.get("para_attn_idle_collections_total", 0)) >= 1:
-            return float(figures["para_attn_idle_collection_seconds"])
+        figures = {s.name: s.value for s in metric_samples(srv.port) if s.name.startswith("para_attn_idle")}
+        if figures.get("para_attn_idle_collections_total", 0) >= 1:
+            return figures["para_attn_idle_collection_seconds"]
         time.sleep(0.2)
     raise TimeoutError(f"no idle collection within {timeout:g} s")

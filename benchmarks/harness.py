@@ -17,9 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from para_attn_server.testing import Server
+
+if TYPE_CHECKING:
+    from prometheus_client.samples import Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +62,14 @@ class Client:
         if expect is not None and status != expect:
             raise RuntimeError(f"{method} {path}: {status} {data[:200]!r}")
         return json.loads(data)
+
+
+def metric_samples(port: int) -> list[Sample]:
+    """The server's ``/metrics``, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = Client(port).request("GET", "/metrics")[1].decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def timed(fn: Callable[[], Any], repeat: int, warmup: int = 5) -> list[float]:
